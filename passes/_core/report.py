@@ -1,0 +1,83 @@
+"""The report every pass returns: what changed, size before and after, what was skipped and why."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from passes._core.io import atomic_write_text
+
+
+@dataclass
+class SkipReason:
+    """One part of the model the pass left alone, and why."""
+
+    where: str
+    reason: str
+
+
+@dataclass
+class PassReport:
+    """Outcome of one pass.
+
+    ``rows`` holds one dict per unit the pass looked at (a block, a layer); ``columns`` orders them in the table.
+    ``params_*``/``flops_*`` count the whole model (FLOPs = 2 x multiply-accumulates, see ``graph_stats``).
+    """
+
+    pass_name: str
+    modified: bool = False
+    params_before: int = 0
+    params_after: int = 0
+    flops_before: int = 0
+    flops_after: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    skipped: list[SkipReason] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def skip(self, where: str, reason: str) -> None:
+        self.skipped.append(SkipReason(where, reason))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write_json(self, path: str | Path) -> None:
+        """Write the report as JSON, atomically."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+
+    def format(self) -> str:
+        """A human-readable table of the rows, the totals and the skips."""
+        lines = [f"{self.pass_name}: {'modified' if self.modified else 'unchanged'}"]
+        if self.rows:
+            cols = self.columns or list(self.rows[0])
+            cells = [[_fmt(r.get(c, "")) for c in cols] for r in self.rows]
+            widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+            lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+            lines.append("  ".join("-" * w for w in widths))
+            lines.extend("  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells)
+        if self.params_before:
+            lines.append(
+                f"params {self.params_before:,} -> {self.params_after:,} "
+                f"({_ratio(self.params_after, self.params_before)}), "
+                f"FLOPs {self.flops_before / 1e9:.3f}G -> {self.flops_after / 1e9:.3f}G "
+                f"({_ratio(self.flops_after, self.flops_before)})"
+            )
+        for s in self.skipped:
+            lines.append(f"skipped {s.where}: {s.reason}")
+        lines.extend(self.notes)
+        return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int) and abs(v) >= 10000:
+        return f"{v:,}"
+    return str(v)
+
+
+def _ratio(a: int, b: int) -> str:
+    return f"{a / b:.3f}x" if b else "n/a"
