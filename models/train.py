@@ -1,0 +1,486 @@
+"""Short, reproducible training of a registered model on LPCV-layout data (one loop, reused by distillation).
+
+``python -m models.train --model mobilevit_xxs --data ROOT --steps 200 --batch-size 4 --crop 128 --out runs/x/``
+
+* Loss: cross-entropy over pixels with ``ignore_index`` 255 (default :class:`CrossEntropyLoss`); any
+  :class:`LossFn` can replace it (distillation adds a teacher term this way, see below).
+* Optimiser: AdamW; learning rate ``lr * (1 - step / steps) ** poly_power`` after an optional linear warmup.
+* Data: random scale, rotation, flip, colour jitter and a crop of ``crop x crop`` (``models.data.AugmentConfig``).
+  The sample order is a pure function of ``(seed, step)``: step ``s`` takes stream positions ``s*B .. s*B+B-1``;
+  position ``p`` is sample ``perm_e[p mod n]`` of epoch ``e = p div n``, ``perm_e`` a permutation drawn from
+  ``default_rng([seed, e])``; each sample's augmentation is drawn from ``default_rng([seed, e, index])``. A resumed
+  run therefore sees exactly the batches the uninterrupted run would have seen.
+* Checkpoints: ``OUT/checkpoint.pt`` every ``checkpoint_every`` steps and at the end, written to a temp file and
+  ``os.replace``-d into place: ``{"model", "optimizer", "scheduler", "step", "rng", "config"}`` (plus ``"loss"``
+  when the loss has parameters). Loadable with ``torch.load(weights_only=True)``; ``exporters.export --weights``
+  reads its ``"model"`` entry. ``--resume`` continues from it.
+* At the end, the model is scored on the validation split (``runtime.evaluate``) and ``OUT/metrics.json`` written.
+
+Extending (distillation): pass ``loss_fn`` to :func:`train`; it gets the model output and the :class:`Batch`
+(images, masks, sample keys) and returns ``(loss, {name: value})``. A loss that is an ``nn.Module`` with parameters
+(e.g. feature adapters) has them optimised and checkpointed with the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.constants import IGNORE_INDEX
+from models.data import AugmentConfig, DataError, LPCVDataset
+
+__all__ = [
+    "Batch",
+    "CrossEntropyLoss",
+    "LossFn",
+    "TrainConfig",
+    "TrainResult",
+    "batch_keys",
+    "load_checkpoint",
+    "main",
+    "save_checkpoint",
+    "train",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (recorded in each checkpoint and in ``OUT/train_config.json``)."""
+
+    model: str = "mobilevit_xxs"
+    data: str = "data/synthetic"
+    out: str = "runs/train"
+    model_overrides: dict[str, Any] | None = None
+    weights: str | None = None
+    pretrained: bool = False
+    steps: int = 200
+    batch_size: int = 4
+    crop: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    poly_power: float = 0.9
+    warmup_steps: int = 0
+    grad_clip: float | None = 5.0
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    rotate_degrees: float = 10.0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    num_workers: int = 0
+    threads: int | None = None
+    train_split: str = "train"
+    eval_split: str | None = "val"
+    eval_limit: int | None = None
+    eval_at_start: bool = False
+    ignore_index: int = IGNORE_INDEX
+
+    def augment_config(self) -> AugmentConfig:
+        """The augmentation pipeline of this run."""
+        return AugmentConfig(
+            crop_size=(self.crop, self.crop),
+            scale_range=tuple(self.scale_range),  # type: ignore[arg-type]
+            rotate_degrees=self.rotate_degrees,
+            ignore_index=self.ignore_index,
+        )
+
+
+@dataclass
+class Batch:
+    """One training batch: ``images`` N x 3 x H x W normalised, ``masks`` N x H x W int64, ``keys`` the
+    ``(sample index, epoch)`` of each item (stable ids, e.g. for cached teacher outputs), ``step`` 0-based."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    keys: list[tuple[int, int]]
+    step: int
+
+
+class LossFn(Protocol):
+    """``(model output, batch) -> (scalar loss to minimise, {component name: float} for the log)``."""
+
+    def __call__(self, outputs: Any, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+class CrossEntropyLoss(nn.Module):
+    """Mean pixel cross-entropy ``-1/|V| sum_{p in V} log softmax(z_p)[y_p]`` over non-ignored pixels ``V``."""
+
+    def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, outputs: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        if outputs.shape[-2:] != batch.masks.shape[-2:]:  # N x C x h x w -> N x C x H x W
+            outputs = F.interpolate(outputs, size=batch.masks.shape[-2:], mode="bilinear", align_corners=False)
+        if not (batch.masks != self.ignore_index).any():
+            loss = outputs.sum() * 0.0  # every pixel ignored: no signal, but keep the graph
+        else:
+            loss = F.cross_entropy(outputs, batch.masks, ignore_index=self.ignore_index)
+        return loss, {"ce": float(loss.detach())}
+
+
+@dataclass
+class TrainResult:
+    """What a run did: final step, loss log, checkpoint path and the evaluation (if any)."""
+
+    step: int
+    checkpoint: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    metrics: dict[str, Any] | None = None
+    metrics_at_start: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+
+# -------------------------------------------------------------------------------------------- data ordering
+
+
+def batch_keys(step: int, batch_size: int, num_samples: int, seed: int) -> list[tuple[int, int]]:
+    """The ``(index, epoch)`` keys of the batch at ``step`` (see the module docstring)."""
+    keys = []
+    perms: dict[int, np.ndarray] = {}
+    for p in range(step * batch_size, (step + 1) * batch_size):
+        epoch, pos = divmod(p, num_samples)
+        if epoch not in perms:
+            perms[epoch] = np.random.default_rng([seed, epoch]).permutation(num_samples)
+        keys.append((int(perms[epoch][pos]), epoch))
+    return keys
+
+
+class _StepBatches(torch.utils.data.Sampler):
+    """Batch sampler yielding :func:`batch_keys` for steps ``start .. stop - 1``."""
+
+    def __init__(self, start: int, stop: int, batch_size: int, num_samples: int, seed: int) -> None:
+        self.start, self.stop = start, stop
+        self.batch_size, self.num_samples, self.seed = batch_size, num_samples, seed
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for s in range(self.start, self.stop):
+            yield batch_keys(s, self.batch_size, self.num_samples, self.seed)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(legacy=False), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
+    """``torch.save`` to a temp file in the same folder, then ``os.replace`` (never a half-written checkpoint)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`train` (``weights_only=True``: no code is unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def model_from_checkpoint(path: Path | str) -> nn.Module:
+    """Rebuild the registered model a checkpoint was trained from and load its weights (eval mode)."""
+    from models.registry import build_model
+
+    ckpt = load_checkpoint(path)
+    cfg = ckpt["config"]
+    model = build_model(cfg["model"], **(cfg.get("model_overrides") or {}))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------------ loop
+
+
+def _poly(config: TrainConfig) -> Any:
+    """LR factor at step ``s``: linear warmup to 1 over ``warmup_steps``, then ``(1 - s/steps) ** poly_power``."""
+    steps, warm, power = max(1, config.steps), config.warmup_steps, config.poly_power
+
+    def factor(s: int) -> float:
+        if warm > 0 and s < warm:
+            return (s + 1) / warm
+        return max(0.0, 1.0 - s / steps) ** power
+
+    return factor
+
+
+def _evaluate(model: nn.Module, config: TrainConfig) -> dict[str, Any] | None:
+    if not config.eval_split:
+        return None
+    from runtime.evaluate import EvalConfig, evaluate
+    from runtime.session import TorchSegmenter
+
+    seg = TorchSegmenter(model, input_size=None, name=config.model)
+    cfg = EvalConfig(batch_size=config.batch_size, limit=config.eval_limit, num_overlays=0, progress=False)
+    try:
+        return evaluate(seg, config.data, config.eval_split, cfg)
+    except DataError as exc:
+        logger.warning("no evaluation: %s", exc)
+        return None
+
+
+def _model_config(model: nn.Module) -> dict[str, Any] | None:
+    cfg = getattr(model, "config", None)
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else None
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def train(
+    config: TrainConfig,
+    model: nn.Module | None = None,
+    loss_fn: LossFn | None = None,
+    *,
+    resume: Path | str | None = None,
+) -> TrainResult:
+    """Train ``model`` (default: ``models.registry.build_model(config.model)``) for ``config.steps`` steps.
+
+    ``resume`` (a checkpoint path) restores model, optimiser, scheduler, RNG states and the step, and continues
+    to ``config.steps``. Deterministic on CPU for a given config: same seed, same weights.
+    """
+    t_start = time.perf_counter()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    random.seed(config.seed)
+    if model is None:
+        from models.registry import build_model
+
+        model = build_model(
+            config.model,
+            pretrained=config.pretrained,
+            weights=config.weights,
+            **(config.model_overrides or {}),
+        )
+    loss_fn = loss_fn if loss_fn is not None else CrossEntropyLoss(config.ignore_index)
+    dataset = LPCVDataset(config.data, config.train_split, augment_config=config.augment_config(), seed=config.seed)
+    params = list(model.parameters())
+    if isinstance(loss_fn, nn.Module):
+        params += [p for p in loss_fn.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(config))
+    start = 0
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        if ckpt["config"].get("model") != config.model:
+            raise ValueError(f"{resume}: checkpoint of model {ckpt['config'].get('model')!r}, not {config.model!r}")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if isinstance(loss_fn, nn.Module) and "loss" in ckpt:
+            loss_fn.load_state_dict(ckpt["loss"])
+        _set_rng_state(ckpt["rng"])
+        start = int(ckpt["step"])
+        logger.info("resumed from %s at step %d", resume, start)
+    _write_json(asdict(config), out / "train_config.json")
+    result = TrainResult(step=start, checkpoint=out / CHECKPOINT)
+    if config.eval_at_start and start == 0:
+        result.metrics_at_start = _evaluate(model, config)
+
+    def checkpoint(step: int) -> None:
+        state: dict[str, Any] = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "rng": _rng_state(),
+            "config": {**asdict(config), "model_config": _model_config(model)},
+        }
+        if isinstance(loss_fn, nn.Module) and any(True for _ in loss_fn.state_dict()):
+            state["loss"] = loss_fn.state_dict()
+        save_checkpoint(result.checkpoint, state)
+
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=_StepBatches(start, config.steps, config.batch_size, len(dataset), config.seed),
+        num_workers=config.num_workers,
+    )
+    model.train()
+    t_log, running, count = time.perf_counter(), 0.0, 0
+    step = start
+    for step, (images, masks) in enumerate(loader, start=start):
+        batch = Batch(images, masks, batch_keys(step, config.batch_size, len(dataset), config.seed), step)
+        outputs = model(images)
+        loss, parts = loss_fn(outputs, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {float(loss)} at step {step}; lower --lr or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        running += float(loss.detach())
+        count += 1
+        done = step + 1
+        if done % max(1, config.log_every) == 0 or done == config.steps:
+            dt = time.perf_counter() - t_log
+            entry = {
+                "step": done,
+                "loss": running / count,
+                "lr": optimizer.param_groups[0]["lr"],
+                "s_per_step": dt / count,
+            }
+            entry.update({k: v for k, v in parts.items()})
+            result.history.append(entry)
+            logger.info(
+                "step %d/%d loss %.4f lr %.2e (%.2f s/step)",
+                done,
+                config.steps,
+                entry["loss"],
+                entry["lr"],
+                entry["s_per_step"],
+            )
+            t_log, running, count = time.perf_counter(), 0.0, 0
+        if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
+            checkpoint(done)
+        step = done
+    result.step = max(step, start)
+    checkpoint(result.step)
+    model.eval()
+    result.metrics = _evaluate(model, config)
+    result.seconds = time.perf_counter() - t_start
+    summary = {
+        "step": result.step,
+        "seconds": result.seconds,
+        "history": result.history,
+        "metrics": result.metrics,
+        "metrics_at_start": result.metrics_at_start,
+    }
+    _write_json(summary, out / "metrics.json")
+    return result
+
+
+# -------------------------------------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=d.model, help="registered configuration (models.registry)")
+    p.add_argument("--data", default=d.data, help="data root in the LPCV layout (python -m models.synthetic ROOT)")
+    p.add_argument("--out", default=d.out, help="output folder for checkpoint.pt, metrics.json")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--crop", type=int, default=d.crop, help="square training crop in pixels")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--workers", type=int, default=d.num_workers, help="data-loading processes")
+    p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--weights", help="initial weights file (safetensors / torch state dict / checkpoint)")
+    p.add_argument("--pretrained", action="store_true", help="timm ImageNet backbone (needs the network)")
+    p.add_argument("--eval-split", default=d.eval_split, help="split scored at the end ('' for none)")
+    p.add_argument("--eval-limit", type=int, help="score only the first N images of the eval split")
+    p.add_argument("--eval-at-start", action="store_true", help="also score the untrained model")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        help="continue from OUT/checkpoint.pt (or the given checkpoint)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: 0 done, 1 data/model/checkpoint problem, 2 usage error."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    if args.steps < 1 or args.batch_size < 1 or args.crop < 32:
+        print("error: --steps and --batch-size must be positive and --crop at least 32", file=sys.stderr)
+        return 2
+    config = TrainConfig(
+        model=args.model,
+        data=args.data,
+        out=args.out,
+        weights=args.weights,
+        pretrained=args.pretrained,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        crop=args.crop,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+        seed=args.seed,
+        num_workers=args.workers,
+        threads=args.threads,
+        eval_split=args.eval_split or None,
+        eval_limit=args.eval_limit,
+        eval_at_start=args.eval_at_start,
+    )
+    resume = None
+    if args.resume:
+        resume = Path(args.out) / CHECKPOINT if args.resume == "auto" else Path(args.resume)
+    from models.registry import UnknownModelError
+    from models.weights import WeightsError
+
+    try:
+        res = train(config, resume=resume)
+    except (DataError, FileNotFoundError, UnknownModelError, WeightsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"trained {config.model} for {res.step} steps in {res.seconds:.0f} s; checkpoint {res.checkpoint}")
+    for label, m in (("before", res.metrics_at_start), ("after", res.metrics)):
+        if m:
+            tag = " (synthetic data)" if m["data"].get("synthetic") else ""
+            print(
+                f"{label}: {config.eval_split} mIoU {100 * (m['miou'] or 0):.2f} %, mDice {100 * (m['mdice'] or 0):.2f} %"
+                f", pixel accuracy {100 * (m['pixel_accuracy'] or 0):.2f} % on {m['num_images']} images{tag}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
