@@ -32,12 +32,34 @@ def to_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
             keep = [a for a in node.attribute if not (a.name == "noop_with_empty_axes" and a.i == 0)]
             del node.attribute[:]
             node.attribute.extend(keep)
+    # Pad-18 only added an optional `axes` input: without it, the node means the same at opsets 13-17, but the
+    # converter has no adapter. Park such nodes in a private domain during conversion and bring them back.
+    parked = [n for n in src.graph.node if n.op_type == "Pad" and n.domain in ("", "ai.onnx") and _pad_is_13(n)]
+    for node in parked:
+        node.domain = _PARK
+    if parked:
+        src.opset_import.add(domain=_PARK, version=1)
     converted = onnx.version_converter.convert_version(src, max(opset, 14))
+    if parked:
+        for node in converted.graph.node:
+            if node.domain == _PARK:
+                node.domain = ""
+        keep = [o for o in converted.opset_import if o.domain != _PARK]
+        del converted.opset_import[:]
+        converted.opset_import.extend(keep)
     if opset == 13:
         converted = _relabel_14_as_13(converted)
     del converted.metadata_props[:]
     converted.metadata_props.extend(model.metadata_props)
     return converted
+
+
+_PARK = "vitseg.parked"
+
+
+def _pad_is_13(node: onnx.NodeProto) -> bool:
+    mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"constant")
+    return (len(node.input) < 4 or not node.input[3]) and mode != b"wrap"
 
 
 def decompose_layernorm(model: onnx.ModelProto) -> onnx.ModelProto:

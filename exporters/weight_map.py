@@ -63,14 +63,13 @@ def build_weight_map(proto: onnx.ModelProto, model: nn.Module) -> dict[str, dict
     """Map each float initializer of ``proto`` with more than one element to its torch source.
 
     Returns ``{initializer: {"param": torch name, "transposed": bool, "folded_bn": bn module name or None}}``.
-    A name match wins; then an exact value match; then a Conv+BN fold within float32 rounding. Initializers that
+    An exact value match wins (the same name first); then a Conv+BN fold within float32 rounding. Initializers that
     are not weights (pooling matrices, scale constants) are left out.
     """
     cands = _candidates(model)
     by_shape: dict[tuple[int, ...], list[_Candidate]] = {}
     for c in cands:
         by_shape.setdefault(tuple(c.value.shape), []).append(c)
-    params = {c.name for c in cands if not c.transposed and c.folded_bn is None}
     result: dict[str, dict[str, object]] = {}
     for init in proto.graph.initializer:
         if init.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
@@ -79,11 +78,9 @@ def build_weight_map(proto: onnx.ModelProto, model: nn.Module) -> dict[str, dict
         if arr.size <= 1:
             continue
         pool = by_shape.get(tuple(arr.shape), [])
-        match = None
-        if init.name in params:
-            match = next(c for c in pool if c.name == init.name and not c.transposed and c.folded_bn is None)
-        if match is None:
-            match = next((c for c in pool if c.folded_bn is None and np.array_equal(c.value, arr)), None)
+        exact = [c for c in pool if c.folded_bn is None and np.array_equal(c.value, arr)]
+        # a name is only trusted with equal values: the dynamo exporter folds BN into a conv weight and keeps its name
+        match = next((c for c in exact if c.name == init.name), exact[0] if exact else None)
         if match is None:
             match = next(
                 (c for c in pool if c.folded_bn is not None and np.allclose(c.value, arr, rtol=1e-5, atol=1e-6)),

@@ -4,6 +4,15 @@ The exporter reads ``opset`` and ``fused_attention`` from here (``--target``); `
 model against the rest. Figures: Jetson Nano from NVIDIA's module data sheet (472 GFLOPS FP16, 25.6 GB/s, 4 GB
 shared; the LPCV 2023 rules allowed a 2 GB model), JetPack 4.6 ships TensorRT 8.2 and cannot be upgraded; Orin
 Nano 8 GB from its data sheet (JetPack 5/6, TensorRT 8.5 or later, INT8 tensor cores).
+
+The Orin profile names TensorRT 8.6 (JetPack 6): its export keeps ``LayerNormalization`` (opset 17), which TensorRT's
+ONNX parser only imports from 8.6 on (onnx-tensorrt changelog, "8.6 EA: added GroupNormalization,
+LayerNormalization"); on JetPack 5 (TensorRT 8.5) export with opset 13 as for the Nano.
+
+``workspace_mb`` is the builder workspace the bundle asks for (modest on the Nano, whose engine build can run out of
+its 4 GB shared memory). ``compute_efficiency`` / ``memory_efficiency`` are ASSUMED fractions of the peak FLOP rate and
+bandwidth that a small segmentation network reaches at batch 1; they only feed the labelled latency estimate of
+``passes.check_target`` and were not measured (no device here).
 """
 
 from __future__ import annotations
@@ -27,6 +36,10 @@ class TargetProfile:
     mem_bandwidth_gbs: float
     fused_attention: bool  # whether the export may keep a fused attention op / LayerNormalization
     description: str = ""
+    workspace_mb: int = 1024  # TensorRT builder workspace limit (trtexec --workspace / --memPoolSize=workspace:)
+    compute_efficiency: float = 0.25  # assumed fraction of peak_gflops reached (latency estimate only)
+    memory_efficiency: float = 0.6  # assumed fraction of mem_bandwidth_gbs reached (latency estimate only)
+    python: str | None = None  # Python version on the device: the bundle's scripts are written for it
 
 
 TARGETS: dict[str, TargetProfile] = {
@@ -45,11 +58,13 @@ TARGETS: dict[str, TargetProfile] = {
             mem_bandwidth_gbs=25.6,
             fused_attention=False,
             description="Jetson Nano 4 GB, JetPack 4.6, TensorRT 8.2 (no LayerNormalization op, no INT8 cores)",
+            workspace_mb=512,
+            python="3.6",
         ),
         TargetProfile(
             "jetson-orin",
             "tensorrt",
-            "8.5",
+            "8.6",
             17,
             17,
             fp16=True,
@@ -58,7 +73,9 @@ TARGETS: dict[str, TargetProfile] = {
             peak_gflops=20000.0,
             mem_bandwidth_gbs=68.0,
             fused_attention=True,
-            description="Jetson Orin Nano 8 GB, JetPack 5/6, TensorRT 8.5+ (opset 17, FP16 and INT8)",
+            description="Jetson Orin Nano 8 GB, JetPack 6, TensorRT 8.6+ (opset 17 + LayerNormalization, FP16, INT8)",
+            workspace_mb=2048,
+            python="3.10",
         ),
         TargetProfile(
             "cpu",
@@ -73,17 +90,22 @@ TARGETS: dict[str, TargetProfile] = {
             mem_bandwidth_gbs=20.0,
             fused_attention=True,
             description="x86 CPU with onnxruntime (INT8 QDQ preferred; FP16 runs slower without FP16 units)",
+            workspace_mb=0,
+            python=None,
         ),
     )
 }
 
 
 class UnknownTargetError(KeyError):
+    """A target name that is not in :data:`TARGETS`."""
+
     def __str__(self) -> str:
         return str(self.args[0])
 
 
 def get_target(name: str) -> TargetProfile:
+    """The profile called ``name``; :class:`UnknownTargetError` (a ``KeyError``) lists the known ones."""
     if name not in TARGETS:
         raise UnknownTargetError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}")
     return TARGETS[name]
