@@ -1,0 +1,251 @@
+"""Graph simplification with onnxsim (onnxslim as the fallback), verified against the input model.
+
+``python -m passes.simplify model.onnx -o out.onnx [--backend auto|onnxsim|onnxslim] [--atol 1e-5] [--report r.json]``
+
+Run it AFTER the structural passes (prune_heads, slice_neurons, slice_channels), never before: simplifiers rename
+tensors, fold shape chains into constants and fuse MatMul + Add into Gemm, so the patterns and the ``weight_map``
+(initializer name -> torch parameter) that the structural passes rely on no longer hold. The ``vitseg.*`` metadata
+(plan included) is carried over unchanged; the simplifiers' own metadata entries are dropped; one history entry is
+appended.
+
+The output is refused (exit 1, nothing written) unless, on a seeded random input ``x ~ N(0, 1)`` of the model's
+declared input shape (a dynamic batch becomes ``--batch``; other dynamic dims come from ``vitseg.input_size``),
+onnxruntime gives every output of the simplified model within ``atol`` of the input model's::
+
+    max_i |y_simplified[i] - y_input[i]| <= atol          (default 1e-5, absolute)
+
+Both sessions run with onnxruntime's graph optimisations disabled, so the check compares the two graphs and not
+two optimiser runs. The graph interface (input and output names, element types and ranks) must also be unchanged.
+With ``--backend auto`` onnxsim runs first; onnxslim is tried where onnxsim raises or its result fails the check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from exporters.metadata import append_history, read_metadata
+from passes._core.cli import make_parser, run_pass_cli
+from passes._core.errors import PassError
+from passes._core.finalize import finalize
+from passes._core.report import PassReport
+from passes._core.stats import graph_stats
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnxsim", "onnxslim")
+
+
+def _onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxsim with its own output check off (ours follows); raises when onnxsim fails."""
+    import onnxsim
+
+    out, _ok = onnxsim.simplify(model, check_n=0)
+    return out
+
+
+def _onnxslim(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxslim's default optimisation (constant folding, dead code, fusions)."""
+    import onnxslim
+
+    return onnxslim.slim(model)
+
+
+#: the simplifier functions by name (tests replace entries to simulate a broken simplifier).
+SIMPLIFIERS: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {"onnxsim": _onnxsim, "onnxslim": _onnxslim}
+
+
+@dataclass
+class SimplifyConfig:
+    """``backend``: auto (onnxsim, then onnxslim), onnxsim or onnxslim; ``atol``: the output tolerance; ``seed`` and
+    ``batch``: the check's random input (batch replaces a dynamic batch dimension)."""
+
+    backend: str = "auto"
+    atol: float = 1e-5
+    seed: int = 0
+    batch: int = 1
+
+
+def _input_feed(model: onnx.ModelProto, seed: int, batch: int) -> dict[str, np.ndarray]:
+    """Seeded ``N(0, 1)`` inputs of the declared shapes (integer inputs get zeros)."""
+    meta = read_metadata(model)
+    size = meta.get("input_size")
+    inits = {i.name for i in model.graph.initializer}
+    rng = np.random.default_rng(seed)
+    feed: dict[str, np.ndarray] = {}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        tt = inp.type.tensor_type
+        shape: list[int] = []
+        for axis, d in enumerate(tt.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                shape.append(d.dim_value)
+            elif axis == 0:
+                shape.append(batch)
+            elif size and len(tt.shape.dim) == 4 and axis in (2, 3):
+                shape.append(int(size[axis - 2]))
+            elif len(tt.shape.dim) == 4 and axis == 1:
+                shape.append(3)
+            else:
+                raise PassError(
+                    f"input {inp.name!r} axis {axis} is dynamic and the model has no vitseg.input_size: cannot build "
+                    "the check input. Export with a static input size."
+                )
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            feed[inp.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feed[inp.name] = np.zeros(shape, dtype)
+    return feed
+
+
+def run_onnxruntime(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """All outputs of ``model`` on ``feed`` (CPU, graph optimisations off)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+        raise PassError(f"onnxruntime cannot load the model ({exc})") from exc
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feed)))
+
+
+def _interface(model: onnx.ModelProto) -> list[tuple[str, str, int, int]]:
+    inits = {i.name for i in model.graph.initializer}
+    out = []
+    for kind, vis in (("in", model.graph.input), ("out", model.graph.output)):
+        for vi in vis:
+            if vi.name in inits:
+                continue
+            tt = vi.type.tensor_type
+            out.append((kind, vi.name, tt.elem_type, len(tt.shape.dim)))
+    return out
+
+
+def max_abs_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    """``max |a - b|`` over all outputs (``inf`` on a shape mismatch or a missing output; NaN counts as inf)."""
+    worst = 0.0
+    for name, x in a.items():
+        y = b.get(name)
+        if y is None or x.shape != y.shape:
+            return float("inf")
+        if x.size:
+            d = np.abs(x.astype(np.float64) - y.astype(np.float64))
+            worst = max(worst, float(np.nanmax(np.where(np.isnan(d), np.inf, d))))
+    return worst
+
+
+def simplify(model: onnx.ModelProto, config: SimplifyConfig | None = None) -> tuple[onnx.ModelProto, PassReport]:
+    """Simplify ``model`` (not modified) and verify the result; raise :class:`PassError` if no backend passes."""
+    cfg = config or SimplifyConfig()
+    if cfg.backend not in BACKENDS:
+        raise PassError(f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
+    src = onnx.ModelProto()
+    src.CopyFrom(model)
+    before = graph_stats(src)
+    feed = _input_feed(src, cfg.seed, cfg.batch)
+    reference = run_onnxruntime(src, feed)
+    report = PassReport(
+        "simplify",
+        params_before=before.params,
+        flops_before=before.flops,
+        columns=["backend", "status", "nodes_before", "nodes_after", "max_abs_diff", "seconds"],
+    )
+    order = ["onnxsim", "onnxslim"] if cfg.backend == "auto" else [cfg.backend]
+    accepted: onnx.ModelProto | None = None
+    used = ""
+    diff = float("nan")
+    for name in order:
+        t0 = time.perf_counter()
+        row: dict[str, object] = {"backend": name, "nodes_before": len(src.graph.node)}
+        report.rows.append(row)
+        try:
+            work = onnx.ModelProto()
+            work.CopyFrom(src)
+            cand = SIMPLIFIERS[name](work)
+            # keep exactly the input's metadata (the plan included); drop what the simplifier added
+            del cand.metadata_props[:]
+            cand.metadata_props.extend(src.metadata_props)
+            cand = finalize(cand)
+            if _interface(cand) != _interface(src):
+                raise PassError(f"the graph interface changed: {_interface(src)} -> {_interface(cand)}")
+            d = max_abs_diff(reference, run_onnxruntime(cand, feed))
+        except Exception as exc:  # noqa: BLE001 - any failure of a backend means: try the next one
+            row.update(status=f"failed: {type(exc).__name__}: {exc}"[:200], seconds=time.perf_counter() - t0)
+            log.info("%s failed: %s", name, exc)
+            continue
+        row.update(nodes_after=len(cand.graph.node), max_abs_diff=d, seconds=time.perf_counter() - t0)
+        if d <= cfg.atol:
+            row["status"] = "accepted"
+            accepted, used, diff = cand, name, d
+            break
+        row["status"] = f"refused: outputs differ by {d:.3g} > {cfg.atol:g}"
+        log.info("%s result refused: max abs diff %.3g", name, d)
+    if accepted is None:
+        detail = "; ".join(f"{r['backend']}: {r['status']}" for r in report.rows)
+        raise PassError(
+            f"no simplifier result matched the input model within {cfg.atol:g} on onnxruntime ({detail}). "
+            "Nothing was written; keep the unsimplified model (or raise --atol if a reordered sum explains it)."
+        )
+    after = graph_stats(accepted)
+    append_history(
+        accepted,
+        {
+            "pass": "simplify",
+            "backend": used,
+            "nodes_before": len(src.graph.node),
+            "nodes_after": len(accepted.graph.node),
+            "max_abs_diff": diff,
+            "atol": cfg.atol,
+            "seed": cfg.seed,
+        },
+    )
+    report.modified = True
+    report.params_after = after.params
+    report.flops_after = after.flops
+    stale = [k for k in (read_metadata(accepted).get("weight_map") or {}) if k not in _names(accepted)]
+    if stale:
+        report.notes.append(
+            f"{len(stale)} weight_map entries name initializers the simplifier renamed or fused; the plan (keyed by "
+            "torch names) is unaffected, but run structural passes on the unsimplified model"
+        )
+    report.notes.append(
+        f"verified: max |simplified - input| = {diff:.3g} <= {cfg.atol:g} on onnxruntime (seed {cfg.seed})"
+    )
+    report.extra.update(backend=used, max_abs_diff=diff)
+    return accepted, report
+
+
+def _names(model: onnx.ModelProto) -> set[str]:
+    return {i.name for i in model.graph.initializer}
+
+
+def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelProto, PassReport]:
+    return simplify(model, SimplifyConfig(backend=args.backend, atol=args.atol, seed=args.seed, batch=args.batch))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser("python -m passes.simplify", __doc__.splitlines()[0])
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="simplifier (default: onnxsim, then onnxslim)"
+    )
+    parser.add_argument("--atol", type=float, default=1e-5, help="max abs output difference accepted (default 1e-5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random check input")
+    parser.add_argument("--batch", type=int, default=1, help="batch used for a dynamic batch dimension in the check")
+    return run_pass_cli(parser, _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
