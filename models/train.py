@@ -14,6 +14,9 @@
   ``os.replace``-d into place: ``{"model", "optimizer", "scheduler", "step", "rng", "config"}`` (plus ``"loss"``
   when the loss has parameters). Loadable with ``torch.load(weights_only=True)``; ``exporters.export --weights``
   reads its ``"model"`` entry. ``--resume`` continues from it.
+* Several processes: inside a ``torch.distributed`` process group (``torchrun``) the model is wrapped in
+  DistributedDataParallel and process ``r`` of ``W`` takes keys ``[r::W]`` of every batch; process 0 alone writes
+  checkpoints and metrics and evaluates.
 * At the end, the model is scored on the validation split (``runtime.evaluate``) and ``OUT/metrics.json`` written.
 
 Extending (distillation): pass ``loss_fn`` to :func:`train`; it gets the model output and the :class:`Batch`
@@ -167,28 +170,42 @@ def batch_keys(step: int, batch_size: int, num_samples: int, seed: int) -> list[
 class _StepBatches(torch.utils.data.Sampler):
     """Batch sampler yielding :func:`batch_keys` for steps ``start .. stop - 1``."""
 
-    def __init__(self, start: int, stop: int, batch_size: int, num_samples: int, seed: int) -> None:
+    def __init__(
+        self, start: int, stop: int, batch_size: int, num_samples: int, seed: int, rank: int = 0, world: int = 1
+    ) -> None:
         self.start, self.stop = start, stop
         self.batch_size, self.num_samples, self.seed = batch_size, num_samples, seed
+        self.rank, self.world = rank, world  # under torchrun each process takes keys[rank::world] of every batch
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for s in range(self.start, self.stop):
-            yield batch_keys(s, self.batch_size, self.num_samples, self.seed)
+            yield batch_keys(s, self.batch_size, self.num_samples, self.seed)[self.rank :: self.world]
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(legacy=False), "python": random.getstate()}
+    """torch, numpy (global) and python RNG states, as types ``torch.load(weights_only=True)`` accepts."""
+    np_state = np.random.get_state(legacy=False)
+    np_state["state"] = {
+        "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+        "pos": np_state["state"]["pos"],
+    }
+    return {"torch": torch.get_rng_state(), "numpy": np_state, "python": random.getstate()}
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    np_state = dict(state["numpy"])
+    np_state["state"] = {
+        "key": np.asarray(np_state["state"]["key"].numpy(), dtype=np.uint32),
+        "pos": int(np_state["state"]["pos"]),
+    }
+    np.random.set_state(np_state)
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
 
@@ -261,6 +278,13 @@ def _model_config(model: nn.Module) -> dict[str, Any] | None:
     return cfg.to_dict() if hasattr(cfg, "to_dict") else None
 
 
+def _process_group() -> tuple[int, int]:
+    """(rank, world size) of an initialised ``torch.distributed`` process group (torchrun), else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def _write_json(obj: Any, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as f:
@@ -281,14 +305,26 @@ def train(
     ``resume`` (a checkpoint path) restores model, optimiser, scheduler, RNG states and the step, and continues
     to ``config.steps``. Deterministic on CPU for a given config: same seed, same weights.
     """
-    t_start = time.perf_counter()
+    previous_threads = torch.get_num_threads()
     if config.threads:
-        torch.set_num_threads(config.threads)
+        torch.set_num_threads(config.threads)  # restored afterwards: the setting is process-wide
+    try:
+        return _train(config, model, loss_fn, resume)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(
+    config: TrainConfig, model: nn.Module | None, loss_fn: LossFn | None, resume: Path | str | None
+) -> TrainResult:
+    t_start = time.perf_counter()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     random.seed(config.seed)
+    # the data first: a missing or bad data set fails before a model is built
+    dataset = LPCVDataset(config.data, config.train_split, augment_config=config.augment_config(), seed=config.seed)
     if model is None:
         from models.registry import build_model
 
@@ -299,7 +335,9 @@ def train(
             **(config.model_overrides or {}),
         )
     loss_fn = loss_fn if loss_fn is not None else CrossEntropyLoss(config.ignore_index)
-    dataset = LPCVDataset(config.data, config.train_split, augment_config=config.augment_config(), seed=config.seed)
+    rank, world = _process_group()
+    if config.batch_size % world:
+        raise ValueError(f"batch size {config.batch_size} is not a multiple of the {world} processes")
     params = list(model.parameters())
     if isinstance(loss_fn, nn.Module):
         params += [p for p in loss_fn.parameters() if p.requires_grad]
@@ -318,12 +356,15 @@ def train(
         _set_rng_state(ckpt["rng"])
         start = int(ckpt["step"])
         logger.info("resumed from %s at step %d", resume, start)
-    _write_json(asdict(config), out / "train_config.json")
+    if rank == 0:
+        _write_json(asdict(config), out / "train_config.json")
     result = TrainResult(step=start, checkpoint=out / CHECKPOINT)
-    if config.eval_at_start and start == 0:
+    if config.eval_at_start and start == 0 and rank == 0:
         result.metrics_at_start = _evaluate(model, config)
 
     def checkpoint(step: int) -> None:
+        if rank != 0:  # one writer; every process holds the same weights
+            return
         state: dict[str, Any] = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -338,15 +379,18 @@ def train(
 
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_sampler=_StepBatches(start, config.steps, config.batch_size, len(dataset), config.seed),
+        batch_sampler=_StepBatches(start, config.steps, config.batch_size, len(dataset), config.seed, rank, world),
         num_workers=config.num_workers,
     )
+    # several processes (torchrun): gradients averaged by DistributedDataParallel; checkpoints keep unwrapped names
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     model.train()
     t_log, running, count = time.perf_counter(), 0.0, 0
     step = start
     for step, (images, masks) in enumerate(loader, start=start):
-        batch = Batch(images, masks, batch_keys(step, config.batch_size, len(dataset), config.seed), step)
-        outputs = model(images)
+        keys = batch_keys(step, config.batch_size, len(dataset), config.seed)[rank::world]
+        batch = Batch(images, masks, keys, step)
+        outputs = net(images)
         loss, parts = loss_fn(outputs, batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {float(loss)} at step {step}; lower --lr or check the data")
@@ -384,7 +428,7 @@ def train(
     result.step = max(step, start)
     checkpoint(result.step)
     model.eval()
-    result.metrics = _evaluate(model, config)
+    result.metrics = _evaluate(model, config) if rank == 0 else None
     result.seconds = time.perf_counter() - t_start
     summary = {
         "step": result.step,
@@ -393,7 +437,8 @@ def train(
         "metrics": result.metrics,
         "metrics_at_start": result.metrics_at_start,
     }
-    _write_json(summary, out / "metrics.json")
+    if rank == 0:
+        _write_json(summary, out / "metrics.json")
     return result
 
 
@@ -476,8 +521,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if m:
             tag = " (synthetic data)" if m["data"].get("synthetic") else ""
             print(
-                f"{label}: {config.eval_split} mIoU {100 * (m['miou'] or 0):.2f} %, mDice {100 * (m['mdice'] or 0):.2f} %"
-                f", pixel accuracy {100 * (m['pixel_accuracy'] or 0):.2f} % on {m['num_images']} images{tag}"
+                f"{label}: {config.eval_split} mIoU {100 * (m['miou'] or 0):.2f} %, "
+                f"mDice {100 * (m['mdice'] or 0):.2f} %, pixel accuracy {100 * (m['pixel_accuracy'] or 0):.2f} % "
+                f"on {m['num_images']} images{tag}"
             )
     return 0
 
