@@ -1,0 +1,846 @@
+"""Coupled-dimension analysis on ONNX graphs (DESIGN.md section 5): follow one axis through the data flow.
+
+A *unit axis* is an axis of a tensor whose index decomposes, row-major, into factors ``layout``, exactly one of
+which is the unit factor (heads, neurons) of size ``count``; the others are carried along. Examples (MobileViT,
+4 heads of 16, dim 64):
+
+* qkv MatMul output, last axis (192):  ``((3, False), (4, True), (16, False))``  -- q/k/v x heads x head_dim
+* attention scores ``[B, 4, N, N]``, axis 1:  ``((4, True),)``
+* dynamo's folded key ``[-1 = B x 4, N, 16]``, axis 0:  ``((4, False), (4, True))``
+* output-projection input, last axis (64):  ``((4, True), (16, False))``
+
+:func:`trace` starts from one such axis and visits every node that reads or writes a tensor carrying it, in both
+directions, with one rule per op type that maps the axis from any one of the node's tensors to all the others.
+What it collects (a :class:`DimGroup`): every constant that carries the axis (weights, biases, per-head
+constants such as Swin's relative-position bias: sliced), every shape vector position that holds its size
+(Reshape/Expand targets, Split sizes: rewritten by position, never by value), and the contraction ops where the
+axis ends (the next MatMul/Gemm's rows). Anything it cannot follow exactly (an op with no rule, a reduction or
+Softmax over the axis, a Reshape that splits the unit factor, a shape read at run time from a pruned tensor, a
+model input or output, a weight read outside the group) raises :class:`TraceError` with the reason, so callers
+skip the whole unit and never cut half of it.
+
+:func:`apply_groups` rewrites a copy of the model for chosen kept unit indices: ``y = x[..., kept, ...]`` on every
+carried constant, shape vectors with ``count`` replaced by ``len(kept)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from passes._core.graph import GraphView, NodeRef
+
+log = logging.getLogger(__name__)
+
+Factor = tuple[int, bool]
+Layout = tuple[Factor, ...]
+
+
+class TraceError(Exception):
+    """The axis cannot be followed safely; the message names the node and the reason."""
+
+
+# ------------------------------------------------------------------------------------------------------ layouts
+def canonical(layout: Sequence[Factor]) -> Layout:
+    """Merge adjacent carried factors and drop carried factors of size 1 (the unit factor is kept as is)."""
+    out: list[Factor] = []
+    for size, unit in layout:
+        if not unit and size == 1:
+            continue
+        if out and not unit and not out[-1][1]:
+            out[-1] = (out[-1][0] * size, False)
+        else:
+            out.append((int(size), bool(unit)))
+    return tuple(out)
+
+
+def layout_size(layout: Layout, kept: int | None = None) -> int:
+    """Size of an axis with this layout; with ``kept``, the size after keeping ``kept`` units."""
+    return int(np.prod([kept if (unit and kept is not None) else s for s, unit in layout]))
+
+
+def unit_count(layout: Layout) -> int:
+    return next(s for s, unit in layout if unit)
+
+
+def unit_inner(layout: Layout) -> int:
+    """Product of the factors after the unit factor (the head dimension of ``(heads, head_dim)``)."""
+    i = next(k for k, (_, unit) in enumerate(layout) if unit)
+    return int(np.prod([s for s, _ in layout[i + 1 :]])) if i + 1 < len(layout) else 1
+
+
+def kept_positions(layout: Layout, kept: Sequence[int]) -> np.ndarray:
+    """Indices along an axis of this layout whose unit coordinate is in ``kept`` (in order)."""
+    sizes = [s for s, _ in layout]
+    u = next(k for k, (_, unit) in enumerate(layout) if unit)
+    idx = np.arange(int(np.prod(sizes))).reshape(sizes)  # [f0, ..., count, ..., fn]
+    return np.take(idx, np.asarray(list(kept), dtype=np.int64), axis=u).reshape(-1)
+
+
+@dataclass(frozen=True)
+class Dim:
+    """The unit axis of one tensor: which axis, and how its index decomposes."""
+
+    axis: int
+    layout: Layout
+
+    @property
+    def size(self) -> int:
+        return layout_size(self.layout)
+
+
+# -------------------------------------------------------------------------------------------------------- edits
+@dataclass(frozen=True)
+class TensorSlice:
+    """A constant (initializer or Constant node output) that carries the unit axis: keep its slices."""
+
+    tensor: str
+    axis: int
+    layout: Layout
+
+
+@dataclass(frozen=True)
+class ShapeEdit:
+    """Position ``position`` of the shape vector read by input ``input`` of node ``node`` holds the axis size.
+
+    ``value`` is the whole original vector (a constant, or computed from static shapes when ``folded``): the
+    rewrite puts ``layout_size(layout, kept)`` at ``position`` into a fresh constant for that node input only.
+    """
+
+    node: int
+    input: int
+    position: int
+    layout: Layout
+    value: tuple[int, ...]
+    folded: bool
+
+
+@dataclass(frozen=True)
+class SplitEdit:
+    """A Split along the unit axis whose sizes (input 1, or attribute ``split``) follow the kept units."""
+
+    node: int
+    layouts: tuple[Layout, ...]
+    from_input: bool
+
+
+@dataclass
+class DimGroup:
+    """Everything that carries one unit axis: tensors, nodes, and the edits that remove units."""
+
+    seed: str
+    count: int
+    dims: dict[str, Dim] = field(default_factory=dict)
+    nodes: set[int] = field(default_factory=set)
+    slices: dict[str, TensorSlice] = field(default_factory=dict)
+    shape_edits: list[ShapeEdit] = field(default_factory=list)
+    split_edits: list[SplitEdit] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # weights whose OUTPUT axis is the unit axis
+    sinks: list[str] = field(default_factory=list)  # weights whose CONTRACTION axis is the unit axis
+    flops: int = 0  # FLOPs of the contraction ops in the group (all of it scales with the unit count)
+
+    @property
+    def params(self) -> int:
+        """Elements of the float constants the group slices (all of them scale with the unit count)."""
+        return sum(int(np.prod(self._shapes[t])) for t in self.slices if self._float.get(t, False))
+
+    _shapes: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    _float: dict[str, bool] = field(default_factory=dict, repr=False)
+
+
+# ------------------------------------------------------------------------------------------------------- tracer
+_UNARY = {
+    "Relu", "Sigmoid", "Tanh", "Erf", "Exp", "Log", "Sqrt", "Neg", "Abs", "Cast", "Identity", "Gelu", "Softplus",
+    "Softsign", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Selu", "Celu", "Mish", "Reciprocal", "Floor",
+    "Ceil", "Round", "Sin", "Cos", "Clip", "ThresholdedRelu", "Sign", "Not", "IsNaN", "IsInf",
+}  # fmt: skip
+_BROADCAST = {
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Less", "Greater",
+    "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod", "PRelu",
+}  # fmt: skip
+ELEMENTWISE = _UNARY | _BROADCAST | {"Dropout"}
+
+
+class _Tracer:
+    def __init__(self, view: GraphView, seed: str, count: int) -> None:
+        self.view = view
+        self.group = DimGroup(seed=seed, count=count)
+        self.queue: deque[str] = deque()
+        self.none_claims: dict[str, str] = {}
+
+    # bookkeeping ------------------------------------------------------------------------------------------
+    def fail(self, ref: NodeRef | None, reason: str) -> TraceError:
+        where = f"{ref.node.op_type} node {ref.name!r}: " if ref is not None else ""
+        return TraceError(where + reason)
+
+    def shape(self, ref: NodeRef, name: str) -> list[int]:
+        s = self.view.shape(name)
+        if s is None:
+            raise self.fail(ref, f"the shape of {name!r} is not static")
+        return s
+
+    def assign(self, name: str, dim: Dim, ref: NodeRef | None) -> None:
+        dim = Dim(dim.axis, canonical(dim.layout))
+        if name in self.none_claims:
+            raise self.fail(ref, f"{name!r} carries the unit axis but {self.none_claims[name]} does not pass it on")
+        old = self.group.dims.get(name)
+        if old is not None:
+            if old != dim:
+                raise self.fail(ref, f"{name!r} would carry the unit axis twice ({old} and {dim})")
+            return
+        if name in self.view.graph_inputs:
+            raise self.fail(ref, f"the unit axis reaches the model input {name!r}")
+        if name in self.view.graph_outputs:
+            raise self.fail(ref, f"the unit axis reaches the model output {name!r}; outputs are never cut")
+        shape = self.view.shape(name)
+        if shape is None:
+            raise self.fail(ref, f"the shape of {name!r} is not static")
+        if shape[dim.axis] != dim.size:
+            raise self.fail(ref, f"{name!r} axis {dim.axis} has size {shape[dim.axis]}, expected {dim.size}")
+        self.group.dims[name] = dim
+        if self.view.is_constant(name):
+            value = self.view.constant(name)
+            self.group.slices[name] = TensorSlice(name, dim.axis, dim.layout)
+            self.group._shapes[name] = list(shape)
+            self.group._float[name] = value is not None and np.issubdtype(value.dtype, np.floating)
+        else:
+            self.queue.append(name)
+
+    def claim_none(self, name: str, ref: NodeRef) -> None:
+        if name in self.group.dims:
+            raise self.fail(ref, f"{name!r} carries the unit axis but this op does not pass it on")
+        self.none_claims[name] = f"{ref.node.op_type} node {ref.name!r}"
+
+    # the walk ---------------------------------------------------------------------------------------------
+    def run(self, name: str, dim: Dim) -> DimGroup:
+        self.assign(name, dim, None)
+        visited: set[int] = set()
+        while self.queue:
+            t = self.queue.popleft()
+            refs = []
+            if t in self.view.producer:
+                refs.append(self.view.producer[t])
+            refs.extend(self.view.consumer_nodes(t))
+            for ref in refs:
+                if ref.index in visited:
+                    continue
+                visited.add(ref.index)
+                self.visit(ref, t)
+        self.check()
+        return self.group
+
+    def visit(self, ref: NodeRef, known: str) -> None:
+        op = ref.node.op_type
+        if ref.node.domain not in ("", "ai.onnx"):
+            raise self.fail(ref, f"no rule for custom-domain op {ref.node.domain}.{op}")
+        rule = _RULES.get(op)
+        if rule is None:
+            if op in _UNARY or op == "Dropout":
+                rule = _unary
+            elif op in _BROADCAST:
+                rule = _broadcast
+            else:
+                raise self.fail(ref, f"no rule for {op} on the unit axis; the unit is left whole")
+        result = rule(self, ref, known, self.group.dims[known])
+        self.group.nodes.add(ref.index)
+        for name, dim in result.items():
+            if not name:
+                continue
+            if dim is None:
+                self.claim_none(name, ref)
+            else:
+                self.assign(name, dim, ref)
+
+    def check(self) -> None:
+        g = self.group
+        for name in g.slices:
+            users = self.view.consumer_nodes(name)
+            outside = [r for r in users if r.index not in g.nodes]
+            if outside or len(users) > 1:
+                names = ", ".join(repr(r.name) for r in users)
+                raise TraceError(f"constant {name!r} is shared (read by {names}); a shared weight is never cut")
+        for ref in (self.view.nodes[i] for i in sorted(g.nodes)):
+            if ref.node.op_type not in ("MatMul", "Gemm"):
+                continue
+            g.flops += self.view.node_flops(ref)
+            for pos in (0, 1):
+                w = ref.node.input[pos]
+                if w in g.slices and len(g._shapes[w]) >= 2:
+                    carried_out = ref.node.output[0] in g.dims
+                    (g.sources if carried_out else g.sinks).append(w)
+
+
+def trace(view: GraphView, name: str, dim: Dim) -> DimGroup:
+    """Follow the unit axis ``dim`` of tensor ``name`` through the whole graph; raise :class:`TraceError`."""
+    count = unit_count(canonical(dim.layout))
+    return _Tracer(view, name, count).run(name, dim)
+
+
+# --------------------------------------------------------------------------------------------------------- rules
+Rule = Callable[[_Tracer, NodeRef, str, Dim], dict[str, Dim | None]]
+
+
+def _norm(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def _unary(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    n = ref.node
+    out: dict[str, Dim | None] = {n.input[0]: dim}
+    for extra in n.input[1:]:  # Clip's min/max, Dropout's ratio: scalars
+        if extra:
+            s = tr.shape(ref, extra)
+            if int(np.prod(s)) != 1:
+                raise tr.fail(ref, f"non-scalar second input {extra!r}")
+            out[extra] = None
+    for o in n.output:
+        if o:
+            out[o] = dim
+    return out
+
+
+def _broadcast(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    n = ref.node
+    y = n.output[0]
+    ry = len(tr.shape(ref, y))
+    rk = len(tr.shape(ref, known))
+    y_axis = dim.axis + (ry - rk)
+    out: dict[str, Dim | None] = {y: Dim(y_axis, dim.layout)}
+    for i in n.input:
+        if not i:
+            continue
+        s = tr.shape(ref, i)
+        ax = y_axis - (ry - len(s))
+        if ax < 0 or s[ax] == 1:
+            out[i] = None
+        else:
+            out[i] = Dim(ax, dim.layout)
+    return out
+
+
+def _softmax(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    r = len(tr.shape(ref, known))
+    default = -1 if tr.view.opset >= 13 else 1
+    axis = _norm(int(tr.view.attrs(ref.node).get("axis", default)), r)
+    if tr.view.opset < 13 and axis != r - 1:
+        raise tr.fail(ref, "opset < 13 Softmax flattens the axes from `axis` on")
+    if axis == dim.axis:
+        raise tr.fail(ref, "normalises over the unit axis")
+    return {ref.node.input[0]: dim, ref.node.output[0]: dim}
+
+
+def _transpose(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    n = ref.node
+    r = len(tr.shape(ref, n.input[0]))
+    perm = list(tr.view.attrs(n).get("perm", list(range(r))[::-1]))
+    if known == n.input[0]:
+        return {n.input[0]: dim, n.output[0]: Dim(perm.index(dim.axis), dim.layout)}
+    return {n.output[0]: dim, n.input[0]: Dim(perm[dim.axis], dim.layout)}
+
+
+def map_reshape(src: Sequence[int], axis: int, layout: Layout, dst: Sequence[int]) -> Dim:
+    """Where the unit axis ``axis`` (with ``layout``) of a tensor of shape ``src`` lands after reshaping to ``dst``.
+
+    Both shapes are cut into the same row-major factors; a destination axis may merge several source factors or
+    split a carried factor, never the unit factor. Raises :class:`TraceError` otherwise.
+    """
+    atoms: list[Factor] = []
+    for j, s in enumerate(src):
+        if j == axis:
+            atoms.extend(layout)
+        elif s != 1:
+            atoms.append((int(s), False))
+    k = 0
+    found: Dim | None = None
+    for d, size in enumerate(dst):
+        acc, cur = 1, []
+        while acc < size:
+            if k >= len(atoms):
+                raise TraceError(f"cannot map shape {list(src)} onto {list(dst)}")
+            s, unit = atoms[k]
+            if size % (acc * s) == 0:
+                cur.append((s, unit))
+                acc *= s
+                k += 1
+            else:
+                need = size // acc
+                if unit or size % acc or s % need:
+                    raise TraceError(f"reshape {list(src)} -> {list(dst)} splits the unit axis")
+                cur.append((need, False))
+                atoms[k] = (s // need, False)
+                acc *= need
+        if acc != size:
+            raise TraceError(f"cannot map shape {list(src)} onto {list(dst)}")
+        if any(unit for _, unit in cur):
+            found = Dim(d, canonical(cur))
+    if k != len(atoms) or found is None:
+        raise TraceError(f"cannot map shape {list(src)} onto {list(dst)}")
+    return found
+
+
+def _shape_vector(tr: _Tracer, ref: NodeRef, k: int) -> tuple[tuple[int, ...], bool]:
+    name = ref.node.input[k]
+    value = tr.view.value(name)
+    if value is None:
+        raise tr.fail(ref, f"its shape input {name!r} is computed at run time from dynamic sizes; cannot rewrite it")
+    return tuple(int(v) for v in np.asarray(value).reshape(-1)), not tr.view.is_constant(name)
+
+
+def _reshape(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    n = ref.node
+    x, y = n.input[0], n.output[0]
+    sx, sy = tr.shape(ref, x), tr.shape(ref, y)
+    try:
+        if known == x:
+            dx, dy = dim, map_reshape(sx, dim.axis, dim.layout, sy)
+        else:
+            dy, dx = dim, map_reshape(sy, dim.axis, dim.layout, sx)
+    except TraceError as exc:
+        raise tr.fail(ref, str(exc)) from None
+    out: dict[str, Dim | None] = {x: dx, y: dy}
+    if n.op_type == "Flatten":
+        return out
+    out[n.input[1]] = None
+    value, folded = _shape_vector(tr, ref, 1)
+    copies = [] if int(tr.view.attrs(n).get("allowzero", 0)) else [p for p, v in enumerate(value) if v == 0]
+    same = dx == dy  # input and output hold the unit axis at the same position with the same layout
+    for pos in copies:  # a 0 entry copies the input's size at that position
+        if (pos == dx.axis or pos == dy.axis) and not same:
+            raise tr.fail(ref, "a 0 (copy) entry of the shape vector touches the unit axis")
+    v = value[dy.axis]
+    if v == -1 or (v == 0 and dy.axis in copies):
+        return out
+    if v != dy.size:
+        raise tr.fail(ref, f"shape entry {dy.axis} is {v}, expected {dy.size}")
+    tr.group.shape_edits.append(ShapeEdit(ref.index, 1, dy.axis, dy.layout, value, folded))
+    return out
+
+
+def _flatten(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    return _reshape(tr, ref, known, dim)
+
+
+def _axes(tr: _Tracer, ref: NodeRef, rank: int) -> list[int] | None:
+    n = ref.node
+    if tr.view.opset >= 13 and n.op_type in ("Squeeze", "Unsqueeze"):
+        if len(n.input) < 2 or not n.input[1]:
+            return None
+        v = tr.view.value(n.input[1])
+        if v is None:
+            raise tr.fail(ref, "axes computed at run time")
+        axes = [int(a) for a in np.asarray(v).reshape(-1)]
+    else:
+        a = tr.view.attrs(n).get("axes")
+        if a is None:
+            return None
+        axes = [int(x) for x in a]  # type: ignore[union-attr]
+    return sorted(_norm(a, rank) for a in axes)
+
+
+def _squeeze(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    n = ref.node
+    x, y = n.input[0], n.output[0]
+    sx = tr.shape(ref, x)
+    axes = _axes(tr, ref, len(sx))
+    if axes is None:
+        axes = [i for i, s in enumerate(sx) if s == 1]
+    keep = [i for i in range(len(sx)) if i not in axes]  # output axis j <- input axis keep[j]
+    out: dict[str, Dim | None] = {}
+    if len(n.input) > 1 and n.input[1]:
+        out[n.input[1]] = None
+    if known == x:
+        if dim.axis in axes:
+            raise tr.fail(ref, "squeezes the unit axis")
+        out.update({x: dim, y: Dim(keep.index(dim.axis), dim.layout)})
+    else:
+        out.update({y: dim, x: Dim(keep[dim.axis], dim.layout)})
+    return out
+
+
+def _unsqueeze(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    n = ref.node
+    x, y = n.input[0], n.output[0]
+    ry = len(tr.shape(ref, y))
+    axes = _axes(tr, ref, ry) or []
+    keep = [i for i in range(ry) if i not in axes]  # input axis j -> output axis keep[j]
+    out: dict[str, Dim | None] = {}
+    if len(n.input) > 1 and n.input[1]:
+        out[n.input[1]] = None
+    if known == x:
+        out.update({x: dim, y: Dim(keep[dim.axis], dim.layout)})
+    else:
+        out.update({y: dim, x: Dim(keep.index(dim.axis), dim.layout)})
+    return out
+
+
+def _split(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    n = ref.node
+    x = n.input[0]
+    r = len(tr.shape(ref, x))
+    attrs = tr.view.attrs(n)
+    axis = _norm(int(attrs.get("axis", 0)), r)
+    outs = [o for o in n.output]
+    out: dict[str, Dim | None] = {}
+    from_input = len(n.input) > 1 and bool(n.input[1])
+    if from_input:
+        out[n.input[1]] = None
+    if dim.axis != axis:
+        out[x] = dim
+        out.update({o: dim for o in outs if o})
+        return out
+    sizes = [tr.shape(ref, o)[axis] if o else None for o in outs]
+    if None in sizes or len(set(sizes)) != 1:
+        raise tr.fail(ref, "splits the unit axis into unequal or unused parts")
+    k = len(outs)
+    if known == x:
+        first = dim.layout[0]
+        if first[1] or first[0] % k:
+            raise tr.fail(ref, "splits the unit factor itself")
+        each = canonical(((first[0] // k, False),) + dim.layout[1:])
+        xd = dim
+    else:
+        each = dim.layout
+        xd = Dim(axis, canonical(((k, False),) + each))
+    out[x] = xd
+    out.update({o: Dim(axis, each) for o in outs})
+    if from_input or attrs.get("split") is not None:
+        tr.group.split_edits.append(SplitEdit(ref.index, tuple(each for _ in outs), from_input))
+    return out
+
+
+def _slice(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    n = ref.node
+    x, y = n.input[0], n.output[0]
+    r = len(tr.shape(ref, x))
+    if tr.view.opset < 10:
+        axes = tr.view.attrs(n).get("axes") or list(range(len(tr.view.attrs(n)["starts"])))  # type: ignore[arg-type]
+    elif len(n.input) > 3 and n.input[3]:
+        v = tr.view.value(n.input[3])
+        if v is None:
+            raise tr.fail(ref, "slice axes computed at run time")
+        axes = v.reshape(-1).tolist()
+    else:
+        v = tr.view.value(n.input[1])
+        if v is None:
+            raise tr.fail(ref, "slice starts computed at run time")
+        axes = list(range(v.size))
+    if dim.axis in [_norm(int(a), r) for a in axes]:  # type: ignore[union-attr]
+        raise tr.fail(ref, "slices along the unit axis")
+    out: dict[str, Dim | None] = {x: dim, y: dim}
+    out.update({i: None for i in n.input[1:] if i})
+    return out
+
+
+def _gather(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    n = ref.node
+    data, idx, y = n.input[0], n.input[1], n.output[0]
+    r = len(tr.shape(ref, data))
+    ri = len(tr.shape(ref, idx))
+    axis = _norm(int(tr.view.attrs(n).get("axis", 0)), r)
+    if known == idx:
+        raise tr.fail(ref, "the unit axis is in the gather indices")
+    if known == data:
+        if dim.axis == axis:
+            raise tr.fail(ref, "gathers along the unit axis")
+        ya = dim.axis if dim.axis < axis else dim.axis + ri - 1
+        return {data: dim, idx: None, y: Dim(ya, dim.layout)}
+    if dim.axis < axis:
+        da = dim.axis
+    elif dim.axis >= axis + ri:
+        da = dim.axis - ri + 1
+    else:
+        raise tr.fail(ref, "the unit axis comes from the gather indices")
+    return {y: dim, idx: None, data: Dim(da, dim.layout)}
+
+
+def _concat(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    n = ref.node
+    r = len(tr.shape(ref, known))
+    axis = _norm(int(tr.view.attrs(n)["axis"]), r)  # type: ignore[arg-type]
+    if axis == dim.axis:
+        raise tr.fail(ref, "concatenates along the unit axis")
+    out: dict[str, Dim | None] = {i: dim for i in n.input if i}
+    out[n.output[0]] = dim
+    return out
+
+
+def _matmul(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    n = ref.node
+    a, b, y = n.input[0], n.input[1], n.output[0]
+    sa, sb, sy = tr.shape(ref, a), tr.shape(ref, b), tr.shape(ref, y)
+    ra, rb, ry = len(sa), len(sb), len(sy)
+    if ra < 2 or rb < 2:
+        raise tr.fail(ref, "MatMul with a vector operand")
+    out: dict[str, Dim | None] = {a: None, b: None, y: None}
+    L = dim.layout
+
+    def batch(y_axis: int) -> None:
+        out[y] = Dim(y_axis, L)
+        for t, s in ((a, sa), (b, sb)):
+            ax = y_axis - (ry - len(s))
+            out[t] = Dim(ax, L) if ax >= 0 and s[ax] != 1 else None
+
+    if a == b:
+        raise tr.fail(ref, "MatMul of a tensor with itself")
+    if known == a:
+        if dim.axis == ra - 1:
+            out.update({a: dim, b: Dim(rb - 2, L)})
+        elif dim.axis == ra - 2:
+            out.update({a: dim, y: Dim(ry - 2, L)})
+        else:
+            batch(dim.axis + ry - ra)
+    elif known == b:
+        if dim.axis == rb - 2:
+            out.update({b: dim, a: Dim(ra - 1, L)})
+        elif dim.axis == rb - 1:
+            out.update({b: dim, y: Dim(ry - 1, L)})
+        else:
+            batch(dim.axis + ry - rb)
+    else:
+        if dim.axis == ry - 1:
+            out.update({y: dim, b: Dim(rb - 1, L)})
+        elif dim.axis == ry - 2:
+            out.update({y: dim, a: Dim(ra - 2, L)})
+        else:
+            batch(dim.axis)
+    return out
+
+
+def _gemm(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    n = ref.node
+    attrs = tr.view.attrs(n)
+    ta, tb = int(attrs.get("transA", 0)), int(attrs.get("transB", 0))
+    a, b, y = n.input[0], n.input[1], n.output[0]
+    c = n.input[2] if len(n.input) > 2 and n.input[2] else None
+    a_m, a_k = (1, 0) if ta else (0, 1)
+    b_k, b_n = (1, 0) if tb else (0, 1)
+    L = dim.layout
+    out: dict[str, Dim | None] = {a: None, b: None, y: None}
+
+    def with_y(y_axis: int) -> None:
+        out[y] = Dim(y_axis, L)
+        if c is not None:
+            sc = tr.shape(ref, c)
+            ax = y_axis - (2 - len(sc))
+            out[c] = Dim(ax, L) if ax >= 0 and sc[ax] != 1 else None
+
+    if c is not None:
+        out[c] = None
+    if known == a:
+        out[a] = dim
+        if dim.axis == a_k:
+            out[b] = Dim(b_k, L)
+        else:
+            with_y(0)
+    elif known == b:
+        out[b] = dim
+        if dim.axis == b_k:
+            out[a] = Dim(a_k, L)
+        else:
+            with_y(1)
+    elif known == y:
+        if dim.axis == 0:
+            out[a] = Dim(a_m, L)
+        else:
+            out[b] = Dim(b_n, L)
+        with_y(dim.axis)
+    else:  # the bias C carries it
+        sc = tr.shape(ref, c)  # type: ignore[arg-type]
+        y_axis = dim.axis + (2 - len(sc))
+        return _gemm(tr, ref, y, Dim(y_axis, L)) | {c: dim}  # type: ignore[dict-item]
+    return out
+
+
+def _expand(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    n = ref.node
+    x, y = n.input[0], n.output[0]
+    sx, sy = tr.shape(ref, x), tr.shape(ref, y)
+    shift = len(sy) - len(sx)
+    value, folded = _shape_vector(tr, ref, 1)
+    out: dict[str, Dim | None] = {n.input[1]: None}
+    if known == x:
+        y_axis = dim.axis + shift
+        out.update({x: dim, y: Dim(y_axis, dim.layout)})
+    else:
+        y_axis = dim.axis
+        xa = y_axis - shift
+        out.update({y: dim, x: Dim(xa, dim.layout) if xa >= 0 and sx[xa] != 1 else None})
+    pos = y_axis - (len(sy) - len(value))
+    if pos >= 0:
+        v = value[pos]
+        if v != 1:
+            if v != dim.size:
+                raise tr.fail(ref, f"expand entry {pos} is {v}, expected {dim.size}")
+            tr.group.shape_edits.append(ShapeEdit(ref.index, 1, pos, dim.layout, value, folded))
+    return out
+
+
+def _shape(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    """``Shape`` of a pruned tensor: allowed only when what is read from it excludes the unit axis."""
+    n = ref.node
+    r = len(tr.shape(ref, known))
+    attrs = tr.view.attrs(n)
+    start = _norm(int(attrs.get("start", 0)), r)
+    pos = dim.axis - start  # position of the unit axis inside the shape vector
+    for user in tr.view.consumer_nodes(n.output[0]):
+        picked: list[int] | None = None
+        if user.node.op_type == "Gather" and int(tr.view.attrs(user.node).get("axis", 0)) == 0:
+            v = tr.view.value(user.node.input[1])
+            if v is not None:
+                picked = [int(i) % max(r - start, 1) for i in np.asarray(v).reshape(-1)]
+        elif user.node.op_type == "Slice" and user.node.input[0] == n.output[0]:
+            picked = _slice_positions(tr.view, user.node, r - start)
+        if picked is None:
+            raise tr.fail(ref, f"the size of the unit axis is read at run time by {user.node.op_type} {user.name!r}")
+        if pos in picked:
+            raise tr.fail(user, "reads the size of the unit axis at run time; it would keep the old count")
+    return {known: dim, n.output[0]: None}
+
+
+def _slice_positions(view: GraphView, node: onnx.NodeProto, length: int) -> list[int] | None:
+    """Which positions of a 1-D vector of ``length`` a constant ``Slice`` (opset >= 10) keeps, else ``None``."""
+    if view.opset < 10:
+        return None
+    vals = [view.value(i) if i else None for i in node.input[1:]]
+    if any(v is None for v, i in zip(vals, node.input[1:]) if i):
+        return None
+    starts, ends = vals[0], vals[1]
+    steps = vals[3] if len(vals) > 3 and vals[3] is not None else np.ones_like(starts)
+    positions = np.arange(length)
+    return positions[slice(int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0]), int(steps.reshape(-1)[0]))].tolist()
+
+
+def _layernorm(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    n = ref.node
+    r = len(tr.shape(ref, n.input[0]))
+    axis = _norm(int(tr.view.attrs(n).get("axis", -1)), r)
+    if known != n.input[0] and known != n.output[0]:
+        raise tr.fail(ref, "the unit axis is in the normalisation scale or bias")
+    if dim.axis >= axis:
+        raise tr.fail(ref, "normalises over the unit axis")
+    if any(o for o in n.output[1:] if tr.view.consumers.get(o)):
+        raise tr.fail(ref, "uses the saved mean/inverse std outputs")
+    out: dict[str, Dim | None] = {n.input[0]: dim, n.output[0]: dim}
+    out.update({i: None for i in n.input[1:] if i})
+    return out
+
+
+def _reduce(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    n = ref.node
+    x, y = n.input[0], n.output[0]
+    r = len(tr.shape(ref, x))
+    attrs = tr.view.attrs(n)
+    keepdims = int(attrs.get("keepdims", 1))
+    if "axes" in attrs:
+        axes = [_norm(int(a), r) for a in attrs["axes"]]  # type: ignore[union-attr]
+    elif len(n.input) > 1 and n.input[1]:
+        v = tr.view.value(n.input[1])
+        if v is None:
+            raise tr.fail(ref, "reduction axes computed at run time")
+        axes = [_norm(int(a), r) for a in np.asarray(v).reshape(-1)]
+    else:
+        axes = list(range(r))
+    keep = [i for i in range(r) if keepdims or i not in axes]  # output axis j <- input axis keep[j]
+    out: dict[str, Dim | None] = {i: None for i in n.input[1:] if i}
+    if known == x:
+        if dim.axis in axes:
+            raise tr.fail(ref, "reduces over the unit axis")
+        out.update({x: dim, y: Dim(keep.index(dim.axis), dim.layout)})
+    else:
+        out.update({y: dim, x: Dim(keep[dim.axis], dim.layout)})
+    return out
+
+
+_RULES: dict[str, Rule] = {
+    "Softmax": _softmax,
+    "LogSoftmax": _softmax,
+    "Transpose": _transpose,
+    "Reshape": _reshape,
+    "Flatten": _flatten,
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
+    "Split": _split,
+    "Slice": _slice,
+    "Gather": _gather,
+    "Concat": _concat,
+    "MatMul": _matmul,
+    "Gemm": _gemm,
+    "Expand": _expand,
+    "Shape": _shape,
+    "LayerNormalization": _layernorm,
+    "ReduceMean": _reduce,
+    "ReduceSum": _reduce,
+    "ReduceMax": _reduce,
+    "ReduceMin": _reduce,
+}
+
+
+# -------------------------------------------------------------------------------------------------------- apply
+def _unique(base: str, taken: set[str]) -> str:
+    k = 0
+    name = f"{base}_pruned"
+    while name in taken:
+        k += 1
+        name = f"{base}_pruned{k}"
+    taken.add(name)
+    return name
+
+
+def apply_groups(
+    model: onnx.ModelProto, view: GraphView, chosen: Sequence[tuple[DimGroup, Sequence[int]]]
+) -> onnx.ModelProto:
+    """A copy of ``model`` (the one ``view`` looks at) keeping units ``kept`` of each group; input untouched.
+
+    Carried constants keep their names (so the exporter's weight map stays valid); every rewritten shape or
+    split vector becomes a fresh initializer read only by the node it belongs to, so constants shared with other
+    blocks are never edited.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    inits = {t.name: t for t in graph.initializer}
+    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    for group, kept in chosen:
+        kept = list(kept)
+        if len(kept) == group.count:
+            continue
+        for ts in group.slices.values():
+            arr = view.constant(ts.tensor)
+            assert arr is not None
+            new = np.ascontiguousarray(np.take(arr, kept_positions(ts.layout, kept), axis=ts.axis))
+            tensor = numpy_helper.from_array(new, ts.tensor)
+            if ts.tensor in inits:
+                inits[ts.tensor].CopyFrom(tensor)
+            else:
+                node = consts[ts.tensor]
+                for a in node.attribute:
+                    if a.name == "value":
+                        a.t.CopyFrom(tensor)
+        per_input: dict[tuple[int, int], list[int]] = {}
+        for e in group.shape_edits:
+            vec = per_input.setdefault((e.node, e.input), list(e.value))
+            vec[e.position] = layout_size(e.layout, len(kept))
+        for (idx, k), vec in per_input.items():
+            node = graph.node[idx]
+            name = _unique(node.input[k] or f"{node.name}_shape", taken)
+            graph.initializer.append(numpy_helper.from_array(np.array(vec, dtype=np.int64), name))
+            node.input[k] = name
+        for s in group.split_edits:
+            node = graph.node[s.node]
+            sizes = [layout_size(lay, len(kept)) for lay in s.layouts]
+            if s.from_input:
+                name = _unique(node.input[1], taken)
+                graph.initializer.append(numpy_helper.from_array(np.array(sizes, dtype=np.int64), name))
+                node.input[1] = name
+            else:
+                keep_attrs = [a for a in node.attribute if a.name != "split"]
+                del node.attribute[:]
+                node.attribute.extend(keep_attrs + [helper.make_attribute("split", sizes)])
+    return out

@@ -1,0 +1,313 @@
+"""A read-only view of an ONNX graph for the structural passes: producers, consumers, constants, static shapes.
+
+The view never changes the model it looks at. Shapes come from ONNX shape inference run on a light copy (large
+float initializers become typed graph inputs, so inference does not copy their data); integer "shape vectors"
+computed at run time (``Shape -> Gather -> Concat -> Reshape``) are evaluated with numpy by :meth:`GraphView.value`
+when every shape they read is static.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+log = logging.getLogger(__name__)
+
+# Initializers above this many elements are shown to shape inference as typed inputs (no data copy).
+_LIGHT_LIMIT = 64
+
+
+@dataclass(frozen=True)
+class NodeRef:
+    """A node of the graph and its position in ``graph.node`` (positions are stable across ``CopyFrom``)."""
+
+    index: int
+    node: onnx.NodeProto
+
+    @property
+    def name(self) -> str:
+        return self.node.name or f"{self.node.op_type}_{self.index}"
+
+
+class GraphView:
+    """Producers, consumers, constant values and static shapes of one model's main graph."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.graph = model.graph
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+        self.nodes = [NodeRef(i, n) for i, n in enumerate(self.graph.node)]
+        self.producer: dict[str, NodeRef] = {}
+        self.consumers: dict[str, list[tuple[NodeRef, int]]] = {}
+        for ref in self.nodes:
+            for o in ref.node.output:
+                if o:
+                    self.producer[o] = ref
+            for k, i in enumerate(ref.node.input):
+                if i:
+                    self.consumers.setdefault(i, []).append((ref, k))
+        self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in self.graph.initializer}
+        self.constant_nodes: dict[str, NodeRef] = {}
+        for ref in self.nodes:
+            if ref.node.op_type == "Constant" and any(a.name == "value" for a in ref.node.attribute):
+                self.constant_nodes[ref.node.output[0]] = ref
+        self.graph_inputs = {i.name for i in self.graph.input} - set(self.initializers)
+        self.graph_outputs = {o.name for o in self.graph.output}
+        self._shapes: dict[str, list[int] | None] = {}
+        self._types: dict[str, int] = {}
+        self._values: dict[str, np.ndarray] = {}
+        self._busy: set[str] = set()
+        self._infer_shapes()
+
+    # ----------------------------------------------------------------------------------------------- shapes
+    def _infer_shapes(self) -> dict[str, list[int] | None]:
+        """Static shapes of every tensor (``None`` where unknown or symbolic)."""
+        light = onnx.ModelProto()
+        light.ir_version = self.model.ir_version
+        light.opset_import.extend(self.model.opset_import)
+        g = light.graph
+        g.node.extend(self.graph.node)
+        g.input.extend(i for i in self.graph.input if i.name not in self.initializers)
+        g.output.extend(self.graph.output)
+        for init in self.graph.initializer:
+            if int(np.prod(init.dims)) > _LIGHT_LIMIT and init.data_type != onnx.TensorProto.INT64:
+                g.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+            else:
+                g.initializer.append(init)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+        except Exception as exc:  # an odd model still gets a view; rules then fail on unknown shapes
+            log.warning("shape inference failed (%s); structural rules will skip what needs shapes", exc)
+            inferred = light
+        shapes: dict[str, list[int] | None] = {}
+        types: dict[str, int] = {}
+        for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+            t = vi.type.tensor_type
+            types[vi.name] = t.elem_type
+            if not t.HasField("shape"):
+                shapes[vi.name] = None
+                continue
+            dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in t.shape.dim]
+            shapes[vi.name] = None if any(d < 0 for d in dims) else dims
+        for init in self.graph.initializer:
+            shapes[init.name] = list(init.dims)
+            types[init.name] = init.data_type
+        for name, ref in self.constant_nodes.items():
+            shapes[name] = list(ref.node.attribute[0].t.dims)
+            types[name] = ref.node.attribute[0].t.data_type
+        self._shapes, self._types, self._values = shapes, types, {}
+        self._refine_shapes()
+        return self._shapes
+
+    def _refine_shapes(self) -> None:
+        """Node-by-node inference where ONNX's whole-graph pass lost static sizes (e.g. after a Pad whose pads
+        are computed from shapes, as in Swin): feed each node the integer inputs :meth:`value` can compute."""
+        for ref in self.nodes:
+            n = ref.node
+            outs = [o for o in n.output if o]
+            if not outs or all(self._shapes.get(o) is not None for o in outs) or n.op_type == "Constant":
+                continue
+            ins = [i for i in n.input if i]
+            if any(self._shapes.get(i) is None or i not in self._types for i in ins):
+                continue
+            try:
+                schema = onnx.defs.get_schema(n.op_type, self.opset, n.domain)
+                types = {i: helper.make_tensor_type_proto(self._types[i], self._shapes[i]) for i in ins}
+                data = {}
+                for i in ins:
+                    if self._types[i] in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+                        v = self.value(i)
+                        if v is not None:
+                            data[i] = numpy_helper.from_array(np.asarray(v), i)
+                inferred = onnx.shape_inference.infer_node_outputs(
+                    schema,
+                    n,
+                    types,
+                    data,
+                    opset_imports=list(self.model.opset_import),
+                    ir_version=self.model.ir_version,
+                )
+            except Exception:  # no schema or inference error: leave the shapes unknown
+                continue
+            for o, tp in inferred.items():
+                t = tp.tensor_type
+                if t.HasField("shape"):
+                    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in t.shape.dim]
+                    if all(d >= 0 for d in dims):
+                        self._shapes[o] = dims
+                self._types.setdefault(o, t.elem_type)
+
+    def shape(self, name: str) -> list[int] | None:
+        """The static shape of tensor ``name`` (``None`` when unknown or symbolic)."""
+        return self._shapes.get(name)
+
+    def rank(self, name: str) -> int | None:
+        s = self.shape(name)
+        return None if s is None else len(s)
+
+    def is_static(self, name: str) -> bool:
+        return self.shape(name) is not None
+
+    # ---------------------------------------------------------------------------------------------- constants
+    def is_constant(self, name: str) -> bool:
+        """True for initializers and outputs of ``Constant`` nodes."""
+        return name in self.initializers or name in self.constant_nodes
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of an initializer or ``Constant`` node output, else ``None``."""
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        if name in self.constant_nodes:
+            return numpy_helper.to_array(self.constant_nodes[name].node.attribute[0].t)
+        return None
+
+    def value(self, name: str) -> np.ndarray | None:
+        """The value of a constant or of an integer tensor computable from constants and static shapes.
+
+        Evaluates the small integer subgraphs the exporters build for shapes (Shape, Gather, Unsqueeze, Concat,
+        Slice, Cast, arithmetic, Equal/Where, ConstantOfShape, Reshape); ``None`` when something on the way is
+        dynamic or not one of those ops.
+        """
+        if name in self._values:
+            return self._values[name]
+        if name in self._busy:  # a cycle (never in a valid graph)
+            return None
+        self._busy.add(name)
+        try:
+            out = self.constant(name)
+            if out is None and name in self.producer:
+                try:
+                    out = self._evaluate(self.producer[name].node, name)
+                except Exception:  # numpy refusing an odd combination means "not computable here"
+                    out = None
+        finally:
+            self._busy.discard(name)
+        if out is not None:
+            self._values[name] = out
+        return out
+
+    def _evaluate(self, node: onnx.NodeProto, name: str) -> np.ndarray | None:
+        op = node.op_type
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if op == "Shape":
+            s = self.shape(node.input[0])
+            if s is None:
+                return None
+            start, end = attrs.get("start", 0), attrs.get("end", None)
+            return np.array(s[start:end], dtype=np.int64)
+        if op == "Size":
+            s = self.shape(node.input[0])
+            return None if s is None else np.array(int(np.prod(s)), dtype=np.int64)
+        ins = [self.value(i) if i else None for i in node.input]
+        present = [x for i, x in zip(node.input, ins) if i]
+        if any(x is None for x in present):
+            return None
+        if len(node.output) != 1:
+            return None
+        x = ins[0]
+        if op == "Identity":
+            return x
+        if op == "Cast":
+            return x.astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
+        if op == "Gather":
+            return np.take(x, ins[1], axis=attrs.get("axis", 0))
+        if op == "Unsqueeze":
+            axes = attrs.get("axes") if self.opset < 13 else ins[1].tolist()
+            out = x
+            for a in sorted(int(a) % (x.ndim + len(axes)) for a in axes):
+                out = np.expand_dims(out, a)
+            return out
+        if op == "Squeeze":
+            axes = attrs.get("axes") if self.opset < 13 else (ins[1].tolist() if len(ins) > 1 else None)
+            return np.squeeze(x, axis=tuple(axes) if axes else None)
+        if op == "Concat":
+            return np.concatenate(present, axis=attrs["axis"])
+        if op == "Slice":
+            if self.opset < 10:
+                starts, ends, axes = attrs["starts"], attrs["ends"], attrs.get("axes")
+                steps = None
+            else:
+                starts, ends = ins[1].tolist(), ins[2].tolist()
+                axes = ins[3].tolist() if len(ins) > 3 and ins[3] is not None else None
+                steps = ins[4].tolist() if len(ins) > 4 and ins[4] is not None else None
+            axes = axes if axes is not None else list(range(len(starts)))
+            steps = steps if steps is not None else [1] * len(starts)
+            idx: list[slice] = [slice(None)] * x.ndim
+            for s, e, a, st in zip(starts, ends, axes, steps):
+                idx[int(a)] = slice(int(s), int(e), int(st))
+            return x[tuple(idx)]
+        if op == "Reshape":
+            return x.reshape([d if d != 0 else x.shape[i] for i, d in enumerate(ins[1].tolist())])
+        if op == "ConstantOfShape":
+            v = attrs.get("value")
+            fill = numpy_helper.to_array(v) if v is not None else np.zeros(1, dtype=np.float32)
+            return np.full(x.astype(np.int64).tolist(), fill.reshape(-1)[0], dtype=fill.dtype)
+        binary = {
+            "Add": np.add,
+            "Sub": np.subtract,
+            "Mul": np.multiply,
+            "Equal": np.equal,
+            "Less": np.less,
+            "Greater": np.greater,
+            "Max": np.maximum,
+            "Min": np.minimum,
+        }
+        if op in binary and len(present) == 2:
+            return binary[op](ins[0], ins[1])
+        if op == "Div":
+            if np.issubdtype(ins[0].dtype, np.integer):
+                return np.floor_divide(ins[0], ins[1]) if (ins[0] >= 0).all() and (ins[1] > 0).all() else None
+            return ins[0] / ins[1]
+        if op == "Mod":
+            return np.fmod(ins[0], ins[1]) if attrs.get("fmod", 0) else np.mod(ins[0], ins[1])
+        if op == "Neg":
+            return -x
+        if op == "Transpose":
+            return np.transpose(x, attrs.get("perm"))
+        if op == "Where":
+            return np.where(ins[0], ins[1], ins[2])
+        if op == "Not":
+            return np.logical_not(x)
+        if op == "Range":
+            return np.arange(x.item(), ins[1].item(), ins[2].item()).astype(x.dtype)
+        if op == "Expand":
+            return x * np.ones(ins[1].tolist(), dtype=x.dtype)
+        return None
+
+    def node_flops(self, ref: NodeRef) -> int:
+        """FLOPs of one contraction node from static shapes (same convention as :mod:`passes._core.stats`)."""
+        n = ref.node
+        out = self.shape(n.output[0]) if n.output else None
+        if out is None or n.op_type not in ("MatMul", "Gemm", "Conv", "ConvTranspose"):
+            return 0
+        if n.op_type in ("MatMul", "Gemm"):
+            a = self.shape(n.input[0])
+            if not a:
+                return 0
+            k = a[0] if (n.op_type == "Gemm" and self.attrs(n).get("transA", 0)) else a[-1]
+            return 2 * int(np.prod(out)) * k
+        w, x = self.shape(n.input[1]), self.shape(n.input[0])
+        if not w or not x:
+            return 0
+        per = w[1] * int(np.prod(w[2:]))
+        return 2 * (int(np.prod(out)) if n.op_type == "Conv" else int(np.prod(x))) * per
+
+    def flops(self) -> int:
+        """Contraction FLOPs of the whole graph from the view's static shapes (counts Swin's padded windows,
+        which whole-graph ONNX inference leaves symbolic)."""
+        return sum(self.node_flops(ref) for ref in self.nodes)
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def attrs(self, node: onnx.NodeProto) -> dict[str, object]:
+        return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+    def consumer_nodes(self, name: str) -> list[NodeRef]:
+        """Distinct nodes reading ``name``."""
+        seen: dict[int, NodeRef] = {}
+        for ref, _ in self.consumers.get(name, []):
+            seen[ref.index] = ref
+        return list(seen.values())

@@ -1,0 +1,633 @@
+"""Prunable units on ONNX graphs: attention blocks (heads) and MLPs (hidden neurons), found by the dimension
+tracer of :mod:`passes._core.dims`, scored by weight norms, and removed by one shared apply step.
+
+Discovery is anchored, not pattern-matched: an attention block starts from a ``Softmax`` over the last axis of a
+``[..., heads, N, M]`` tensor (the head axis is the one before the two token axes), an MLP from a linear layer
+(MatMul/Gemm with a constant weight) whose output reaches exactly one other linear layer through elementwise ops
+only. From there :func:`passes._core.dims.trace` follows the unit axis wherever it goes; whatever the exporter did
+(fused or separate q/k/v, Split or Slice+Squeeze, heads folded into ``-1``, runtime shapes) is handled by the op
+rules, and what they cannot follow makes the unit skipped with the reason.
+
+Cost model (for budget allocators): removing one unit removes ``params_per_unit`` parameters (every sliced float
+constant scales linearly with the unit count) and ``flops_per_unit`` FLOPs (every contraction op on the unit axis
+scales linearly: the qkv columns, the score and context batched MatMuls, the output-projection rows).
+
+Importance of unit ``u``: ``L1 = sum |w|`` or ``L2 = sqrt(sum w^2)`` over the weights that produce it (the q/k/v
+columns of head ``u``; fc1's column ``u``) and consume it (the projection rows; fc2's row ``u``). Selection keeps the
+``n`` highest scores; ties go to the lower index.
+
+Indices: ``keep_sets`` are relative to the model given (its current units); plans (``vitseg.plan`` and
+``--plan`` files) are relative to the original unpruned model and are translated with the model's stored plan, so
+applying the same plan twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from exporters.metadata import append_history, read_metadata
+from passes._core.dims import ELEMENTWISE, Dim, DimGroup, TraceError, apply_groups, kept_positions, trace, unit_inner
+from passes._core.errors import PassError
+from passes._core.finalize import finalize
+from passes._core.graph import GraphView, NodeRef
+from passes._core.plan import read_plan, write_plan
+from passes._core.report import PassReport
+from passes._core.stats import count_params
+
+log = logging.getLogger(__name__)
+
+NORMS = ("l1", "l2")
+SECTION = {"heads": "heads", "neurons": "neurons"}
+
+
+# -------------------------------------------------------------------------------------------------------- units
+@dataclass
+class PruneUnit:
+    """One prunable unit group: ``count`` units (heads / neurons) of ``unit_size`` channels each.
+
+    ``id`` is the torch module path (``backbone.stages.2.1.transformer.0.attn``) when the exporter's weight map or
+    node metadata says it, else ``graph:<anchor node>``. ``skip_reason`` is set when the unit cannot be cut safely.
+    """
+
+    id: str
+    kind: str
+    anchor: str
+    count: int
+    unit_size: int = 1
+    params_per_unit: int = 0
+    flops_per_unit: int = 0
+    skip_reason: str | None = None
+    group: DimGroup | None = field(default=None, repr=False)
+    view: GraphView | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def prunable(self) -> bool:
+        return self.skip_reason is None and self.group is not None
+
+    @property
+    def params(self) -> int:
+        """Parameters that scale with the unit count (all of them go when every unit goes)."""
+        return self.params_per_unit * self.count
+
+    @property
+    def flops(self) -> int:
+        return self.flops_per_unit * self.count
+
+
+@dataclass
+class AttentionBlock(PruneUnit):
+    """A multi-head attention block: ``num_heads`` heads of ``head_dim``."""
+
+    @property
+    def num_heads(self) -> int:
+        return self.count
+
+    @property
+    def head_dim(self) -> int:
+        return self.unit_size
+
+    @property
+    def params_per_head(self) -> int:
+        return self.params_per_unit
+
+    @property
+    def flops_per_head(self) -> int:
+        return self.flops_per_unit
+
+
+@dataclass
+class Mlp(PruneUnit):
+    """A transformer MLP (fc1 -> activation -> fc2) with ``hidden`` neurons."""
+
+    @property
+    def hidden(self) -> int:
+        return self.count
+
+    @property
+    def params_per_neuron(self) -> int:
+        return self.params_per_unit
+
+    @property
+    def flops_per_neuron(self) -> int:
+        return self.flops_per_unit
+
+
+# ---------------------------------------------------------------------------------------------------- unit ids
+def _module_paths(view: GraphView, group: DimGroup) -> list[str]:
+    wmap = read_metadata(view.model).get("weight_map") or {}
+    paths = []
+    for name in group.slices:
+        entry = wmap.get(name)
+        if isinstance(entry, dict) and entry.get("param"):
+            paths.append(str(entry["param"]).rsplit(".", 1)[0])
+    return paths
+
+
+def _scopes(view: GraphView, group: DimGroup) -> list[str]:
+    """Deepest torch module scope of the group's nodes, from the dynamo exporter's node metadata if present."""
+    out = []
+    for i in group.nodes:
+        for p in view.nodes[i].node.metadata_props:
+            if p.key.endswith("name_scopes"):
+                try:
+                    scopes = json.loads(p.value)
+                except ValueError:
+                    try:
+                        scopes = ast.literal_eval(p.value)
+                    except (ValueError, SyntaxError):
+                        continue
+                if isinstance(scopes, list) and scopes:
+                    out.append(str(scopes[-1]))
+    return out
+
+
+def _common_module(paths: Sequence[str]) -> str:
+    if not paths:
+        return ""
+    parts = [p.split(".") for p in paths]
+    common: list[str] = []
+    for items in zip(*parts):
+        if len(set(items)) != 1:
+            break
+        common.append(items[0])
+    if len(set(paths)) == 1 and len(paths) > 0:
+        return paths[0]
+    return ".".join(common)
+
+
+def _unit_id(view: GraphView, group: DimGroup, anchor: str) -> str:
+    module = _common_module(_module_paths(view, group)) or _common_module(_scopes(view, group))
+    return module if module else f"graph:{anchor}"
+
+
+def _dedupe_ids(units: list[PruneUnit]) -> None:
+    seen: dict[str, int] = {}
+    for u in units:
+        seen[u.id] = seen.get(u.id, 0) + 1
+    for u in units:
+        if seen[u.id] > 1:
+            u.id = f"graph:{u.anchor}"
+
+
+# --------------------------------------------------------------------------------------------------- discovery
+def _finish(unit: PruneUnit, group: DimGroup) -> None:
+    unit.group = group
+    unit.params_per_unit = group.params // group.count
+    unit.flops_per_unit = group.flops // group.count
+
+
+def find_attention_blocks(model: onnx.ModelProto, view: GraphView | None = None) -> list[AttentionBlock]:
+    """Every attention block of ``model`` (skipped ones included, with ``skip_reason``), in graph order."""
+    view = view or GraphView(model)
+    blocks: list[AttentionBlock] = []
+    claimed: set[str] = set()
+    for ref in view.nodes:
+        n = ref.node
+        if n.op_type != "Softmax" or n.domain not in ("", "ai.onnx"):
+            continue
+        if n.output[0] in claimed:
+            continue
+        shape = view.shape(n.input[0])
+        block = AttentionBlock(id=f"graph:{ref.name}", kind="heads", anchor=ref.name, count=0, view=view)
+        if shape is None or len(shape) < 3:
+            block.skip_reason = (
+                "the attention scores have no static shape (a dynamic batch or size?): shapes computed at run time "
+                "cannot be rewritten; export with fixed sizes to prune"
+                if shape is None
+                else "the attention scores are not [..., heads, N, M]"
+            )
+            blocks.append(block)
+            continue
+        r = len(shape)
+        axis = int(view.attrs(n).get("axis", -1 if view.opset >= 13 else 1))
+        if axis % r != r - 1:
+            continue  # not attention over keys
+        block.count = shape[r - 3]
+        if block.count < 2:
+            block.skip_reason = f"{block.count} head: nothing to remove"
+            blocks.append(block)
+            continue
+        try:
+            group = trace(view, n.output[0], Dim(r - 3, ((block.count, True),)))
+            softmaxes = [i for i in group.nodes if view.nodes[i].node.op_type == "Softmax"]
+            if len(softmaxes) != 1:
+                raise TraceError(
+                    f"the head axis is coupled with {len(softmaxes) - 1} other attention block(s) (shared weights?)"
+                )
+            if not group.sources or not group.sinks:
+                raise TraceError("no q/k/v or output-projection weight carries the head axis")
+            claimed.update(group.dims)
+            block.id = _unit_id(view, group, ref.name)
+            block.unit_size = unit_inner(group.slices[group.sinks[0]].layout)
+            _finish(block, group)
+        except TraceError as exc:
+            block.skip_reason = str(exc)
+        blocks.append(block)
+    _dedupe_ids(blocks)  # type: ignore[arg-type]
+    return blocks
+
+
+def _linear_weight(view: GraphView, ref: NodeRef) -> tuple[str, int] | None:
+    """(weight name, output features) of a MatMul/Gemm with a constant 2-D weight and a computed input."""
+    n = ref.node
+    if n.op_type not in ("MatMul", "Gemm") or len(n.input) < 2 or view.is_constant(n.input[0]):
+        return None
+    w = n.input[1]
+    shape = view.shape(w)
+    if not view.is_constant(w) or shape is None or len(shape) != 2:
+        return None
+    trans_b = n.op_type == "Gemm" and int(view.attrs(n).get("transB", 0))
+    return w, shape[0] if trans_b else shape[1]
+
+
+def _mlp_sink(view: GraphView, start: str, limit: int = 64) -> NodeRef | None:
+    """The one linear layer that ``start`` reaches through elementwise ops only, else ``None``."""
+    closure = {start}
+    frontier = [start]
+    sinks: dict[int, NodeRef] = {}
+    steps = 0
+    while frontier:
+        t = frontier.pop()
+        if t in view.graph_outputs:
+            return None
+        for ref, k in view.consumers.get(t, []):
+            steps += 1
+            if steps > limit:
+                return None
+            if k == 0 and _linear_weight(view, ref) is not None:
+                sinks[ref.index] = ref
+                continue
+            if ref.node.op_type not in ELEMENTWISE:
+                return None
+            for o in ref.node.output:
+                if o and o not in closure:
+                    closure.add(o)
+                    frontier.append(o)
+    for t in closure:  # every other input of the elementwise ops must be a constant or part of the flow
+        for ref, _ in view.consumers.get(t, []):
+            if ref.index in sinks:
+                continue
+            if any(i and i not in closure and not view.is_constant(i) for i in ref.node.input):
+                return None
+    return next(iter(sinks.values())) if len(sinks) == 1 else None
+
+
+def find_mlps(model: onnx.ModelProto, view: GraphView | None = None) -> list[Mlp]:
+    """Every transformer MLP of ``model`` (fc1 -> elementwise activation -> fc2), skipped ones with a reason."""
+    view = view or GraphView(model)
+    mlps: list[Mlp] = []
+    for ref in view.nodes:
+        lin = _linear_weight(view, ref)
+        if lin is None:
+            continue
+        w, hidden = lin
+        if _mlp_sink(view, ref.node.output[0]) is None:
+            continue
+        y = ref.node.output[0]
+        shape = view.shape(y)
+        mlp = Mlp(id=f"graph:{ref.name}", kind="neurons", anchor=ref.name, count=hidden, view=view)
+        if shape is None:
+            mlp.skip_reason = "the fc1 output has no static shape"
+            mlps.append(mlp)
+            continue
+        if hidden < 2:
+            mlp.skip_reason = "one neuron: nothing to remove"
+            mlps.append(mlp)
+            continue
+        try:
+            group = trace(view, y, Dim(len(shape) - 1, ((hidden, True),)))
+            if group.sources != [w] or len(group.sinks) != 1:
+                raise TraceError("the hidden axis reaches more than fc1 and one fc2")
+            mlp.id = _unit_id(view, group, ref.name)
+            _finish(mlp, group)
+        except TraceError as exc:
+            mlp.skip_reason = str(exc)
+        mlps.append(mlp)
+    _dedupe_ids(mlps)  # type: ignore[arg-type]
+    return mlps
+
+
+def find_units(model: onnx.ModelProto, kind: str, view: GraphView | None = None) -> list[PruneUnit]:
+    if kind == "heads":
+        return list(find_attention_blocks(model, view))
+    if kind == "neurons":
+        return list(find_mlps(model, view))
+    raise ValueError(f"unknown unit kind {kind!r}")
+
+
+# -------------------------------------------------------------------------------------------------- importance
+def _tensor(model: onnx.ModelProto, name: str) -> np.ndarray:
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return numpy_helper.to_array(node.attribute[0].t)
+    raise KeyError(name)
+
+
+def unit_importance(model: onnx.ModelProto, unit: PruneUnit, norm: str = "l2") -> np.ndarray:
+    """Per-unit weight norm over the producing and consuming weights (see the module docstring)."""
+    if norm not in NORMS:
+        raise PassError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
+    if unit.group is None:
+        raise PassError(f"{unit.id} was skipped ({unit.skip_reason}); it has no importance")
+    g = unit.group
+    total = np.zeros(g.count, dtype=np.float64)
+    for name in g.sources + g.sinks:
+        ts = g.slices[name]
+        arr = np.moveaxis(_tensor(model, name).astype(np.float64), ts.axis, 0)
+        sizes = [s for s, _ in ts.layout]
+        u = next(k for k, (_, unit_) in enumerate(ts.layout) if unit_)
+        per = np.moveaxis(arr.reshape(sizes + list(arr.shape[1:])), u, 0).reshape(g.count, -1)
+        total += np.abs(per).sum(axis=1) if norm == "l1" else np.square(per).sum(axis=1)
+    return total if norm == "l1" else np.sqrt(total)
+
+
+def importance(model: onnx.ModelProto, units: Sequence[PruneUnit], norm: str = "l2") -> dict[str, np.ndarray]:
+    """``{unit id: scores}`` for every prunable unit."""
+    return {u.id: unit_importance(model, u, norm) for u in units if u.prunable}
+
+
+def select_top(scores: np.ndarray, n_keep: int) -> list[int]:
+    """Indices of the ``n_keep`` highest scores, ties to the lower index, returned sorted."""
+    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+    return sorted(order[:n_keep])
+
+
+def keep_count(count: int, ratio: float) -> int:
+    """Units kept when a fraction ``ratio`` is removed: ``count - floor(ratio * count)``, at least 1."""
+    return max(1, count - int(math.floor(ratio * count + 1e-9)))
+
+
+# ------------------------------------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class UnitPruneConfig:
+    """How many units each block keeps; exactly one of ``keep``, ``ratio``, ``keep_sets``, ``plan``.
+
+    ``keep``: units kept per block (1 .. count). ``ratio``: fraction removed per block, in [0, 1).
+    ``keep_sets``: ``{unit id: kept indices}`` relative to the given model; units not named keep everything.
+    ``plan``: a plan in the ``vitseg.plan`` format (or just its section), indices relative to the original model.
+    ``norm``: importance for ``keep``/``ratio`` ("l1" or "l2").
+    """
+
+    keep: int | None = None
+    ratio: float | None = None
+    keep_sets: Mapping[str, Sequence[int]] | None = None
+    plan: Mapping[str, Any] | None = None
+    norm: str = "l2"
+
+    def validate(self) -> None:
+        given = [x for x in (self.keep, self.ratio, self.keep_sets, self.plan) if x is not None]
+        if len(given) != 1:
+            raise PassError("give exactly one of --keep, --ratio or --plan (keep_sets in the Python API).")
+        if self.norm not in NORMS:
+            raise PassError(f"unknown norm {self.norm!r}; use one of {', '.join(NORMS)}.")
+        if self.keep is not None and (isinstance(self.keep, bool) or int(self.keep) < 1):
+            raise PassError(f"--keep {self.keep}: every block must keep at least 1; give a count >= 1.")
+        if self.ratio is not None and not (0.0 <= float(self.ratio) < 1.0):
+            raise PassError(f"--ratio {self.ratio}: the fraction removed must be in [0, 1).")
+
+
+def _check_indices(uid: str, kept: Any, total: int, what: str) -> list[int]:
+    if not isinstance(kept, (list, tuple)) or not all(isinstance(i, (int, np.integer)) for i in kept):
+        raise PassError(f"{uid}: kept {what} must be a list of integers, got {kept!r}.")
+    ks = [int(i) for i in kept]
+    if not ks:
+        raise PassError(f"{uid}: keeps no {what}; every block must keep at least one.")
+    if len(set(ks)) != len(ks):
+        raise PassError(f"{uid}: kept {what} {ks} repeat an index.")
+    bad = [i for i in ks if not 0 <= i < total]
+    if bad:
+        raise PassError(f"{uid}: {what} {bad} out of range; the block has {total} (indices 0..{total - 1}).")
+    return sorted(ks)
+
+
+def plan_to_keep_sets(model: onnx.ModelProto, plan: Mapping[str, Any], kind: str) -> dict[str, list[int]]:
+    """Translate a plan section (indices of the original model) into indices of ``model``'s current units.
+
+    Accepts a full plan (``{"heads": {id: {"kept": [...], "total": n}}}``), a section's entries with bare lists
+    (``{"heads": {id: [...]}}``) or just ``{id: [...]}``. Raises :class:`PassError` for an index that an earlier
+    pass already removed, or a total that contradicts the model's stored plan.
+    """
+    section = SECTION[kind]
+    if section in plan:
+        entries = plan[section]
+    elif any(s in plan for s in ("heads", "neurons", "channels", "slices", "version")):
+        raise PassError(f"the plan has no {section!r} section; nothing to apply for this pass.")
+    else:
+        entries = plan
+    if not isinstance(entries, Mapping):
+        raise PassError(f"the plan's {section!r} section must map unit ids to kept indices.")
+    stored = read_plan(model).get(section, {})
+    out: dict[str, list[int]] = {}
+    for uid, entry in entries.items():
+        kept = entry.get("kept") if isinstance(entry, Mapping) else entry
+        prev = stored.get(uid)
+        total = int(prev["total"]) if prev else None
+        if isinstance(entry, Mapping) and entry.get("total") is not None and total is not None:
+            if int(entry["total"]) != total:
+                raise PassError(f"{uid}: the plan says {entry['total']} in the original model, the model says {total}.")
+        out[uid] = list(kept) if isinstance(kept, (list, tuple)) else kept
+        if prev:
+            orig = _check_indices(uid, kept, total or 0, section)
+            gone = [i for i in orig if i not in prev["kept"]]
+            if gone:
+                raise PassError(f"{uid}: {section} {gone} were already removed by an earlier pass; cannot keep them.")
+            out[uid] = [prev["kept"].index(i) for i in orig]
+    return out
+
+
+def resolve_keep_sets(
+    model: onnx.ModelProto, units: Sequence[PruneUnit], config: UnitPruneConfig
+) -> dict[str, list[int]]:
+    """Kept indices (current model) for every prunable unit, from the config; raises :class:`PassError`."""
+    config.validate()
+    prunable = [u for u in units if u.prunable]
+    what = units[0].kind if units else "units"
+    if config.keep is not None:
+        too_few = [u for u in prunable if config.keep > u.count]
+        if too_few:
+            u = too_few[0]
+            raise PassError(
+                f"--keep {config.keep} is above the {u.count} {what} of {u.id}"
+                f"{f' (and {len(too_few) - 1} more blocks)' if len(too_few) > 1 else ''}; "
+                f"give at most {min(x.count for x in prunable)}."
+            )
+    if config.keep is not None or config.ratio is not None:
+        scores = importance(model, prunable, config.norm)
+        out = {}
+        for u in prunable:
+            n = int(config.keep) if config.keep is not None else keep_count(u.count, float(config.ratio))  # type: ignore[arg-type]
+            out[u.id] = select_top(scores[u.id], n)
+        return out
+    requested = (
+        dict(config.keep_sets) if config.keep_sets is not None else plan_to_keep_sets(model, config.plan or {}, what)
+    )
+    by_id = {u.id: u for u in units}
+    out = {u.id: list(range(u.count)) for u in prunable}
+    for uid, kept in requested.items():
+        if uid not in by_id:
+            known = ", ".join(sorted(by_id)) or "none"
+            raise PassError(f"unknown block {uid!r} in the plan; this model's blocks are: {known}.")
+        u = by_id[uid]
+        if not u.prunable:
+            raise PassError(f"{uid} cannot be pruned ({u.skip_reason}); remove it from the plan.")
+        out[uid] = _check_indices(uid, kept, u.count, what)
+    return out
+
+
+# -------------------------------------------------------------------------------------------------------- apply
+def torch_slices(view: GraphView, unit: PruneUnit, kept: Sequence[int]) -> dict[str, dict[str, list[int]]]:
+    """The plan's ``slices`` for one unit: ``{torch param: {axis: kept indices}}`` in torch layout."""
+    wmap = read_metadata(view.model).get("weight_map") or {}
+    out: dict[str, dict[str, list[int]]] = {}
+    assert unit.group is not None
+    for name, ts in unit.group.slices.items():
+        entry = wmap.get(name)
+        if not isinstance(entry, dict) or not entry.get("param"):
+            continue
+        ndim = len(unit.group._shapes[name])
+        axis = (ndim - 1 - ts.axis) if (entry.get("transposed") and ndim == 2) else ts.axis
+        out[str(entry["param"])] = {str(axis): [int(i) for i in kept_positions(ts.layout, kept)]}
+    return out
+
+
+def apply_units(
+    model: onnx.ModelProto, units: Sequence[PruneUnit], keep_sets: Mapping[str, Sequence[int]]
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """A rewritten copy of ``model`` keeping ``keep_sets[id]`` of each unit, and the plan it applied.
+
+    Units not in ``keep_sets`` or keeping everything are left alone. The copy is not finalised.
+    """
+    chosen = []
+    plan: dict[str, Any] = {"heads": {}, "neurons": {}, "channels": {}, "slices": {}}
+    view = None
+    for u in units:
+        kept = keep_sets.get(u.id)
+        if kept is None or not u.prunable or len(kept) == u.count:
+            continue
+        assert u.group is not None and u.view is not None
+        view = u.view
+        chosen.append((u.group, list(kept)))
+        plan[SECTION[u.kind]][u.id] = {"kept": [int(i) for i in kept], "total": u.count}
+        plan["slices"].update(torch_slices(u.view, u, kept))
+    if view is None:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        return out, plan
+    if view.model is not model:
+        raise PassError("internal: the units were found on another model than the one being rewritten")
+    return apply_groups(model, view, chosen), plan
+
+
+def zero_units(model: onnx.ModelProto, unit: PruneUnit, removed: Sequence[int]) -> onnx.ModelProto:
+    """The zeroing oracle (DESIGN.md section 5): a copy where the consuming weights of ``removed`` units are 0.
+
+    For heads these are the output-projection rows of the heads, for neurons fc2's rows; the result must equal
+    the pruned model's output.
+    """
+    assert unit.group is not None
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {t.name: t for t in out.graph.initializer}
+    for name in unit.group.sinks:
+        ts = unit.group.slices[name]
+        arr = _tensor(model, name).copy()
+        idx = kept_positions(ts.layout, list(removed))
+        sl: list[Any] = [slice(None)] * arr.ndim
+        sl[ts.axis] = idx
+        arr[tuple(sl)] = 0
+        inits[name].CopyFrom(numpy_helper.from_array(arr, name))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------- run
+_COLUMNS = ["block", "before", "after", "unit_size", "params", "params_after", "flops", "flops_after", "kept"]
+
+
+def prune_units(
+    model: onnx.ModelProto, kind: str, config: UnitPruneConfig, pass_name: str
+) -> tuple[onnx.ModelProto, PassReport]:
+    """Find the units of ``kind``, choose what each keeps from ``config``, rewrite; never mutates ``model``."""
+    start = time.perf_counter()
+    config.validate()
+    view = GraphView(model)
+    units = find_units(model, kind, view)
+    label = "heads" if kind == "heads" else "neurons"
+    report = PassReport(pass_name=pass_name, columns=list(_COLUMNS))
+    report.columns[1:3] = [f"{label}", f"{label}_after"]
+    params = count_params(model)
+    flops = view.flops()
+    report.params_before = report.params_after = params
+    report.flops_before = report.flops_after = flops
+    for u in units:
+        if not u.prunable:
+            report.skip(u.id, u.skip_reason or "")
+    prunable = [u for u in units if u.prunable]
+    if not prunable:
+        what = "attention block" if kind == "heads" else "transformer MLP"
+        report.notes.append(
+            f"nothing to prune: no {what} found" if not units else f"nothing to prune: every {what} was skipped"
+        )
+        if config.keep_sets or config.plan:
+            resolve_keep_sets(model, units, config)  # still reject plans naming blocks this model lacks
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        return out, report
+    keep_sets = resolve_keep_sets(model, units, config)
+    new, plan = apply_units(model, units, keep_sets)
+    changed = plan[SECTION[kind]]
+    removed_flops = 0
+    for u in prunable:
+        k = len(keep_sets[u.id])
+        removed_flops += (u.count - k) * u.flops_per_unit
+        report.rows.append(
+            {
+                "block": u.id,
+                label: u.count,
+                f"{label}_after": k,
+                "unit_size": u.unit_size,
+                "params": u.params,
+                "params_after": u.params_per_unit * k,
+                "flops": u.flops,
+                "flops_after": u.flops_per_unit * k,
+                "kept": ",".join(map(str, keep_sets[u.id])) if k < u.count else "all",
+            }
+        )
+    report.extra["units"] = {
+        u.id: {"count": u.count, "unit_size": u.unit_size, "params_per_unit": u.params_per_unit,
+               "flops_per_unit": u.flops_per_unit}
+        for u in prunable
+    }  # fmt: skip
+    if not changed:
+        report.notes.append(f"every block keeps all its {label}: the model is unchanged")
+        return new, report
+    folded = sum(1 for u in prunable if u.id in changed for e in u.group.shape_edits if e.folded)  # type: ignore[union-attr]
+    if folded:
+        report.notes.append(f"{folded} shape vector(s) computed at run time were folded to constants (static model)")
+    write_plan(new, plan)
+    append_history(
+        new, {"pass": pass_name, section_key(kind): {k: v["kept"] for k, v in changed.items()}, "norm": config.norm}
+    )
+    new = finalize(new)
+    report.modified = True
+    report.params_after = count_params(new)
+    report.flops_after = flops - removed_flops
+    report.extra["seconds"] = round(time.perf_counter() - start, 3)
+    return new, report
+
+
+def section_key(kind: str) -> str:
+    return SECTION[kind]

@@ -1,0 +1,118 @@
+"""Remove attention heads from an exported ONNX model, physically, on the graph.
+
+``python -m passes.prune_heads model.onnx -o out.onnx (--keep N | --ratio R | --plan plan.json) [--norm l1|l2]
+[--report r.json]``
+
+Each attention block is found from its Softmax and followed by coupled-dimension analysis
+(:mod:`passes._core.dims`): the head axis is traced through the q/k/v projection (fused or separate), reshapes,
+transposes, splits, the scale, the scores, per-head constants (Swin's relative-position bias and masks) and the
+context, to the output projection's rows. Removing head ``h`` keeps, in torch terms,
+
+    qkv.weight[s * H * d + h * d : s * H * d + (h + 1) * d, :] for s in q, k, v   (and the same rows of qkv.bias)
+    proj.weight[:, h * d : (h + 1) * d]
+
+and rewrites every shape entry that holds the head count (by its position, never by its value). The result equals
+the unpruned model with the removed heads' projection rows zeroed (the tests hold it to 1e-4). A block that cannot
+be followed safely is skipped with its reason; the plan that was applied is merged into ``vitseg.plan``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from passes._core.cli import make_parser, run_pass_cli
+from passes._core.errors import PassError
+from passes._core.report import PassReport
+from passes._core.units import (
+    AttentionBlock,
+    UnitPruneConfig,
+    find_attention_blocks,
+    importance,
+    prune_units,
+    zero_units,
+)
+
+__all__ = [
+    "AttentionBlock",
+    "PruneHeadsConfig",
+    "find_attention_blocks",
+    "head_importance",
+    "main",
+    "prune_heads",
+    "zero_heads",
+]
+
+PASS_NAME = "prune_heads"
+
+
+@dataclass(frozen=True)
+class PruneHeadsConfig(UnitPruneConfig):
+    """Heads kept per block: ``keep`` (count), ``ratio`` (fraction removed), ``keep_sets`` ({block id: head
+    indices of the given model}) or ``plan`` (``vitseg.plan`` format, original-model indices); ``norm`` scores."""
+
+
+def head_importance(
+    model: onnx.ModelProto, blocks: Sequence[AttentionBlock], norm: str = "l2"
+) -> dict[str, np.ndarray]:
+    """``{block id: [num_heads] scores}``: L1 or L2 norm of each head's q/k/v columns and projection rows."""
+    return importance(model, blocks, norm)
+
+
+def prune_heads(model: onnx.ModelProto, config: PruneHeadsConfig) -> tuple[onnx.ModelProto, PassReport]:
+    """Remove heads as ``config`` says; returns a new checked model and the report (``model`` is not changed)."""
+    return prune_units(model, "heads", config, PASS_NAME)
+
+
+def zero_heads(model: onnx.ModelProto, block: AttentionBlock, heads: Sequence[int]) -> onnx.ModelProto:
+    """The oracle: a copy of ``model`` with the projection rows of ``heads`` of ``block`` set to zero."""
+    return zero_units(model, block, heads)
+
+
+def read_plan_file(path: str) -> dict:
+    """Load a ``--plan`` JSON file or raise :class:`PassError` saying what is wrong with it."""
+    p = Path(path)
+    if not p.is_file():
+        raise PassError(f"--plan {p}: no such file.")
+    try:
+        plan = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PassError(f"--plan {p}: not valid JSON ({exc}).") from exc
+    if not isinstance(plan, dict):
+        raise PassError(f"--plan {p}: expected a JSON object mapping blocks to kept indices.")
+    return plan
+
+
+def add_unit_arguments(parser: argparse.ArgumentParser, unit: str) -> None:
+    """The shared ``--keep/--ratio/--plan/--norm`` options of prune_heads and slice_neurons."""
+    how = parser.add_mutually_exclusive_group(required=True)
+    how.add_argument("--keep", type=int, help=f"{unit} kept in every block (>= 1)")
+    how.add_argument("--ratio", type=float, help=f"fraction of each block's {unit} removed, in [0, 1)")
+    how.add_argument("--plan", help=f"JSON plan naming the {unit} each block keeps (original-model indices)")
+    parser.add_argument("--norm", choices=("l1", "l2"), default="l2", help="weight norm used to rank (default l2)")
+
+
+def config_from_args(cls: type[UnitPruneConfig], args: argparse.Namespace) -> UnitPruneConfig:
+    plan = read_plan_file(args.plan) if args.plan else None
+    return cls(keep=args.keep, ratio=args.ratio, plan=plan, norm=args.norm)
+
+
+def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelProto, PassReport]:
+    return prune_heads(model, config_from_args(PruneHeadsConfig, args))  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser("python -m passes.prune_heads", __doc__.split("\n\n")[0])
+    add_unit_arguments(parser, "heads")
+    return run_pass_cli(parser, _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

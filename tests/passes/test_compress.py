@@ -1,0 +1,102 @@
+"""passes.compress: heads, neurons and channels against one budget, one combined plan, the zeroing oracle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from passes._core.channels import ChannelAnalysis
+from passes._core.plan import read_plan
+from passes._core.stats import graph_stats
+from passes._core.units import find_units, zero_units
+from passes.compress import CompressConfig, compress, main
+from passes.slice_channels import SliceChannelsConfig, slice_channels
+
+from _helpers_channels import analysis_oracle, image, run  # isort: skip
+
+TOL = 1e-4
+
+
+def _combined_oracle(model: onnx.ModelProto, plan: dict) -> onnx.ModelProto:
+    """The unpruned model with the consumers of every removed unit zeroed: projection rows of removed heads, fc2
+    rows of removed neurons, input channels of the consumers of removed conv channels."""
+    oracle = model
+    for kind in ("heads", "neurons"):
+        for unit in find_units(model, kind):
+            entry = plan[kind].get(unit.id)
+            if entry:
+                removed = [i for i in range(unit.count) if i not in entry["kept"]]
+                oracle = zero_units(oracle, unit, removed)
+    analysis = ChannelAnalysis(model)
+    by_name = {g.name: g.gid for g in analysis.groups}
+    keep = {by_name[name]: e["kept"] for name, e in plan["channels"].items() if name in by_name}
+    return analysis_oracle(oracle, analysis, keep)
+
+
+def test_uniform_budget_cuts_all_three_kinds_and_matches_the_oracle(exported) -> None:
+    model = onnx.load(str(exported("mobilevit_xxs", size=64, opset=17, exporter="legacy")))
+    before = graph_stats(model)
+    out, report = compress(model, CompressConfig(target_flops=0.3, allocation="uniform"))
+    achieved = graph_stats(out).flops / before.flops
+    assert abs(achieved - 0.3) <= 0.05 * 0.3
+    assert report.extra["budget"]["achieved"] == pytest.approx(achieved)
+    assert report.extra["steps"] == ["prune_heads", "slice_neurons", "slice_channels"]
+    plan = read_plan(out)
+    assert plan["heads"] and plan["neurons"] and plan["channels"] and plan["slices"]
+    assert all(len(e["kept"]) == 3 for e in plan["heads"].values())  # 4 heads, uniform ~0.7 -> 3
+    x = image(64, seed=12)
+    assert np.abs(run(out, x) - run(_combined_oracle(model, plan), x)).max() <= TOL
+
+
+def test_lamp_budget_and_plan_reuse_on_the_other_exporter(exported, tmp_path: Path) -> None:
+    legacy = exported("mobilevit_xxs", size=64, opset=17, exporter="legacy")
+    model = onnx.load(str(legacy))
+    out_path = tmp_path / "c.onnx"
+    assert main([str(legacy), "-o", str(out_path), "--target-flops", "0.2"]) == 0
+    out = onnx.load(str(out_path))
+    assert abs(graph_stats(out).flops / graph_stats(model).flops - 0.2) <= 0.01
+    plan = read_plan(out)
+    x = image(64, seed=13)
+    assert np.abs(run(out, x) - run(_combined_oracle(model, plan), x)).max() <= TOL
+    dynamo = exported("mobilevit_xxs", size=64, opset=17, exporter="dynamo")
+    out_d = tmp_path / "d.onnx"
+    assert main([str(dynamo), "-o", str(out_d), "--plan", str(out_path)]) == 0
+    again = onnx.load(str(out_d))
+    assert read_plan(again)["channels"] == plan["channels"]
+    assert read_plan(again)["neurons"] == plan["neurons"]
+    assert np.abs(run(again, x) - run(out, x)).max() <= TOL
+
+
+def test_channels_only_equals_slice_channels(exported) -> None:
+    model = onnx.load(str(exported("mobilevit_xxs", size=64, opset=17, exporter="legacy")))
+    a, _ = compress(model, CompressConfig(target_flops=0.4, units=("channels",)))
+    b, _ = slice_channels(model, SliceChannelsConfig(target_flops=0.4))
+    assert read_plan(a)["channels"] == read_plan(b)["channels"]
+    assert not read_plan(a)["neurons"] and not read_plan(a)["heads"]
+
+
+def test_target_one_keeps_everything(exported) -> None:
+    model = onnx.load(str(exported("mobilevit_xxs", size=64, opset=17, exporter="legacy")))
+    out, report = compress(model, CompressConfig(target_flops=1.0))
+    assert not report.modified and out.SerializeToString() == model.SerializeToString()
+
+
+def test_cli_bad_inputs(exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = str(exported("mobilevit_xxs", size=64, opset=17, exporter="legacy"))
+    out = str(tmp_path / "o.onnx")
+    for extra, message in [
+        (["--target-flops", "0"], "must be in (0, 1]"),
+        (["--target-params", "2"], "must be in (0, 1]"),
+        ([], "give exactly one of"),
+        (["--target-flops", "0.5", "--units", "heads,filters"], "--units"),
+    ]:
+        assert main([src, "-o", out, *extra]) == 1, extra
+        assert message in capsys.readouterr().err
+    plan = tmp_path / "p.json"
+    plan.write_text('{"channels": {"decoder.fusion.0": {"kept": [0, 1], "total": 7}}}')
+    assert main([src, "-o", out, "--plan", str(plan)]) == 1
+    assert "plan/model mismatch" in capsys.readouterr().err
+    assert not Path(out).exists()

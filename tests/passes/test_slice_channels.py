@@ -1,0 +1,310 @@
+"""passes.slice_channels: channel groups, the zeroing oracle, Concat offsets, residual and depthwise groups, plans,
+the CLI's bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from _helpers_channels import (
+    analysis_oracle,
+    export_cnn,
+    image,
+    param_initializer,
+    run,
+    zero_columns,
+)
+from onnx import numpy_helper
+
+from exporters.metadata import read_metadata
+from passes._core.channels import ChannelAnalysis
+from passes._core.errors import PassError
+from passes._core.plan import read_plan
+from passes._core.stats import graph_stats
+from passes.slice_channels import SliceChannelsConfig, main, slice_channels
+
+TOL = 1e-4
+WIDTH = 128  # mobilevit_xxs decoder width
+# the prunable groups of MobileViT-XXS + UPerNet, named by their first source conv
+XXS_GROUPS = {
+    "backbone.stem.conv": 16,  # residual with stages.0.0.conv3_1x1
+    "backbone.stages.0.0.conv1_1x1.conv": 32,
+    "backbone.stages.1.0.conv1_1x1.conv": 32,
+    "backbone.stages.1.0.conv3_1x1.conv": 24,  # residual with 1.1 / 1.2
+    "backbone.stages.1.1.conv1_1x1.conv": 48,
+    "backbone.stages.1.2.conv1_1x1.conv": 48,
+    "backbone.stages.2.0.conv1_1x1.conv": 48,
+    "backbone.stages.2.0.conv3_1x1.conv": 48,
+    "backbone.stages.2.1.conv_kxk.conv": 48,
+    "backbone.stages.2.1.conv_proj.conv": 48,
+    "backbone.stages.2.1.conv_fusion.conv": 48,
+    "backbone.stages.3.0.conv1_1x1.conv": 96,
+    "backbone.stages.3.0.conv3_1x1.conv": 64,
+    "backbone.stages.3.1.conv_kxk.conv": 64,
+    "backbone.stages.3.1.conv_proj.conv": 64,
+    "backbone.stages.3.1.conv_fusion.conv": 64,
+    "backbone.stages.4.0.conv1_1x1.conv": 128,
+    "backbone.stages.4.0.conv3_1x1.conv": 80,
+    "backbone.stages.4.1.conv_kxk.conv": 80,
+    "backbone.stages.4.1.conv_proj.conv": 80,
+    "backbone.stages.4.1.conv_fusion.conv": 80,
+    "decoder.lateral_convs.0.0": WIDTH,  # the FPN top-down sums: laterals 0-2 and the PPM bottleneck
+    "decoder.ppm.stages.0.0": WIDTH,
+    "decoder.ppm.stages.1.0": WIDTH,
+    "decoder.ppm.stages.2.0": WIDTH,
+    "decoder.ppm.stages.3.0": WIDTH,
+    "decoder.fpn_convs.0.0": WIDTH,
+    "decoder.fpn_convs.1.0": WIDTH,
+    "decoder.fpn_convs.2.0": WIDTH,
+    "decoder.fusion.0": WIDTH,
+}
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    return onnx.load(str(path))
+
+
+def _random_plan(analysis: ChannelAnalysis, seed: int) -> tuple[dict, dict[int, list[int]]]:
+    rng = np.random.default_rng(seed)
+    plan, keep = {"channels": {}}, {}
+    for g in analysis.prunable():
+        kept = sorted(rng.choice(g.size, size=int(rng.integers(1, g.size)), replace=False).tolist())
+        plan["channels"][g.name] = {"kept": kept, "total": g.size}
+        keep[g.gid] = kept
+    return plan, keep
+
+
+def _weight(model: onnx.ModelProto, param: str) -> np.ndarray:
+    name = param_initializer(model, param)
+    return numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == name))
+
+
+@pytest.mark.parametrize(("exporter", "opset"), [("legacy", 17), ("legacy", 13), ("dynamo", 17), ("dynamo", 13)])
+def test_random_cuts_match_zeroing_oracle_on_mobilevit(exported, exporter: str, opset: int) -> None:
+    model = _load(exported("mobilevit_xxs", size=64, opset=opset, exporter=exporter))
+    analysis = ChannelAnalysis(model)
+    assert {g.name: g.size for g in analysis.prunable()} == XXS_GROUPS
+    plan, keep = _random_plan(analysis, seed=opset)
+    out, report = slice_channels(model, SliceChannelsConfig(plan=plan))
+    x = image(64)
+    want = run(analysis_oracle(model, analysis, keep), x)
+    got = run(out, x)
+    assert np.abs(got - want).max() <= TOL
+    assert np.abs(run(model, x) - want).max() > 1e-2  # the cut really changed the function
+    assert report.modified and report.params_after < report.params_before
+    assert graph_stats(out).flops == report.flops_after < report.flops_before
+    assert read_plan(out)["channels"]["decoder.fusion.0"]["kept"] == plan["channels"]["decoder.fusion.0"]["kept"]
+
+
+def test_fusion_and_pyramid_concat_offsets_against_hand_oracle(exported) -> None:
+    """Cut the 2nd FPN level (fusion concat offset WIDTH) and the 3rd pooling branch (PPM concat offset
+    C_last + 2 * WIDTH); the oracle zeroes the matching input columns of the fusion / bottleneck convs by hand."""
+    model = _load(exported("mobilevit_xxs", size=64, opset=17, exporter="legacy"))
+    rng = np.random.default_rng(5)
+    kept_fpn = sorted(rng.choice(WIDTH, 40, replace=False).tolist())
+    kept_ppm = sorted(rng.choice(WIDTH, 70, replace=False).tolist())
+    plan = {
+        "channels": {
+            "decoder.fpn_convs.1.0": {"kept": kept_fpn, "total": WIDTH},
+            "decoder.ppm.stages.2.0": {"kept": kept_ppm, "total": WIDTH},
+        }
+    }
+    out, _ = slice_channels(model, SliceChannelsConfig(plan=plan))
+    c_last = 80  # mobilevit_xxs's last stage width
+    removed_fpn = [WIDTH + c for c in range(WIDTH) if c not in kept_fpn]
+    removed_ppm = [c_last + 2 * WIDTH + c for c in range(WIDTH) if c not in kept_ppm]
+    oracle = zero_columns(
+        model,
+        {
+            param_initializer(model, "decoder.fusion.0.weight"): [(1, removed_fpn)],
+            param_initializer(model, "decoder.ppm.bottleneck.0.weight"): [(1, removed_ppm)],
+        },
+    )
+    x = image(64, seed=3)
+    assert np.abs(run(out, x) - run(oracle, x)).max() <= TOL
+    assert _weight(out, "decoder.fusion.0.weight").shape == (WIDTH, 4 * WIDTH - (WIDTH - 40), 3, 3)
+    slices = read_plan(out)["slices"]
+    assert slices["decoder.fpn_convs.1.0.weight"] == {"0": kept_fpn}
+    assert slices["decoder.fpn_convs.1.1.running_var"] == {"0": kept_fpn}  # BN folded by the exporter
+    assert slices["decoder.fusion.0.weight"]["1"] == [i for i in range(4 * WIDTH) if i not in removed_fpn]
+
+
+def test_residual_group_is_cut_together(exported) -> None:
+    model = _load(exported("mobilevit_xxs", size=64, opset=17, exporter="legacy"))
+    kept = [0, 3, 5, 6, 11, 17, 23]
+    plan = {"channels": {"backbone.stages.1.1.conv3_1x1.conv": {"kept": kept, "total": 24}}}
+    out, report = slice_channels(model, SliceChannelsConfig(plan=plan))
+    for block in (0, 1, 2):  # every producer of the residual sum loses the same channels
+        assert _weight(out, f"backbone.stages.1.{block}.conv3_1x1.conv.weight").shape[0] == len(kept)
+    removed = [c for c in range(24) if c not in kept]
+    consumers = [
+        "backbone.stages.1.1.conv1_1x1.conv.weight",
+        "backbone.stages.1.2.conv1_1x1.conv.weight",
+        "backbone.stages.2.0.conv1_1x1.conv.weight",
+        "decoder.lateral_convs.0.0.weight",
+    ]
+    oracle = zero_columns(model, {param_initializer(model, p): [(1, removed)] for p in consumers})
+    x = image(64, seed=4)
+    assert np.abs(run(out, x) - run(oracle, x)).max() <= TOL
+    assert report.rows[0]["kind"] == "residual"
+    bad = {
+        "channels": {
+            "backbone.stages.1.0.conv3_1x1.conv": {"kept": kept, "total": 24},
+            "backbone.stages.1.2.conv3_1x1.conv": {"kept": kept[1:], "total": 24},
+        }
+    }
+    with pytest.raises(PassError, match="residual sum"):
+        slice_channels(model, SliceChannelsConfig(plan=bad))
+
+
+def test_depthwise_conv_goes_with_its_channels(exported) -> None:
+    model = _load(exported("mobilevit_xxs", size=64, opset=17, exporter="dynamo"))
+    kept = list(range(0, 32, 3))
+    plan = {"channels": {"backbone.stages.0.0.conv1_1x1.conv": {"kept": kept, "total": 32}}}
+    out, _ = slice_channels(model, SliceChannelsConfig(plan=plan))
+    dw = next(n for n in out.graph.node if n.op_type == "Conv" and n.input[1].startswith("backbone.stages.0.0.conv2"))
+    assert next(a.i for a in dw.attribute if a.name == "group") == len(kept)
+    assert _weight(out, "backbone.stages.0.0.conv2_kxk.conv.weight").shape == (len(kept), 1, 3, 3)
+    assert read_plan(out)["channels"]["backbone.stages.0.0.conv2_kxk.conv"] == {"kept": kept, "total": 32}
+    removed = [c for c in range(32) if c not in kept]
+    oracle = zero_columns(
+        model, {param_initializer(model, "backbone.stages.0.0.conv3_1x1.conv.weight"): [(1, removed)]}
+    )
+    x = image(64, seed=6)
+    assert np.abs(run(out, x) - run(oracle, x)).max() <= TOL
+
+
+def test_unfollowable_groups_are_skipped_with_reasons(exported) -> None:
+    model = _load(exported("mobilevit_xxs", size=64, opset=17, exporter="legacy"))
+    _, report = slice_channels(model, SliceChannelsConfig(ratio=0.5))
+    skipped = {s.where: s.reason for s in report.skipped}
+    assert set(skipped) == {
+        "backbone.stages.2.1.conv_1x1",
+        "backbone.stages.3.1.conv_1x1",
+        "backbone.stages.4.1.conv_1x1",
+        "decoder.classifier",
+    }
+    assert "unfold" in skipped["backbone.stages.3.1.conv_1x1"]
+    assert "model output" in skipped["decoder.classifier"]
+    plan = {"channels": {"backbone.stages.3.1.conv_1x1": {"kept": [0, 1], "total": 80}}}
+    with pytest.raises(PassError, match="cannot be cut"):
+        slice_channels(model, SliceChannelsConfig(plan=plan))
+
+
+def test_ratio_and_scope(exported) -> None:
+    model = _load(exported("mobilevit_xxs", size=64, opset=17, exporter="legacy"))
+    out, report = slice_channels(model, SliceChannelsConfig(ratio=0.25, scope="decoder"))
+    assert {r["layer"].split(" ")[0] for r in report.rows} == {k for k in XXS_GROUPS if k.startswith("decoder.")}
+    assert all(r["kept"] == 96 for r in report.rows)  # 128 - floor(0.25 * 128)
+    assert _weight(out, "decoder.fusion.0.weight").shape == (96, 4 * 96, 3, 3)
+    assert _weight(out, "backbone.stem.conv.weight").shape[0] == 16  # the backbone is untouched
+    assert _weight(out, "decoder.classifier.weight").shape == (14, 96, 1, 1)  # outputs never cut
+    _, report_b = slice_channels(model, SliceChannelsConfig(ratio=0.25, scope="backbone"))
+    assert {r["scope"] for r in report_b.rows} == {"backbone"}
+
+
+def test_keep_all_leaves_the_model_unchanged(exported) -> None:
+    model = _load(exported("mobilevit_xxs", size=64, opset=17, exporter="legacy"))
+    out, report = slice_channels(model, SliceChannelsConfig(ratio=0.0))
+    assert not report.modified
+    assert out.SerializeToString() == model.SerializeToString()
+    groups = ChannelAnalysis(model).prunable()
+    full = {"channels": {g.name: {"kept": list(range(g.size)), "total": g.size} for g in groups}}
+    out2, report2 = slice_channels(model, SliceChannelsConfig(plan=full))
+    assert not report2.modified and out2.SerializeToString() == model.SerializeToString()
+
+
+@pytest.mark.parametrize("fold_bn", [True, False])
+def test_cnn_classifier_with_flatten_gemm_head(fold_bn: bool) -> None:
+    model, net = export_cnn(fold_bn)
+    analysis = ChannelAnalysis(model)
+    groups = {g.name: g for g in analysis.groups}
+    assert {n for n, g in groups.items() if g.prunable} == {"stem.0", "expand.0", "stage2.0", "fc1"}
+    assert groups["stem.0"].layers == ["stem.0", "project.0"]  # the residual sum
+    plan, keep = _random_plan(analysis, seed=11)
+    out, _ = slice_channels(model, SliceChannelsConfig(plan=plan))
+    x = image(16, seed=2)
+    assert np.abs(run(out, x) - run(analysis_oracle(model, analysis, keep), x)).max() <= 1e-5
+    kept_stage2 = plan["channels"]["stage2.0"]["kept"]
+    fc1 = _weight(out, "fc1.weight")  # Gemm transB=1: [out, in]; channel c owns features 4c .. 4c + 3
+    assert fc1.shape == (len(plan["channels"]["fc1"]["kept"]), 4 * len(kept_stage2))
+    slices = read_plan(out)["slices"]
+    assert slices["fc1.weight"]["1"] == [4 * c + j for c in kept_stage2 for j in range(4)]
+    assert slices["stage2.1.weight"] == {"0": kept_stage2}  # BN (folded or not) follows its conv
+    state = net.state_dict()  # every slice names a real torch tensor and fits it
+    for param, axes in slices.items():
+        for axis, idx in axes.items():
+            assert max(idx) < state[param].shape[int(axis)]
+
+
+def test_bn_scale_importance() -> None:
+    model, net = export_cnn(fold_bn=False)
+    out, report = slice_channels(model, SliceChannelsConfig(ratio=0.5, importance="bn_scale", scope="all"))
+    gamma = net.stage2[1].weight.detach().abs().numpy()
+    want = sorted(np.argsort(-gamma, kind="stable")[:12].tolist())
+    assert read_plan(out)["channels"]["stage2.0"]["kept"] == want
+    assert any("fc1" in n and "bn_scale" in n for n in report.notes)  # fc1 has no BN: l2 fallback, said so
+    folded, _ = export_cnn(fold_bn=True)
+    _, report_f = slice_channels(folded, SliceChannelsConfig(ratio=0.5, importance="bn_scale"))
+    assert any("folded BN" in n for n in report_f.notes)
+
+
+def test_plan_from_one_exporter_applies_to_the_other(exported, tmp_path: Path) -> None:
+    legacy = exported("mobilevit_xxs", size=64, opset=17, exporter="legacy")
+    dynamo = exported("mobilevit_xxs", size=64, opset=17, exporter="dynamo")
+    out_l = tmp_path / "l.onnx"
+    assert main([str(legacy), "-o", str(out_l), "--target-flops", "0.3"]) == 0
+    out_d = tmp_path / "d.onnx"
+    assert main([str(dynamo), "-o", str(out_d), "--plan", str(out_l)]) == 0
+    a, b = _load(out_l), _load(out_d)
+    assert read_plan(a)["channels"] == read_plan(b)["channels"]
+    x = image(64, seed=9)
+    assert np.abs(run(a, x) - run(b, x)).max() <= TOL
+    assert graph_stats(a).flops == graph_stats(b).flops
+
+
+def test_cli_bad_inputs(exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = str(exported("mobilevit_xxs", size=64, opset=17, exporter="legacy"))
+    out = str(tmp_path / "o.onnx")
+    cases = [
+        (["--ratio", "1.0"], "must be in [0, 1)"),
+        (["--ratio", "-0.2"], "must be in [0, 1)"),
+        (["--target-flops", "0"], "must be in (0, 1]"),
+        (["--target-params", "1.5"], "must be in (0, 1]"),
+        ([], "give exactly one of"),
+        (["--ratio", "0.5", "--target-flops", "0.5"], "give exactly one of"),
+    ]
+    for extra, message in cases:
+        assert main([src, "-o", out, *extra]) == 1, extra
+        assert message in capsys.readouterr().err
+    plans = [
+        ({"channels": {"decoder.fusion.0": {"kept": [0, 1], "total": 64}}}, "has 128 channels here"),
+        ({"channels": {"decoder.nonexistent": {"kept": [0], "total": 8}}}, "plan/model mismatch"),
+        ({"channels": {"decoder.fusion.0": {"kept": [0, 128], "total": 128}}}, "distinct channel indices"),
+        ({"heads": {}}, "no 'channels' entries"),
+    ]
+    for plan, message in plans:
+        path = tmp_path / "plan.json"
+        path.write_text(json.dumps(plan))
+        assert main([src, "-o", out, "--plan", str(path)]) == 1
+        assert message in capsys.readouterr().err
+    assert main([src, "-o", src, "--ratio", "0.5"]) == 1  # never overwrite the input
+    assert not Path(out).exists()
+    with pytest.raises(SystemExit) as exc:
+        main([src, "-o", out, "--scope", "middle", "--ratio", "0.5"])
+    assert exc.value.code == 2
+
+
+def test_cli_writes_model_report_and_history(exported, tmp_path: Path) -> None:
+    src = str(exported("mobilevit_xxs", size=64, opset=17, exporter="legacy"))
+    out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
+    assert main([src, "-o", str(out), "--ratio", "0.5", "--report", str(rep)]) == 0
+    data = json.loads(rep.read_text())
+    assert data["pass_name"] == "slice_channels" and data["modified"]
+    assert len(data["rows"]) == len(XXS_GROUPS)
+    meta = read_metadata(_load(out))
+    assert meta["history"][-1]["pass"] == "slice_channels"
+    assert set(meta["weight_map"]) <= {i.name for i in _load(out).graph.initializer}
