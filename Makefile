@@ -12,7 +12,20 @@ OPSET       ?= 17
 EXPORTER    ?= legacy
 ARTIFACTS   ?= artifacts
 
-.PHONY: setup test lint export clean
+# demo settings (make demo FULL=1 DATA=/path/to/lpcv for 512 input, the paper's student and a Swin-T teacher)
+RUN         ?= runs/demo
+FULL        ?= 0
+DATA        ?=
+DEMO_ARGS   ?=
+PIPELINE_ARGS = --run $(RUN) $(if $(filter 1,$(FULL)),--full) $(if $(DATA),--data $(DATA)) $(DEMO_ARGS)
+
+# distillation (make distill STUDENT=runs/demo/onnx/pruned.onnx TEACHER_CKPT=runs/demo/train/teacher/checkpoint.pt)
+STUDENT      ?= $(RUN)/onnx/pruned.onnx
+TEACHER_CKPT ?= $(RUN)/train/teacher/checkpoint.pt
+DISTILL_DATA ?= $(RUN)/data
+STEPS        ?= 200
+
+.PHONY: setup test lint export demo distill clean
 
 setup: $(STAMP)
 
@@ -35,6 +48,13 @@ export: setup
 		-o $(ARTIFACTS)/$(MODEL)_$(SIZE)_op$(OPSET).onnx
 	$(PY) -m exporters.export --model $(TEACHER) --input-size $(SIZE) --opset $(OPSET) --exporter $(EXPORTER) \
 		-o $(ARTIFACTS)/$(TEACHER)_$(SIZE)_op$(OPSET).onnx
+
+demo: setup
+	$(PY) -m runtime.pipeline $(PIPELINE_ARGS)
+
+distill: setup
+	$(PY) -m models.distill --student $(STUDENT) --teacher $(TEACHER_CKPT) --data $(DISTILL_DATA) \
+		--steps $(STEPS) --out $(RUN)/distill --cache-teacher
 
 clean:
 	rm -rf $(ARTIFACTS) .pytest_cache .ruff_cache

@@ -213,12 +213,37 @@ def export_torch_model(
     return ExportResult(out, size.params, size.flops, err, time.perf_counter() - start, asdict(opts))
 
 
+def _checkpoint_config(weights: str | None) -> dict[str, Any] | None:
+    """The ``ModelConfig`` a training checkpoint (``models.train``) recorded, if the file is one."""
+    if weights is None or Path(weights).suffix == ".safetensors" or not Path(weights).is_file():
+        return None
+    try:
+        ckpt = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception:  # read_state_dict reports unreadable files with the full message
+        return None
+    cfg = ckpt.get("config") if isinstance(ckpt, dict) else None
+    return cfg.get("model_config") if isinstance(cfg, dict) else None
+
+
 def export(opts: ExportOptions, output: str | Path) -> ExportResult:
-    """Build ``opts.model`` (random init, ``--pretrained`` or ``--weights``) and export it to ``output``."""
+    """Build ``opts.model`` (random init, ``--pretrained`` or ``--weights``) and export it to ``output``.
+
+    A training checkpoint's recorded configuration (decoder width, Swin input size) is used for the build, so the
+    flags it was trained with need not be repeated; a checkpoint of another model is refused.
+    """
     opts = _validate(opts)
     torch.manual_seed(opts.seed)
     try:
         overrides: dict[str, Any] = {"decoder_width": opts.decoder_width}
+        recorded = _checkpoint_config(opts.weights)
+        if recorded is not None:
+            if recorded.get("name") != opts.model:
+                raise ExportError(
+                    f"{opts.weights} holds a {recorded.get('name')!r} model, not {opts.model!r}: "
+                    f"pass --model {recorded.get('name')}."
+                )
+            overrides = {**ModelConfig.from_dict(recorded).to_dict(), **{k: v for k, v in overrides.items() if v}}
+            overrides.pop("name", None)
         if get_config(opts.model).family == "swin":
             overrides["input_size"] = opts.input_size
         model = build_model(opts.model, pretrained=opts.pretrained, weights=opts.weights, **overrides)

@@ -2,6 +2,12 @@
 
 ``python -m models.train --model mobilevit_xxs --data ROOT --steps 200 --batch-size 4 --crop 128 --out runs/x/``
 
+* Model: a registered configuration (``models.registry``) with ``TrainConfig.model_overrides`` applied
+  (``--decoder-width N``, ``--input-size N``). A Swin backbone is built for one input size: unless told otherwise it
+  is the crop (``--model swin_t_upernet512 --crop 128`` builds a 128 px teacher), and the evaluation at the end
+  resizes each image to it. The overrides and the resulting ``ModelConfig`` are recorded in the checkpoint, so
+  :func:`model_from_checkpoint` rebuilds the same model; ``exporters.export --weights`` needs the same
+  ``--decoder-width`` (and, for Swin, ``--input-size``) given again.
 * Loss: cross-entropy over pixels with ``ignore_index`` 255 (default :class:`CrossEntropyLoss`); any
   :class:`LossFn` can replace it (distillation adds a teacher term this way, see below).
 * Optimiser: AdamW; learning rate ``lr * (1 - step / steps) ** poly_power`` after an optional linear warmup.
@@ -35,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,6 +62,7 @@ __all__ = [
     "batch_keys",
     "load_checkpoint",
     "main",
+    "model_from_checkpoint",
     "save_checkpoint",
     "train",
 ]
@@ -233,14 +240,34 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
 
 
 def model_from_checkpoint(path: Path | str) -> nn.Module:
-    """Rebuild the registered model a checkpoint was trained from and load its weights (eval mode)."""
-    from models.registry import build_model
+    """Rebuild the model a checkpoint was trained from and load its weights (eval mode).
+
+    The recorded ``ModelConfig`` (``config["model_config"]``) is rebuilt as is; a checkpoint without one falls back
+    to the registered ``config["model"]`` with ``config["model_overrides"]``.
+    """
+    from models.registry import ModelConfig, build_model
 
     ckpt = load_checkpoint(path)
     cfg = ckpt["config"]
-    model = build_model(cfg["model"], **(cfg.get("model_overrides") or {}))
+    recorded = cfg.get("model_config")
+    if isinstance(recorded, dict):
+        model = build_model(ModelConfig.from_dict(recorded))
+    else:
+        model = build_model(cfg["model"], **(cfg.get("model_overrides") or {}))
     model.load_state_dict(ckpt["model"])
     return model.eval()
+
+
+def _resolve_model_overrides(config: TrainConfig) -> TrainConfig:
+    """``config`` with the model's input size made explicit: a Swin backbone is built for the crop unless
+    ``model_overrides`` names an ``input_size`` (other families: unchanged). Unknown model names pass through."""
+    from models.registry import CONFIGS
+
+    overrides = {k: v for k, v in (config.model_overrides or {}).items() if v is not None}
+    base = CONFIGS.get(config.model)
+    if base is not None and base.family == "swin" and "input_size" not in overrides:
+        overrides["input_size"] = config.crop
+    return replace(config, model_overrides=overrides or None)
 
 
 # ------------------------------------------------------------------------------------------------------ loop
@@ -264,7 +291,10 @@ def _evaluate(model: nn.Module, config: TrainConfig) -> dict[str, Any] | None:
     from runtime.evaluate import EvalConfig, evaluate
     from runtime.session import TorchSegmenter
 
-    seg = TorchSegmenter(model, input_size=None, name=config.model)
+    mcfg = getattr(model, "config", None)
+    size = getattr(mcfg, "input_size", None) if getattr(mcfg, "family", None) == "swin" else None
+    # a Swin backbone accepts only the size it was built for: images are resized to it (logits back to the image)
+    seg = TorchSegmenter(model, input_size=(size, size) if size else None, name=config.model)
     cfg = EvalConfig(batch_size=config.batch_size, limit=config.eval_limit, num_overlays=0, progress=False)
     try:
         return evaluate(seg, config.data, config.eval_split, cfg)
@@ -305,6 +335,8 @@ def train(
     ``resume`` (a checkpoint path) restores model, optimiser, scheduler, RNG states and the step, and continues
     to ``config.steps``. Deterministic on CPU for a given config: same seed, same weights.
     """
+    if model is None:
+        config = _resolve_model_overrides(config)  # recorded as run, e.g. a Swin's input size = the crop
     previous_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)  # restored afterwards: the setting is process-wide
@@ -348,6 +380,10 @@ def _train(
         ckpt = load_checkpoint(resume)
         if ckpt["config"].get("model") != config.model:
             raise ValueError(f"{resume}: checkpoint of model {ckpt['config'].get('model')!r}, not {config.model!r}")
+        recorded, current = ckpt["config"].get("model_config"), _model_config(model)
+        if recorded and current and recorded != current:
+            diff = {k: (recorded.get(k), v) for k, v in current.items() if recorded.get(k) != v}
+            raise ValueError(f"{resume}: checkpoint of another {config.model} configuration (recorded, now): {diff}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -454,6 +490,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--crop", type=int, default=d.crop, help="square training crop in pixels")
+    p.add_argument(
+        "--input-size",
+        type=int,
+        help="model input size (ModelConfig.input_size; Swin builds its backbone for it; default for Swin: --crop)",
+    )
+    p.add_argument("--decoder-width", type=int, help="UPerNet width (default: the configuration's)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
@@ -484,10 +526,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.steps < 1 or args.batch_size < 1 or args.crop < 32:
         print("error: --steps and --batch-size must be positive and --crop at least 32", file=sys.stderr)
         return 2
+    if args.decoder_width is not None and args.decoder_width < 1:
+        print("error: --decoder-width must be positive", file=sys.stderr)
+        return 2
+    if args.input_size is not None and (args.input_size < 32 or args.input_size % 32):
+        print("error: --input-size must be a positive multiple of 32", file=sys.stderr)
+        return 2
+    from models.registry import CONFIGS
+
+    base = CONFIGS.get(args.model)
+    if base is not None and base.family == "swin" and args.input_size not in (None, args.crop):
+        print(
+            f"error: a Swin backbone only takes the size it is built for: --input-size {args.input_size} "
+            f"!= --crop {args.crop} (leave --input-size out to build it for the crop)",
+            file=sys.stderr,
+        )
+        return 2
+    overrides = {"input_size": args.input_size, "decoder_width": args.decoder_width}
     config = TrainConfig(
         model=args.model,
         data=args.data,
         out=args.out,
+        model_overrides={k: v for k, v in overrides.items() if v is not None} or None,
         weights=args.weights,
         pretrained=args.pretrained,
         steps=args.steps,

@@ -150,3 +150,15 @@ def test_cli_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
     assert message in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_training_checkpoint_config_is_used(tmp_path: Path) -> None:
+    """A models.train checkpoint records its configuration: the decoder width need not be repeated."""
+    src = build_model("mobilevit_xxs", decoder_width=32)
+    cfg = {"model_config": src.config.to_dict()}
+    torch.save({"model": src.state_dict(), "config": cfg, "step": 1}, tmp_path / "checkpoint.pt")
+    out = tmp_path / "m.onnx"
+    export(ExportOptions(model="mobilevit_xxs", input_size=64, weights=str(tmp_path / "checkpoint.pt")), out)
+    assert read_metadata(onnx.load(str(out)))["config"]["decoder_width"] == 32
+    with pytest.raises(ExportError, match="holds a 'mobilevit_xxs' model, not 'paper'"):
+        export(ExportOptions(model="paper", input_size=64, weights=str(tmp_path / "checkpoint.pt")), out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -122,3 +123,46 @@ def test_cli_errors(tmp_path: Path, syn_small: Path, capsys: pytest.CaptureFixtu
     assert main(["--model", "nope", "--data", str(syn_small), "--out", str(tmp_path / "o"), "--steps", "1"]) == 1
     assert "unknown model" in capsys.readouterr().err
     assert main(["--data", str(syn_small), "--steps", "0"]) == 2
+
+
+@pytest.fixture(scope="module")
+def syn_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 train + 2 val synthetic scenes at 96x96: enough for a 2-step run of a big model."""
+    from models.synthetic import generate
+
+    root = tmp_path_factory.mktemp("syn_tiny") / "tiny"
+    generate(root, n_train=4, n_val=2, size=96, seed=0, workers=1)
+    return root
+
+
+def test_cli_swin_teacher_overrides_round_trip(syn_tiny: Path, tmp_path: Path) -> None:
+    """``--model swin_t_upernet512 --crop 64 --decoder-width 32``: the Swin is built for the crop, the overrides are
+    recorded, ``model_from_checkpoint`` rebuilds the same model from the checkpoint alone, and the final evaluation
+    feeds the 96 px val images resized to the 64 px the backbone takes."""
+    out = tmp_path / "swin"
+    argv = ["--model", "swin_t_upernet512", "--data", str(syn_tiny), "--out", str(out), "--crop", "64"]
+    argv += ["--decoder-width", "32", "--steps", "2", "--batch-size", "2", "--threads", "1", "-q"]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert metrics is not None and metrics["num_images"] == 2
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["config"]["model_overrides"] == {"input_size": 64, "decoder_width": 32}
+    assert ckpt["config"]["model_config"]["input_size"] == 64 and ckpt["config"]["model_config"]["decoder_width"] == 32
+    model = train_mod.model_from_checkpoint(out / "checkpoint.pt")
+    assert model.config.family == "swin" and (model.config.input_size, model.config.decoder_width) == (64, 32)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ckpt["model"][k]), k
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 64, 64)).shape == (1, model.config.num_classes, 64, 64)
+    # the fallback path (no recorded model_config) rebuilds from the model name and the overrides
+    del ckpt["config"]["model_config"]
+    torch.save({"model": ckpt["model"], "config": ckpt["config"]}, tmp_path / "old.pt")
+    assert train_mod.model_from_checkpoint(tmp_path / "old.pt").config == model.config
+
+
+def test_cli_override_errors(syn_small: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--data", str(syn_small), "--out", str(tmp_path / "o"), "--steps", "1"]
+    assert main([*base, "--model", "swin_t_upernet512", "--crop", "64", "--input-size", "128"]) == 2
+    assert "--input-size 128 != --crop 64" in capsys.readouterr().err
+    assert main([*base, "--input-size", "100"]) == 2
+    assert main([*base, "--decoder-width", "0"]) == 2
