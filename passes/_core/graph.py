@@ -4,6 +4,9 @@ The view never changes the model it looks at. Shapes come from ONNX shape infere
 float initializers become typed graph inputs, so inference does not copy their data); integer "shape vectors"
 computed at run time (``Shape -> Gather -> Concat -> Reshape``) are evaluated with numpy by :meth:`GraphView.value`
 when every shape they read is static.
+
+:meth:`GraphView.node_flops` / :meth:`GraphView.flops` are the package's one FLOP counter (``graph_stats`` in
+:mod:`passes._core.stats` reads them); see that module for the convention.
 """
 
 from __future__ import annotations
@@ -36,8 +39,11 @@ class NodeRef:
 class GraphView:
     """Producers, consumers, constant values and static shapes of one model's main graph."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, *, pin_dynamic: bool = False) -> None:
+        """``pin_dynamic``: read every symbolic dimension of the graph inputs as 1 (a dynamic batch becomes batch
+        1), so shapes computed at run time from them fold; the view FLOPs are counted on."""
         self.model = model
+        self.pin_dynamic = pin_dynamic
         self.graph = model.graph
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
         self.nodes = [NodeRef(i, n) for i, n in enumerate(self.graph.node)]
@@ -57,10 +63,18 @@ class GraphView:
                 self.constant_nodes[ref.node.output[0]] = ref
         self.graph_inputs = {i.name for i in self.graph.input} - set(self.initializers)
         self.graph_outputs = {o.name for o in self.graph.output}
+        self.symbolic_inputs = any(
+            not d.HasField("dim_value") or d.dim_value <= 0
+            for i in self.graph.input
+            if i.name in self.graph_inputs
+            for d in i.type.tensor_type.shape.dim
+        )
         self._shapes: dict[str, list[int] | None] = {}
+        self._dims: dict[str, list[int]] = {}  # known ranks, -1 for a dimension that is not static
         self._types: dict[str, int] = {}
         self._values: dict[str, np.ndarray] = {}
         self._busy: set[str] = set()
+        self._pinned: GraphView | None = None
         self._infer_shapes()
 
     # ----------------------------------------------------------------------------------------------- shapes
@@ -70,8 +84,14 @@ class GraphView:
         light.ir_version = self.model.ir_version
         light.opset_import.extend(self.model.opset_import)
         g = light.graph
+        light.functions.extend(self.model.functions)
         g.node.extend(self.graph.node)
         g.input.extend(i for i in self.graph.input if i.name not in self.initializers)
+        if self.pin_dynamic:
+            for vi in g.input:
+                for d in vi.type.tensor_type.shape.dim:
+                    if not d.HasField("dim_value") or d.dim_value <= 0:
+                        d.dim_value = 1
         g.output.extend(self.graph.output)
         for init in self.graph.initializer:
             if int(np.prod(init.dims)) > _LIGHT_LIMIT and init.data_type != onnx.TensorProto.INT64:
@@ -84,6 +104,7 @@ class GraphView:
             log.warning("shape inference failed (%s); structural rules will skip what needs shapes", exc)
             inferred = light
         shapes: dict[str, list[int] | None] = {}
+        partial: dict[str, list[int]] = {}
         types: dict[str, int] = {}
         for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
             t = vi.type.tensor_type
@@ -92,6 +113,7 @@ class GraphView:
                 shapes[vi.name] = None
                 continue
             dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in t.shape.dim]
+            partial[vi.name] = dims
             shapes[vi.name] = None if any(d < 0 for d in dims) else dims
         for init in self.graph.initializer:
             shapes[init.name] = list(init.dims)
@@ -99,7 +121,7 @@ class GraphView:
         for name, ref in self.constant_nodes.items():
             shapes[name] = list(ref.node.attribute[0].t.dims)
             types[name] = ref.node.attribute[0].t.data_type
-        self._shapes, self._types, self._values = shapes, types, {}
+        self._shapes, self._dims, self._types, self._values = shapes, partial, types, {}
         self._refine_shapes()
         return self._shapes
 
@@ -139,6 +161,7 @@ class GraphView:
                     dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in t.shape.dim]
                     if all(d >= 0 for d in dims):
                         self._shapes[o] = dims
+                    self._dims[o] = dims
                 self._types.setdefault(o, t.elem_type)
 
     def shape(self, name: str) -> list[int] | None:
@@ -278,28 +301,65 @@ class GraphView:
             return x * np.ones(ins[1].tolist(), dtype=x.dtype)
         return None
 
+    # ------------------------------------------------------------------------------------------------- FLOPs
+    def counting_view(self) -> GraphView:
+        """The view FLOPs are read from: this one, or (symbolic graph inputs) one with those dimensions as 1."""
+        if self.pin_dynamic or not self.symbolic_inputs:
+            return self
+        if self._pinned is None:
+            self._pinned = GraphView(self.model, pin_dynamic=True)
+        return self._pinned
+
+    def _count_dims(self, name: str) -> list[int] | None:
+        """Static shape of ``name``, else its known-rank shape with non-static dimensions read as 1."""
+        s = self._shapes.get(name)
+        if s is not None:
+            return s
+        d = self._dims.get(name)
+        return None if d is None else [x if x > 0 else 1 for x in d]
+
     def node_flops(self, ref: NodeRef) -> int:
-        """FLOPs of one contraction node from static shapes (same convention as :mod:`passes._core.stats`)."""
+        """FLOPs of one node (0 for non-contraction ops and unknown shapes); the convention of
+        :mod:`passes._core.stats`. A model with symbolic inputs is counted with those dimensions as 1."""
+        view = self.counting_view()
+        if view is not self:
+            return view.node_flops(view.nodes[ref.index])
         n = ref.node
-        out = self.shape(n.output[0]) if n.output else None
-        if out is None or n.op_type not in ("MatMul", "Gemm", "Conv", "ConvTranspose"):
+        if n.op_type not in ("MatMul", "Gemm", "Conv", "ConvTranspose") or not n.output or len(n.input) < 2:
             return 0
-        if n.op_type in ("MatMul", "Gemm"):
-            a = self.shape(n.input[0])
-            if not a:
+        try:
+            out = self._count_dims(n.output[0])
+            x = self._count_dims(n.input[0])
+            if not out or not x:
                 return 0
-            k = a[0] if (n.op_type == "Gemm" and self.attrs(n).get("transA", 0)) else a[-1]
-            return 2 * int(np.prod(out)) * k
-        w, x = self.shape(n.input[1]), self.shape(n.input[0])
-        if not w or not x:
+            if n.op_type == "MatMul":
+                return 2 * int(np.prod(out)) * x[-1]
+            if n.op_type == "Gemm":
+                return 2 * int(np.prod(out)) * (x[0] if self.attrs(n).get("transA", 0) else x[-1])
+            w = self._count_dims(n.input[1])
+            if not w or len(w) < 2:
+                return 0
+            per = w[1] * int(np.prod(w[2:]))  # Conv W: [C_out, C_in/g, k...]; ConvTranspose W: [C_in, C_out/g, k...]
+            # ConvTranspose: every input element feeds C_out/g x prod(k) outputs
+            return 2 * int(np.prod(out if n.op_type == "Conv" else x)) * per
+        except Exception:  # an odd node (bad attribute, ragged shape) counts nothing rather than failing
             return 0
-        per = w[1] * int(np.prod(w[2:]))
-        return 2 * (int(np.prod(out)) if n.op_type == "Conv" else int(np.prod(x))) * per
+
+    def flops_by_node(self) -> dict[str, int]:
+        """FLOPs of every contraction node with a nonzero count, by node name (``op_type_index`` when unnamed)."""
+        view = self.counting_view()
+        out: dict[str, int] = {}
+        for ref in view.nodes:
+            f = view.node_flops(ref)
+            if f:
+                out[ref.name] = out.get(ref.name, 0) + f
+        return out
 
     def flops(self) -> int:
-        """Contraction FLOPs of the whole graph from the view's static shapes (counts Swin's padded windows,
-        which whole-graph ONNX inference leaves symbolic)."""
-        return sum(self.node_flops(ref) for ref in self.nodes)
+        """Contraction FLOPs of the whole graph (counts Swin's padded windows, which whole-graph ONNX inference
+        leaves symbolic)."""
+        view = self.counting_view()
+        return sum(view.node_flops(ref) for ref in view.nodes)
 
     # ------------------------------------------------------------------------------------------------ helpers
     def attrs(self, node: onnx.NodeProto) -> dict[str, object]:

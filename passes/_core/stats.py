@@ -1,17 +1,27 @@
 """Parameters and FLOPs read from an ONNX graph, independently of the torch model it came from.
 
-FLOPs count 2 per multiply-accumulate of the contraction ops (MatMul, Gemm, Conv, ConvTranspose, Einsum is not
+FLOPs count 2 per multiply-accumulate of the contraction ops (MatMul, Gemm, Conv, ConvTranspose; Einsum is not
 counted); elementwise ops, normalisation and resizing are left out, as in fvcore and torch's flop counter.
-A symbolic dimension (a dynamic batch) counts as 1.
+A symbolic dimension of the graph inputs (a dynamic batch) counts as 1; a dimension that stays unknown after that
+(data dependent) counts as 1 too, and a node whose shapes are unknown counts nothing.
+
+The count is :meth:`passes._core.graph.GraphView.flops`, the one FLOP counter of the package: its shapes are ONNX
+shape inference run without copying the weights, completed node by node where whole-graph inference loses them
+(the shape-computed Pad of Swin's window attention), so Swin is counted as torch counts it.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import TensorProto
+
+from passes._core.graph import GraphView
+
+log = logging.getLogger(__name__)
 
 _WEIGHT_TYPES = {
     TensorProto.FLOAT,
@@ -30,13 +40,6 @@ class GraphStats:
     params: int
     flops: int
     node_flops: dict[str, int] = field(default_factory=dict)
-
-
-def _dims(vi: onnx.ValueInfoProto) -> list[int] | None:
-    t = vi.type.tensor_type
-    if not t.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in t.shape.dim]
 
 
 def count_params(model: onnx.ModelProto) -> int:
@@ -59,47 +62,11 @@ def count_params(model: onnx.ModelProto) -> int:
 
 
 def graph_stats(model: onnx.ModelProto) -> GraphStats:
-    """Count parameters and contraction FLOPs of ``model`` (shape inference runs on a copy)."""
+    """Count parameters and contraction FLOPs of ``model`` (never changes it, never copies its weights)."""
+    params = count_params(model)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # a model too large or odd for inference still gets its parameter count
-        inferred = model
-    shapes: dict[str, list[int] | None] = {}
-    for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
-        shapes[vi.name] = _dims(vi)
-    for init in inferred.graph.initializer:
-        shapes[init.name] = list(init.dims)
-
-    def attr(node: onnx.NodeProto, name: str, default: int) -> int:
-        for a in node.attribute:
-            if a.name == name:
-                return int(a.i)
-        return default
-
-    node_flops: dict[str, int] = {}
-    for i, node in enumerate(inferred.graph.node):
-        name = node.name or f"{node.op_type}_{i}"
-        out = shapes.get(node.output[0]) if node.output else None
-        if out is None:
-            continue
-        macs = 0
-        if node.op_type == "MatMul":
-            a = shapes.get(node.input[0])
-            if a:
-                macs = int(np.prod(out)) * a[-1]
-        elif node.op_type == "Gemm":
-            a = shapes.get(node.input[0])
-            if a:
-                k = a[0] if attr(node, "transA", 0) else a[-1]
-                macs = int(np.prod(out)) * k
-        elif node.op_type in ("Conv", "ConvTranspose"):
-            w = shapes.get(node.input[1])
-            x = shapes.get(node.input[0])
-            if w and x:
-                if node.op_type == "Conv":  # W: [C_out, C_in / group, k...]
-                    macs = int(np.prod(out)) * (w[1] * int(np.prod(w[2:])))
-                else:  # W: [C_in, C_out / group, k...]; each input element feeds C_out / group x k outputs
-                    macs = int(np.prod(x)) * (w[1] * int(np.prod(w[2:])))
-        if macs:
-            node_flops[name] = 2 * macs
-    return GraphStats(params=count_params(model), flops=sum(node_flops.values()), node_flops=node_flops)
+        node_flops = GraphView(model, pin_dynamic=True).flops_by_node()
+    except Exception as exc:  # a model too odd for the view still gets its parameter count
+        log.warning("could not count FLOPs (%s); reporting 0", exc)
+        node_flops = {}
+    return GraphStats(params=params, flops=sum(node_flops.values()), node_flops=node_flops)

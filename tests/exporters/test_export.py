@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _model(name: str, size: int) -> torch.nn.Module:
-    from conftest import perturb_
+    from _shared import perturb_
 
     torch.manual_seed(0)
     kw = {"input_size": size} if get_config(name).family == "swin" else {}
@@ -66,7 +66,7 @@ def test_metadata_round_trips(exported, exporter: str) -> None:
     config = ModelConfig.from_dict(meta["config"])
     assert config == get_config("mobilevit_xxs")
 
-    from conftest import perturb_
+    from _shared import perturb_
 
     torch.manual_seed(0)
     model = perturb_(build_model(config), 0)  # the same seeded weights the fixture exported

@@ -92,7 +92,7 @@ class TinyCNN(nn.Module):
 
 def export_cnn(fold_bn: bool, seed: int = 0) -> tuple[onnx.ModelProto, TinyCNN]:
     """Export a perturbed :class:`TinyCNN` (16x16 input) with the legacy exporter, BN folded or kept as nodes."""
-    from conftest import perturb_
+    from _shared import perturb_
 
     torch.manual_seed(seed)
     net = perturb_(TinyCNN(), seed).eval()
