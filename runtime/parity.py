@@ -1,0 +1,434 @@
+"""Parity of a precision change: compare a candidate model with its reference on real images, judged by the task.
+
+``python -m runtime.parity reference.onnx candidate.onnx --data ROOT [--split val] [--limit N]
+[--min-agreement 99.5] [--max-miou-drop 0.5] [--check auto|agreement|miou|both] [--save-dir DIR] [--json PATH]``
+
+Both models run in onnxruntime through Polygraphy's runners on the same images (resized and normalised as
+:class:`runtime.session.OnnxSegmenter` does; the candidate gets its own input dtype), and Polygraphy's comparator
+(``SimpleCompareFunc``) gives, per output and image, the max / mean / median / quantile absolute and relative
+errors: ``|c - r|`` and ``|c - r| / |r|``. Per output the report takes the max of the maxima, the mean of the means
+(images have equal size), the median of the medians and the max of the quantiles.
+
+The verdict is judged by the task, not by a tolerance alone (a 1e-5 tolerance calls every FP16 model broken):
+
+* **pixel agreement**: logits upsampled bilinearly to the mask size, ``argmax`` over classes; agreement =
+  #(class_ref == class_cand) / #pixels over all pixels of all images. Must be ``>= --min-agreement`` percent.
+* **mIoU drop**: dataset-level mIoU of each model against the ground truth (:mod:`runtime.metrics`);
+  ``100 * (mIoU_ref - mIoU_cand)`` must be ``<= --max-miou-drop`` points.
+
+``--check auto`` applies the mIoU-drop rule to a quantized candidate (it holds QuantizeLinear/DequantizeLinear)
+and pixel agreement to anything else (FP16, a re-export); ``both`` applies both; ``--require-numeric`` adds
+Polygraphy's own pass/fail at ``--atol``/``--rtol`` on ``--check-error-stat``. Exit 0 when the verdict passes,
+1 when it fails or the models/data cannot be used, 2 on a usage error.
+
+The first ``--save-count`` inputs (as fed to the candidate) and the reference outputs are written in Polygraphy's
+JSON format (``inputs.json``, ``ref_outputs.json``) so the numeric comparison can be rerun from the shell::
+
+    polygraphy run candidate.onnx --onnxrt --load-inputs DIR/inputs.json --load-outputs DIR/ref_outputs.json \\
+        --atol 0.01 --rtol 0.01 --check-error-stat quantile --error-quantile 0.99
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from models.constants import IGNORE_INDEX
+from models.data import DataError, iter_samples
+from runtime._calib import CalibrationDataError, InputSpec, input_spec
+from runtime.metrics import MetricAccumulator
+from runtime.session import resize_bilinear
+
+__all__ = ["ParityConfig", "ParityResult", "compare_models", "format_result", "main", "repro_command"]
+
+logger = logging.getLogger(__name__)
+
+CHECKS = ("auto", "agreement", "miou", "both")
+_STATS = ("max_absdiff", "max_reldiff", "mean_absdiff", "mean_reldiff", "median_absdiff", "median_reldiff")
+
+
+@dataclass(frozen=True)
+class ParityConfig:
+    """Thresholds and options of a parity check.
+
+    Attributes:
+        min_agreement: pixel agreement required, percent.
+        max_miou_drop: mIoU drop allowed, points (percent).
+        check: which rule decides: ``auto`` (mIoU for quantized candidates, agreement otherwise), ``agreement``,
+            ``miou`` or ``both``.
+        atol, rtol, check_error_stat, error_quantile: Polygraphy's numeric comparison (informational unless
+            ``require_numeric``).
+        require_numeric: also require Polygraphy's numeric comparison to pass.
+        split, limit: images scored (the first ``limit`` of ``split`` by name; None = all).
+        save_count: inputs/outputs saved as Polygraphy JSON (the first ones).
+        progress: tqdm progress bar.
+    """
+
+    min_agreement: float = 99.5
+    max_miou_drop: float = 0.5
+    check: str = "auto"
+    atol: float = 1e-2
+    rtol: float = 1e-2
+    check_error_stat: str = "quantile"
+    error_quantile: float = 0.99
+    require_numeric: bool = False
+    split: str = "val"
+    limit: int | None = None
+    save_count: int = 4
+    progress: bool = True
+
+
+@dataclass
+class ParityResult:
+    """Outcome of :func:`compare_models` (``to_dict`` for JSON)."""
+
+    reference: str
+    candidate: str
+    images: int
+    pixels: int
+    agreement: float
+    miou_reference: float | None
+    miou_candidate: float | None
+    miou_drop_points: float | None
+    outputs: dict[str, dict[str, float | None]]
+    numeric_passed: bool
+    checks: dict[str, dict[str, Any]]
+    passed: bool
+    data: dict[str, Any] = field(default_factory=dict)
+    saved: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _is_quantized(path: Path) -> bool:
+    model = onnx.load(str(path), load_external_data=False)
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+
+
+def _spec(path: Path) -> InputSpec:
+    try:
+        return input_spec(onnx.load(str(path), load_external_data=False))
+    except CalibrationDataError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def repro_command(candidate: Path | str, save_dir: Path | str, config: ParityConfig) -> str:
+    """The ``polygraphy run`` command that reruns the saved numeric comparison."""
+    d = Path(save_dir)
+    return (
+        f"polygraphy run {candidate} --onnxrt --load-inputs {d / 'inputs.json'} --load-outputs "
+        f"{d / 'ref_outputs.json'} --atol {config.atol:g} --rtol {config.rtol:g} "
+        f"--check-error-stat {config.check_error_stat} --error-quantile {config.error_quantile:g}"
+    )
+
+
+def _quiet_polygraphy(verbose: bool) -> None:
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.CRITICAL
+
+
+def compare_models(
+    reference: Path | str,
+    candidate: Path | str,
+    data: Path | str,
+    config: ParityConfig | None = None,
+    save_dir: Path | str | None = None,
+) -> ParityResult:
+    """Run both models on the images of ``data`` (LPCV layout) and judge the candidate; see the module docstring.
+
+    Raises:
+        DataError: the data folder is missing or empty.
+        ValueError: a model is unusable, or the two models differ in input size or output names.
+    """
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.comparator import Comparator, IterationResult, RunResults
+    from polygraphy.comparator.compare import SimpleCompareFunc
+    from polygraphy.json import save_json
+    from tqdm import tqdm
+
+    config = config or ParityConfig()
+    if config.check not in CHECKS:
+        raise ValueError(f"unknown check {config.check!r}; choose one of {', '.join(CHECKS)}")
+    ref_path, cand_path = Path(reference), Path(candidate)
+    for p in (ref_path, cand_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"model file not found: {p}")
+    ref_spec, cand_spec = _spec(ref_path), _spec(cand_path)
+    if ref_spec.size != cand_spec.size:
+        raise ValueError(f"the models take different input sizes: {ref_spec.size} and {cand_spec.size}")
+    _quiet_polygraphy(logger.isEnabledFor(logging.DEBUG))
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    compare = SimpleCompareFunc(
+        atol=config.atol,
+        rtol=config.rtol,
+        check_error_stat=config.check_error_stat,
+        error_quantile=config.error_quantile,
+    )
+    samples = list(iter_samples(data, config.split, limit=config.limit, require_masks=False))
+    if not samples:
+        raise DataError(Path(data), f"no image in split {config.split!r}")
+    has_masks = all(s.mask is not None for s in samples)
+    accs = [MetricAccumulator(ignore_index=IGNORE_INDEX), MetricAccumulator(ignore_index=IGNORE_INDEX)]
+    same = pixels = 0
+    stats: dict[str, dict[str, list[float]]] = {}
+    numeric_ok = True
+    saved_inputs: list[dict[str, np.ndarray]] = []
+    saved_ref: list[Any] = []
+    saved_cand: list[Any] = []
+    ref_runner = OnnxrtRunner(SessionFromOnnx(str(ref_path), providers=["cpu"]), name="reference")
+    cand_runner = OnnxrtRunner(SessionFromOnnx(str(cand_path), providers=["cpu"]), name="candidate")
+    with ref_runner, cand_runner:
+        for k, sample in enumerate(
+            tqdm(samples, desc="parity", unit="img", disable=not config.progress, leave=False, file=sys.stderr)
+        ):
+            feed_ref = {ref_spec.name: ref_spec.to_input(sample.image)}  # 1 x 3 x H x W
+            feed_cand = {cand_spec.name: feed_ref[ref_spec.name].astype(cand_spec.dtype)}
+            out_ref = ref_runner.infer(feed_ref)
+            it_ref = IterationResult(out_ref, ref_runner.last_inference_time(), "reference")
+            out_cand = cand_runner.infer(feed_cand)
+            it_cand = IterationResult(out_cand, cand_runner.last_inference_time(), "candidate")
+            if list(out_ref) != list(out_cand):
+                raise ValueError(f"the models have different outputs: {list(out_ref)} and {list(out_cand)}")
+            run = RunResults([("reference", [it_ref]), ("candidate", [it_cand])])
+            accuracy = Comparator.compare_accuracy(run, compare_func=compare)[0]
+            for name, res in accuracy[("reference", "candidate")][0].items():
+                numeric_ok &= bool(res)
+                entry = stats.setdefault(name, {})
+                for key in (*_STATS, "quantile_absdiff", "quantile_reldiff"):
+                    value = getattr(res, key, None)
+                    if value is not None:
+                        entry.setdefault(key, []).append(float(value))
+            if k < config.save_count and save_dir is not None:
+                saved_inputs.append(feed_cand)
+                saved_ref.append(it_ref)
+                saved_cand.append(it_cand)
+            # task metrics on the first output (the logits)
+            first = next(iter(out_ref))
+            h, w = sample.image.shape[:2]
+            preds = []
+            for out in (out_ref, out_cand):
+                logits = np.asarray(out[first], dtype=np.float32)[0]  # C x h x w
+                preds.append(np.argmax(resize_bilinear(logits, (h, w)), axis=0).astype(np.uint8))  # H x W
+            same += int(np.count_nonzero(preds[0] == preds[1]))
+            pixels += preds[0].size
+            if has_masks:
+                accs[0].update(sample.mask, preds[0])  # type: ignore[arg-type]
+                accs[1].update(sample.mask, preds[1])  # type: ignore[arg-type]
+
+    outputs: dict[str, dict[str, float | None]] = {}
+    for name, entry in stats.items():
+
+        def agg(key: str, fn: Any, e: dict[str, list[float]] = entry) -> float | None:
+            return float(fn(e[key])) if e.get(key) else None
+
+        outputs[name] = {
+            "max_abs": agg("max_absdiff", np.max),
+            "mean_abs": agg("mean_absdiff", np.mean),
+            "median_abs": agg("median_absdiff", np.median),
+            f"p{100 * config.error_quantile:g}_abs": agg("quantile_absdiff", np.max),
+            "max_rel": agg("max_reldiff", np.max),
+            "mean_rel": agg("mean_reldiff", np.mean),
+            "median_rel": agg("median_reldiff", np.median),
+            f"p{100 * config.error_quantile:g}_rel": agg("quantile_reldiff", np.max),
+        }
+    agreement = 100.0 * same / pixels
+    miou_ref = miou_cand = drop = None
+    if has_masks:
+        r, c = accs[0].result().miou, accs[1].result().miou
+        miou_ref = None if np.isnan(r) else 100.0 * r
+        miou_cand = None if np.isnan(c) else 100.0 * c
+        if miou_ref is not None and miou_cand is not None:
+            drop = miou_ref - miou_cand
+
+    check = config.check
+    if check == "auto":
+        check = "miou" if _is_quantized(cand_path) else "agreement"
+    checks: dict[str, dict[str, Any]] = {}
+    if check in ("agreement", "both"):
+        checks["agreement"] = {
+            "value": agreement,
+            "threshold": config.min_agreement,
+            "rule": f"pixel agreement >= {config.min_agreement:g} %",
+            "passed": agreement >= config.min_agreement,
+        }
+    if check in ("miou", "both"):
+        if drop is None:
+            raise DataError(Path(data), "the mIoU check needs ground-truth masks (GT/<split>/) for every image")
+        checks["miou_drop"] = {
+            "value": drop,
+            "threshold": config.max_miou_drop,
+            "rule": f"mIoU drop <= {config.max_miou_drop:g} points",
+            "passed": drop <= config.max_miou_drop,
+        }
+    if config.require_numeric:
+        checks["numeric"] = {
+            "value": None,
+            "threshold": None,
+            "rule": f"polygraphy {config.check_error_stat} error within atol {config.atol:g} or rtol {config.rtol:g}",
+            "passed": numeric_ok,
+        }
+
+    saved: dict[str, str] = {}
+    if save_dir is not None and saved_inputs:
+        d = Path(save_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        save_json(saved_inputs, str(d / "inputs.json"))
+        RunResults([("reference", saved_ref)]).save(str(d / "ref_outputs.json"))
+        RunResults([("candidate", saved_cand)]).save(str(d / "cand_outputs.json"))
+        saved = {
+            "inputs": str(d / "inputs.json"),
+            "ref_outputs": str(d / "ref_outputs.json"),
+            "cand_outputs": str(d / "cand_outputs.json"),
+            "command": repro_command(cand_path, d, config),
+        }
+    from runtime.evaluate import data_info
+
+    return ParityResult(
+        reference=str(ref_path),
+        candidate=str(cand_path),
+        images=len(samples),
+        pixels=pixels,
+        agreement=agreement,
+        miou_reference=miou_ref,
+        miou_candidate=miou_cand,
+        miou_drop_points=drop,
+        outputs=outputs,
+        numeric_passed=numeric_ok,
+        checks=checks,
+        passed=all(c["passed"] for c in checks.values()),
+        data=data_info(data, config.split),
+        saved=saved,
+        config=asdict(config),
+    )
+
+
+def _f(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def format_result(result: ParityResult) -> str:
+    """A human-readable summary: error statistics per output, task metrics, each rule and the verdict."""
+    lines = [
+        f"reference {result.reference}",
+        f"candidate {result.candidate}",
+        f"{result.images} images of {result.data.get('root')} [{result.data.get('split')}]"
+        + ("  ** SYNTHETIC DATA **" if result.data.get("synthetic") else ""),
+    ]
+    for name, s in result.outputs.items():
+        q = [k for k in s if k.startswith("p") and k.endswith("_abs")]
+        qr = [k for k in s if k.startswith("p") and k.endswith("_rel")]
+        lines.append(
+            f"output {name}: abs err max {s['max_abs']:.4g} mean {s['mean_abs']:.4g} median {s['median_abs']:.4g}"
+            + (f" {q[0][:-4]} {s[q[0]]:.4g}" if q and s[q[0]] is not None else "")
+            + f" | rel err max {s['max_rel']:.4g} mean {s['mean_rel']:.4g} median {s['median_rel']:.4g}"
+            + (f" {qr[0][:-4]} {s[qr[0]]:.4g}" if qr and s[qr[0]] is not None else "")
+        )
+    lines.append(f"pixel agreement {result.agreement:.3f} % of {result.pixels} pixels")
+    lines.append(
+        f"mIoU reference {_f(result.miou_reference, 2)} %, candidate {_f(result.miou_candidate, 2)} %, "
+        f"drop {_f(result.miou_drop_points, 2)} points"
+    )
+    lines.append(f"polygraphy numeric check: {'passed' if result.numeric_passed else 'failed'} (informational)")
+    for name, c in result.checks.items():
+        value = "" if c["value"] is None else f" (measured {c['value']:.3f})"
+        lines.append(f"check {name}: {c['rule']}{value}: {'PASS' if c['passed'] else 'FAIL'}")
+    lines.append(f"verdict: {'PASS' if result.passed else 'FAIL'}")
+    if result.saved:
+        lines.append(f"rerun the numeric comparison: {result.saved['command']}")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = ParityConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m runtime.parity",
+        description="Compare a candidate ONNX model with its reference on real images (Polygraphy comparator, "
+        "pixel agreement, mIoU) and give a verdict.",
+    )
+    p.add_argument("reference", type=Path, help="reference model (e.g. the FP32 export)")
+    p.add_argument("candidate", type=Path, help="candidate model (e.g. the FP16 or INT8 file)")
+    p.add_argument("--data", type=Path, required=True, help="data root in the LPCV layout (IMG/, GT/)")
+    p.add_argument("--split", default=d.split)
+    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--min-agreement", type=float, default=d.min_agreement, help="percent (default 99.5)")
+    p.add_argument("--max-miou-drop", type=float, default=d.max_miou_drop, help="points (default 0.5)")
+    p.add_argument("--check", choices=CHECKS, default=d.check, help="which rule decides (default auto)")
+    p.add_argument("--atol", type=float, default=d.atol)
+    p.add_argument("--rtol", type=float, default=d.rtol)
+    p.add_argument(
+        "--check-error-stat", choices=("max", "mean", "median", "quantile", "elemwise"), default=d.check_error_stat
+    )
+    p.add_argument("--error-quantile", type=float, default=d.error_quantile)
+    p.add_argument("--require-numeric", action="store_true", help="the numeric check must pass too")
+    p.add_argument(
+        "--save-dir", type=Path, help="where to write the Polygraphy JSON files (default: <candidate>.parity/)"
+    )
+    p.add_argument("--save-count", type=int, default=d.save_count, help="images saved as JSON (default 4)")
+    p.add_argument("--no-save", action="store_true", help="write no Polygraphy JSON files")
+    p.add_argument("--json", type=Path, help="write the result as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: 0 verdict passed, 1 failed (or unusable models/data), 2 usage error."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if (args.limit is not None and args.limit < 1) or args.save_count < 0:
+        parser.error("--limit must be positive and --save-count non-negative")
+    if not 0 < args.error_quantile <= 1:
+        parser.error("--error-quantile must be in (0, 1]")
+    config = ParityConfig(
+        min_agreement=args.min_agreement,
+        max_miou_drop=args.max_miou_drop,
+        check=args.check,
+        atol=args.atol,
+        rtol=args.rtol,
+        check_error_stat=args.check_error_stat,
+        error_quantile=args.error_quantile,
+        require_numeric=args.require_numeric,
+        split=args.split,
+        limit=args.limit,
+        save_count=args.save_count,
+        progress=not args.no_progress,
+    )
+    save_dir = None if args.no_save else (args.save_dir or args.candidate.with_name(args.candidate.name + ".parity"))
+    try:
+        result = compare_models(args.reference, args.candidate, args.data, config, save_dir)
+    except (DataError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # onnxruntime / polygraphy raise their own types for a model they cannot run
+        if type(exc).__module__.split(".")[0] in ("onnxruntime", "polygraphy"):
+            print(f"error: cannot run the models: {exc}", file=sys.stderr)
+            return 1
+        raise
+    print(format_result(result))
+    if args.json:
+        from runtime.evaluate import write_json
+
+        write_json(result.to_dict(), args.json)
+        print(f"result written to {args.json}")
+    return 0 if result.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
