@@ -1,0 +1,728 @@
+"""Teacher-guided distillation of a (pruned) student, through the one training loop of ``models.train``.
+
+``python -m models.distill --student pruned.onnx --teacher runs/teacher/checkpoint.pt --data ROOT --steps 200
+--out runs/distill/``
+
+* Student: a pruned ONNX file (rebuilt in torch with its plan and weights, ``models.prune_torch.student_from_onnx``)
+  or a registered configuration name (``--student-weights`` for its initial weights).
+* Teacher: a checkpoint of ``models.train`` (its recorded configuration is rebuilt) or a plain state dict with
+  ``--teacher-model NAME``; frozen, in eval mode. A checkpoint that does not fit is a clear error.
+* Loss (``models.losses.DistillLoss``): ``--ce-weight`` x CE (``--ohem``) + ``--kd-weight`` x logit distillation
+  (``--kd mse`` as the paper's code, or ``--kd kl --temperature T``) + ``--feat-weight`` x feature mimicking of the
+  backbone stages ``--feat-stages`` (1x1 adapters trained with the student, checkpointed with it as the loss state,
+  never exported).
+* ``--cache-teacher``: the teacher's decoder output (``[C, h/4, w/4]``, upsampled at use exactly as the model does)
+  and the chosen stage features are stored per sample and epoch under ``OUT/teacher_cache/<key>/``; the key hashes
+  the teacher file, the data files, the augmentation settings and the seed, so a rerun (a resumed run, another
+  student, a run with other loss weights) reuses them and a change of any of those starts a new cache.
+* Training, checkpoints (``OUT/checkpoint.pt`` every ``--checkpoint-every`` steps and at the end, atomic) and
+  ``--resume`` come from :func:`models.train.train`: one loop, not two. ``OUT/distill_config.json`` records the
+  distillation options; resuming with other options is refused.
+* Several processes: ``torchrun --nproc_per_node N -m models.distill ...`` (gloo on CPU, nccl on GPUs): each
+  process takes its share of every batch; the adapters' gradients are averaged across processes like the
+  student's (DistributedDataParallel).
+* At the end the student is exported to ``OUT/student.onnx`` with the source file's exporter, opset, attention form
+  and target, its plan in the metadata (``vitseg.plan``), ready for the precision passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+import types
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.losses import KD_KINDS, DistillLoss, LossConfig
+from models.registry import ModelConfig, Segmentor
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DistillConfig",
+    "DistillError",
+    "DistillObjective",
+    "DistillResult",
+    "TeacherOutputs",
+    "distill",
+    "freeze_batchnorm",
+    "load_teacher",
+    "main",
+]
+
+CONFIG_FILE = "distill_config.json"
+STUDENT_ONNX = "student.onnx"
+# options that must not change between a run and its resumption
+_RESUME_KEYS = (
+    "student",
+    "teacher",
+    "teacher_model",
+    "data",
+    "batch_size",
+    "crop",
+    "lr",
+    "weight_decay",
+    "seed",
+    "ce_weight",
+    "ohem",
+    "ohem_thresh",
+    "ohem_min_kept",
+    "kd",
+    "kd_weight",
+    "temperature",
+    "feat_weight",
+    "feat_stages",
+    "freeze_bn",
+    "steps",
+)
+
+
+class DistillError(ValueError):
+    """A distillation that cannot run as asked (bad student, teacher, checkpoint or options); says why."""
+
+
+@dataclass
+class DistillConfig:
+    """Everything a distillation run depends on (written to ``OUT/distill_config.json``)."""
+
+    student: str
+    teacher: str
+    data: str = "data/synthetic"
+    out: str = "runs/distill"
+    teacher_model: str | None = None
+    student_weights: str | None = None
+    steps: int = 200
+    batch_size: int = 4
+    crop: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    num_workers: int = 0
+    threads: int | None = None
+    ce_weight: float = 1.0
+    ohem: bool = False
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 100_000
+    kd: str = "mse"
+    kd_weight: float = 1.0
+    temperature: float = 1.0
+    feat_weight: float = 0.0
+    feat_stages: tuple[int, ...] = (0, 1)
+    cache_teacher: bool = False
+    cache_dir: str | None = None
+    freeze_bn: bool | None = None  # None: on for an ONNX student (its BN is folded), off for a configuration
+    eval_split: str | None = "val"
+    eval_limit: int | None = None
+    export: bool = True
+    export_opset: int = 17
+    export_exporter: str = "legacy"
+    export_size: int | None = None
+    export_tolerance: float = 1e-4
+
+    def loss_config(self) -> LossConfig:
+        return LossConfig(
+            ce_weight=self.ce_weight,
+            ohem=self.ohem,
+            ohem_thresh=self.ohem_thresh,
+            ohem_min_kept=self.ohem_min_kept,
+            kd=self.kd,
+            kd_weight=self.kd_weight,
+            temperature=self.temperature,
+            feat_weight=self.feat_weight,
+            feat_stages=tuple(int(s) for s in self.feat_stages),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["feat_stages"] = list(self.feat_stages)
+        return d
+
+
+@dataclass
+class DistillResult:
+    """What a run did: the training result, the exported student (if any) and the teacher-cache statistics."""
+
+    step: int
+    checkpoint: Path
+    onnx: Path | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    metrics: dict[str, Any] | None = None
+    cache_hits: int = 0
+    cache_misses: int = 0
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------- distributed
+
+
+def _dist_env() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment (0, 1 without it)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join torchrun's process group when started by torchrun (gloo on CPU, nccl on CUDA); return (rank, world)."""
+    rank, world = _dist_env()
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+        log.info("process %d of %d (%s)", rank, world, backend)
+    return rank, world
+
+
+# ------------------------------------------------------------------------------------------------- models
+
+
+def load_teacher(path: str | Path, model_name: str | None = None) -> Segmentor:
+    """The frozen teacher of a checkpoint (eval mode, no gradients).
+
+    The architecture comes from the checkpoint's recorded configuration (``models.train`` writes it) or from
+    ``model_name``; both given and different, or weights that do not fit, raise :class:`DistillError`.
+    """
+    from models.registry import UnknownModelError, get_config
+    from models.weights import WeightsError, load_into, read_state_dict
+
+    p = Path(path)
+    try:
+        state = read_state_dict(p)
+    except WeightsError as exc:
+        raise DistillError(f"teacher: {exc}") from exc
+    recorded: dict[str, Any] = {}
+    if p.suffix != ".safetensors":
+        raw = torch.load(str(p), map_location="cpu", weights_only=True)
+        if isinstance(raw, dict) and isinstance(raw.get("config"), dict):
+            recorded = raw["config"]
+    try:
+        if isinstance(recorded.get("model_config"), dict):
+            config = ModelConfig.from_dict(recorded["model_config"])
+        elif recorded.get("model"):
+            config = get_config(str(recorded["model"]), **(recorded.get("model_overrides") or {}))
+        elif model_name:
+            config = get_config(model_name)
+        else:
+            raise DistillError(
+                f"teacher: {p} records no model configuration; say which registered model it is (--teacher-model)."
+            )
+    except UnknownModelError as exc:
+        raise DistillError(f"teacher: {exc}") from exc
+    if model_name and model_name != config.name:
+        raise DistillError(f"teacher: {p} is a checkpoint of {config.name!r}, not of {model_name!r}.")
+    model = Segmentor(config)
+    try:
+        load_into(model, state, f"teacher checkpoint {p}")
+    except WeightsError as exc:
+        raise DistillError(f"{exc} (is it a checkpoint for another architecture than {config.name}?)") from exc
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
+    """``train()`` replacement of a frozen BatchNorm: it stays in eval mode (running statistics used, not updated)."""
+    return self
+
+
+def freeze_batchnorm(model: nn.Module) -> int:
+    """Keep every BatchNorm of ``model`` in eval mode for good (its affine parameters still train); return count."""
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.eval()
+            mod.train = types.MethodType(_frozen_train, mod)  # model.train() reaches it through children()
+            n += 1
+    return n
+
+
+def _load_student(cfg: DistillConfig) -> tuple[Segmentor, dict[str, Any] | None, dict[str, Any]]:
+    """(student, plan or None, export options dict) from an ONNX file or a configuration name."""
+    from models.prune_torch import PlanError, student_from_onnx
+    from models.registry import UnknownModelError, build_model
+    from models.weights import WeightsError
+
+    src = Path(cfg.student)
+    if src.suffix == ".onnx" or src.is_file():
+        try:
+            model, plan, meta = student_from_onnx(src)
+        except PlanError as exc:
+            raise DistillError(f"student: {exc}") from exc
+        export = {
+            "exporter": meta.get("exporter", cfg.export_exporter),
+            "opset": int(meta.get("opset", cfg.export_opset)),
+            "fused_attn": meta.get("fused_attn"),
+            "target": meta.get("target"),
+            "input_size": int((meta.get("input_size") or [cfg.export_size or cfg.crop])[0]),
+        }
+        history = list(meta.get("history") or [])
+        return model, plan, {"options": export, "history": history}
+    torch.manual_seed(cfg.seed)  # the random init (without --student-weights) is part of the run's definition
+    try:
+        model = build_model(cfg.student, weights=cfg.student_weights)
+    except (UnknownModelError, WeightsError) as exc:
+        raise DistillError(f"student: {exc}") from exc
+    export = {
+        "exporter": cfg.export_exporter,
+        "opset": cfg.export_opset,
+        "fused_attn": None,
+        "target": None,
+        "input_size": cfg.export_size or cfg.crop,
+    }
+    return model, None, {"options": export, "history": []}
+
+
+# ------------------------------------------------------------------------------------------ teacher outputs
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(cfg: DistillConfig, sample_paths: Sequence[Path], stages: Sequence[int]) -> str:
+    """Hash of what the teacher's outputs depend on: teacher weights, data files, augmentation, seed, stages."""
+    from models.train import TrainConfig
+
+    files = [(str(p), p.stat().st_size, int(p.stat().st_mtime)) for p in sample_paths]
+    aug = asdict(TrainConfig(crop=cfg.crop).augment_config())
+    payload = {
+        "teacher": _file_digest(Path(cfg.teacher)),
+        "files": files,
+        "augment": aug,
+        "seed": cfg.seed,
+        "stages": sorted(int(s) for s in stages),
+        "batch_size": cfg.batch_size,  # batched kernels round differently: keep cached == computed exactly
+        "version": 1,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+class TeacherOutputs:
+    """The frozen teacher's logits (and stage features) for a batch, from a per-sample disk cache when enabled.
+
+    Not an ``nn.Module`` on purpose: the teacher is neither optimised nor checkpointed with the student.
+    The logits are ``interpolate(decoder(backbone(x)), size(x))``, the same op the model applies, so cached and
+    computed values are identical.
+    """
+
+    def __init__(self, teacher: Segmentor, stages: Sequence[int], cache_dir: Path | None = None) -> None:
+        self.teacher = teacher
+        self.stages = [int(s) for s in stages]
+        self.cache_dir = cache_dir
+        self.hits = 0
+        self.misses = 0
+        if cache_dir is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: tuple[int, int]) -> Path:
+        assert self.cache_dir is not None
+        return self.cache_dir / f"e{key[1]}_i{key[0]}.pt"
+
+    def _compute(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        with torch.no_grad():
+            feats = self.teacher.backbone(images)
+            dec = self.teacher.decoder(feats)  # [N, C, H/4, W/4]
+        return dec, {s: feats[s] for s in self.stages}
+
+    def __call__(self, images: torch.Tensor, keys: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, list[Any]]:
+        """``(logits [N, C, H, W], stage features list with maps at the chosen stages, None elsewhere)``."""
+        dec: torch.Tensor | None = None
+        feats: dict[int, torch.Tensor] = {}
+        if self.cache_dir is not None and keys and all(self._path(k).is_file() for k in keys):
+            try:
+                items = [torch.load(self._path(k), map_location="cpu", weights_only=True) for k in keys]
+                dec = torch.stack([it["dec"] for it in items])
+                feats = {s: torch.stack([it["feats"][s] for it in items]) for s in self.stages}
+                self.hits += len(keys)
+            except Exception as exc:  # a damaged cache entry: recompute (and rewrite) it
+                log.warning("teacher cache unreadable (%s); recomputing", exc)
+                dec = None
+        if dec is None:
+            dec, feats = self._compute(images)
+            self.misses += len(keys)
+            if self.cache_dir is not None:
+                from models.train import save_checkpoint
+
+                for i, k in enumerate(keys):
+                    item = {"dec": dec[i].clone(), "feats": {s: feats[s][i].clone() for s in self.stages}}
+                    save_checkpoint(self._path(k), item)  # atomic write (temp file + os.replace)
+        logits = F.interpolate(dec, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        levels = max(self.stages) + 1 if self.stages else 0
+        return logits, [feats.get(i) for i in range(levels)]
+
+
+class _FeatureTap:
+    """Forward hook keeping the last output of the student's backbone (its stage features)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        self.feats: list[torch.Tensor] | None = None
+        self.handle = backbone.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        self.feats = list(output)
+
+    def pop(self) -> list[torch.Tensor] | None:
+        out, self.feats = self.feats, None
+        return out
+
+
+class DistillObjective(nn.Module):
+    """The ``loss_fn`` given to :func:`models.train.train`: ``(student logits, batch) -> (loss, terms)``.
+
+    Holds the :class:`DistillLoss` (its adapters are this module's only parameters, so the loop optimises and
+    checkpoints them); the teacher is reached through :class:`TeacherOutputs`, outside the module tree.
+    """
+
+    def __init__(self, loss: DistillLoss, teacher: TeacherOutputs | None, student: Segmentor) -> None:
+        super().__init__()
+        self.loss = loss
+        self._teacher = teacher
+        self._tap = _FeatureTap(student.backbone) if loss.config.feat_weight > 0 else None
+
+    def forward(self, outputs: torch.Tensor, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        t_logits, t_feats, s_feats = None, None, None
+        if self.loss.needs_teacher:
+            assert self._teacher is not None
+            t_logits, t_feats = self._teacher(batch.images, batch.keys)
+        if self._tap is not None:
+            s_feats = self._tap.pop()
+        return self.loss(outputs, batch.masks, t_logits, s_feats, t_feats)
+
+    def close(self) -> None:
+        """Remove the feature hook from the student (before it is exported or reused)."""
+        if self._tap is not None:
+            self._tap.handle.remove()
+            self._tap = None
+
+
+def _average_grads_across_processes(module: nn.Module, world: int) -> None:
+    """Make ``module``'s gradients the mean over processes (what DDP does for the student's)."""
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad)
+        return grad / world
+
+    for p in module.parameters():
+        if p.requires_grad:
+            p.register_hook(hook)
+
+
+# ---------------------------------------------------------------------------------------------------- run
+
+
+def _check_resume(cfg: DistillConfig, out: Path, resume: Path) -> None:
+    from models.train import load_checkpoint
+
+    try:
+        ckpt = load_checkpoint(resume)
+    except FileNotFoundError as exc:
+        raise DistillError(f"--resume: {exc}") from exc
+    except Exception as exc:
+        raise DistillError(
+            f"--resume: {resume} is not a readable checkpoint ({type(exc).__name__}: {exc}); delete it to start afresh."
+        ) from exc
+    if not isinstance(ckpt, dict) or not {"model", "optimizer", "step"} <= set(ckpt):
+        raise DistillError(f"--resume: {resume} is not a training checkpoint (model/optimizer/step missing).")
+    recorded = out / CONFIG_FILE
+    if recorded.is_file():
+        old = json.loads(recorded.read_text())
+        new = cfg.to_dict()
+        diff = [k for k in _RESUME_KEYS if old.get(k) != new.get(k)]
+        if diff:
+            raise DistillError(
+                f"--resume: the run in {out} used other options ({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); "
+                "resume with the same options or use another --out."
+            )
+
+
+def distill(cfg: DistillConfig, *, resume: str | Path | None = None) -> DistillResult:
+    """Distil ``cfg.teacher`` into ``cfg.student`` for ``cfg.steps`` steps; see the module docstring.
+
+    Everything is validated (student, plan, teacher, data, resume checkpoint) before anything is written.
+    """
+    from models.data import DataError, find_samples
+    from models.train import TrainConfig, train
+
+    t0 = time.perf_counter()
+    if cfg.kd not in KD_KINDS:
+        raise DistillError(f"--kd must be one of {KD_KINDS}, got {cfg.kd!r}")
+    try:
+        loss_config = cfg.loss_config()
+    except ValueError as exc:
+        raise DistillError(str(exc)) from exc
+    out = Path(cfg.out)
+    resume_path = None if resume is None else Path(resume)
+    if resume_path is not None:
+        _check_resume(cfg, out, resume_path)
+
+    student, plan, export_info = _load_student(cfg)
+    teacher = load_teacher(cfg.teacher, cfg.teacher_model) if loss_config.kd_weight or loss_config.feat_weight else None
+    if teacher is not None:
+        if teacher.config.num_classes != student.config.num_classes:
+            raise DistillError(
+                f"teacher predicts {teacher.config.num_classes} classes, the student {student.config.num_classes}."
+            )
+        if teacher.config.family == "swin" and teacher.config.input_size != cfg.crop:
+            raise DistillError(
+                f"the Swin teacher was built for {teacher.config.input_size}x{teacher.config.input_size} inputs; "
+                f"distil with --crop {teacher.config.input_size} (or train the teacher at --crop {cfg.crop})."
+            )
+    try:
+        samples = find_samples(cfg.data, "train")
+        sample_paths = [p for s in samples for p in (s.image_path, s.mask_path) if p is not None]
+    except DataError as exc:
+        raise DistillError(f"data: {exc}") from exc
+    frozen = cfg.freeze_bn if cfg.freeze_bn is not None else plan is not None
+    torch.manual_seed(cfg.seed)  # the adapters' init is part of the run's definition
+    loss = DistillLoss(
+        loss_config,
+        student_channels=student.backbone.channels,
+        teacher_channels=teacher.backbone.channels if teacher is not None else None,
+    )
+
+    rank, world = init_distributed()
+    if cfg.batch_size % world:
+        raise DistillError(f"--batch-size {cfg.batch_size} must be a multiple of the {world} processes.")
+    cache_dir = None
+    if cfg.cache_teacher and teacher is not None:
+        base = Path(cfg.cache_dir) if cfg.cache_dir else out / "teacher_cache"
+        cache_dir = base / cache_key(cfg, sample_paths, loss_config.feat_stages if cfg.feat_weight else ())
+    teacher_outputs = (
+        TeacherOutputs(teacher, loss_config.feat_stages if cfg.feat_weight else (), cache_dir) if teacher else None
+    )
+    if frozen:
+        log.info("BatchNorm frozen in %d layers", freeze_batchnorm(student))
+    objective = DistillObjective(loss, teacher_outputs, student)
+    if world > 1:
+        _average_grads_across_processes(objective, world)
+
+    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        from passes._core.io import atomic_write_text
+
+        atomic_write_text(out / CONFIG_FILE, json.dumps({**cfg.to_dict(), "bn_frozen": frozen}, indent=1) + "\n")
+    tcfg = TrainConfig(
+        model=student.config.name,
+        data=cfg.data,
+        out=str(out),
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        crop=cfg.crop,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps,
+        checkpoint_every=cfg.checkpoint_every,
+        log_every=cfg.log_every,
+        seed=cfg.seed,
+        num_workers=cfg.num_workers,
+        threads=cfg.threads,
+        eval_split=cfg.eval_split if rank == 0 else None,
+        eval_limit=cfg.eval_limit,
+    )
+    try:
+        result = train(tcfg, student, loss_fn=objective, resume=resume_path)
+    finally:
+        objective.close()
+    onnx_path = None
+    if cfg.export and rank == 0:
+        onnx_path = _export(student, plan, export_info, cfg, out, result.step)
+    if world > 1:
+        torch.distributed.barrier()
+    return DistillResult(
+        step=result.step,
+        checkpoint=result.checkpoint,
+        onnx=onnx_path,
+        history=result.history,
+        metrics=result.metrics,
+        cache_hits=teacher_outputs.hits if teacher_outputs else 0,
+        cache_misses=teacher_outputs.misses if teacher_outputs else 0,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _export(
+    student: Segmentor, plan: dict[str, Any] | None, info: dict[str, Any], cfg: DistillConfig, out: Path, step: int
+) -> Path:
+    """Export the distilled student with the source's target options, plan and history preserved."""
+    from exporters.export import ExportError, ExportOptions, export_torch_model
+
+    o = info["options"]
+    opts = ExportOptions(
+        model=student.config.name,
+        input_size=int(o["input_size"]),
+        opset=int(o["opset"]),
+        exporter=str(o["exporter"]),
+        fused_attn=o["fused_attn"],
+        target=o["target"],
+        seed=cfg.seed,
+        tolerance=cfg.export_tolerance,
+    )
+    entry = {
+        "pass": "distill",
+        "teacher": str(cfg.teacher),
+        "steps": step,
+        "kd": cfg.kd if cfg.kd_weight else None,
+        "kd_weight": cfg.kd_weight,
+        "feat_weight": cfg.feat_weight,
+        "ce_weight": cfg.ce_weight,
+    }
+    extra: dict[str, Any] = {"history": [*info["history"], entry]}
+    if plan is not None:
+        extra["plan"] = plan
+    path = out / STUDENT_ONNX
+    student.eval()
+    try:
+        export_torch_model(student, path, opts, extra_metadata=extra)
+    except ExportError as exc:
+        raise DistillError(f"re-export of the distilled student failed: {exc}") from exc
+    log.info("exported %s", path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+def _stages(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated stage indices, got {text!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = DistillConfig(student="", teacher="")
+    p = argparse.ArgumentParser(prog="python -m models.distill", description=__doc__.split("\n\n")[0])
+    p.add_argument("--student", required=True, help="pruned .onnx file, or a registered configuration name")
+    p.add_argument("--student-weights", help="initial weights of a configuration-name student")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint (models.train) or state dict")
+    p.add_argument("--teacher-model", help="the teacher's registered configuration when its file records none")
+    p.add_argument("--data", default=d.data, help="data root in the LPCV layout")
+    p.add_argument("--out", default=d.out, help="run folder (checkpoint.pt, metrics.json, student.onnx)")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (split over processes)")
+    p.add_argument("--crop", type=int, default=d.crop)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--workers", type=int, default=d.num_workers)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--ce-weight", type=float, default=d.ce_weight)
+    p.add_argument("--ohem", action="store_true", help="online hard example mining for the CE term (mmseg's)")
+    p.add_argument("--ohem-thresh", type=float, default=d.ohem_thresh)
+    p.add_argument("--ohem-min-kept", type=int, default=d.ohem_min_kept)
+    p.add_argument("--kd", choices=KD_KINDS, default=d.kd, help="logit distillation: mse (paper) or kl")
+    p.add_argument("--kd-weight", type=float, default=d.kd_weight)
+    p.add_argument("--temperature", type=float, default=d.temperature, help="KL temperature (T^2-scaled)")
+    p.add_argument("--feat-weight", type=float, default=d.feat_weight, help="feature mimicking weight (0: off)")
+    p.add_argument("--feat-stages", type=_stages, default=d.feat_stages, help="backbone stages, e.g. 0,1")
+    p.add_argument("--cache-teacher", action="store_true", help="cache teacher outputs on disk")
+    p.add_argument("--cache-dir", help="teacher cache folder (default OUT/teacher_cache)")
+    p.add_argument("--freeze-bn", dest="freeze_bn", action="store_true", default=None)
+    p.add_argument("--no-freeze-bn", dest="freeze_bn", action="store_false", help="(default: frozen for .onnx)")
+    p.add_argument("--eval-split", default=d.eval_split, help="split scored at the end ('' for none)")
+    p.add_argument("--eval-limit", type=int)
+    p.add_argument("--no-export", dest="export", action="store_false", help="skip the ONNX re-export")
+    p.add_argument("--opset", type=int, default=d.export_opset, help="export opset of a configuration student")
+    p.add_argument("--exporter", default=d.export_exporter, help="exporter of a configuration student")
+    p.add_argument("--export-size", type=int, help="export input size of a configuration student (default crop)")
+    p.add_argument("--resume", nargs="?", const="auto", help="continue from OUT/checkpoint.pt (or the given file)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: 0 done, 1 bad student/teacher/data/checkpoint, 2 usage error."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    if args.steps < 1 or args.batch_size < 1 or args.crop < 32:
+        print("error: --steps and --batch-size must be positive and --crop at least 32", file=sys.stderr)
+        return 2
+    cfg = DistillConfig(
+        student=args.student,
+        teacher=args.teacher,
+        data=args.data,
+        out=args.out,
+        teacher_model=args.teacher_model,
+        student_weights=args.student_weights,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        crop=args.crop,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+        seed=args.seed,
+        num_workers=args.workers,
+        threads=args.threads,
+        ce_weight=args.ce_weight,
+        ohem=args.ohem,
+        ohem_thresh=args.ohem_thresh,
+        ohem_min_kept=args.ohem_min_kept,
+        kd=args.kd,
+        kd_weight=args.kd_weight,
+        temperature=args.temperature,
+        feat_weight=args.feat_weight,
+        feat_stages=args.feat_stages,
+        cache_teacher=args.cache_teacher,
+        cache_dir=args.cache_dir,
+        freeze_bn=args.freeze_bn,
+        eval_split=args.eval_split or None,
+        eval_limit=args.eval_limit,
+        export=args.export,
+        export_opset=args.opset,
+        export_exporter=args.exporter,
+        export_size=args.export_size,
+    )
+    resume = None
+    if args.resume:
+        resume = Path(args.out) / "checkpoint.pt" if args.resume == "auto" else Path(args.resume)
+    try:
+        res = distill(cfg, resume=resume)
+    except DistillError as exc:
+        print(f"error: models.distill: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if _dist_env()[0] != 0:
+        return 0
+    last = res.history[-1] if res.history else {}
+    terms = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k in ("ce", "kd", "feat"))
+    print(
+        f"distilled {cfg.student} for {res.step} steps in {res.seconds:.0f} s (last: loss {last.get('loss', 0):.4f}"
+        f"{', ' + terms if terms else ''}); teacher cache {res.cache_hits} hits / {res.cache_misses} misses; "
+        f"checkpoint {res.checkpoint}" + (f"; exported {res.onnx}" if res.onnx else "")
+    )
+    m = res.metrics
+    if m:
+        tag = " (synthetic data)" if m.get("data", {}).get("synthetic") else ""
+        print(
+            f"{cfg.eval_split}: mIoU {100 * (m['miou'] or 0):.2f} %, mDice {100 * (m['mdice'] or 0):.2f} % "
+            f"on {m['num_images']} images{tag}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

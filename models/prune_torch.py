@@ -1,0 +1,681 @@
+"""The torch side of the plan round-trip: rebuild a pruned ONNX file's structure (and weights) as a torch model.
+
+The ONNX passes cut heads, MLP neurons and conv channels on the graph and record what they kept as the plan
+(``passes._core.plan``, metadata ``vitseg.plan``); every index is relative to the ORIGINAL unpruned model. This
+module replays that plan on the torch model built from the recorded configuration:
+
+* :func:`apply_plan` slices every tensor named in ``plan["slices"]`` (``t' = index_select(t, axis, kept)`` per axis)
+  and resizes the modules that own them: ``nn.Linear`` (``in/out_features``), ``nn.Conv2d`` (``in/out_channels``;
+  a depthwise conv keeps ``groups = in = out``), ``nn.BatchNorm2d`` (``num_features``; timm's ``BatchNormAct2d``
+  too) and ``nn.LayerNorm`` (``normalized_shape``). Attention modules named in ``plan["heads"]`` get
+  ``num_heads = len(kept)`` (and ``attn_dim``); ``head_dim`` and ``scale`` stay, so ``softmax(q k^T * scale)`` is
+  the same function per kept head. The module objects are kept (their timm subclasses and hooks survive); only their
+  tensors and width attributes change.
+* :func:`student_from_onnx` builds the model of the file's ``vitseg.config``, applies its plan and loads the file's
+  weights through the exporter's ``vitseg.weight_map``. Linear weights are stored ``[in, out]`` in ONNX and are
+  transposed back. The legacy exporter folds BatchNorm into the Conv before it (``W' = W * g / sqrt(v + eps)``,
+  ``b' = beta + (b - mu) * g / sqrt(v + eps)``); such a pair is loaded as conv weight ``W'`` and an identity BN
+  with ``weight = 1``, ``bias = b'``, ``running_mean = 0``, ``running_var = 1 - eps`` (so ``sqrt(var + eps) = 1``
+  exactly in float32: ``BN(x) = (x - 0) / 1 * 1 + b' = x + b'``), and the conv's own bias (if any) set to 0.
+* :func:`check_roundtrip` re-exports the rebuilt model with the file's exporter, opset and attention form and
+  compares parameter count, initializer shapes (per torch tensor, through both weight maps) and onnxruntime outputs.
+
+``python -m models.prune_torch pruned.onnx`` runs the check and prints its report (exit 0 ok, 1 mismatch or bad
+file).
+
+A plan that does not fit the configuration (an unknown tensor or module, an index out of range or repeated, a cut
+that leaves a module's tensors with different widths, a Linear's output cut that differs from the next layer's input
+cut where the coupling is known: bias, Conv -> BN, MLP fc1 -> fc2, qkv -> heads -> proj, timm's bottleneck
+1x1 -> depthwise -> 1x1) raises :class:`PlanError`. Finally the rebuilt model is run once on a small input, so a
+width mismatch between any producer and its consumer is caught as well (same count, other indices between layers
+without a known coupling cannot be seen from the structure: the passes' zeroing-oracle tests cover those).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from models.registry import ModelConfig, Segmentor
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PlanError",
+    "RoundTripReport",
+    "apply_plan",
+    "check_roundtrip",
+    "load_onnx_weights",
+    "main",
+    "normalize_plan",
+    "student_from_onnx",
+]
+
+PLAN_VERSION = 1
+
+
+class PlanError(ValueError):
+    """A plan (or pruned ONNX file) that does not fit the model configuration; the message says where and why."""
+
+
+# ---------------------------------------------------------------------------------------------- plan parsing
+
+Slices = dict[str, dict[int, list[int]]]
+
+
+def _indices(where: str, kept: Any, total: int) -> list[int]:
+    """Validate an index list (non-empty, ints, unique, in ``[0, total)``) and return it as ``list[int]``."""
+    if not isinstance(kept, (list, tuple)) or not kept:
+        raise PlanError(f"{where}: expected a non-empty list of kept indices, got {kept!r}.")
+    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in kept):
+        raise PlanError(f"{where}: kept indices must be integers, got {list(kept)[:8]!r}.")
+    out = [int(i) for i in kept]
+    bad = [i for i in out if not 0 <= i < total]
+    if bad:
+        raise PlanError(f"{where}: indices {bad[:8]} out of range: the original size is {total}.")
+    if len(set(out)) != len(out):
+        raise PlanError(f"{where}: repeated indices in {out[:16]}...")
+    return out
+
+
+def normalize_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """Check the plan's container format (version, sections) and return a deep copy with all sections present."""
+    if not isinstance(plan, dict):
+        raise PlanError(f"a plan is a dict (passes._core.plan format), got {type(plan).__name__}.")
+    version = plan.get("version", PLAN_VERSION)
+    if version != PLAN_VERSION:
+        raise PlanError(f"plan version {version!r} is not supported (this code reads version {PLAN_VERSION}).")
+    out = copy.deepcopy(plan)
+    for section in ("heads", "neurons", "channels", "slices"):
+        out.setdefault(section, {})
+        if not isinstance(out[section], dict):
+            raise PlanError(f"plan section {section!r} must be a dict, got {type(out[section]).__name__}.")
+    return out
+
+
+def _module(model: nn.Module, path: str, section: str) -> nn.Module:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise PlanError(
+            f"plan {section}: {path!r} is not a module of this model ({model.config.name}); the plan was made "
+            "for another configuration."
+        ) from None
+
+
+def _attention_parts(model: nn.Module, path: str) -> tuple[nn.Module, nn.Linear, nn.Linear, int, int]:
+    """(module, qkv, proj, num_heads, head_dim) of a fused-qkv multi-head attention module (timm's Attention)."""
+    attn = _module(model, path, "heads")
+    qkv, proj = getattr(attn, "qkv", None), getattr(attn, "proj", None)
+    if not (hasattr(attn, "num_heads") and isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)):
+        raise PlanError(
+            f"plan heads: {path!r} is a {type(attn).__name__}, not a multi-head attention with a fused qkv "
+            "projection (num_heads, qkv, proj)."
+        )
+    heads = int(attn.num_heads)
+    head_dim = int(getattr(attn, "head_dim", qkv.out_features // 3 // heads))
+    return attn, qkv, proj, heads, head_dim
+
+
+def _merge_derived(slices: Slices, name: str, axis: int, kept: list[int], source: str) -> None:
+    """Add a slice implied by a heads/neurons entry, or check it against the one the plan lists."""
+    have = slices.setdefault(name, {}).get(axis)
+    if have is None:
+        slices[name][axis] = kept
+    elif have != kept:
+        raise PlanError(
+            f"plan slices {name} axis {axis} keeps {_short(have)} but {source} implies {_short(kept)}: "
+            "the plan is inconsistent."
+        )
+
+
+def _short(idx: Sequence[int]) -> str:
+    idx = list(idx)
+    return f"{len(idx)} indices {idx[:6]}{'...' if len(idx) > 6 else ''}"
+
+
+def _collect_slices(model: nn.Module, plan: dict[str, Any]) -> tuple[Slices, dict[str, list[int]]]:
+    """All tensor slices of the plan (explicit and implied by heads/neurons), validated against ``model``.
+
+    Returns ``(slices, heads)``: ``{tensor: {axis: kept}}`` and ``{attention path: kept heads}``.
+    """
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    slices: Slices = {}
+    for name, axes in plan["slices"].items():
+        if name not in tensors:
+            near = [t for t in tensors if t.rsplit(".", 1)[-1] == name.rsplit(".", 1)[-1]][:3]
+            raise PlanError(
+                f"plan slices: {name!r} is not a parameter or buffer of {model.config.name}"
+                + (f" (e.g. {', '.join(near)})" if near else "")
+                + "; the plan was made for another configuration."
+            )
+        if not isinstance(axes, dict) or not axes:
+            raise PlanError(f"plan slices {name}: expected {{axis: [kept indices]}}, got {axes!r}.")
+        shape = tuple(tensors[name].shape)
+        for axis_key, kept in axes.items():
+            try:
+                axis = int(axis_key)
+            except (TypeError, ValueError):
+                raise PlanError(f"plan slices {name}: axis {axis_key!r} is not an integer.") from None
+            if not 0 <= axis < len(shape):
+                raise PlanError(f"plan slices {name}: axis {axis} out of range for shape {list(shape)}.")
+            slices.setdefault(name, {})[axis] = _indices(f"plan slices {name} axis {axis}", kept, shape[axis])
+
+    heads: dict[str, list[int]] = {}
+    for path, entry in plan["heads"].items():
+        attn, qkv, proj, total, head_dim = _attention_parts(model, path)
+        if not isinstance(entry, dict) or "kept" not in entry:
+            raise PlanError(f"plan heads {path}: expected {{'kept': [...], 'total': N}}, got {entry!r}.")
+        if int(entry.get("total", total)) != total:
+            raise PlanError(f"plan heads {path}: the plan says {entry['total']} heads, the model has {total}.")
+        kept = _indices(f"plan heads {path}", entry["kept"], total)
+        heads[path] = kept
+        # fused qkv rows are [3, heads, head_dim] flattened: row = part * total * head_dim + h * head_dim + d
+        cols = [h * head_dim + d for h in kept for d in range(head_dim)]
+        rows = [p * total * head_dim + c for p in range(3) for c in cols]
+        src = f"plan heads {path} (kept {kept} of {total})"
+        _merge_derived(slices, f"{path}.qkv.weight", 0, rows, src)
+        if qkv.bias is not None:
+            _merge_derived(slices, f"{path}.qkv.bias", 0, rows, src)
+        _merge_derived(slices, f"{path}.proj.weight", 1, cols, src)
+
+    for path, entry in plan["neurons"].items():
+        mlp = _module(model, path, "neurons")
+        fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
+        if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)):
+            raise PlanError(f"plan neurons: {path!r} is a {type(mlp).__name__}, not an MLP with fc1/fc2 Linears.")
+        if not isinstance(entry, dict) or "kept" not in entry:
+            raise PlanError(f"plan neurons {path}: expected {{'kept': [...], 'total': N}}, got {entry!r}.")
+        total = fc1.out_features
+        if int(entry.get("total", total)) != total:
+            raise PlanError(f"plan neurons {path}: the plan says {entry['total']} neurons, the model has {total}.")
+        kept = _indices(f"plan neurons {path}", entry["kept"], total)
+        src = f"plan neurons {path}"
+        _merge_derived(slices, f"{path}.fc1.weight", 0, kept, src)
+        if fc1.bias is not None:
+            _merge_derived(slices, f"{path}.fc1.bias", 0, kept, src)
+        _merge_derived(slices, f"{path}.fc2.weight", 1, kept, src)
+
+    for path, entry in plan["channels"].items():
+        mod = _module(model, path, "channels")
+        conv = mod if isinstance(mod, nn.Conv2d) else getattr(mod, "conv", None)
+        if conv is None and isinstance(mod, nn.Sequential) and len(mod) and isinstance(mod[0], nn.Conv2d):
+            conv = mod[0]
+        if not isinstance(conv, nn.Conv2d) or not isinstance(entry, dict) or "kept" not in entry:
+            raise PlanError(f"plan channels: {path!r} must name a Conv2d (or conv block) with {{'kept': [...]}}.")
+        conv_name = path if conv is mod else next(n for n, m in model.named_modules() if m is conv)
+        kept = _indices(f"plan channels {path}", entry["kept"], conv.out_channels)
+        have = slices.get(f"{conv_name}.weight", {}).get(0)
+        if have is None or have != kept:
+            raise PlanError(
+                f"plan channels {path} keeps {_short(kept)} but slices {conv_name}.weight axis 0 "
+                f"{'is absent' if have is None else 'keeps ' + _short(have)}: the plan is inconsistent."
+            )
+    return slices, heads
+
+
+# ------------------------------------------------------------------------------------------- applying a plan
+
+
+def _get(slices: Slices, name: str, axis: int, size: int) -> list[int]:
+    """Kept indices of ``name`` along ``axis`` (all of them when the plan does not cut it)."""
+    return slices.get(name, {}).get(axis, list(range(size)))
+
+
+def _same(slices: Slices, pairs: Sequence[tuple[str, int]], sizes: Sequence[int], what: str) -> None:
+    """All ``(tensor, axis)`` in ``pairs`` must keep the same indices (they are one coupled dimension)."""
+    lists = [_get(slices, n, a, s) for (n, a), s in zip(pairs, sizes)]
+    for (name, axis), idx in zip(pairs[1:], lists[1:]):
+        if idx != lists[0]:
+            n0, a0 = pairs[0]
+            raise PlanError(
+                f"{what}: {n0} axis {a0} keeps {_short(lists[0])} but {name} axis {axis} keeps {_short(idx)}; "
+                "coupled dimensions must keep the same indices."
+            )
+
+
+def _check_couplings(model: nn.Module, slices: Slices) -> None:
+    """Check the couplings known from the module structure (see the module docstring)."""
+    for path, mod in model.named_modules():
+        pre = f"{path}." if path else ""
+        if isinstance(mod, (nn.Linear, nn.Conv2d)) and mod.bias is not None:
+            n = mod.weight.shape[0]
+            _same(slices, [(pre + "weight", 0), (pre + "bias", 0)], [n, n], f"{path} output features")
+        if isinstance(mod, nn.modules.batchnorm._NormBase):
+            names = [pre + t for t in ("weight", "bias", "running_mean", "running_var") if getattr(mod, t) is not None]
+            _same(slices, [(n, 0) for n in names], [mod.num_features] * len(names), f"{path} channels")
+        if isinstance(mod, nn.LayerNorm) and mod.weight is not None:
+            names = [pre + "weight"] + ([pre + "bias"] if mod.bias is not None else [])
+            size = mod.weight.shape[0]
+            _same(slices, [(n, 0) for n in names], [size] * len(names), f"{path} features")
+        children = list(mod.named_children())
+        for (n1, m1), (n2, m2) in zip(children, children[1:]):  # Conv registered right before its BN
+            if isinstance(m1, nn.Conv2d) and isinstance(m2, nn.modules.batchnorm._NormBase):
+                _same(
+                    slices,
+                    [(f"{pre}{n1}.weight", 0), (f"{pre}{n2}.weight", 0)],
+                    [m1.out_channels, m2.num_features],
+                    f"{pre}{n1} -> {pre}{n2}",
+                )
+        fc1, fc2 = getattr(mod, "fc1", None), getattr(mod, "fc2", None)
+        if isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear):
+            _same(
+                slices,
+                [(pre + "fc1.weight", 0), (pre + "fc2.weight", 1)],
+                [fc1.out_features, fc2.in_features],
+                f"{path} MLP hidden neurons",
+            )
+        convs = [getattr(getattr(mod, n, None), "conv", None) for n in ("conv1_1x1", "conv2_kxk", "conv3_1x1")]
+        if all(isinstance(c, nn.Conv2d) for c in convs) and convs[1].groups == convs[1].in_channels > 1:
+            _same(
+                slices,
+                [
+                    (pre + "conv1_1x1.conv.weight", 0),
+                    (pre + "conv2_kxk.conv.weight", 0),
+                    (pre + "conv3_1x1.conv.weight", 1),
+                ],
+                [convs[0].out_channels, convs[1].out_channels, convs[2].in_channels],
+                f"{path} bottleneck (1x1 -> depthwise -> 1x1)",
+            )
+
+
+def _resize_module(path: str, mod: nn.Module, new: dict[str, torch.Tensor]) -> None:
+    """Replace ``mod``'s tensors by the sliced ``new`` ones and fix its width attributes, checking shapes."""
+    for attr, t in new.items():
+        if attr in mod._parameters:
+            old = mod._parameters[attr]
+            mod._parameters[attr] = nn.Parameter(t.detach().clone(), requires_grad=old.requires_grad)
+        else:
+            mod._buffers[attr] = t.detach().clone()
+    if isinstance(mod, nn.Linear):
+        out_f, in_f = mod.weight.shape
+        if mod.bias is not None and mod.bias.shape[0] != out_f:
+            raise PlanError(f"{path}: weight keeps {out_f} output features but bias keeps {mod.bias.shape[0]}.")
+        mod.in_features, mod.out_features = int(in_f), int(out_f)
+    elif isinstance(mod, nn.Conv2d):
+        out_c, in_per_group, kh, kw = mod.weight.shape
+        if (kh, kw) != tuple(mod.kernel_size):
+            raise PlanError(f"{path}: the plan cuts the kernel's spatial axes; only channel axes can be cut.")
+        if mod.groups == 1:
+            mod.in_channels, mod.out_channels = int(in_per_group), int(out_c)
+        elif mod.groups == mod.in_channels == mod.out_channels:  # depthwise: one group per channel
+            if in_per_group != 1:
+                raise PlanError(f"{path}: a depthwise conv's weight axis 1 has size 1 and cannot be cut.")
+            mod.groups = mod.in_channels = mod.out_channels = int(out_c)
+        else:
+            raise PlanError(f"{path}: grouped conv with {mod.groups} groups (not depthwise) cannot be cut.")
+        if mod.bias is not None and mod.bias.shape[0] != out_c:
+            raise PlanError(f"{path}: weight keeps {out_c} output channels but bias keeps {mod.bias.shape[0]}.")
+    elif isinstance(mod, nn.modules.batchnorm._NormBase):
+        sizes = {
+            t: int(getattr(mod, t).shape[0])
+            for t in ("weight", "bias", "running_mean", "running_var")
+            if getattr(mod, t) is not None
+        }
+        if len(set(sizes.values())) != 1:
+            raise PlanError(f"{path}: BatchNorm tensors left with different widths {sizes}; cut all four together.")
+        mod.num_features = next(iter(sizes.values()))
+    elif isinstance(mod, nn.LayerNorm):
+        sizes = {t: int(getattr(mod, t).shape[0]) for t in ("weight", "bias") if getattr(mod, t) is not None}
+        if len(set(sizes.values())) != 1 or len(mod.normalized_shape) != 1:
+            raise PlanError(f"{path}: LayerNorm tensors left with different widths {sizes}.")
+        mod.normalized_shape = (next(iter(sizes.values())),)
+    # other modules (e.g. an attention module's per-head tables) only hold tensors: nothing to fix
+
+
+def _probe_size(config: ModelConfig) -> int:
+    return config.input_size if config.family == "swin" else 32
+
+
+def apply_plan(model: Segmentor, plan: dict[str, Any]) -> Segmentor:
+    """Return a copy of the UNPRUNED ``model`` cut to ``plan``'s structure (its weights sliced; input untouched).
+
+    For every ``slices`` entry ``{tensor: {axis: kept}}``: ``t' = t.index_select(axis, kept)`` (indices relative
+    to the original). ``heads`` / ``neurons`` entries imply the qkv rows ``p * H * d + h * d + j`` (``p`` in q,k,v,
+    ``h`` kept, ``j < d = head_dim``), the proj columns ``h * d + j`` and fc1 rows / fc2 columns; the implied slices
+    are added when the plan omits them and must agree when it lists them. Raises :class:`PlanError` when the plan
+    does not fit (see the module docstring).
+    """
+    plan = normalize_plan(plan)
+    if not isinstance(model, Segmentor):
+        raise PlanError(f"apply_plan needs a models.registry.Segmentor, got {type(model).__name__}.")
+    slices, heads = _collect_slices(model, plan)
+    _check_couplings(model, slices)
+    new_model = copy.deepcopy(model)
+    per_module: dict[str, dict[str, torch.Tensor]] = {}
+    state = dict(new_model.named_parameters())
+    state.update(dict(new_model.named_buffers()))
+    for name, axes in slices.items():
+        t = state[name].detach()
+        for axis, kept in sorted(axes.items()):
+            t = t.index_select(axis, torch.tensor(kept, dtype=torch.long))
+        path, _, attr = name.rpartition(".")
+        per_module.setdefault(path, {})[attr] = t
+    for path, new in per_module.items():
+        _resize_module(path, new_model.get_submodule(path), new)
+    for path, kept in heads.items():
+        attn = new_model.get_submodule(path)
+        head_dim = int(getattr(attn, "head_dim", attn.qkv.out_features // 3 // len(kept)))
+        attn.num_heads = len(kept)  # head_dim and scale (head_dim ** -0.5) are unchanged
+        if hasattr(attn, "attn_dim"):
+            attn.attn_dim = len(kept) * head_dim
+    for path, mod in new_model.named_modules():  # every attention must agree with its projections
+        qkv = getattr(mod, "qkv", None)
+        if hasattr(mod, "num_heads") and isinstance(qkv, nn.Linear) and hasattr(mod, "head_dim"):
+            want = 3 * int(mod.num_heads) * int(mod.head_dim)
+            if qkv.out_features != want:
+                raise PlanError(
+                    f"{path}: qkv keeps {qkv.out_features} outputs but {mod.num_heads} heads x head_dim "
+                    f"{mod.head_dim} x 3 = {want}; cut whole heads through a 'heads' entry."
+                )
+    size = _probe_size(model.config)
+    new_model.eval()
+    feats: list[torch.Tensor] = []
+    handle = new_model.backbone.register_forward_hook(lambda _m, _i, out: feats.extend(out))
+    try:
+        with torch.no_grad():
+            out = new_model(torch.zeros(1, 3, size, size))
+    except RuntimeError as exc:
+        raise PlanError(
+            f"the pruned structure does not run ({str(exc).splitlines()[0]}): a layer's output cut does not match "
+            "its consumer's input cut; the plan does not fit this configuration."
+        ) from exc
+    finally:
+        handle.remove()
+    new_model.backbone.channels = [int(f.shape[1]) for f in feats]  # stage widths after the cut
+    if out.shape[1] != model.config.num_classes:
+        raise PlanError(f"the plan cuts the class logits ({out.shape[1]} of {model.config.num_classes} left).")
+    new_model.train(model.training)
+    n_before = sum(p.numel() for p in model.parameters())
+    n_after = sum(p.numel() for p in new_model.parameters())
+    log.info("applied plan: %d tensors cut, %d -> %d parameters", len(slices), n_before, n_after)
+    return new_model
+
+
+# ----------------------------------------------------------------------------------------- ONNX -> torch weights
+
+
+@dataclass
+class LoadSummary:
+    """What :func:`load_onnx_weights` did: tensors loaded, BatchNorms set to the folded identity scheme."""
+
+    loaded: list[str] = field(default_factory=list)
+    folded_bn: list[str] = field(default_factory=list)
+
+
+def load_onnx_weights(model: nn.Module, proto: onnx.ModelProto, weight_map: dict[str, Any]) -> LoadSummary:
+    """Copy the initializers of ``proto`` into ``model`` (in place) through ``weight_map``.
+
+    ``weight_map`` is ``{initializer: {"param", "transposed", "folded_bn"}}`` (``exporters.weight_map``). A
+    transposed entry is ``W^T`` (Linear, ``[in, out]``). A BatchNorm whose bias is loaded but whose weight and
+    running statistics are not (folded by the exporter) becomes the identity scheme of the module docstring. Every
+    floating-point parameter or buffer must end up set; otherwise :class:`PlanError` names the missing ones.
+    """
+    inits = {i.name: i for i in proto.graph.initializer}
+    state = dict(model.named_parameters())
+    state.update({k: v for k, v in model.named_buffers() if v.is_floating_point()})
+    summary = LoadSummary()
+    loaded: dict[str, str] = {}
+    folded_convs: dict[str, str] = {}  # bn path -> conv weight name
+    with torch.no_grad():
+        for init_name, entry in weight_map.items():
+            if init_name not in inits:
+                continue  # removed by a pass (a whole unit cut away) or renamed; completeness is checked below
+            param = entry.get("param")
+            if param not in state:
+                raise PlanError(
+                    f"weight_map: initializer {init_name!r} maps to {param!r}, which is not a tensor of the rebuilt "
+                    "model; the file's metadata does not describe this configuration."
+                )
+            arr = numpy_helper.to_array(inits[init_name]).astype(np.float32)
+            if entry.get("transposed"):
+                arr = arr.T
+            target = state[param]
+            if tuple(arr.shape) != tuple(target.shape):
+                raise PlanError(
+                    f"initializer {init_name!r} has shape {list(arr.shape)} (torch layout) but {param} of the "
+                    f"rebuilt model is {list(target.shape)}: the file's plan does not describe its weights."
+                )
+            value = torch.from_numpy(np.ascontiguousarray(arr))
+            if param in loaded and not torch.equal(target, value):
+                raise PlanError(f"{param} is given twice with different values ({loaded[param]}, {init_name}).")
+            target.copy_(value)
+            loaded[param] = init_name
+            bn = entry.get("folded_bn")
+            if bn and param.endswith(".weight") and not param.startswith(bn + "."):
+                folded_convs[bn] = param
+        for path, mod in model.named_modules():
+            if not isinstance(mod, nn.modules.batchnorm._NormBase):
+                continue
+            pre = f"{path}."
+            stats = [pre + "weight", pre + "running_mean", pre + "running_var"]
+            if pre + "bias" in loaded and not any(s in loaded for s in stats):
+                mod.weight.fill_(1.0)
+                mod.running_mean.zero_()
+                mod.running_var.fill_(1.0 - mod.eps)  # sqrt(var + eps) == 1 exactly in float32
+                for s in stats:
+                    loaded[s] = "folded"
+                conv_w = folded_convs.get(path)
+                if conv_w is not None:
+                    conv = model.get_submodule(conv_w.rsplit(".", 1)[0])
+                    if getattr(conv, "bias", None) is not None and conv_w[:-6] + "bias" not in loaded:
+                        conv.bias.zero_()  # the folded bias b' already holds it
+                        loaded[conv_w[:-6] + "bias"] = "folded"
+                summary.folded_bn.append(path)
+    missing = [k for k in state if k not in loaded]
+    if missing:
+        raise PlanError(
+            f"the ONNX file holds no weight for {len(missing)} tensors of the rebuilt model (e.g. "
+            f"{', '.join(missing[:4])}); its weight_map is incomplete (a pass renamed initializers without updating "
+            "vitseg.weight_map?)."
+        )
+    summary.loaded = sorted(k for k, v in loaded.items() if v != "folded")
+    return summary
+
+
+def _load(path: str | Path) -> onnx.ModelProto:
+    from passes._core.errors import PassError
+    from passes._core.io import load_model
+
+    try:
+        return load_model(path)
+    except PassError as exc:
+        raise PlanError(str(exc)) from exc
+
+
+def student_from_onnx(path: str | Path) -> tuple[Segmentor, dict[str, Any], dict[str, Any]]:
+    """Rebuild the pruned torch model of an ONNX file: ``(model in eval mode, plan, metadata)``.
+
+    Builds ``vitseg.config``'s model, applies ``vitseg.plan`` (:func:`apply_plan`) and loads the file's weights
+    (:func:`load_onnx_weights`). The result reproduces the file's outputs (float32 noise; see
+    :func:`check_roundtrip`).
+    """
+    from exporters.metadata import read_metadata
+    from passes._core.plan import read_plan
+
+    proto = _load(path)
+    meta = read_metadata(proto)
+    if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("weight_map"), dict):
+        raise PlanError(
+            f"{path}: no vitseg.config / vitseg.weight_map metadata; only files written by exporters.export (and "
+            "the passes) can be rebuilt in torch."
+        )
+    try:
+        config = ModelConfig.from_dict(meta["config"])
+        model = Segmentor(config)
+    except Exception as exc:
+        raise PlanError(f"{path}: cannot build the recorded configuration {meta['config']!r} ({exc}).") from exc
+    plan = read_plan(proto)
+    model = apply_plan(model, plan)
+    load_onnx_weights(model, proto, meta["weight_map"])
+    model.eval()
+    return model, plan, meta
+
+
+# -------------------------------------------------------------------------------------------- round-trip check
+
+
+@dataclass
+class RoundTripReport:
+    """Comparison of a pruned ONNX file with the re-export of its rebuilt torch model."""
+
+    source: str
+    params_onnx: int
+    params_rebuilt: int
+    params_torch: int
+    shape_mismatches: list[str]
+    max_abs_error: float
+    tolerance: float
+    heads: int
+    neurons: int
+    channels: int
+    sliced_tensors: int
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.params_onnx == self.params_rebuilt
+            and not self.shape_mismatches
+            and self.max_abs_error <= self.tolerance
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+    def format(self) -> str:
+        lines = [
+            f"round-trip of {self.source}: {'OK' if self.ok else 'MISMATCH'}",
+            f"  plan: {self.heads} attention blocks, {self.neurons} MLPs, {self.channels} conv units, "
+            f"{self.sliced_tensors} tensors cut",
+            f"  parameters: ONNX {self.params_onnx}, rebuilt export {self.params_rebuilt}, torch {self.params_torch}",
+            "  initializer shapes: "
+            + ("all equal" if not self.shape_mismatches else "; ".join(self.shape_mismatches[:5])),
+            f"  outputs: max abs {self.max_abs_error:.3g} (tolerance {self.tolerance:g})",
+        ]
+        return "\n".join(lines)
+
+
+def _torch_shapes(proto: onnx.ModelProto, weight_map: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """``{torch tensor: shape in torch layout}`` of the weight initializers of ``proto`` (through its weight map)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for init in proto.graph.initializer:
+        entry = weight_map.get(init.name)
+        if entry is None:
+            continue
+        shape = tuple(int(d) for d in init.dims)
+        out[str(entry["param"])] = shape[::-1] if entry.get("transposed") else shape
+    return out
+
+
+def _run(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def check_roundtrip(onnx_path: str | Path, *, tolerance: float = 1e-4, seed: int = 0) -> RoundTripReport:
+    """Rebuild ``onnx_path`` in torch, re-export it with the same options and compare the two ONNX files.
+
+    Compared: parameter counts (``passes._core.stats.count_params``), the shape of every weight initializer per
+    torch tensor name, and the onnxruntime outputs on two seeded inputs (max abs). Raises :class:`PlanError` when
+    the file cannot be rebuilt; a rebuilt model that differs gives a report with ``ok`` false.
+    """
+    from exporters.export import ExportError, ExportOptions, export_torch_model
+    from exporters.metadata import read_metadata
+    from passes._core.stats import count_params
+
+    src = _load(onnx_path)
+    model, plan, meta = student_from_onnx(onnx_path)
+    size = int((meta.get("input_size") or [_probe_size(model.config)])[0])
+    opts = ExportOptions(
+        model=model.config.name,
+        input_size=size,
+        opset=int(meta.get("opset", 17)),
+        exporter=str(meta.get("exporter", "legacy")),
+        fused_attn=meta.get("fused_attn"),
+        target=meta.get("target"),
+        tolerance=max(tolerance, 1e-4),
+        seed=seed,
+    )
+    with tempfile.TemporaryDirectory(prefix="roundtrip-") as tmp:
+        out = Path(tmp) / "rebuilt.onnx"
+        try:
+            export_torch_model(model, out, opts, extra_metadata={"plan": plan})
+        except ExportError as exc:
+            raise PlanError(f"the rebuilt model does not export: {exc}") from exc
+        rebuilt = onnx.load(str(out))
+    shapes_src = _torch_shapes(src, meta["weight_map"])
+    shapes_new = _torch_shapes(rebuilt, read_metadata(rebuilt)["weight_map"])
+    mismatches = [
+        f"{k}: {list(shapes_src.get(k, ()))} vs {list(shapes_new.get(k, ()))}"
+        for k in sorted(set(shapes_src) | set(shapes_new))
+        if shapes_src.get(k) != shapes_new.get(k)
+    ]
+    gen = np.random.default_rng(seed)
+    err = 0.0
+    for _ in range(2):
+        x = gen.standard_normal((1, 3, size, size)).astype(np.float32)
+        err = max(err, float(np.abs(_run(src, x) - _run(rebuilt, x)).max()))
+    report = RoundTripReport(
+        source=str(onnx_path),
+        params_onnx=count_params(src),
+        params_rebuilt=count_params(rebuilt),
+        params_torch=sum(p.numel() for p in model.parameters()),
+        shape_mismatches=mismatches,
+        max_abs_error=err,
+        tolerance=tolerance,
+        heads=len(plan["heads"]),
+        neurons=len(plan["neurons"]),
+        channels=len(plan["channels"]),
+        sliced_tensors=len(plan["slices"]),
+    )
+    log.info("%s", report.format())
+    return report
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m models.prune_torch pruned.onnx [--tolerance T] [--json r.json]``: 0 ok, 1 mismatch/bad file."""
+    p = argparse.ArgumentParser(prog="python -m models.prune_torch", description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="pruned ONNX file (exported by exporters.export, then the passes)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max abs output difference allowed")
+    p.add_argument("--json", help="also write the report as JSON")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        report = check_roundtrip(args.model, tolerance=args.tolerance)
+    except PlanError as exc:
+        print(f"error: models.prune_torch: {exc}", file=sys.stderr)
+        return 1
+    print(report.format())
+    if args.json:
+        import json
+
+        from passes._core.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(report.to_dict(), indent=2) + "\n")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
