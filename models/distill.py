@@ -607,25 +607,15 @@ def _stages(text: str) -> tuple[int, ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from models.train import add_loop_arguments
+
     d = DistillConfig(student="", teacher="")
     p = argparse.ArgumentParser(prog="python -m models.distill", description=__doc__.split("\n\n")[0])
     p.add_argument("--student", required=True, help="pruned .onnx file, or a registered configuration name")
     p.add_argument("--student-weights", help="initial weights of a configuration-name student")
     p.add_argument("--teacher", required=True, help="teacher checkpoint (models.train) or state dict")
     p.add_argument("--teacher-model", help="the teacher's registered configuration when its file records none")
-    p.add_argument("--data", default=d.data, help="data root in the LPCV layout")
-    p.add_argument("--out", default=d.out, help="run folder (checkpoint.pt, metrics.json, student.onnx)")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (split over processes)")
-    p.add_argument("--crop", type=int, default=d.crop)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--workers", type=int, default=d.num_workers)
-    p.add_argument("--threads", type=int)
+    add_loop_arguments(p, d)
     p.add_argument("--ce-weight", type=float, default=d.ce_weight)
     p.add_argument("--ohem", action="store_true", help="online hard example mining for the CE term (mmseg's)")
     p.add_argument("--ohem-thresh", type=float, default=d.ohem_thresh)
@@ -639,23 +629,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="teacher cache folder (default OUT/teacher_cache)")
     p.add_argument("--freeze-bn", dest="freeze_bn", action="store_true", default=None)
     p.add_argument("--no-freeze-bn", dest="freeze_bn", action="store_false", help="(default: frozen for .onnx)")
-    p.add_argument("--eval-split", default=d.eval_split, help="split scored at the end ('' for none)")
-    p.add_argument("--eval-limit", type=int)
     p.add_argument("--no-export", dest="export", action="store_false", help="skip the ONNX re-export")
     p.add_argument("--opset", type=int, default=d.export_opset, help="export opset of a configuration student")
     p.add_argument("--exporter", default=d.export_exporter, help="exporter of a configuration student")
     p.add_argument("--export-size", type=int, help="export input size of a configuration student (default crop)")
-    p.add_argument("--resume", nargs="?", const="auto", help="continue from OUT/checkpoint.pt (or the given file)")
-    p.add_argument("-q", "--quiet", action="store_true")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: 0 done, 1 bad student/teacher/data/checkpoint, 2 usage error."""
+    from models.train import loop_argument_error
+
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    if args.steps < 1 or args.batch_size < 1 or args.crop < 32:
-        print("error: --steps and --batch-size must be positive and --crop at least 32", file=sys.stderr)
+    if error := loop_argument_error(args):
+        print(f"error: {error}", file=sys.stderr)
         return 2
     cfg = DistillConfig(
         student=args.student,

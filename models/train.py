@@ -59,6 +59,8 @@ __all__ = [
     "LossFn",
     "TrainConfig",
     "TrainResult",
+    "add_loop_arguments",
+    "loop_argument_error",
     "batch_keys",
     "load_checkpoint",
     "main",
@@ -481,21 +483,17 @@ def _train(
 # -------------------------------------------------------------------------------------------------------- CLI
 
 
-def _parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=d.model, help="registered configuration (models.registry)")
+def add_loop_arguments(p: argparse.ArgumentParser, d: Any) -> None:
+    """The arguments of the training loop itself, shared by ``models.train`` and ``models.distill``.
+
+    ``d`` is the command's config dataclass (its defaults); the dest names match its field names except
+    ``--workers`` (``num_workers``).
+    """
     p.add_argument("--data", default=d.data, help="data root in the LPCV layout (python -m models.synthetic ROOT)")
-    p.add_argument("--out", default=d.out, help="output folder for checkpoint.pt, metrics.json")
+    p.add_argument("--out", default=d.out, help="output folder (checkpoint.pt, metrics.json, ...)")
     p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (split over processes)")
     p.add_argument("--crop", type=int, default=d.crop, help="square training crop in pixels")
-    p.add_argument(
-        "--input-size",
-        type=int,
-        help="model input size (ModelConfig.input_size; Swin builds its backbone for it; default for Swin: --crop)",
-    )
-    p.add_argument("--decoder-width", type=int, help="UPerNet width (default: the configuration's)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
@@ -504,18 +502,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=d.num_workers, help="data-loading processes")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
-    p.add_argument("--weights", help="initial weights file (safetensors / torch state dict / checkpoint)")
-    p.add_argument("--pretrained", action="store_true", help="timm ImageNet backbone (needs the network)")
     p.add_argument("--eval-split", default=d.eval_split, help="split scored at the end ('' for none)")
     p.add_argument("--eval-limit", type=int, help="score only the first N images of the eval split")
-    p.add_argument("--eval-at-start", action="store_true", help="also score the untrained model")
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="auto",
-        help="continue from OUT/checkpoint.pt (or the given checkpoint)",
-    )
+    p.add_argument("--resume", nargs="?", const="auto", help="continue from OUT/checkpoint.pt (or the given file)")
     p.add_argument("-q", "--quiet", action="store_true")
+
+
+def loop_argument_error(args: argparse.Namespace) -> str | None:
+    """The usage error in the shared loop arguments, if any."""
+    if args.steps < 1 or args.batch_size < 1 or args.crop < 32:
+        return "--steps and --batch-size must be positive and --crop at least 32"
+    return None
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=d.model, help="registered configuration (models.registry)")
+    add_loop_arguments(p, d)
+    p.add_argument(
+        "--input-size",
+        type=int,
+        help="model input size (ModelConfig.input_size; Swin builds its backbone for it; default for Swin: --crop)",
+    )
+    p.add_argument("--decoder-width", type=int, help="UPerNet width (default: the configuration's)")
+    p.add_argument("--weights", help="initial weights file (safetensors / torch state dict / checkpoint)")
+    p.add_argument("--pretrained", action="store_true", help="timm ImageNet backbone (needs the network)")
+    p.add_argument("--eval-at-start", action="store_true", help="also score the untrained model")
     return p
 
 
@@ -523,8 +536,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: 0 done, 1 data/model/checkpoint problem, 2 usage error."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    if args.steps < 1 or args.batch_size < 1 or args.crop < 32:
-        print("error: --steps and --batch-size must be positive and --crop at least 32", file=sys.stderr)
+    if error := loop_argument_error(args):
+        print(f"error: {error}", file=sys.stderr)
         return 2
     if args.decoder_width is not None and args.decoder_width < 1:
         print("error: --decoder-width must be positive", file=sys.stderr)
