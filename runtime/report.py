@@ -87,7 +87,6 @@ def write_report(pipeline: Pipeline) -> dict[str, Any]:
     """Collect every stage's numbers into report.json / report.md and draw the plots; return the report."""
     rep = pipeline.reports
     bench = _load(rep / "bench.json")
-    bench_frontier = _load(rep / "bench_frontier.json")
     rows = [_row(name, path, pipeline, bench) for name, path in pipeline.files.items() if path.exists()]
     base = next((r for r in rows if r["stage"] == "baseline"), None)
     for r in rows:
@@ -102,12 +101,12 @@ def write_report(pipeline: Pipeline) -> dict[str, Any]:
                 name = "teacher"
             else:
                 name = f"frontier_{model}"
-            row = _row(name, path, pipeline, bench_frontier)
-            row["stage"] = f"{model} (uncompressed)"
+            row = _row(name, path, pipeline, bench)
+            row["stage"] = f"{model} (uncompressed{', teacher' if name == 'teacher' else ''})"
             frontier.append(row)
     teacher = None
-    if pipeline.teacher_onnx.exists():
-        teacher = _row("teacher", pipeline.teacher_onnx, pipeline, bench_frontier)
+    if pipeline.teacher_onnx.exists() and pipeline.teacher_onnx not in pipeline.frontier.values():
+        teacher = _row("teacher", pipeline.teacher_onnx, pipeline, bench)
     data_doc = _load(rep / "eval_baseline.json") or {}
     synthetic = bool((data_doc.get("data") or {}).get("synthetic", pipeline.cfg.data is None))
     report = {
@@ -200,9 +199,22 @@ def _plots(report: dict[str, Any], run: Path) -> list[str]:
             )
             for r in front:
                 ax.annotate(r["stage"].split(" ")[0], (r["latency_ms"], r["miou"]), fontsize=7, color="grey")
-        ax.plot([r["latency_ms"] for r in pts], [r["miou"] for r in pts], "-o", color="tab:blue", label="stages")
+        ax.scatter(
+            [r["latency_ms"] for r in pts],
+            [r["miou"] for r in pts],
+            color="tab:blue",
+            zorder=3,
+            label="compression stages (arrows: order)",
+        )
+        for a, b in zip(pts, pts[1:]):
+            ax.annotate(
+                "",
+                xy=(b["latency_ms"], b["miou"]),
+                xytext=(a["latency_ms"], a["miou"]),
+                arrowprops={"arrowstyle": "->", "color": "tab:blue", "alpha": 0.4},
+            )
         for r in pts:
-            ax.annotate(r["stage"], (r["latency_ms"], r["miou"]), fontsize=8)
+            ax.annotate(r["stage"], (r["latency_ms"], r["miou"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xlabel("onnxruntime CPU latency (ms, median)")
         ax.set_ylabel(f"mIoU ({report['data']} val)")
         ax.set_title("accuracy against latency")
