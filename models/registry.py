@@ -158,11 +158,20 @@ class ModelSize:
 
 
 def model_size(model: nn.Module, input_size: int, name: str = "") -> ModelSize:
-    """Count parameters and FLOPs of one forward pass on ``[1, 3, input_size, input_size]``."""
+    """Count parameters and FLOPs (2 per multiply-accumulate) of one forward on ``[1, 3, input_size, input_size]``."""
     from torch.utils.flop_counter import FlopCounterMode
 
     params = sum(p.numel() for p in model.parameters())
     counter = FlopCounterMode(display=False, depth=1)
-    with torch.no_grad(), counter:
-        model(torch.zeros(1, 3, input_size, input_size))
+    # torch's counter has no formula for the CPU kernel of fused attention (it would count attention as 0):
+    # count with the explicit q @ k^T and attn @ v matmuls, which compute the same thing
+    fused = {m: m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")}
+    try:
+        for m in fused:
+            m.fused_attn = False
+        with torch.no_grad(), counter:
+            model(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        for m, state in fused.items():
+            m.fused_attn = state
     return ModelSize(name, input_size, params, int(counter.get_total_flops()))
