@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import random
 import subprocess
@@ -374,10 +373,6 @@ def test_student_from_onnx_bad_files(pruned_legacy: tuple[Path, Segmentor, dict]
 # ----------------------------------------------------------------------------------- against the real passes
 
 
-def _pass_available(name: str) -> bool:
-    return importlib.util.find_spec(f"passes.{name}") is not None
-
-
 @pytest.mark.parametrize(
     ("name", "args"),
     [
@@ -387,8 +382,6 @@ def _pass_available(name: str) -> bool:
     ],
 )
 def test_roundtrip_of_real_pass(name: str, args: list[str], exported: Callable[..., Path], tmp_path: Path) -> None:
-    if not _pass_available(name):
-        pytest.skip(f"passes.{name} does not exist yet (issues 4/5): the hand-written plans above stand in for it")
     src = exported("mobilevit_xxs", size=64, opset=17)
     out = tmp_path / f"{name}.onnx"
     proc = subprocess.run(
