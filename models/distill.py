@@ -74,15 +74,7 @@ _RESUME_KEYS = (
     "lr",
     "weight_decay",
     "seed",
-    "ce_weight",
-    "ohem",
-    "ohem_thresh",
-    "ohem_min_kept",
-    "kd",
-    "kd_weight",
-    "temperature",
-    "feat_weight",
-    "feat_stages",
+    "loss",
     "freeze_bn",
     "steps",
 )
@@ -113,15 +105,7 @@ class DistillConfig:
     seed: int = 0
     num_workers: int = 0
     threads: int | None = None
-    ce_weight: float = 1.0
-    ohem: bool = False
-    ohem_thresh: float = 0.7
-    ohem_min_kept: int = 100_000
-    kd: str = "mse"
-    kd_weight: float = 1.0
-    temperature: float = 1.0
-    feat_weight: float = 0.0
-    feat_stages: tuple[int, ...] = (0, 1)
+    loss: LossConfig = field(default_factory=LossConfig)  # the terms and their weights
     cache_teacher: bool = False
     cache_dir: str | None = None
     freeze_bn: bool | None = None  # None: on for an ONNX student (its BN is folded), off for a configuration
@@ -133,22 +117,9 @@ class DistillConfig:
     export_size: int | None = None
     export_tolerance: float = 1e-4
 
-    def loss_config(self) -> LossConfig:
-        return LossConfig(
-            ce_weight=self.ce_weight,
-            ohem=self.ohem,
-            ohem_thresh=self.ohem_thresh,
-            ohem_min_kept=self.ohem_min_kept,
-            kd=self.kd,
-            kd_weight=self.kd_weight,
-            temperature=self.temperature,
-            feat_weight=self.feat_weight,
-            feat_stages=tuple(int(s) for s in self.feat_stages),
-        )
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["feat_stages"] = list(self.feat_stages)
+        d["loss"]["feat_stages"] = list(self.loss.feat_stages)
         return d
 
 
@@ -461,12 +432,7 @@ def distill(cfg: DistillConfig, *, resume: str | Path | None = None) -> DistillR
     from models.train import TrainConfig, train
 
     t0 = time.perf_counter()
-    if cfg.kd not in KD_KINDS:
-        raise DistillError(f"--kd must be one of {KD_KINDS}, got {cfg.kd!r}")
-    try:
-        loss_config = cfg.loss_config()
-    except ValueError as exc:
-        raise DistillError(str(exc)) from exc
+    loss_config = cfg.loss
     out = Path(cfg.out)
     resume_path = None if resume is None else Path(resume)
     if resume_path is not None:
@@ -500,13 +466,12 @@ def distill(cfg: DistillConfig, *, resume: str | Path | None = None) -> DistillR
     rank, world = init_distributed()
     if cfg.batch_size % world:
         raise DistillError(f"--batch-size {cfg.batch_size} must be a multiple of the {world} processes.")
+    feat_stages = loss_config.feat_stages if loss_config.feat_weight else ()
     cache_dir = None
     if cfg.cache_teacher and teacher is not None:
         base = Path(cfg.cache_dir) if cfg.cache_dir else out / "teacher_cache"
-        cache_dir = base / cache_key(cfg, sample_paths, loss_config.feat_stages if cfg.feat_weight else ())
-    teacher_outputs = (
-        TeacherOutputs(teacher, loss_config.feat_stages if cfg.feat_weight else (), cache_dir) if teacher else None
-    )
+        cache_dir = base / cache_key(cfg, sample_paths, feat_stages)
+    teacher_outputs = TeacherOutputs(teacher, feat_stages, cache_dir) if teacher else None
     if frozen:
         log.info("BatchNorm frozen in %d layers", freeze_batchnorm(student))
     objective = DistillObjective(loss, teacher_outputs, student)
@@ -578,10 +543,10 @@ def _export(
         "pass": "distill",
         "teacher": str(cfg.teacher),
         "steps": step,
-        "kd": cfg.kd if cfg.kd_weight else None,
-        "kd_weight": cfg.kd_weight,
-        "feat_weight": cfg.feat_weight,
-        "ce_weight": cfg.ce_weight,
+        "kd": cfg.loss.kd if cfg.loss.kd_weight else None,
+        "kd_weight": cfg.loss.kd_weight,
+        "feat_weight": cfg.loss.feat_weight,
+        "ce_weight": cfg.loss.ce_weight,
     }
     extra: dict[str, Any] = {"history": [*info["history"], entry]}
     if plan is not None:
@@ -616,15 +581,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, help="teacher checkpoint (models.train) or state dict")
     p.add_argument("--teacher-model", help="the teacher's registered configuration when its file records none")
     add_loop_arguments(p, d)
-    p.add_argument("--ce-weight", type=float, default=d.ce_weight)
+    p.add_argument("--ce-weight", type=float, default=d.loss.ce_weight)
     p.add_argument("--ohem", action="store_true", help="online hard example mining for the CE term (mmseg's)")
-    p.add_argument("--ohem-thresh", type=float, default=d.ohem_thresh)
-    p.add_argument("--ohem-min-kept", type=int, default=d.ohem_min_kept)
-    p.add_argument("--kd", choices=KD_KINDS, default=d.kd, help="logit distillation: mse (paper) or kl")
-    p.add_argument("--kd-weight", type=float, default=d.kd_weight)
-    p.add_argument("--temperature", type=float, default=d.temperature, help="KL temperature (T^2-scaled)")
-    p.add_argument("--feat-weight", type=float, default=d.feat_weight, help="feature mimicking weight (0: off)")
-    p.add_argument("--feat-stages", type=_stages, default=d.feat_stages, help="backbone stages, e.g. 0,1")
+    p.add_argument("--ohem-thresh", type=float, default=d.loss.ohem_thresh)
+    p.add_argument("--ohem-min-kept", type=int, default=d.loss.ohem_min_kept)
+    p.add_argument("--kd", choices=KD_KINDS, default=d.loss.kd, help="logit distillation: mse (paper) or kl")
+    p.add_argument("--kd-weight", type=float, default=d.loss.kd_weight)
+    p.add_argument("--temperature", type=float, default=d.loss.temperature, help="KL temperature (T^2-scaled)")
+    p.add_argument("--feat-weight", type=float, default=d.loss.feat_weight, help="feature mimicking weight (0: off)")
+    p.add_argument("--feat-stages", type=_stages, default=d.loss.feat_stages, help="backbone stages, e.g. 0,1")
     p.add_argument("--cache-teacher", action="store_true", help="cache teacher outputs on disk")
     p.add_argument("--cache-dir", help="teacher cache folder (default OUT/teacher_cache)")
     p.add_argument("--freeze-bn", dest="freeze_bn", action="store_true", default=None)
@@ -645,6 +610,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if error := loop_argument_error(args):
         print(f"error: {error}", file=sys.stderr)
         return 2
+    try:
+        loss = LossConfig(
+            ce_weight=args.ce_weight,
+            ohem=args.ohem,
+            ohem_thresh=args.ohem_thresh,
+            ohem_min_kept=args.ohem_min_kept,
+            kd=args.kd,
+            kd_weight=args.kd_weight,
+            temperature=args.temperature,
+            feat_weight=args.feat_weight,
+            feat_stages=args.feat_stages,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     cfg = DistillConfig(
         student=args.student,
         teacher=args.teacher,
@@ -663,15 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         num_workers=args.workers,
         threads=args.threads,
-        ce_weight=args.ce_weight,
-        ohem=args.ohem,
-        ohem_thresh=args.ohem_thresh,
-        ohem_min_kept=args.ohem_min_kept,
-        kd=args.kd,
-        kd_weight=args.kd_weight,
-        temperature=args.temperature,
-        feat_weight=args.feat_weight,
-        feat_stages=args.feat_stages,
+        loss=loss,
         cache_teacher=args.cache_teacher,
         cache_dir=args.cache_dir,
         freeze_bn=args.freeze_bn,

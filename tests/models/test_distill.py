@@ -18,6 +18,7 @@ from exporters.export import ExportOptions, export_torch_model
 from exporters.metadata import read_metadata, write_metadata
 from models.data import iter_samples, normalize
 from models.distill import DistillConfig, DistillError, DistillObjective, distill, load_teacher, main
+from models.losses import LossConfig
 from models.prune_torch import apply_plan, student_from_onnx
 from models.registry import build_model
 from models.train import TrainConfig, load_checkpoint, train
@@ -74,8 +75,9 @@ def _cfg(student: str | Path, teacher: Path, data: Path, out: Path, **kw: object
         eval_split=None,
         export=False,
     )
-    base.update(kw)
-    return DistillConfig(**base)
+    loss_fields = set(LossConfig.__dataclass_fields__)
+    base.update({k: v for k, v in kw.items() if k not in loss_fields})
+    return DistillConfig(**base, loss=LossConfig(**{k: v for k, v in kw.items() if k in loss_fields}))
 
 
 def _val_mse_to_teacher(model: torch.nn.Module, teacher: torch.nn.Module, data: Path) -> float:
@@ -170,7 +172,7 @@ def test_pruned_student_distils_and_reexports_with_its_plan(
     with torch.no_grad():
         assert (rebuilt(x) - trained.eval()(x)).abs().max() < 1e-4
     cfg_json = json.loads((tmp_path / "run" / "distill_config.json").read_text())
-    assert cfg_json["bn_frozen"] is True and cfg_json["kd"] == "kl"
+    assert cfg_json["bn_frozen"] is True and cfg_json["loss"]["kd"] == "kl"
 
 
 def test_kill_and_resume_equals_uninterrupted(
