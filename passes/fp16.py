@@ -442,7 +442,7 @@ def convert_fp16(
 ) -> tuple[onnx.ModelProto, PassReport]:
     """Return a mixed-precision copy of ``model`` and the report (``model`` is not changed).
 
-    ``calib`` (input feeds, e.g. from :func:`runtime._calib.image_feeds`) enables the activation-range check.
+    ``calib`` (input feeds, e.g. from :func:`runtime._calib.calibration_feeds`) enables the activation-range check.
 
     Raises:
         PassError: a ``--keep-fp32`` entry matches nothing, calibration was asked for with no feed, or the
@@ -655,13 +655,12 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
     )
     if not args.calib or already_fp16(model):
         return convert_fp16(model, config)
-    from runtime._calib import CalibrationDataError, image_feeds, input_spec, list_images, resolve_data
+    from runtime._calib import CalibrationDataError, calibration_feeds
 
     try:
-        spec = input_spec(model)
-        with resolve_data(args.calib, spec.size, args.calib_count) as root:
-            files = list_images(root, args.calib_split)
-            feeds = image_feeds(files, spec, count=args.calib_count, progress=not args.no_progress)
+        with calibration_feeds(
+            model, args.calib, split=args.calib_split, count=args.calib_count, progress=not args.no_progress
+        ) as feeds:
             return convert_fp16(model, config, feeds)
     except CalibrationDataError as exc:
         raise PassError(str(exc)) from None

@@ -436,7 +436,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelProto, PassReport]:
-    from runtime._calib import CalibrationDataError, image_feeds, input_spec, list_images, resolve_data
+    from runtime._calib import CalibrationDataError, calibration_feeds
 
     if args.calib_count < 1:
         raise PassError(f"--calib-count must be at least 1, got {args.calib_count}: calibration needs images.")
@@ -456,10 +456,14 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
     if qnodes:  # say so before touching the data
         raise PassError(f"the model is already quantized ({len(qnodes)} quantization nodes); give the float32 model.")
     try:
-        spec = input_spec(model)
-        with resolve_data(args.calib, spec.size, args.calib_count) as root:
-            files = list_images(root, args.calib_split)
-            feeds = image_feeds(files, spec, count=args.calib_count, progress=not args.no_progress, desc="int8 calib")
+        with calibration_feeds(
+            model,
+            args.calib,
+            split=args.calib_split,
+            count=args.calib_count,
+            progress=not args.no_progress,
+            desc="int8 calib",
+        ) as feeds:
             return quantize_int8(model, feeds, config)
     except CalibrationDataError as exc:
         raise PassError(str(exc)) from None

@@ -180,3 +180,23 @@ def resolve_data(data: str | Path, size: tuple[int, int], count: int, seed: int 
         logger.info("rendering %d synthetic calibration images at %dx%d (seed %d)", count, side, side, seed)
         generate(root, n_train=count, n_val=count, size=side, seed=seed, workers=1)
         yield root
+
+
+@contextlib.contextmanager
+def calibration_feeds(
+    model: onnx.ModelProto,
+    data: str | Path,
+    *,
+    split: str = "train",
+    count: int | None = None,
+    progress: bool = True,
+    desc: str = "calibration",
+) -> Iterator[Iterator[dict[str, np.ndarray]]]:
+    """Context manager streaming the model's calibration feeds from ``data`` (a folder or ``synthetic``).
+
+    The one way the precision passes read calibration images: the input spec from the model's metadata, the
+    folder (or a temporary synthetic set, removed on exit), the first ``count`` images of ``split``.
+    """
+    spec = input_spec(model)
+    with resolve_data(data, spec.size, count or 1) as root:
+        yield image_feeds(list_images(root, split), spec, count=count, progress=progress, desc=desc)
