@@ -70,3 +70,73 @@ def append_history(model: onnx.ModelProto, entry: dict[str, Any]) -> None:
     history = list(read_metadata(model).get("history") or [])
     history.append(entry)
     write_metadata(model, {"history": history})
+
+
+# ------------------------------------------------------------------------------------------- weight-map sources
+# A weight-map entry names the torch tensor an initializer holds: {"param", "transposed", "folded_bn"}. Exporters
+# merge initializers whose values are equal, so one initializer can hold several torch tensors at once (the zero
+# biases of an untrained model); those are listed under "alts", each {"param", "transposed", "folded_bn"}.
+_SOURCE_KEYS = ("param", "transposed", "folded_bn")
+
+
+def weight_sources(entry: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Every torch tensor a weight-map entry says the initializer holds (first: the primary one)."""
+    if not isinstance(entry, dict) or not entry.get("param"):
+        return []
+    out = [{k: entry.get(k) for k in _SOURCE_KEYS}]
+    for alt in entry.get("alts") or []:
+        src = {k: alt.get(k) for k in _SOURCE_KEYS}
+        if src["param"] and src not in out:
+            out.append(src)
+    return out
+
+
+def make_entry(sources: list[dict[str, Any]]) -> dict[str, Any]:
+    """The weight-map entry for ``sources`` (the first is the primary one)."""
+    entry = dict(sources[0])
+    if len(sources) > 1:
+        entry["alts"] = [dict(s) for s in sources[1:]]
+    return entry
+
+
+def merge_sources(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
+    """One entry holding the sources of both (``a``'s primary first)."""
+    sources = weight_sources(a)
+    sources += [s for s in weight_sources(b) if s not in sources]
+    return make_entry(sources) if sources else None
+
+
+def _shared_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a.split("."), b.split(".")):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def pick_source(entry: dict[str, Any] | None, module: str) -> dict[str, Any] | None:
+    """The source of ``entry`` that belongs to torch module ``module`` (the longest shared dotted prefix; the
+    primary on ties), or ``None`` when the entry names no torch tensor."""
+    sources = weight_sources(entry)
+    if not sources:
+        return None
+    return max(sources, key=lambda s: (_shared_prefix(str(s["param"]), module), -sources.index(s)))
+
+
+def claim_sources(weight_map: dict[str, Any], claimed: dict[str, dict[str, Any]]) -> None:
+    """In place: initializer ``name`` now holds exactly ``claimed[name]`` (a pass cut it for that torch tensor), and
+    no other initializer lists that torch tensor any more (entries left with no source are dropped)."""
+    params = {str(src["param"]) for src in claimed.values()}
+    for name in list(weight_map):
+        if name in claimed:
+            continue
+        sources = weight_sources(weight_map[name])
+        rest = [s for s in sources if str(s["param"]) not in params]
+        if len(rest) != len(sources):
+            if rest:
+                weight_map[name] = make_entry(rest)
+            else:
+                del weight_map[name]
+    for name, src in claimed.items():
+        weight_map[name] = make_entry([src])

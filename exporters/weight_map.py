@@ -17,6 +17,8 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from exporters.metadata import make_entry
+
 
 @dataclass(frozen=True)
 class _Candidate:
@@ -63,10 +65,17 @@ def build_weight_map(proto: onnx.ModelProto, model: nn.Module) -> dict[str, dict
     """Map each float initializer of ``proto`` with more than one element to its torch source.
 
     Returns ``{initializer: {"param": torch name, "transposed": bool, "folded_bn": bn module name or None}}``.
-    An exact value match wins (the same name first); then a Conv+BN fold within float32 rounding. Initializers that
-    are not weights (pooling matrices, scale constants) are left out.
+    Exact value matches (the same name first), else Conv+BN folds within float32 rounding. Every match after the
+    first is listed under ``"alts"`` (see :func:`exporters.metadata.weight_sources`): the exporters store equal
+    tensors once. Initializers that are not weights (pooling matrices, scale constants) are left out.
     """
     cands = _candidates(model)
+    # a graph without BatchNormalization nodes had every BatchNorm folded into its conv: their statistics and
+    # scales are in no initializer, whatever values they share with one (1 and 0 in an untrained model)
+    all_folded = not any(n.op_type == "BatchNormalization" for n in proto.graph.node)
+    if all_folded:
+        gone = {f"{bn}.{s}" for _, _, bn, _ in _conv_bn_pairs(model) for s in ("weight", "running_mean", "running_var")}
+        cands = [c for c in cands if c.name not in gone or c.folded_bn is not None]
     by_shape: dict[tuple[int, ...], list[_Candidate]] = {}
     for c in cands:
         by_shape.setdefault(tuple(c.value.shape), []).append(c)
@@ -79,13 +88,13 @@ def build_weight_map(proto: onnx.ModelProto, model: nn.Module) -> dict[str, dict
             continue
         pool = by_shape.get(tuple(arr.shape), [])
         exact = [c for c in pool if c.folded_bn is None and np.array_equal(c.value, arr)]
+        folds = [c for c in pool if c.folded_bn is not None and np.allclose(c.value, arr, rtol=1e-5, atol=1e-6)]
         # a name is only trusted with equal values: the dynamo exporter folds BN into a conv weight and keeps its name
-        match = next((c for c in exact if c.name == init.name), exact[0] if exact else None)
-        if match is None:
-            match = next(
-                (c for c in pool if c.folded_bn is not None and np.allclose(c.value, arr, rtol=1e-5, atol=1e-6)),
-                None,
+        exact.sort(key=lambda c: c.name != init.name)
+        matches = exact + folds if all_folded else (exact or folds)
+        if matches:
+            # the exporter merges equal tensors (zero biases of an untrained model): one initializer, several sources
+            result[init.name] = make_entry(
+                [{"param": c.name, "transposed": c.transposed, "folded_bn": c.folded_bn} for c in matches]
             )
-        if match is not None:
-            result[init.name] = {"param": match.name, "transposed": match.transposed, "folded_bn": match.folded_bn}
     return result

@@ -49,6 +49,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from exporters.metadata import weight_sources
 from models.registry import ModelConfig, Segmentor
 
 log = logging.getLogger(__name__)
@@ -420,10 +421,13 @@ class LoadSummary:
 def load_onnx_weights(model: nn.Module, proto: onnx.ModelProto, weight_map: dict[str, Any]) -> LoadSummary:
     """Copy the initializers of ``proto`` into ``model`` (in place) through ``weight_map``.
 
-    ``weight_map`` is ``{initializer: {"param", "transposed", "folded_bn"}}`` (``exporters.weight_map``). A
-    transposed entry is ``W^T`` (Linear, ``[in, out]``). A BatchNorm whose bias is loaded but whose weight and
-    running statistics are not (folded by the exporter) becomes the identity scheme of the module docstring. Every
-    floating-point parameter or buffer must end up set; otherwise :class:`PlanError` names the missing ones.
+    ``weight_map`` is ``{initializer: {"param", "transposed", "folded_bn", "alts"}}`` (``exporters.weight_map``). A
+    transposed entry is ``W^T`` (Linear, ``[in, out]``). An initializer the exporter stored once for several equal
+    torch tensors (``alts``: the zero biases of an untrained model) fills each of them whose shape matches, after
+    every tensor with its own initializer is loaded, and never the statistics of a BatchNorm folded into a conv. A
+    BatchNorm whose bias is loaded but whose weight and running statistics are not (folded by the exporter) becomes
+    the identity scheme of the module docstring. Every floating-point parameter or buffer must end up set;
+    otherwise :class:`PlanError` names the missing ones.
     """
     inits = {i.name: i for i in proto.graph.initializer}
     state = dict(model.named_parameters())
@@ -431,33 +435,50 @@ def load_onnx_weights(model: nn.Module, proto: onnx.ModelProto, weight_map: dict
     summary = LoadSummary()
     loaded: dict[str, str] = {}
     folded_convs: dict[str, str] = {}  # bn path -> conv weight name
+
+    def torch_value(init_name: str, src: dict[str, Any]) -> torch.Tensor:
+        arr = numpy_helper.to_array(inits[init_name]).astype(np.float32)
+        return torch.from_numpy(np.ascontiguousarray(arr.T if src.get("transposed") else arr))
+
+    present = [(name, weight_sources(entry)) for name, entry in weight_map.items() if name in inits]
     with torch.no_grad():
-        for init_name, entry in weight_map.items():
-            if init_name not in inits:
-                continue  # removed by a pass (a whole unit cut away) or renamed; completeness is checked below
-            param = entry.get("param")
+        for init_name, sources in present:  # removed initializers (a whole unit cut away) are checked below
+            if len(sources) != 1:
+                continue
+            src = sources[0]
+            param = src["param"]
             if param not in state:
                 raise PlanError(
                     f"weight_map: initializer {init_name!r} maps to {param!r}, which is not a tensor of the rebuilt "
                     "model; the file's metadata does not describe this configuration."
                 )
-            arr = numpy_helper.to_array(inits[init_name]).astype(np.float32)
-            if entry.get("transposed"):
-                arr = arr.T
-            target = state[param]
-            if tuple(arr.shape) != tuple(target.shape):
+            value, target = torch_value(init_name, src), state[param]
+            if tuple(value.shape) != tuple(target.shape):
                 raise PlanError(
-                    f"initializer {init_name!r} has shape {list(arr.shape)} (torch layout) but {param} of the "
+                    f"initializer {init_name!r} has shape {list(value.shape)} (torch layout) but {param} of the "
                     f"rebuilt model is {list(target.shape)}: the file's plan does not describe its weights."
                 )
-            value = torch.from_numpy(np.ascontiguousarray(arr))
             if param in loaded and not torch.equal(target, value):
                 raise PlanError(f"{param} is given twice with different values ({loaded[param]}, {init_name}).")
             target.copy_(value)
             loaded[param] = init_name
-            bn = entry.get("folded_bn")
-            if bn and param.endswith(".weight") and not param.startswith(bn + "."):
-                folded_convs[bn] = param
+        for _, sources in present:
+            for src in sources:
+                bn, param = src.get("folded_bn"), str(src["param"])
+                if bn and param.endswith(".weight") and not param.startswith(bn + "."):
+                    folded_convs[bn] = param
+        folded_stats = {f"{bn}.{s}" for bn in folded_convs for s in ("weight", "running_mean", "running_var")}
+        for init_name, sources in present:  # equal tensors stored once: fill what is still missing
+            if len(sources) == 1:
+                continue
+            for src in sources:
+                param = src["param"]
+                if param not in state or param in loaded or param in folded_stats:
+                    continue
+                value = torch_value(init_name, src)
+                if tuple(value.shape) == tuple(state[param].shape):
+                    state[param].copy_(value)
+                    loaded[param] = init_name
         for path, mod in model.named_modules():
             if not isinstance(mod, nn.modules.batchnorm._NormBase):
                 continue
@@ -570,14 +591,13 @@ class RoundTripReport:
 
 
 def _torch_shapes(proto: onnx.ModelProto, weight_map: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """``{torch tensor: shape in torch layout}`` of the weight initializers of ``proto`` (through its weight map)."""
+    """``{torch tensor: shape in torch layout}`` of the weight initializers of ``proto`` (through its weight map;
+    an initializer stored once for several equal torch tensors gives the shape of each)."""
     out: dict[str, tuple[int, ...]] = {}
     for init in proto.graph.initializer:
-        entry = weight_map.get(init.name)
-        if entry is None:
-            continue
         shape = tuple(int(d) for d in init.dims)
-        out[str(entry["param"])] = shape[::-1] if entry.get("transposed") else shape
+        for src in weight_sources(weight_map.get(init.name)):
+            out[str(src["param"])] = shape[::-1] if src.get("transposed") else shape
     return out
 
 
@@ -600,6 +620,7 @@ def check_roundtrip(onnx_path: str | Path, *, tolerance: float = 1e-4, seed: int
     """
     from exporters.export import ExportError, ExportOptions, export_torch_model
     from exporters.metadata import read_metadata
+    from passes._core.canonical import canonicalize
     from passes._core.stats import count_params
 
     src = _load(onnx_path)
@@ -636,8 +657,9 @@ def check_roundtrip(onnx_path: str | Path, *, tolerance: float = 1e-4, seed: int
         err = max(err, float(np.abs(_run(src, x) - _run(rebuilt, x)).max()))
     report = RoundTripReport(
         source=str(onnx_path),
-        params_onnx=count_params(src),
-        params_rebuilt=count_params(rebuilt),
+        # counted in canonical form (one copy per reader): how the exporter merged equal tensors is storage
+        params_onnx=count_params(canonicalize(src)),
+        params_rebuilt=count_params(canonicalize(rebuilt)),
         params_torch=sum(p.numel() for p in model.parameters()),
         shape_mismatches=mismatches,
         max_abs_error=err,

@@ -30,6 +30,7 @@ import onnx
 
 from exporters.metadata import append_history
 from passes._core.budget import Allocation, BudgetConfig, CostModel, Layer, Term, allocate
+from passes._core.canonical import canonicalize
 from passes._core.channels import ChannelAnalysis
 from passes._core.cli import make_parser, run_pass_cli
 from passes._core.errors import PassError
@@ -127,6 +128,7 @@ def plan_compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[Compr
     metric = "flops" if config.target_flops is not None else "params"
     target = config.target_flops if config.target_flops is not None else config.target_params
     budget = BudgetConfig(target=float(target), metric=metric, method=config.allocation, floor=config.floor)  # type: ignore[arg-type]
+    model = canonicalize(model)
     stats = graph_stats(model)
     layers: list[Layer] = []
     skipped: list[tuple[str, str]] = []

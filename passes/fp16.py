@@ -463,6 +463,7 @@ def convert_fp16(
         return copy.deepcopy(model), report
 
     work = copy.deepcopy(model)
+    del work.graph.value_info[:]  # stale after any rewrite (the dynamo exporter writes them all)
     _name_nodes(work)
     decision = _Decision()
     nodes = {n.name: n for n in work.graph.node}

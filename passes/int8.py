@@ -297,6 +297,7 @@ def quantize_int8(
         "percentile": CalibrationMethod.Percentile,
     }[config.method]
     work = copy.deepcopy(model)
+    del work.graph.value_info[:]  # stale after any rewrite (the dynamo exporter writes them all)
     _name_nodes(work)
     with tempfile.TemporaryDirectory(prefix="vitseg-int8-") as tmp:
         src = Path(tmp) / "in.onnx"

@@ -34,6 +34,7 @@ import onnx
 
 from exporters.metadata import append_history
 from passes._core.budget import Allocation, BudgetConfig, CostModel, Layer, Term, allocate
+from passes._core.canonical import canonicalize, merge_constants
 from passes._core.channels import ChannelAnalysis, ChannelGroup, CutResult, apply_channel_cuts, keep_top
 from passes._core.cli import make_parser, run_pass_cli
 from passes._core.errors import PassError
@@ -277,6 +278,7 @@ def slice_channels(
 ) -> tuple[onnx.ModelProto, PassReport]:
     """Cut conv channels of ``model`` as ``config`` says; return the new model and the report (input untouched)."""
     config = config or SliceChannelsConfig(ratio=0.0)
+    original, model = model, canonicalize(model)
     stats = graph_stats(model)
     decision = decide_channels(model, config, stats)
     report = PassReport(PASS_NAME, params_before=stats.params, flops_before=stats.flops)
@@ -285,7 +287,7 @@ def slice_channels(
         if g.blocked and (config.scope == "all" or g.scope == config.scope):
             report.skip(g.name, "; ".join(g.blocked))
     cut = {gid: kept for gid, kept in decision.keep.items() if len(kept) < decision.analysis.by_gid[gid].size}
-    out, result = _apply(model, decision.analysis, cut)
+    out, result = _apply(model, decision.analysis, cut) if cut else (_copy(original), CutResult())
     after = graph_stats(out) if cut else stats
     report.modified = bool(cut)
     report.params_after, report.flops_after = after.params, after.flops
@@ -308,17 +310,19 @@ def slice_channels(
     return out, report
 
 
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
 def _apply(
     model: onnx.ModelProto, analysis: ChannelAnalysis, cut: Mapping[int, list[int]]
 ) -> tuple[onnx.ModelProto, CutResult]:
-    """Cut, merge the plan into the model's ``vitseg.plan``, finalize; a copy of ``model`` when nothing is cut."""
-    if not cut:
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
-        return out, CutResult()
+    """Cut, merge the plan into the model's ``vitseg.plan``, finalize."""
     out, result = apply_channel_cuts(model, analysis, cut)
     write_plan(out, {"channels": result.channels, "slices": result.slices})
-    return finalize(out), result
+    return finalize(merge_constants(out)), result
 
 
 def _rows(decision: ChannelDecision, before: GraphStats, after: GraphStats) -> list[dict[str, Any]]:

@@ -42,7 +42,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from exporters.metadata import read_metadata, write_metadata
+from exporters.metadata import claim_sources, pick_source, read_metadata, write_metadata
+from passes._core.graph import node_scope
 
 log = logging.getLogger(__name__)
 
@@ -343,9 +344,10 @@ class ChannelAnalysis:
         node = self.graph.node[idx]
         if len(node.input) > 1:
             base = self.consts.base(node.input[1])
-            entry = self.weight_map.get(base or "")
-            if entry and isinstance(entry.get("param"), str):
-                param = entry["param"]
+            # a weight the exporter stored once for several layers (all zeros) is told apart by the node's scope
+            src = pick_source(self.weight_map.get(base or ""), node_scope(node) or "")
+            if src is not None:
+                param = str(src["param"])
                 return param[: -len(".weight")] if param.endswith(".weight") else param
         scope = _name_scope(node)
         if scope:
@@ -1130,6 +1132,7 @@ def apply_channel_cuts(
         {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
     )
     weight_map = dict(analysis.weight_map)
+    claimed: dict[str, dict] = {}
     inits = {i.name: i for i in graph.initializer}
     for (nidx, inp), axes in sorted(removed.items()):
         node = graph.node[nidx]
@@ -1158,7 +1161,10 @@ def apply_channel_cuts(
             node.input[inp] = new_name
             if base in weight_map:
                 weight_map[new_name] = dict(weight_map[base])
-        entry = analysis.weight_map.get(base)
+        # a tensor the exporter stored once for several equal torch tensors is this layer's one
+        entry = pick_source(analysis.weight_map.get(base), analysis.module_path(nidx))
+        if entry is not None:
+            claimed[new_name] = entry
         orig_shape = consts.shape(name) or ()
         for axis, kept in kept_axes.items():
             if entry and isinstance(entry.get("param"), str):
@@ -1196,6 +1202,7 @@ def apply_channel_cuts(
                 a.i = new_c
     del graph.value_info[:]
     if analysis.weight_map:
+        claim_sources(weight_map, claimed)
         present = {i.name for i in graph.initializer}
         write_metadata(out, {"weight_map": {k: v for k, v in weight_map.items() if k in present}})
     return out, result

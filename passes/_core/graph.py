@@ -11,6 +11,8 @@ when every shape they read is static.
 
 from __future__ import annotations
 
+import ast
+import json
 import logging
 from dataclasses import dataclass
 
@@ -371,3 +373,36 @@ class GraphView:
         for ref, _ in self.consumers.get(name, []):
             seen[ref.index] = ref
         return list(seen.values())
+
+
+def _join_scopes(scopes: list[str]) -> str:
+    """``["backbone", "stages.1", "stages.1.2", "conv"]`` (a torch scope per module, list children named
+    ``parent.index``) or full paths per level -> ``backbone.stages.1.2.conv``."""
+    out: list[str] = []
+    for seg in (s for s in scopes if s):
+        if out and seg.startswith(out[-1] + "."):
+            out[-1] = seg
+        else:
+            out.append(seg)
+    return ".".join(out)
+
+
+def node_scope(node: onnx.NodeProto) -> str | None:
+    """The torch module path a node was exported from: the dynamo exporter's ``name_scopes`` metadata, else the
+    legacy exporter's node name (``/backbone/stages.1/stages.1.2/conv/Conv``); ``None`` when neither says."""
+    for p in node.metadata_props:
+        if p.key.endswith("name_scopes"):
+            try:
+                scopes = json.loads(p.value)
+            except ValueError:
+                try:
+                    scopes = ast.literal_eval(p.value)
+                except (ValueError, SyntaxError):
+                    scopes = p.value
+            if isinstance(scopes, list) and scopes:
+                return _join_scopes([str(s) for s in scopes]) or None
+            if isinstance(scopes, str) and scopes:
+                return scopes
+    if node.name.startswith("/") and node.name.count("/") >= 2:
+        return _join_scopes(node.name.split("/")[1:-1]) or None
+    return None

@@ -36,7 +36,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from exporters.metadata import append_history, read_metadata
+from exporters.metadata import append_history, claim_sources, pick_source, read_metadata, weight_sources, write_metadata
+from passes._core.canonical import canonicalize, merge_constants
 from passes._core.dims import ELEMENTWISE, Dim, DimGroup, TraceError, apply_groups, kept_positions, trace, unit_inner
 from passes._core.errors import PassError
 from passes._core.finalize import finalize
@@ -128,9 +129,9 @@ def _module_paths(view: GraphView, group: DimGroup) -> list[str]:
     wmap = read_metadata(view.model).get("weight_map") or {}
     paths = []
     for name in group.slices:
-        entry = wmap.get(name)
-        if isinstance(entry, dict) and entry.get("param"):
-            paths.append(str(entry["param"]).rsplit(".", 1)[0])
+        sources = weight_sources(wmap.get(name))
+        if len(sources) == 1:  # a tensor stored once for several modules (zero biases) names none of them
+            paths.append(str(sources[0]["param"]).rsplit(".", 1)[0])
     return paths
 
 
@@ -188,8 +189,11 @@ def _finish(unit: PruneUnit, group: DimGroup) -> None:
 
 
 def find_attention_blocks(model: onnx.ModelProto, view: GraphView | None = None) -> list[AttentionBlock]:
-    """Every attention block of ``model`` (skipped ones included, with ``skip_reason``), in graph order."""
-    view = view or GraphView(model)
+    """Every attention block of ``model`` (skipped ones included, with ``skip_reason``), in graph order.
+
+    Without ``view`` the blocks are found on the canonical form of ``model`` (:mod:`passes._core.canonical`);
+    their tensor names are that form's (``block.view.model``)."""
+    view = view or GraphView(canonicalize(model))
     blocks: list[AttentionBlock] = []
     claimed: set[str] = set()
     for ref in view.nodes:
@@ -284,8 +288,9 @@ def _mlp_sink(view: GraphView, start: str, limit: int = 64) -> NodeRef | None:
 
 
 def find_mlps(model: onnx.ModelProto, view: GraphView | None = None) -> list[Mlp]:
-    """Every transformer MLP of ``model`` (fc1 -> elementwise activation -> fc2), skipped ones with a reason."""
-    view = view or GraphView(model)
+    """Every transformer MLP of ``model`` (fc1 -> elementwise activation -> fc2), skipped ones with a reason; found
+    on the canonical form of ``model`` unless ``view`` is given (as :func:`find_attention_blocks`)."""
+    view = view or GraphView(canonicalize(model))
     mlps: list[Mlp] = []
     for ref in view.nodes:
         lin = _linear_weight(view, ref)
@@ -344,10 +349,11 @@ def unit_importance(model: onnx.ModelProto, unit: PruneUnit, norm: str = "l2") -
     if unit.group is None:
         raise PassError(f"{unit.id} was skipped ({unit.skip_reason}); it has no importance")
     g = unit.group
+    src = unit.view.model if unit.view is not None else model  # the (canonical) model the unit was found on
     total = np.zeros(g.count, dtype=np.float64)
     for name in g.sources + g.sinks:
         ts = g.slices[name]
-        arr = np.moveaxis(_tensor(model, name).astype(np.float64), ts.axis, 0)
+        arr = np.moveaxis(_tensor(src, name).astype(np.float64), ts.axis, 0)
         sizes = [s for s, _ in ts.layout]
         u = next(k for k, (_, unit_) in enumerate(ts.layout) if unit_)
         per = np.moveaxis(arr.reshape(sizes + list(arr.shape[1:])), u, 0).reshape(g.count, -1)
@@ -489,18 +495,25 @@ def resolve_keep_sets(
 
 
 # -------------------------------------------------------------------------------------------------------- apply
-def torch_slices(view: GraphView, unit: PruneUnit, kept: Sequence[int]) -> dict[str, dict[str, list[int]]]:
-    """The plan's ``slices`` for one unit: ``{torch param: {axis: kept indices}}`` in torch layout."""
+def torch_slices(
+    view: GraphView, unit: PruneUnit, kept: Sequence[int], sources: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, list[int]]]:
+    """The plan's ``slices`` for one unit: ``{torch param: {axis: kept indices}}`` in torch layout.
+
+    A tensor the exporter stored once for several torch tensors is the one of this unit's module
+    (:func:`exporters.metadata.pick_source`); ``sources`` receives ``{initializer: that source}``."""
     wmap = read_metadata(view.model).get("weight_map") or {}
     out: dict[str, dict[str, list[int]]] = {}
     assert unit.group is not None
     for name, ts in unit.group.slices.items():
-        entry = wmap.get(name)
-        if not isinstance(entry, dict) or not entry.get("param"):
+        src = pick_source(wmap.get(name), unit.id)
+        if src is None:
             continue
+        if sources is not None:
+            sources[name] = src
         ndim = len(unit.group._shapes[name])
-        axis = (ndim - 1 - ts.axis) if (entry.get("transposed") and ndim == 2) else ts.axis
-        out[str(entry["param"])] = {str(axis): [int(i) for i in kept_positions(ts.layout, kept)]}
+        axis = (ndim - 1 - ts.axis) if (src.get("transposed") and ndim == 2) else ts.axis
+        out[str(src["param"])] = {str(axis): [int(i) for i in kept_positions(ts.layout, kept)]}
     return out
 
 
@@ -513,6 +526,7 @@ def apply_units(
     """
     chosen = []
     plan: dict[str, Any] = {"heads": {}, "neurons": {}, "channels": {}, "slices": {}}
+    sources: dict[str, dict[str, Any]] = {}
     view = None
     for u in units:
         kept = keep_sets.get(u.id)
@@ -522,14 +536,19 @@ def apply_units(
         view = u.view
         chosen.append((u.group, list(kept)))
         plan[SECTION[u.kind]][u.id] = {"kept": [int(i) for i in kept], "total": u.count}
-        plan["slices"].update(torch_slices(u.view, u, kept))
+        plan["slices"].update(torch_slices(u.view, u, kept, sources))
     if view is None:
         out = onnx.ModelProto()
         out.CopyFrom(model)
         return out, plan
     if view.model is not model:
         raise PassError("internal: the units were found on another model than the one being rewritten")
-    return apply_groups(model, view, chosen), plan
+    out = apply_groups(model, view, chosen)
+    wmap = read_metadata(out).get("weight_map")
+    if isinstance(wmap, dict) and sources:  # a cut tensor now holds exactly the torch tensor it was cut for
+        claim_sources(wmap, sources)
+        write_metadata(out, {"weight_map": wmap})
+    return out, plan
 
 
 def zero_units(model: onnx.ModelProto, unit: PruneUnit, removed: Sequence[int]) -> onnx.ModelProto:
@@ -539,12 +558,11 @@ def zero_units(model: onnx.ModelProto, unit: PruneUnit, removed: Sequence[int]) 
     the pruned model's output.
     """
     assert unit.group is not None
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = canonicalize(model)  # the unit's tensor names are those of the canonical form
     inits = {t.name: t for t in out.graph.initializer}
     for name in unit.group.sinks:
         ts = unit.group.slices[name]
-        arr = _tensor(model, name).copy()
+        arr = _tensor(out, name).copy()
         idx = kept_positions(ts.layout, list(removed))
         sl: list[Any] = [slice(None)] * arr.ndim
         sl[ts.axis] = idx
@@ -563,6 +581,7 @@ def prune_units(
     """Find the units of ``kind``, choose what each keeps from ``config``, rewrite; never mutates ``model``."""
     start = time.perf_counter()
     config.validate()
+    original, model = model, canonicalize(model)
     view = GraphView(model)
     units = find_units(model, kind, view)
     label = "heads" if kind == "heads" else "neurons"
@@ -584,7 +603,7 @@ def prune_units(
         if config.keep_sets or config.plan:
             resolve_keep_sets(model, units, config)  # still reject plans naming blocks this model lacks
         out = onnx.ModelProto()
-        out.CopyFrom(model)
+        out.CopyFrom(original)
         return out, report
     keep_sets = resolve_keep_sets(model, units, config)
     new, plan = apply_units(model, units, keep_sets)
@@ -613,6 +632,7 @@ def prune_units(
     }  # fmt: skip
     if not changed:
         report.notes.append(f"every block keeps all its {label}: the model is unchanged")
+        new.CopyFrom(original)
         return new, report
     folded = sum(1 for u in prunable if u.id in changed for e in u.group.shape_edits if e.folded)  # type: ignore[union-attr]
     if folded:
@@ -621,7 +641,7 @@ def prune_units(
     append_history(
         new, {"pass": pass_name, section_key(kind): {k: v["kept"] for k, v in changed.items()}, "norm": config.norm}
     )
-    new = finalize(new)
+    new = finalize(merge_constants(new))
     report.modified = True
     report.params_after = count_params(new)
     report.flops_after = flops - removed_flops

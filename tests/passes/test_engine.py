@@ -12,6 +12,7 @@ from passes._core.dims import Dim, TraceError, apply_groups, canonical, kept_pos
 from passes._core.finalize import finalize
 from passes._core.graph import GraphView
 from passes._core.units import find_attention_blocks, find_mlps, keep_count, select_top
+from passes.prune_heads import PruneHeadsConfig, prune_heads, zero_heads
 
 
 def test_canonical_merges_carried_factors_and_drops_ones() -> None:
@@ -80,10 +81,22 @@ def test_apply_groups_equals_zeroed_projection_and_leaves_input_alone() -> None:
     assert sizes["b0_wqkv"] == [16, 24] and sizes["b1_wqkv"] == [16, 12] and sizes["b1_wproj"] == [4, 16]
 
 
-def test_shared_weight_is_skipped_with_reason() -> None:
-    blocks = find_attention_blocks(mha_model(blocks=2, share_proj=True))
-    assert len(blocks) == 2 and not any(b.prunable for b in blocks)
-    assert all("shared" in (b.skip_reason or "") or "coupled" in (b.skip_reason or "") for b in blocks)
+def test_weight_stored_once_for_two_blocks_is_cut_per_block() -> None:
+    """An exporter stores equal weights once; an inference graph has no tied weights, so each block is cut alone."""
+    model = mha_model(blocks=2, share_proj=True)
+    blocks = find_attention_blocks(model)
+    assert len(blocks) == 2 and all(b.prunable for b in blocks)
+    keep = {blocks[0].id: [0, 2], blocks[1].id: [1]}
+    pruned, report = prune_heads(model, PruneHeadsConfig(keep_sets=keep))
+    assert report.modified
+    zeroed = model
+    for b in blocks:
+        zeroed = zero_heads(zeroed, b, sorted(set(range(4)) - set(keep[b.id])))
+    control = zero_heads(zero_heads(model, blocks[0], [0, 2]), blocks[1], [1])
+    x = np.random.default_rng(3).standard_normal((2, 5, 16)).astype(np.float32)
+    got, ref, wrong = run_ort(pruned, x), run_ort(zeroed, x), run_ort(control, x)
+    assert np.abs(got - ref).max() <= 1e-5
+    assert np.abs(got - wrong).max() > 1e-3
 
 
 def test_runtime_shape_from_dynamic_batch_is_skipped() -> None:
@@ -100,10 +113,16 @@ def test_trace_refuses_a_shape_vector_it_cannot_compute() -> None:
         trace(view, "b0_qkv5", Dim(3, ((4, True),)))
 
 
-def test_head_count_read_at_run_time_is_skipped() -> None:
-    (block,) = find_attention_blocks(mha_model(read_head_count=True))
-    assert not block.prunable
-    assert "at run time" in (block.skip_reason or "")
+def test_head_count_read_at_run_time_of_a_static_model_is_folded_and_cut() -> None:
+    """Shape(scores)[1] * head_dim with static shapes is a constant in canonical form: the block is cut exactly."""
+    model = mha_model(read_head_count=True)
+    (block,) = find_attention_blocks(model)
+    assert block.prunable, block.skip_reason
+    assert "b0_ss" not in {o for n in block.view.model.graph.node for o in n.output}  # the Shape node is gone
+    pruned, _ = prune_heads(model, PruneHeadsConfig(keep_sets={block.id: [1, 2]}))
+    x = np.random.default_rng(4).standard_normal((2, 5, 16)).astype(np.float32)
+    ref = run_ort(zero_heads(model, block, [0, 3]), x)
+    assert np.abs(run_ort(pruned, x) - ref).max() <= 1e-5
 
 
 def test_shape_read_of_head_dim_is_allowed() -> None:

@@ -1,0 +1,308 @@
+"""The canonical form every structural pass works on, and the storage form it writes.
+
+What users bring differs from what the passes reason about in ways that change nothing the model computes:
+
+* **stale ``graph.value_info``** (torch's dynamo exporter writes shapes for every intermediate and weight; after
+  a rewrite they contradict the new weights). Dropped: shapes are inferred again by whoever needs them.
+* **constants merged by value.** Both torch exporters store one initializer for all weights with equal values (zero
+  biases, identical folded BatchNorms of an untrained model) and add ``Identity`` aliases of it. An inference graph
+  has no tied weights, so that is storage, not tying: :func:`canonicalize` gives every reader its own copy
+  (``<name>__<k>``, deterministic in node order), so that cutting one block never touches another.
+* **``Constant`` nodes** become initializers, so every constant is found in one place.
+* **shape vectors computed at run time** (``Shape -> Gather -> Concat -> Reshape`` in transformers' MobileViT
+  unfold/fold and ``nn.MultiheadAttention``) become constants wherever the shapes they read are static, so shape
+  inference sees through them. Integer tensors computed from the model input's *values* never fold.
+
+:func:`merge_constants` is the way back to storage form: initializers with equal type, shape and bytes become one
+again (the reader count of a weight is never a modelling fact). Both keep ``vitseg.weight_map`` consistent: a copy
+inherits its original's torch sources, merged initializers take the union of theirs (see
+:mod:`exporters.metadata`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from exporters.metadata import merge_sources, read_metadata, write_metadata
+from passes._core.graph import GraphView
+
+log = logging.getLogger(__name__)
+
+# Node inputs that carry shapes, axes, sizes or indices (op type -> input positions); the values
+# :func:`_fold_shapes` turns into constants when they are computable from static shapes.
+_SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,),
+    "Expand": (1,),
+    "Tile": (1,),
+    "ConstantOfShape": (0,),
+    "Slice": (1, 2, 3, 4),
+    "Split": (1,),
+    "Squeeze": (1,),
+    "Unsqueeze": (1,),
+    "Resize": (2, 3),
+    "Upsample": (1,),
+    "Pad": (1, 2, 3),
+    "Range": (0, 1, 2),
+    "ReduceMean": (1,),
+    "ReduceSum": (1,),
+    "ReduceMax": (1,),
+    "ReduceMin": (1,),
+    "ReduceL2": (1,),
+    "ReduceL1": (1,),
+    "ReduceProd": (1,),
+    "ReduceSumSquare": (1,),
+    "ReduceLogSumExp": (1,),
+    "TopK": (1,),
+    "OneHot": (1,),
+    "Trilu": (1,),
+    "CumSum": (1,),
+    "Gather": (1,),
+    "GatherElements": (1,),
+    "ScatterND": (1,),
+    "Where": (0,),
+}
+_MAX_FOLD_ROUNDS = 4
+_INT_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL)
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _taken_names(graph: onnx.GraphProto) -> set[str]:
+    names = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {o.name for o in graph.output}
+    for n in graph.node:
+        names.update(o for o in n.output if o)
+    return names
+
+
+def _unique(base: str, taken: set[str]) -> str:
+    k = 1
+    while f"{base}__{k}" in taken:
+        k += 1
+    name = f"{base}__{k}"
+    taken.add(name)
+    return name
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """The value of a ``Constant`` node (dense tensor or scalar/list attribute), else ``None``."""
+    if len(node.attribute) != 1:
+        return None
+    a = node.attribute[0]
+    if a.name == "value":
+        return numpy_helper.to_array(a.t)
+    if a.name in ("value_float", "value_floats"):
+        return np.asarray(helper.get_attribute_value(a), dtype=np.float32)
+    if a.name in ("value_int", "value_ints"):
+        return np.asarray(helper.get_attribute_value(a), dtype=np.int64)
+    return None  # sparse and string constants stay nodes
+
+
+def _constant_nodes_to_initializers(graph: onnx.GraphProto) -> int:
+    """Turn every ``Constant`` node of the main graph into an initializer of the same name; return the count."""
+    keep: list[onnx.NodeProto] = []
+    for n in graph.node:
+        value = _constant_value(n) if n.op_type == "Constant" and n.domain in ("", "ai.onnx") else None
+        if value is None:
+            keep.append(n)
+        else:
+            graph.initializer.append(numpy_helper.from_array(value, n.output[0]))
+    moved = len(graph.node) - len(keep)
+    if moved:
+        del graph.node[:]
+        graph.node.extend(keep)
+    return moved
+
+
+def _drop_identity_aliases(graph: onnx.GraphProto) -> int:
+    """Readers of ``Identity(initializer)`` read the initializer itself (the Identity is left for cleanup)."""
+    inits = {t.name for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias = {
+        n.output[0]: n.input[0]
+        for n in graph.node
+        if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs
+    }
+    if not alias:
+        return 0
+    kept = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    for n in graph.node:
+        for k, i in enumerate(n.input):
+            if i in alias:
+                n.input[k] = alias[i]
+    return len(alias)
+
+
+def _unshare(graph: onnx.GraphProto, weight_map: dict[str, dict]) -> int:
+    """Give every reader of a shared initializer its own copy; return the number of copies made."""
+    inits = {t.name: t for t in graph.initializer}
+    protected = {o.name for o in graph.output} | {i.name for i in graph.input}
+    taken = _taken_names(graph)
+    seen: set[str] = set()
+    copies = 0
+    for n in graph.node:
+        for k, name in enumerate(n.input):
+            if name not in inits or name in protected:
+                continue
+            if name not in seen:
+                seen.add(name)
+                continue
+            new = _unique(name, taken)
+            t = onnx.TensorProto()
+            t.CopyFrom(inits[name])
+            t.name = new
+            graph.initializer.append(t)
+            n.input[k] = new
+            if name in weight_map:
+                weight_map[new] = dict(weight_map[name])
+            copies += 1
+    return copies
+
+
+def _fold_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Replace shape-carrying integer inputs computable from static shapes by constants, to a fixed point."""
+    folded = 0
+    for _ in range(_MAX_FOLD_ROUNDS):
+        view = GraphView(model)
+        graph = model.graph
+        taken = _taken_names(graph)
+        new_inits: dict[str, str] = {}
+        changed = 0
+        for n in graph.node:
+            positions = _SHAPE_INPUTS.get(n.op_type, ())
+            for k in positions:
+                if k >= len(n.input) or not n.input[k]:
+                    continue
+                name = n.input[k]
+                if view.is_constant(name) or name in view.graph_inputs:
+                    continue
+                if name in new_inits:
+                    n.input[k] = new_inits[name]
+                    changed += 1
+                    continue
+                if view._types.get(name) not in _INT_TYPES:
+                    continue
+                value = view.value(name)
+                if value is None:
+                    continue
+                const = _unique(f"{name}_folded".lstrip("/"), taken)
+                graph.initializer.append(numpy_helper.from_array(np.asarray(value), const))
+                new_inits[name] = const
+                n.input[k] = const
+                changed += 1
+        if not changed:
+            break
+        folded += changed
+        _remove_dead(graph)
+    return model, folded
+
+
+def _remove_dead(graph: onnx.GraphProto) -> None:
+    """Drop nodes whose outputs nobody reads and initializers nobody reads (graph outputs count as read)."""
+    needed = {o.name for o in graph.output}
+    keep: list[onnx.NodeProto] = []
+    for n in reversed(graph.node):
+        if any(o in needed for o in n.output) or _has_subgraph(n):
+            keep.append(n)
+            needed.update(i for i in n.input if i)
+            needed.update(_subgraph_reads(n))
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(reversed(keep))
+    inits = [t for t in graph.initializer if t.name in needed]
+    if len(inits) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(inits)
+
+
+def _has_subgraph(n: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)
+
+
+def _subgraph_reads(n: onnx.NodeProto) -> set[str]:
+    out: set[str] = set()
+    for a in n.attribute:
+        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for g in graphs:
+            for m in g.node:
+                out.update(i for i in m.input if i)
+                out.update(_subgraph_reads(m))
+    return out
+
+
+def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The canonical form of ``model`` (a new model; ``model`` is not changed). It computes the same function.
+
+    Idempotent: the canonical form of a canonical model is equal to it.
+    """
+    out = _copy(model)
+    graph = out.graph
+    del graph.value_info[:]
+    meta = read_metadata(out)
+    weight_map = dict(meta.get("weight_map") or {})
+    moved = _constant_nodes_to_initializers(graph)
+    aliases = _drop_identity_aliases(graph)
+    _remove_dead(graph)
+    out, folded = _fold_shapes(out)
+    copies = _unshare(out.graph, weight_map)
+    if copies and "weight_map" in meta:
+        write_metadata(out, {"weight_map": weight_map})
+    if moved or aliases or folded or copies:
+        log.info(
+            "canonical form: %d Constant node(s) as initializers, %d Identity alias(es) removed, %d shape input(s) "
+            "folded, %d shared initializer(s) given one copy per reader",
+            moved,
+            aliases,
+            folded,
+            copies,
+        )
+    return out
+
+
+def merge_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Storage form, in place and returned: initializers with equal type, dims and bytes become one.
+
+    The first in initializer order keeps its name; its ``vitseg.weight_map`` entry takes the torch sources of every
+    initializer merged into it.
+    """
+    graph = model.graph
+    protected = {o.name for o in graph.output} | {i.name for i in graph.input}
+    first: dict[tuple[int, tuple[int, ...], str], str] = {}
+    rename: dict[str, str] = {}
+    for t in graph.initializer:
+        if t.name in protected or t.external_data:
+            continue
+        raw = t.raw_data if t.HasField("raw_data") else numpy_helper.from_array(numpy_helper.to_array(t)).raw_data
+        key = (t.data_type, tuple(t.dims), hashlib.sha1(raw).hexdigest())
+        if key in first:
+            rename[t.name] = first[key]
+        else:
+            first[key] = t.name
+    if not rename:
+        return model
+    for n in graph.node:
+        for k, i in enumerate(n.input):
+            if i in rename:
+                n.input[k] = rename[i]
+    kept = [t for t in graph.initializer if t.name not in rename]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    meta = read_metadata(model)
+    if isinstance(meta.get("weight_map"), dict):
+        wmap = dict(meta["weight_map"])
+        for old, new in rename.items():
+            if old in wmap:
+                wmap[new] = merge_sources(wmap.get(new), wmap.pop(old))
+        write_metadata(model, {"weight_map": wmap})
+    log.info("merged %d initializer(s) equal to another one", len(rename))
+    return model
