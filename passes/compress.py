@@ -33,7 +33,7 @@ from passes._core.budget import Allocation, BudgetConfig, CostModel, Layer, Term
 from passes._core.canonical import canonicalize
 from passes._core.channels import ChannelAnalysis
 from passes._core.cli import make_parser, run_pass_cli
-from passes._core.errors import PassError
+from passes._core.errors import PassError, UsageError
 from passes._core.report import PassReport
 from passes._core.stats import graph_stats
 from passes.slice_channels import (
@@ -67,25 +67,25 @@ class CompressConfig:
     def validate(self) -> None:
         given = [n for n in ("target_flops", "target_params", "plan") if getattr(self, n) is not None]
         if len(given) != 1:
-            raise PassError("give exactly one of --target-flops, --target-params or --plan.")
+            raise UsageError("give exactly one of --target-flops, --target-params or --plan.")
         for name in ("target_flops", "target_params"):
             v = getattr(self, name)
             if v is not None and not 0.0 < v <= 1.0:
-                raise PassError(
+                raise UsageError(
                     f"--{name.replace('_', '-')} {v}: the fraction of the model to keep must be in (0, 1] "
                     "(e.g. 0.2 keeps a fifth)."
                 )
         bad = [u for u in self.units if u not in KINDS]
         if bad or not self.units:
-            raise PassError(f"--units {','.join(self.units)}: choose from {','.join(KINDS)}.")
+            raise UsageError(f"--units {','.join(self.units)}: choose from {','.join(KINDS)}.")
         if self.scope not in SCOPES:
-            raise PassError(f"--scope {self.scope!r}: use one of {', '.join(SCOPES)}.")
+            raise UsageError(f"--scope {self.scope!r}: use one of {', '.join(SCOPES)}.")
         if self.importance not in IMPORTANCES:
-            raise PassError(f"--importance {self.importance!r}: use one of {', '.join(IMPORTANCES)}.")
+            raise UsageError(f"--importance {self.importance!r}: use one of {', '.join(IMPORTANCES)}.")
         if self.allocation not in ("lamp", "uniform"):
-            raise PassError(f"--allocation {self.allocation!r}: use lamp or uniform.")
+            raise UsageError(f"--allocation {self.allocation!r}: use lamp or uniform.")
         if not 0.0 <= self.floor < 1.0:
-            raise PassError(f"--floor {self.floor}: the per-layer minimum kept fraction must be in [0, 1).")
+            raise UsageError(f"--floor {self.floor}: the per-layer minimum kept fraction must be in [0, 1).")
 
 
 @dataclass

@@ -454,9 +454,8 @@ def convert_fp16(
     report = PassReport("fp16", columns=["op", "nodes", "fp16", "fp32"])
     reason = already_fp16(model)
     if reason is not None:
-        report.notes.append(
-            f"already FP16 ({reason}): returned unchanged. To convert with other options, start from the FP32 model."
-        )
+        report.nothing_to_do = f"already FP16 ({reason}). To convert with other options, start from the FP32 model"
+        report.notes.append(report.nothing_to_do + ": returned unchanged.")
         stats = graph_stats(model)
         report.params_before = report.params_after = stats.params
         report.flops_before = report.flops_after = stats.flops

@@ -37,7 +37,7 @@ from passes._core.budget import Allocation, BudgetConfig, CostModel, Layer, Term
 from passes._core.canonical import canonicalize, merge_constants
 from passes._core.channels import ChannelAnalysis, ChannelGroup, CutResult, apply_channel_cuts, keep_top
 from passes._core.cli import make_parser, run_pass_cli
-from passes._core.errors import PassError
+from passes._core.errors import PassError, UsageError
 from passes._core.finalize import finalize
 from passes._core.plan import read_plan, write_plan
 from passes._core.report import PassReport
@@ -67,30 +67,30 @@ class SliceChannelsConfig:
     def validate(self) -> None:
         modes = [m for m in ("ratio", "plan", "target_flops", "target_params") if getattr(self, m) is not None]
         if len(modes) != 1:
-            raise PassError(
+            raise UsageError(
                 "give exactly one of --ratio, --plan, --target-flops, --target-params"
                 + (f" (got {', '.join(modes)})" if modes else "")
             )
         if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
-            raise PassError(
+            raise UsageError(
                 f"--ratio {self.ratio}: the fraction of each layer's channels to remove must be in [0, 1) "
                 "(0 keeps everything; 1 would empty the layers)."
             )
         for name in ("target_flops", "target_params"):
             v = getattr(self, name)
             if v is not None and not 0.0 < v <= 1.0:
-                raise PassError(
+                raise UsageError(
                     f"--{name.replace('_', '-')} {v}: the fraction of the model to keep must be in (0, 1] "
                     "(e.g. 0.25 keeps a quarter)."
                 )
         if self.scope not in SCOPES:
-            raise PassError(f"--scope {self.scope!r}: use one of {', '.join(SCOPES)}.")
+            raise UsageError(f"--scope {self.scope!r}: use one of {', '.join(SCOPES)}.")
         if self.importance not in IMPORTANCES:
-            raise PassError(f"--importance {self.importance!r}: use one of {', '.join(IMPORTANCES)}.")
+            raise UsageError(f"--importance {self.importance!r}: use one of {', '.join(IMPORTANCES)}.")
         if self.allocation not in ("lamp", "uniform"):
-            raise PassError(f"--allocation {self.allocation!r}: use lamp or uniform.")
+            raise UsageError(f"--allocation {self.allocation!r}: use lamp or uniform.")
         if not 0.0 <= self.floor < 1.0:
-            raise PassError(f"--floor {self.floor}: the per-layer minimum kept fraction must be in [0, 1).")
+            raise UsageError(f"--floor {self.floor}: the per-layer minimum kept fraction must be in [0, 1).")
 
 
 # ---------------------------------------------------------------------------------------------------- building blocks
@@ -283,6 +283,8 @@ def slice_channels(
     decision = decide_channels(model, config, stats)
     report = PassReport(PASS_NAME, params_before=stats.params, flops_before=stats.flops)
     report.notes.extend(decision.notes)
+    if not decision.analysis.prunable(config.scope) and config.plan is None:
+        report.nothing_to_do = f"nothing to prune: no conv channel group in scope {config.scope!r} can be cut"
     for g in decision.analysis.groups:
         if g.blocked and (config.scope == "all" or g.scope == config.scope):
             report.skip(g.name, "; ".join(g.blocked))

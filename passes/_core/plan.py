@@ -7,8 +7,13 @@ Format (version 1)::
       "heads":    {"<attention module path>": {"kept": [0, 2], "total": 4}},
       "neurons":  {"<mlp module path>":       {"kept": [...],  "total": 288}},
       "channels": {"<conv module path>":      {"kept": [...],  "total": 128}},
-      "slices":   {"<torch parameter or buffer name>": {"<axis>": [kept indices]}}
+      "slices":   {"<torch parameter or buffer name>": {"<axis>": [kept indices]}},
+      "fingerprint": {"heads": {"<attention module path>": [heads in the original model, head size]},
+                      "neurons": {"<mlp module path>": [neurons in the original model, 1]}}
     }
+
+``fingerprint`` records every prunable unit of the model a pass ran on, so that a plan applied to another model
+(MobileViT-S's heads plan on XXS: same block names, other head sizes) is refused with the difference named.
 
 Every index list is relative to the ORIGINAL unpruned model, so plans from successive passes compose
 (:func:`merge_plans`) and the torch side can rebuild the pruned structure from the unpruned configuration:
@@ -63,6 +68,11 @@ def merge_plans(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any
                 out[section][unit] = copy.deepcopy(entry)
             else:
                 prev["kept"] = _compose(prev["kept"], entry["kept"])
+    for section, units in (later.get("fingerprint") or {}).items():
+        # what the ORIGINAL model held: an earlier pass's record of a unit wins over a later (pruned) view
+        fp = out.setdefault("fingerprint", {}).setdefault(section, {})
+        for uid, entry in units.items():
+            fp.setdefault(uid, entry)
     for tensor, axes in later.get("slices", {}).items():
         cur = out["slices"].setdefault(tensor, {})
         for axis, kept in axes.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ class PassReport:
     skipped: list[SkipReason] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: set when the pass found nothing it can act on (the CLI then writes nothing and exits 1): why
+    nothing_to_do: str | None = None
 
     def skip(self, where: str, reason: str) -> None:
         self.skipped.append(SkipReason(where, reason))
@@ -48,27 +51,56 @@ class PassReport:
         """Write the report as JSON, atomically."""
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
 
+    def _totals(self) -> str:
+        return (
+            f"params {self.params_before:,} -> {self.params_after:,} "
+            f"({_ratio(self.params_after, self.params_before)}), "
+            f"FLOPs {self.flops_before / 1e9:.3f}G -> {self.flops_after / 1e9:.3f}G "
+            f"({_ratio(self.flops_after, self.flops_before)})"
+        )
+
+    def summary(self) -> str:
+        """A few lines: what changed, the totals, skips counted by reason, notes (the CLI's default output)."""
+        lines = [f"{self.pass_name}: {'modified' if self.modified else 'unchanged'}"]
+        if self.rows:
+            lines[0] += f" ({len(self.rows)} row(s) in the full report)"
+        if self.params_before:
+            lines.append(self._totals())
+        if self.skipped:
+            counts: dict[str, int] = {}
+            for s in self.skipped:
+                key = _clip(re.sub(r"'[^']*'", "'…'", s.reason), 100)
+                counts[key] = counts.get(key, 0) + 1
+            lines.append(f"skipped {len(self.skipped)}:")
+            for reason, n in sorted(counts.items(), key=lambda kv: -kv[1])[:5]:
+                lines.append(f"  {n} x {reason}")
+            if len(counts) > 5:
+                lines.append(f"  ... and {len(counts) - 5} other reason(s)")
+        lines.extend(_clip(n, 300) for n in self.notes)
+        if self.rows or self.skipped:
+            lines.append("details: -v, or --report FILE.json")
+        return "\n".join(lines)
+
     def format(self) -> str:
-        """A human-readable table of the rows, the totals and the skips."""
+        """A human-readable table of the rows (cells clipped to keep it readable), the totals and the skips."""
         lines = [f"{self.pass_name}: {'modified' if self.modified else 'unchanged'}"]
         if self.rows:
             cols = self.columns or list(self.rows[0])
-            cells = [[_fmt(r.get(c, "")) for c in cols] for r in self.rows]
+            cells = [[_clip(_fmt(r.get(c, "")), 40) for c in cols] for r in self.rows]
             widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
             lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
             lines.append("  ".join("-" * w for w in widths))
             lines.extend("  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells)
         if self.params_before:
-            lines.append(
-                f"params {self.params_before:,} -> {self.params_after:,} "
-                f"({_ratio(self.params_after, self.params_before)}), "
-                f"FLOPs {self.flops_before / 1e9:.3f}G -> {self.flops_after / 1e9:.3f}G "
-                f"({_ratio(self.flops_after, self.flops_before)})"
-            )
+            lines.append(self._totals())
         for s in self.skipped:
             lines.append(f"skipped {s.where}: {s.reason}")
         lines.extend(self.notes)
         return "\n".join(lines)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _fmt(v: Any) -> str:

@@ -39,7 +39,7 @@ from onnx import numpy_helper
 from exporters.metadata import append_history, claim_sources, pick_source, read_metadata, weight_sources, write_metadata
 from passes._core.canonical import canonicalize, merge_constants
 from passes._core.dims import ELEMENTWISE, Dim, DimGroup, TraceError, apply_groups, kept_positions, trace, unit_inner
-from passes._core.errors import PassError
+from passes._core.errors import PassError, UsageError
 from passes._core.finalize import finalize
 from passes._core.graph import GraphView, NodeRef
 from passes._core.plan import read_plan, write_plan
@@ -397,13 +397,13 @@ class UnitPruneConfig:
     def validate(self) -> None:
         given = [x for x in (self.keep, self.ratio, self.keep_sets, self.plan) if x is not None]
         if len(given) != 1:
-            raise PassError("give exactly one of --keep, --ratio or --plan (keep_sets in the Python API).")
+            raise UsageError("give exactly one of --keep, --ratio or --plan (keep_sets in the Python API).")
         if self.norm not in NORMS:
-            raise PassError(f"unknown norm {self.norm!r}; use one of {', '.join(NORMS)}.")
+            raise UsageError(f"unknown norm {self.norm!r}; use one of {', '.join(NORMS)}.")
         if self.keep is not None and (isinstance(self.keep, bool) or int(self.keep) < 1):
-            raise PassError(f"--keep {self.keep}: every block must keep at least 1; give a count >= 1.")
+            raise UsageError(f"--keep {self.keep}: every block must keep at least 1; give a count >= 1.")
         if self.ratio is not None and not (0.0 <= float(self.ratio) < 1.0):
-            raise PassError(f"--ratio {self.ratio}: the fraction removed must be in [0, 1).")
+            raise UsageError(f"--ratio {self.ratio}: the fraction removed must be in [0, 1).")
 
 
 def _check_indices(uid: str, kept: Any, total: int, what: str) -> list[int]:
@@ -455,6 +455,40 @@ def plan_to_keep_sets(model: onnx.ModelProto, plan: Mapping[str, Any], kind: str
     return out
 
 
+def fingerprint(model: onnx.ModelProto, units: Sequence[PruneUnit]) -> dict[str, list[int]]:
+    """``{unit id: [units in the original model, unit size]}`` of the prunable units: what a plan was made for."""
+    stored = read_plan(model)
+    out = {}
+    for u in units:
+        if u.prunable:
+            prev = stored.get(SECTION[u.kind], {}).get(u.id)
+            out[u.id] = [int(prev["total"]) if prev else u.count, u.unit_size]
+    return out
+
+
+def check_fingerprint(model: onnx.ModelProto, units: Sequence[PruneUnit], plan: Mapping[str, Any], kind: str) -> None:
+    """Raise :class:`PassError` naming the differences when ``plan`` was made for a model with other units."""
+    made_for = (plan.get("fingerprint") or {}).get(SECTION.get(kind, kind)) if isinstance(plan, Mapping) else None
+    if not made_for:
+        return
+    here = fingerprint(model, units)
+    diffs = []
+    for uid in sorted(set(made_for) | set(here)):
+        a, b = made_for.get(uid), here.get(uid)
+        if a is None:
+            diffs.append(f"{uid} is not in the plan's model")
+        elif b is None:
+            diffs.append(f"{uid} is not prunable in this model")
+        elif list(a) != list(b):
+            diffs.append(f"{uid}: {a[0]} {kind} of size {a[1]} there, {b[0]} of size {b[1]} here")
+    if diffs:
+        more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+        raise PassError(
+            f"the plan was made for another model: {'; '.join(diffs[:3])}{more}. Make the plan on this model, or "
+            "apply it to the model it was made for."
+        )
+
+
 def resolve_keep_sets(
     model: onnx.ModelProto, units: Sequence[PruneUnit], config: UnitPruneConfig
 ) -> dict[str, list[int]]:
@@ -478,6 +512,8 @@ def resolve_keep_sets(
             n = int(config.keep) if config.keep is not None else keep_count(u.count, float(config.ratio))  # type: ignore[arg-type]
             out[u.id] = select_top(scores[u.id], n)
         return out
+    if config.plan is not None:
+        check_fingerprint(model, units, config.plan, what)
     requested = (
         dict(config.keep_sets) if config.keep_sets is not None else plan_to_keep_sets(model, config.plan or {}, what)
     )
@@ -597,9 +633,18 @@ def prune_units(
     prunable = [u for u in units if u.prunable]
     if not prunable:
         what = "attention block" if kind == "heads" else "transformer MLP"
-        report.notes.append(
-            f"nothing to prune: no {what} found" if not units else f"nothing to prune: every {what} was skipped"
+        report.nothing_to_do = (
+            f"nothing to prune: no {what} found (a {what} is found from "
+            + (
+                "a Softmax over the keys of [..., heads, N, M] scores"
+                if kind == "heads"
+                else "a linear layer whose output reaches exactly one other linear layer through elementwise ops"
+            )
+            + ")"
+            if not units
+            else f"nothing to prune: every {what} was skipped (the reasons are listed above)"
         )
+        report.notes.append(report.nothing_to_do)
         if config.keep_sets or config.plan:
             resolve_keep_sets(model, units, config)  # still reject plans naming blocks this model lacks
         out = onnx.ModelProto()
@@ -637,6 +682,7 @@ def prune_units(
     folded = sum(1 for u in prunable if u.id in changed for e in u.group.shape_edits if e.folded)  # type: ignore[union-attr]
     if folded:
         report.notes.append(f"{folded} shape vector(s) computed at run time were folded to constants (static model)")
+    plan["fingerprint"] = {SECTION[kind]: fingerprint(model, units)}
     write_plan(new, plan)
     append_history(
         new, {"pass": pass_name, section_key(kind): {k: v["kept"] for k, v in changed.items()}, "norm": config.norm}

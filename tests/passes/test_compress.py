@@ -93,7 +93,7 @@ def test_cli_bad_inputs(exported, tmp_path: Path, capsys: pytest.CaptureFixture[
         ([], "give exactly one of"),
         (["--target-flops", "0.5", "--units", "heads,filters"], "--units"),
     ]:
-        assert main([src, "-o", out, *extra]) == 1, extra
+        assert main([src, "-o", out, *extra]) == 2, extra  # usage errors
         assert message in capsys.readouterr().err
     plan = tmp_path / "p.json"
     plan.write_text('{"channels": {"decoder.fusion.0": {"kept": [0, 1], "total": 7}}}')

@@ -201,13 +201,14 @@ def test_trained_model_keeps_pixel_agreement(trained, tmp_path: Path) -> None:
 
 
 def test_second_application_changes_nothing(exported, tmp_path: Path) -> None:
-    """FP16 in -> "already FP16", the written file is byte-identical to the input."""
+    """FP16 in -> "already FP16": the API returns the model unchanged, the CLI writes nothing and exits 1."""
     src = exported(opset=17)
     once = tmp_path / "once.onnx"
     twice = tmp_path / "twice.onnx"
     assert main([str(src), "-o", str(once)]) == 0
-    assert main([str(once), "-o", str(twice), "--report", str(tmp_path / "r.json")]) == 0
-    assert once.read_bytes() == twice.read_bytes()
+    # nothing to do: exit 1, nothing written (the one policy of every pass)
+    assert main([str(once), "-o", str(twice), "--report", str(tmp_path / "r.json")]) == 1
+    assert not twice.exists() and not (tmp_path / "r.json").exists()
     model = onnx.load(str(once))
     assert already_fp16(model) is not None
     again, report = convert_fp16(model)

@@ -198,7 +198,10 @@ def test_cli_prunes_and_writes_report(exported, tmp_path: Path, capsys) -> None:
     before = _digest(src)
     out, rep = tmp_path / "out.onnx", tmp_path / "r.json"
     assert main([str(src), "-o", str(out), "--ratio", "0.5", "--report", str(rep)]) == 0
-    assert "backbone.stages.4.1.transformer.2.attn" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "prune_heads: modified" in printed and "transformer.2.attn" not in printed  # quiet: a summary
+    assert main([str(src), "-o", str(tmp_path / "v.onnx"), "--ratio", "0.5", "-v"]) == 0
+    assert "backbone.stages.4.1.transformer.2.attn" in capsys.readouterr().out  # -v: the full table
     assert _digest(src) == before
     data = json.loads(rep.read_text())
     assert data["modified"] and all(r["heads_after"] == 2 for r in data["rows"])
@@ -213,24 +216,37 @@ def test_cli_prunes_and_writes_report(exported, tmp_path: Path, capsys) -> None:
 def test_cli_nothing_to_prune_on_a_cnn(tmp_path: Path, capsys) -> None:
     src = tmp_path / "cnn.onnx"
     onnx.save(cnn_model(), str(src))
-    assert main([str(src), "-o", str(tmp_path / "o.onnx"), "--keep", "1"]) == 0
-    assert "nothing to prune" in capsys.readouterr().out
-    assert onnx.load(str(tmp_path / "o.onnx")).graph.node[0].op_type == "Conv"
+    assert main([str(src), "-o", str(tmp_path / "o.onnx"), "--keep", "1"]) == 1
+    assert "nothing to prune: no attention block found" in capsys.readouterr().err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_cli_default_output_beside_the_input(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "mha.onnx"
+    onnx.save(mha_model(blocks=2), str(src))
+    assert main([str(src), "--keep", "2"]) == 0
+    out = tmp_path / "mha.prune_heads.onnx"
+    assert f"wrote {out}" in capsys.readouterr().out and out.is_file()
+    stamp = out.stat().st_mtime_ns
+    assert main([str(src), "--keep", "1"]) == 2  # never replaces a file without --force
+    assert "--force" in capsys.readouterr().err and out.stat().st_mtime_ns == stamp
+    assert main([str(src), "--keep", "1", "--force"]) == 0
+    assert len(read_plan(onnx.load(str(out)))["heads"]["graph:Softmax_11"]["kept"]) == 1
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "code"),
     [
-        (["--keep", "0"], "at least 1"),
-        (["--keep", "5"], "above the 4 heads"),
-        (["--ratio", "1.0"], "[0, 1)"),
-        (["--plan", "PLAN_UNKNOWN"], "unknown block"),
-        (["--plan", "PLAN_RANGE"], "out of range"),
-        (["--plan", "PLAN_EMPTY"], "at least one"),
-        (["--plan", "missing.json"], "no such file"),
+        (["--keep", "0"], "at least 1", 2),
+        (["--keep", "5"], "above the 4 heads", 1),
+        (["--ratio", "1.0"], "[0, 1)", 2),
+        (["--plan", "PLAN_UNKNOWN"], "unknown block", 1),
+        (["--plan", "PLAN_RANGE"], "out of range", 1),
+        (["--plan", "PLAN_EMPTY"], "at least one", 1),
+        (["--plan", "missing.json"], "no such file", 1),
     ],
 )
-def test_cli_bad_options_exit_1(tmp_path: Path, capsys, args: list[str], message: str) -> None:
+def test_cli_bad_options(tmp_path: Path, capsys, args: list[str], message: str, code: int) -> None:
     src = tmp_path / "mha.onnx"
     onnx.save(mha_model(blocks=2), str(src))
     before = _digest(src)
@@ -243,7 +259,7 @@ def test_cli_bad_options_exit_1(tmp_path: Path, capsys, args: list[str], message
     for name, plan in plans.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(plan))
     out = tmp_path / "o.onnx"
-    assert main([str(src), "-o", str(out), *args]) == 1
+    assert main([str(src), "-o", str(out), *args]) == code  # 2: usage error, 1: not for this model
     assert message in capsys.readouterr().err
     assert _digest(src) == before and not out.exists()
 

@@ -124,9 +124,8 @@ def test_cli_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         main([str(path), "-o", str(tmp_path / "o.onnx"), "--backend", "polygraphy"])
     assert exc.value.code == 2
-    with pytest.raises(SystemExit) as exc:
-        main([str(path)])  # -o is required
-    assert exc.value.code == 2
+    assert main([str(path)]) == 0 and (tmp_path / "m.simplify.onnx").is_file()  # default output beside the input
+    assert main([str(path)]) == 2  # which is never replaced without --force
     assert main([str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "o.onnx")]) == 1
     with pytest.raises(PassError, match="unknown backend"):
         simplify(conv_model(), SimplifyConfig(backend="nope"))

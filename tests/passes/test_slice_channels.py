@@ -278,7 +278,7 @@ def test_cli_bad_inputs(exported, tmp_path: Path, capsys: pytest.CaptureFixture[
         (["--ratio", "0.5", "--target-flops", "0.5"], "give exactly one of"),
     ]
     for extra, message in cases:
-        assert main([src, "-o", out, *extra]) == 1, extra
+        assert main([src, "-o", out, *extra]) == 2, extra  # usage errors
         assert message in capsys.readouterr().err
     plans = [
         ({"channels": {"decoder.fusion.0": {"kept": [0, 1], "total": 64}}}, "has 128 channels here"),
