@@ -48,7 +48,7 @@ def _export(model: str, size: int, path: Path, seed: int) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import onnx
 
-    from passes._core.io import save_model
+    from fileformat.io import save_model
     from passes.compress import CompressConfig, compress
     from runtime.bench import BenchConfig, benchmark
 

@@ -29,9 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exporters.export import ExportOptions, export_torch_model  # noqa: E402
+from fileformat.params import count_params  # noqa: E402
 from models.registry import build_model, get_config  # noqa: E402
 from passes._core.graph import GraphView  # noqa: E402
-from passes._core.stats import count_params  # noqa: E402
 from passes.prune_heads import PruneHeadsConfig, prune_heads  # noqa: E402
 
 log = logging.getLogger("bench_prune_heads")

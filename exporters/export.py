@@ -26,13 +26,13 @@ import onnx
 import torch
 from torch import nn
 
-from exporters.metadata import write_metadata
 from exporters.opset import to_opset
 from exporters.weight_map import build_weight_map
+from fileformat.metadata import write_metadata
+from fileformat.targets import UnknownTargetError, get_target
 from models.constants import CLASS_NAMES, MEAN, STD
 from models.registry import ModelConfig, Segmentor, UnknownModelError, build_model, get_config, model_size
 from models.weights import WeightsError
-from runtime.targets import UnknownTargetError, get_target
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def export_torch_model(
             f"onnxruntime differs from torch by {err:.3g} (max abs), over the tolerance {opts.tolerance:g}; "
             "nothing was written. Try the other exporter, or report the model configuration."
         )
-    from passes._core.io import save_model
+    from fileformat.io import save_model
 
     save_model(proto, out)
     size = model_size(model, opts.input_size, config.name)

@@ -17,7 +17,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from exporters.metadata import make_entry
+from fileformat.metadata import make_entry
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def build_weight_map(proto: onnx.ModelProto, model: nn.Module) -> dict[str, dict
 
     Returns ``{initializer: {"param": torch name, "transposed": bool, "folded_bn": bn module name or None}}``.
     Exact value matches (the same name first), else Conv+BN folds within float32 rounding. Every match after the
-    first is listed under ``"alts"`` (see :func:`exporters.metadata.weight_sources`): the exporters store equal
+    first is listed under ``"alts"`` (see :func:`fileformat.metadata.weight_sources`): the exporters store equal
     tensors once. Initializers that are not weights (pooling matrices, scale constants) are left out.
     """
     cands = _candidates(model)

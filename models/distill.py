@@ -480,7 +480,7 @@ def distill(cfg: DistillConfig, *, resume: str | Path | None = None) -> DistillR
 
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        from passes._core.io import atomic_write_text
+        from fileformat.io import atomic_write_text
 
         atomic_write_text(out / CONFIG_FILE, json.dumps({**cfg.to_dict(), "bn_frozen": frozen}, indent=1) + "\n")
     tcfg = TrainConfig(

@@ -1,7 +1,7 @@
 """The torch side of the plan round-trip: rebuild a pruned ONNX file's structure (and weights) as a torch model.
 
 The ONNX passes cut heads, MLP neurons and conv channels on the graph and record what they kept as the plan
-(``passes._core.plan``, metadata ``vitseg.plan``); every index is relative to the ORIGINAL unpruned model. This
+(``fileformat.plan``, metadata ``vitseg.plan``); every index is relative to the ORIGINAL unpruned model. This
 module replays that plan on the torch model built from the recorded configuration:
 
 * :func:`apply_plan` slices every tensor named in ``plan["slices"]`` (``t' = index_select(t, axis, kept)`` per axis)
@@ -49,7 +49,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from exporters.metadata import weight_sources
+from fileformat.metadata import weight_sources
 from models.registry import ModelConfig, Segmentor
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def _indices(where: str, kept: Any, total: int) -> list[int]:
 def normalize_plan(plan: dict[str, Any]) -> dict[str, Any]:
     """Check the plan's container format (version, sections) and return a deep copy with all sections present."""
     if not isinstance(plan, dict):
-        raise PlanError(f"a plan is a dict (passes._core.plan format), got {type(plan).__name__}.")
+        raise PlanError(f"a plan is a dict (fileformat.plan format), got {type(plan).__name__}.")
     version = plan.get("version", PLAN_VERSION)
     if version != PLAN_VERSION:
         raise PlanError(f"plan version {version!r} is not supported (this code reads version {PLAN_VERSION}).")
@@ -509,8 +509,8 @@ def load_onnx_weights(model: nn.Module, proto: onnx.ModelProto, weight_map: dict
 
 
 def _load(path: str | Path) -> onnx.ModelProto:
-    from passes._core.errors import PassError
-    from passes._core.io import load_model
+    from fileformat.errors import PassError
+    from fileformat.io import load_model
 
     try:
         return load_model(path)
@@ -525,8 +525,8 @@ def student_from_onnx(path: str | Path) -> tuple[Segmentor, dict[str, Any], dict
     (:func:`load_onnx_weights`). The result reproduces the file's outputs (float32 noise; see
     :func:`check_roundtrip`).
     """
-    from exporters.metadata import read_metadata
-    from passes._core.plan import read_plan
+    from fileformat.metadata import read_metadata
+    from fileformat.plan import read_plan
 
     proto = _load(path)
     meta = read_metadata(proto)
@@ -614,14 +614,13 @@ def _run(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 def check_roundtrip(onnx_path: str | Path, *, tolerance: float = 1e-4, seed: int = 0) -> RoundTripReport:
     """Rebuild ``onnx_path`` in torch, re-export it with the same options and compare the two ONNX files.
 
-    Compared: parameter counts (``passes._core.stats.count_params``), the shape of every weight initializer per
+    Compared: parameter counts (``fileformat.params.count_params``), the shape of every weight initializer per
     torch tensor name, and the onnxruntime outputs on two seeded inputs (max abs). Raises :class:`PlanError` when
     the file cannot be rebuilt; a rebuilt model that differs gives a report with ``ok`` false.
     """
     from exporters.export import ExportError, ExportOptions, export_torch_model
-    from exporters.metadata import read_metadata
-    from passes._core.canonical import canonicalize
-    from passes._core.stats import count_params
+    from fileformat.metadata import read_metadata
+    from fileformat.params import count_params
 
     src = _load(onnx_path)
     model, plan, meta = student_from_onnx(onnx_path)
@@ -657,9 +656,9 @@ def check_roundtrip(onnx_path: str | Path, *, tolerance: float = 1e-4, seed: int
         err = max(err, float(np.abs(_run(src, x) - _run(rebuilt, x)).max()))
     report = RoundTripReport(
         source=str(onnx_path),
-        # counted in canonical form (one copy per reader): how the exporter merged equal tensors is storage
-        params_onnx=count_params(canonicalize(src)),
-        params_rebuilt=count_params(canonicalize(rebuilt)),
+        # counted once per reader: how the exporter merged equal tensors is storage, not structure
+        params_onnx=count_params(src),
+        params_rebuilt=count_params(rebuilt),
         params_torch=sum(p.numel() for p in model.parameters()),
         shape_mismatches=mismatches,
         max_abs_error=err,
@@ -693,7 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         import json
 
-        from passes._core.io import atomic_write_text
+        from fileformat.io import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(report.to_dict(), indent=2) + "\n")
     return 0 if report.ok else 1

@@ -1,6 +1,6 @@
 """Can a device run this model? ``python -m passes.check_target model.onnx --target jetson-nano [--json r.json]``.
 
-Checks an ONNX file against a device profile (``runtime.targets``) and lists every reason the device cannot run it:
+Checks an ONNX file against a device profile (``fileformat.targets``) and lists every reason the device cannot run it:
 
 * **operators** a TensorRT target's ONNX parser does not import (tables below), ops from non-standard domains;
 * **opset** above what the target's parser takes;
@@ -49,10 +49,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from passes._core.errors import PassError
-from passes._core.io import atomic_write_text, load_model
+from fileformat.errors import PassError
+from fileformat.io import atomic_write_text, load_model
+from fileformat.targets import TARGETS, TargetProfile, UnknownTargetError, get_target
 from passes._core.stats import graph_stats
-from runtime.targets import TARGETS, TargetProfile, UnknownTargetError, get_target
 
 log = logging.getLogger(__name__)
 
@@ -594,7 +594,7 @@ def check_target(
 ) -> TargetCheck:
     """Check ``model`` against ``target`` (a profile or its name); the model is not modified.
 
-    Raises :class:`runtime.targets.UnknownTargetError` for an unknown target name.
+    Raises :class:`fileformat.targets.UnknownTargetError` for an unknown target name.
     """
     cfg = config or CheckConfig()
     profile = get_target(target) if isinstance(target, str) else target

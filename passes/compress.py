@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from exporters.metadata import append_history
+from fileformat.errors import PassError, UsageError
+from fileformat.metadata import append_history
 from passes._core.budget import Allocation, BudgetConfig, CostModel, Layer, Term, allocate
 from passes._core.canonical import canonicalize
 from passes._core.channels import ChannelAnalysis
 from passes._core.cli import make_parser, run_pass_cli
-from passes._core.errors import PassError, UsageError
 from passes._core.report import PassReport
 from passes._core.stats import graph_stats
 from passes.slice_channels import (
@@ -100,6 +100,19 @@ class CompressPlan:
     notes: list[str] = field(default_factory=list)
 
 
+def _unit_axes(model: onnx.ModelProto, kinds: Sequence[str]) -> dict[tuple[str, int], str]:
+    """``{(weight, axis): "<kind> of <unit>"}`` for every weight axis a prunable head block or MLP cuts."""
+    from passes._core.units import find_units
+
+    out: dict[tuple[str, int], str] = {}
+    for kind in kinds:
+        for u in find_units(model, kind):
+            if u.prunable and u.group is not None:
+                for ts in u.group.slices.values():
+                    out[(ts.tensor, ts.axis)] = f"{kind} of {u.id}"
+    return out
+
+
 def _unit_layers(
     model: onnx.ModelProto, kind: str, config: CompressConfig, budget: BudgetConfig
 ) -> tuple[list[Layer], list[Term], list[Term], list[str]]:
@@ -134,6 +147,9 @@ def plan_compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[Compr
     skipped: list[tuple[str, str]] = []
     out = CompressPlan()
     analysis = ChannelAnalysis(model)
+    claimed = _unit_axes(model, [k for k in ("heads", "neurons") if k in config.units])
+    if claimed and "channels" in config.units:
+        analysis.block_axes(claimed)
     names: dict[int, str] = {}
     groups = analysis.prunable(config.scope) if "channels" in config.units else []
     if groups:

@@ -45,9 +45,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from exporters.metadata import append_history, read_metadata
+from fileformat.errors import PassError
+from fileformat.metadata import append_history, read_metadata
 from passes._core.cli import make_parser, run_pass_cli
-from passes._core.errors import PassError
 from passes._core.finalize import finalize
 from passes._core.report import PassReport
 from passes._core.stats import graph_stats

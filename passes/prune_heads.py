@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from fileformat.errors import PassError
 from passes._core.cli import make_parser, run_pass_cli
-from passes._core.errors import PassError
 from passes._core.report import PassReport
 from passes._core.units import (
     AttentionBlock,

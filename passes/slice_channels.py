@@ -32,14 +32,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from exporters.metadata import append_history
+from fileformat.errors import PassError, UsageError
+from fileformat.metadata import append_history
+from fileformat.plan import read_plan, write_plan
 from passes._core.budget import Allocation, BudgetConfig, CostModel, Layer, Term, allocate
 from passes._core.canonical import canonicalize, merge_constants
 from passes._core.channels import ChannelAnalysis, ChannelGroup, CutResult, apply_channel_cuts, keep_top
 from passes._core.cli import make_parser, run_pass_cli
-from passes._core.errors import PassError, UsageError
 from passes._core.finalize import finalize
-from passes._core.plan import read_plan, write_plan
 from passes._core.report import PassReport
 from passes._core.stats import GraphStats, graph_stats
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from exporters.metadata import read_metadata
+from fileformat.metadata import read_metadata
 from models.constants import MEAN, STD
 from models.data import IMAGE_DIR, IMAGE_SUFFIXES, DataError, find_samples, load_image, normalize
 from runtime.session import resize_image

@@ -466,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(format_table(doc))
     if args.json:
-        from passes._core.io import atomic_write_text
+        from fileformat.io import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")
         print(f"wrote {args.json}")

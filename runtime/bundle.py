@@ -44,11 +44,11 @@ from typing import Any
 
 import onnx
 
-from exporters.metadata import read_metadata
-from passes._core.errors import PassError
-from passes._core.io import load_model
+from fileformat.errors import PassError
+from fileformat.io import load_model
+from fileformat.metadata import read_metadata
+from fileformat.targets import TARGETS, TargetProfile, get_target
 from passes.check_target import CheckConfig, TargetCheck, check_target
-from runtime.targets import TARGETS, TargetProfile, get_target
 from runtime.trt import fp32_selection, node_infos
 
 log = logging.getLogger(__name__)

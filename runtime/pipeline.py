@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from passes._core.io import atomic_write_text
+from fileformat.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 

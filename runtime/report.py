@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from passes._core.io import atomic_write_text
+from fileformat.io import atomic_write_text
 from passes._core.stats import graph_stats
 
 if TYPE_CHECKING:

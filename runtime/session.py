@@ -14,7 +14,7 @@ reference paper do at test time; it costs a ``C x H x W`` float buffer per image
 class map (integer ``N x H x W`` or ``N x 1 x H x W``) is resized with nearest neighbour instead.
 
 Where the size and normalisation come from, for an ONNX file: the ``vitseg.*`` metadata the exporter writes
-(``exporters.metadata``); else the input's declared static ``H x W`` (or each image's own size where it is dynamic)
+(``fileformat.metadata``); else the input's declared static ``H x W`` (or each image's own size where it is dynamic)
 and ImageNet mean/std from ``models.constants``; explicit constructor arguments override both.
 """
 
@@ -233,7 +233,7 @@ class OnnxSegmenter(Segmenter):
         import onnx
         import onnxruntime as ort
 
-        from exporters.metadata import read_metadata
+        from fileformat.metadata import read_metadata
 
         path = Path(path)
         if not path.is_file():

@@ -254,7 +254,7 @@ def build_engine(config: BuildConfig) -> BuildResult:
         engine, result.constrained_layers = build_serialized(
             config.onnx, config.fp16, config.workspace_mb, config.timing_cache, selection, fixed, config.batch, log.info
         )
-    from passes._core.io import atomic_write_text
+    from fileformat.io import atomic_write_text
 
     tmp = Path(config.output + ".tmp")
     tmp.write_bytes(engine)

@@ -16,7 +16,7 @@ What users bring differs from what the passes reason about in ways that change n
 :func:`merge_constants` is the way back to storage form: initializers with equal type, shape and bytes become one
 again (the reader count of a weight is never a modelling fact). Both keep ``vitseg.weight_map`` consistent: a copy
 inherits its original's torch sources, merged initializers take the union of theirs (see
-:mod:`exporters.metadata`).
+:mod:`fileformat.metadata`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from exporters.metadata import merge_sources, read_metadata, write_metadata
+from fileformat.metadata import merge_sources, read_metadata, write_metadata
 from passes._core.graph import GraphView
 
 log = logging.getLogger(__name__)

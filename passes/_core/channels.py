@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from exporters.metadata import claim_sources, pick_source, read_metadata, write_metadata
+from fileformat.metadata import claim_sources, pick_source, read_metadata, write_metadata
 from passes._core.graph import node_scope
 
 log = logging.getLogger(__name__)
@@ -994,6 +994,22 @@ class ChannelAnalysis:
 
     def group_of(self, space: int) -> int:
         return self.uf.find(space)
+
+    def block_axes(self, claimed: Mapping[tuple[str, int], str]) -> int:
+        """Block every group that touches a weight axis in ``claimed`` (``{(constant, axis): owner}``): that axis
+        belongs to another unit kind (an MLP's neurons, a block's heads) and is never claimed twice. Returns the
+        number of groups newly blocked."""
+        n = 0
+        for g in self.groups:
+            for t in g.touches:
+                base = self.consts.base(self.graph.node[t.node].input[t.input])
+                owner = claimed.get((base or "", t.axis))
+                if owner is not None:
+                    if g.prunable:
+                        n += 1
+                    g.blocked.append(f"its axis is cut as {owner} (one owner per weight axis)")
+                    break
+        return n
 
     def prunable(self, scope: str = "all") -> list[ChannelGroup]:
         """Groups that can be cut, restricted to ``scope`` (``all``, ``decoder`` or ``backbone``)."""

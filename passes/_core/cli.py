@@ -22,8 +22,8 @@ from pathlib import Path
 
 import onnx
 
-from passes._core.errors import PassError, UsageError
-from passes._core.io import check_output_path, load_model, save_model
+from fileformat.errors import PassError, UsageError
+from fileformat.io import check_output_path, load_model, save_model
 from passes._core.report import PassReport
 
 RunFn = Callable[[onnx.ModelProto, argparse.Namespace], tuple[onnx.ModelProto, PassReport]]

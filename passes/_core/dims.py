@@ -130,6 +130,14 @@ class SplitEdit:
     from_input: bool
 
 
+@dataclass(frozen=True)
+class GroupEdit:
+    """A depthwise Conv on the unit axis: its ``group`` attribute is the axis size."""
+
+    node: int
+    layout: Layout
+
+
 @dataclass
 class DimGroup:
     """Everything that carries one unit axis: tensors, nodes, and the edits that remove units."""
@@ -141,6 +149,7 @@ class DimGroup:
     slices: dict[str, TensorSlice] = field(default_factory=dict)
     shape_edits: list[ShapeEdit] = field(default_factory=list)
     split_edits: list[SplitEdit] = field(default_factory=list)
+    group_edits: list[GroupEdit] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # weights whose OUTPUT axis is the unit axis
     sinks: list[str] = field(default_factory=list)  # weights whose CONTRACTION axis is the unit axis
     flops: int = 0  # FLOPs of the contraction ops in the group (all of it scales with the unit count)
@@ -266,9 +275,11 @@ class _Tracer:
                 names = ", ".join(repr(r.name) for r in users)
                 raise TraceError(f"constant {name!r} is shared (read by {names}); a shared weight is never cut")
         for ref in (self.view.nodes[i] for i in sorted(g.nodes)):
-            if ref.node.op_type not in ("MatMul", "Gemm"):
+            if ref.node.op_type not in ("MatMul", "Gemm", "Conv"):
                 continue
             g.flops += self.view.node_flops(ref)
+            if ref.node.op_type == "Conv" and int(self.view.attrs(ref.node).get("group", 1)) != 1:
+                continue  # a depthwise filter goes with its channel: neither makes nor consumes the unit
             for pos in (0, 1):
                 w = ref.node.input[pos]
                 if w in g.slices and len(g._shapes[w]) >= 2:
@@ -757,7 +768,74 @@ def _reduce(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | 
     return out
 
 
+def _conv(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    """``Y[N, M, ...] = conv(X[N, C, ...], W[M, C/g, k...]) + B[M]`` on the channel axis (axis 1 of X and Y).
+
+    ``group == 1``: X's channels are contracted with W's axis 1 (the unit ends there); Y's channels come from W's
+    axis 0 and B. Depthwise (``group == C == M``): the channel passes through with W's axis 0 and B, and ``group``
+    follows the kept count. Other groupings, and the unit axis anywhere but the channels, are not followed.
+    """
+    n = ref.node
+    x, w, y = n.input[0], n.input[1], n.output[0]
+    b = n.input[2] if len(n.input) > 2 and n.input[2] else None
+    group = int(tr.view.attrs(n).get("group", 1))
+    sx, sw = tr.shape(ref, x), tr.shape(ref, w)
+    L = dim.layout
+    out: dict[str, Dim | None] = {x: None, w: None, y: None}
+    if b is not None:
+        out[b] = None
+    if not tr.view.is_constant(w) or (b is not None and not tr.view.is_constant(b)):
+        raise tr.fail(ref, "a Conv whose weight is computed at run time")
+    if known in (x, y) and dim.axis != 1:
+        raise tr.fail(ref, "the unit axis is a spatial or batch axis of a Conv")
+    if known == w and dim.axis not in (0, 1):
+        raise tr.fail(ref, "the unit axis is a kernel axis of a Conv")
+    if group == 1:
+        if known == x or (known == w and dim.axis == 1):
+            out.update({x: Dim(1, L), w: Dim(1, L)})
+        else:
+            out.update({y: Dim(1, L), w: Dim(0, L)})
+            if b is not None:
+                out[b] = Dim(0, L)
+        return out
+    if group == sx[1] == sw[0] and sw[1] == 1:
+        out.update({x: Dim(1, L), y: Dim(1, L), w: Dim(0, L)})
+        if b is not None:
+            out[b] = Dim(0, L)
+        tr.group.group_edits.append(GroupEdit(ref.index, canonical(L)))
+        return out
+    raise tr.fail(ref, f"a grouped Conv (group {group}) that is not depthwise")
+
+
+def _batchnorm(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    """BatchNormalization: the channel axis (1) passes through; scale, bias, mean and variance go with it."""
+    n = ref.node
+    x, y = n.input[0], n.output[0]
+    params = [i for i in n.input[1:5] if i]
+    if any(o for o in n.output[1:] if tr.view.consumers.get(o)):
+        raise tr.fail(ref, "uses the running-statistics outputs (training mode)")
+    if known in params:
+        if dim.axis != 0:
+            raise tr.fail(ref, "a BatchNormalization parameter that is not a vector")
+        dim = Dim(1, dim.layout)
+    elif dim.axis != 1:
+        raise tr.fail(ref, "normalises with statistics taken over the unit axis")
+    out: dict[str, Dim | None] = {x: dim, y: dim}
+    for p in params:
+        if not tr.view.is_constant(p):
+            raise tr.fail(ref, "BatchNormalization parameters computed at run time")
+        out[p] = Dim(0, dim.layout)
+    return out
+
+
 _RULES: dict[str, Rule] = {
+    "Conv": _conv,
+    "BatchNormalization": _batchnorm,
+    "ReduceL2": _reduce,
+    "ReduceL1": _reduce,
+    "ReduceSumSquare": _reduce,
+    "ReduceProd": _reduce,
+    "ReduceLogSumExp": _reduce,
     "Softmax": _softmax,
     "LogSoftmax": _softmax,
     "Transpose": _transpose,
@@ -832,6 +910,10 @@ def apply_groups(
             name = _unique(node.input[k] or f"{node.name}_shape", taken)
             graph.initializer.append(numpy_helper.from_array(np.array(vec, dtype=np.int64), name))
             node.input[k] = name
+        for e in group.group_edits:
+            for a in graph.node[e.node].attribute:
+                if a.name == "group":
+                    a.i = layout_size(e.layout, len(kept))
         for s in group.split_edits:
             node = graph.node[s.node]
             sizes = [layout_size(lay, len(kept)) for lay in s.layouts]

@@ -14,7 +14,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper
 
-from passes._core.errors import PassError
+from fileformat.errors import PassError
 
 # Initializers with more elements than this are set aside during cleanup and checks.
 _ASIDE_LIMIT = 4096

@@ -36,15 +36,22 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from exporters.metadata import append_history, claim_sources, pick_source, read_metadata, weight_sources, write_metadata
+from fileformat.errors import PassError, UsageError
+from fileformat.metadata import (
+    append_history,
+    claim_sources,
+    pick_source,
+    read_metadata,
+    weight_sources,
+    write_metadata,
+)
+from fileformat.params import count_params
+from fileformat.plan import read_plan, write_plan
 from passes._core.canonical import canonicalize, merge_constants
 from passes._core.dims import ELEMENTWISE, Dim, DimGroup, TraceError, apply_groups, kept_positions, trace, unit_inner
-from passes._core.errors import PassError, UsageError
 from passes._core.finalize import finalize
 from passes._core.graph import GraphView, NodeRef
-from passes._core.plan import read_plan, write_plan
 from passes._core.report import PassReport
-from passes._core.stats import count_params
 
 log = logging.getLogger(__name__)
 
@@ -243,20 +250,43 @@ def find_attention_blocks(model: onnx.ModelProto, view: GraphView | None = None)
 
 
 def _linear_weight(view: GraphView, ref: NodeRef) -> tuple[str, int] | None:
-    """(weight name, output features) of a MatMul/Gemm with a constant 2-D weight and a computed input."""
+    """(weight name, output features) of a linear layer with a constant weight and a computed input: a MatMul or
+    Gemm with a 2-D weight, or a 1x1 Conv without groups (the MLPs of ConvNeXt, FastViT, MobileViTv2, ...)."""
     n = ref.node
-    if n.op_type not in ("MatMul", "Gemm") or len(n.input) < 2 or view.is_constant(n.input[0]):
+    if n.op_type not in ("MatMul", "Gemm", "Conv") or len(n.input) < 2 or view.is_constant(n.input[0]):
         return None
     w = n.input[1]
     shape = view.shape(w)
-    if not view.is_constant(w) or shape is None or len(shape) != 2:
+    if not view.is_constant(w) or shape is None:
+        return None
+    if n.op_type == "Conv":
+        if len(shape) < 3 or any(k != 1 for k in shape[2:]) or int(view.attrs(n).get("group", 1)) != 1:
+            return None
+        return w, shape[0]
+    if len(shape) != 2:
         return None
     trans_b = n.op_type == "Gemm" and int(view.attrs(n).get("transB", 0))
     return w, shape[0] if trans_b else shape[1]
 
 
-def _mlp_sink(view: GraphView, start: str, limit: int = 64) -> NodeRef | None:
-    """The one linear layer that ``start`` reaches through elementwise ops only, else ``None``."""
+# ops an MLP's hidden activations may pass between fc1 and fc2 (besides elementwise ones): layout changes and
+# per-channel ops (LeViT's BatchNorm, SegFormer's depthwise conv in MixFFN); the tracer checks each exactly
+_MLP_PATH = {"BatchNormalization", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+
+
+def _on_mlp_path(view: GraphView, ref: NodeRef, depthwise: bool) -> bool:
+    n = ref.node
+    if n.op_type in ELEMENTWISE or n.op_type in _MLP_PATH:
+        return True
+    if n.op_type == "Conv" and depthwise:
+        w = view.shape(n.input[1]) if len(n.input) > 1 else None
+        return w is not None and len(w) >= 2 and w[1] == 1 and int(view.attrs(n).get("group", 1)) == w[0] > 1
+    return False
+
+
+def _mlp_sink(view: GraphView, start: str, limit: int = 64, depthwise: bool = False) -> NodeRef | None:
+    """The one linear layer that ``start`` reaches through elementwise and layout ops only (and depthwise convs
+    where ``depthwise``), else ``None``."""
     closure = {start}
     frontier = [start]
     sinks: dict[int, NodeRef] = {}
@@ -272,7 +302,7 @@ def _mlp_sink(view: GraphView, start: str, limit: int = 64) -> NodeRef | None:
             if k == 0 and _linear_weight(view, ref) is not None:
                 sinks[ref.index] = ref
                 continue
-            if ref.node.op_type not in ELEMENTWISE:
+            if not _on_mlp_path(view, ref, depthwise):
                 return None
             for o in ref.node.output:
                 if o and o not in closure:
@@ -297,7 +327,9 @@ def find_mlps(model: onnx.ModelProto, view: GraphView | None = None) -> list[Mlp
         if lin is None:
             continue
         w, hidden = lin
-        if _mlp_sink(view, ref.node.output[0]) is None:
+        # a depthwise conv between two token-wise linears is SegFormer's MixFFN; between two 1x1 convs it is a
+        # MobileNet inverted residual, whose channels slice_channels cuts
+        if _mlp_sink(view, ref.node.output[0], depthwise=ref.node.op_type != "Conv") is None:
             continue
         y = ref.node.output[0]
         shape = view.shape(y)
@@ -311,7 +343,8 @@ def find_mlps(model: onnx.ModelProto, view: GraphView | None = None) -> list[Mlp
             mlps.append(mlp)
             continue
         try:
-            group = trace(view, y, Dim(len(shape) - 1, ((hidden, True),)))
+            axis = 1 if ref.node.op_type == "Conv" else len(shape) - 1
+            group = trace(view, y, Dim(axis, ((hidden, True),)))
             if group.sources != [w] or len(group.sinks) != 1:
                 raise TraceError("the hidden axis reaches more than fc1 and one fc2")
             mlp.id = _unit_id(view, group, ref.name)
@@ -537,7 +570,7 @@ def torch_slices(
     """The plan's ``slices`` for one unit: ``{torch param: {axis: kept indices}}`` in torch layout.
 
     A tensor the exporter stored once for several torch tensors is the one of this unit's module
-    (:func:`exporters.metadata.pick_source`); ``sources`` receives ``{initializer: that source}``."""
+    (:func:`fileformat.metadata.pick_source`); ``sources`` receives ``{initializer: that source}``."""
     wmap = read_metadata(view.model).get("weight_map") or {}
     out: dict[str, dict[str, list[int]]] = {}
     assert unit.group is not None

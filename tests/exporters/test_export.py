@@ -13,8 +13,8 @@ import torch
 from onnx import numpy_helper
 
 from exporters.export import ExportError, ExportOptions, export, export_torch_model, onnx_vs_torch, torch_to_onnx
-from exporters.metadata import read_metadata
 from exporters.opset import to_opset
+from fileformat.metadata import read_metadata
 from models.constants import CLASS_NAMES, MEAN, STD
 from models.registry import ModelConfig, build_model, get_config, list_models
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from passes._core.plan import empty_plan, merge_plans
+from fileformat.plan import empty_plan, merge_plans
 
 ATTN = "backbone.stages.{s}.1.transformer.{b}.attn"
 MLP = "backbone.stages.{s}.1.transformer.{b}.mlp"

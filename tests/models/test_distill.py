@@ -15,14 +15,14 @@ import torch
 from _helpers_distill import combined_plan, perturb
 
 from exporters.export import ExportOptions, export_torch_model
-from exporters.metadata import read_metadata, write_metadata
+from fileformat.metadata import read_metadata, write_metadata
+from fileformat.params import count_params
 from models.data import iter_samples, normalize
 from models.distill import DistillConfig, DistillError, DistillObjective, distill, load_teacher, main
 from models.losses import LossConfig
 from models.prune_torch import apply_plan, student_from_onnx
 from models.registry import build_model
 from models.train import TrainConfig, load_checkpoint, train
-from passes._core.stats import count_params
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -29,10 +29,10 @@ from _helpers_distill import (
 from onnx import numpy_helper
 
 from exporters.export import ExportOptions, export_torch_model
-from exporters.metadata import read_metadata, write_metadata
+from fileformat.metadata import read_metadata, write_metadata
+from fileformat.plan import merge_plans
 from models.prune_torch import PlanError, apply_plan, check_roundtrip, load_onnx_weights, main, student_from_onnx
 from models.registry import Segmentor, build_model
-from passes._core.plan import merge_plans
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCKS = [(2, 0), (2, 1), (3, 0), (3, 3), (4, 2)]  # (stage, block) of MobileViT-XXS transformers

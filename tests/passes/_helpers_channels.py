@@ -13,8 +13,8 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from exporters.metadata import read_metadata, write_metadata
 from exporters.weight_map import build_weight_map
+from fileformat.metadata import read_metadata, write_metadata
 
 
 def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

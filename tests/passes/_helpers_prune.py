@@ -203,8 +203,8 @@ def cnn_model(seed: int = 0) -> onnx.ModelProto:
 def export_with_weight_map(net: torch.nn.Module, size: int, *, opset: int = 17, fused: bool = True) -> onnx.ModelProto:
     """Export a timm/torch model (legacy exporter) with the toolchain's weight map, so unit ids are torch paths."""
     from exporters.export import set_fused_attention, torch_to_onnx
-    from exporters.metadata import write_metadata
     from exporters.weight_map import build_weight_map
+    from fileformat.metadata import write_metadata
 
     set_fused_attention(net, fused)
     net.eval()

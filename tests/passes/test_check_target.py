@@ -11,10 +11,10 @@ import pytest
 from _helpers_deploy import conv_model, layernorm_reciprocal_model, qdq_model
 from onnx import TensorProto, helper
 
-from exporters.metadata import read_metadata
+from fileformat.metadata import read_metadata
+from fileformat.targets import UnknownTargetError, get_target
 from passes._core.stats import graph_stats
 from passes.check_target import TRT_SUPPORTED_OPS, _trt_table, check_target, main
-from runtime.targets import UnknownTargetError, get_target
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
+from fileformat.plan import read_plan
 from passes._core.channels import ChannelAnalysis
-from passes._core.plan import read_plan
 from passes._core.stats import graph_stats
 from passes._core.units import find_units, zero_units
 from passes.compress import CompressConfig, compress, main

@@ -15,7 +15,7 @@ import pytest
 from _helpers_precision import hot_conv, layernorm_sandwich, run_reference, trained_model
 from onnx import TensorProto, helper, numpy_helper
 
-from passes._core.errors import PassError
+from fileformat.errors import PassError
 from passes._core.finalize import cleanup
 from passes.fp16 import FP16_MAX, FP16Config, already_fp16, convert_fp16, find_layernorm_chains, main
 

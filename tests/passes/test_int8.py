@@ -11,7 +11,7 @@ import pytest
 from _helpers_precision import hot_conv, trained_model
 from onnx import TensorProto, numpy_helper
 
-from passes._core.errors import PassError
+from fileformat.errors import PassError
 from passes.int8 import Int8Config, classifier_convs, is_quantized, main, quantize_int8
 from runtime._calib import image_feeds, input_spec, list_images
 

@@ -26,10 +26,10 @@ from _helpers_prune import (
     vit_tiny,
 )
 
-from exporters.metadata import read_metadata
-from passes._core.errors import PassError
-from passes._core.plan import read_plan
-from passes._core.stats import count_params
+from fileformat.errors import PassError
+from fileformat.metadata import read_metadata
+from fileformat.params import count_params
+from fileformat.plan import read_plan
 from passes.prune_heads import PruneHeadsConfig, find_attention_blocks, head_importance, main, prune_heads, zero_heads
 
 XXS_HEADS = 9 * 4  # 2 + 4 + 3 transformer blocks of 4 heads

@@ -12,9 +12,9 @@ from _helpers_deploy import conv_model
 from onnx import numpy_helper
 
 import passes.simplify as simplify_mod
-from exporters.metadata import read_metadata
-from passes._core.errors import PassError
-from passes._core.plan import read_plan, write_plan
+from fileformat.errors import PassError
+from fileformat.metadata import read_metadata
+from fileformat.plan import read_plan, write_plan
 from passes.simplify import SimplifyConfig, main, simplify
 
 

@@ -19,10 +19,10 @@ from _helpers_channels import (
 )
 from onnx import numpy_helper
 
-from exporters.metadata import read_metadata
+from fileformat.errors import PassError
+from fileformat.metadata import read_metadata
+from fileformat.plan import read_plan
 from passes._core.channels import ChannelAnalysis
-from passes._core.errors import PassError
-from passes._core.plan import read_plan
 from passes._core.stats import graph_stats
 from passes.slice_channels import SliceChannelsConfig, main, slice_channels
 

@@ -23,8 +23,8 @@ from _helpers_prune import (
     vit_tiny,
 )
 
-from passes._core.plan import read_plan
-from passes._core.stats import count_params
+from fileformat.params import count_params
+from fileformat.plan import read_plan
 from passes.prune_heads import PruneHeadsConfig, prune_heads
 from passes.slice_neurons import SliceNeuronsConfig, find_mlps, main, neuron_importance, slice_neurons, zero_neurons
 

@@ -14,8 +14,8 @@ import pytest
 from _helpers_deploy_rt import conv_model, qdq_model
 from PIL import Image
 
+from fileformat.targets import get_target
 from runtime.bundle import SCRIPTS, BundleConfig, BundleError, check_py36, main, trtexec_args, write_bundle
-from runtime.targets import get_target
 
 COMMON = [
     "--onnx=model.onnx",

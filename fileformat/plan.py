@@ -30,7 +30,7 @@ from typing import Any
 
 import onnx
 
-from exporters.metadata import read_metadata, write_metadata
+from fileformat.metadata import read_metadata, write_metadata
 
 PLAN_VERSION = 1
 SECTIONS = ("heads", "neurons", "channels")

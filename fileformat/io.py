@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx
 
-from passes._core.errors import PassError
+from fileformat.errors import PassError
 
 log = logging.getLogger(__name__)
 
