@@ -25,7 +25,7 @@ TEACHER_CKPT ?= $(RUN)/train/teacher/checkpoint.pt
 DISTILL_DATA ?= $(RUN)/data
 STEPS        ?= 200
 
-.PHONY: setup test lint export demo distill clean
+.PHONY: setup test test-zoo lint export demo distill clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,12 @@ lint: setup
 
 test: lint
 	$(VENV)/bin/pytest -q
+
+# The external-model zoo at every export and weight variant (a few minutes). transformers and its tokenizers
+# install beside the pinned torch without their dependencies: a plain install would pull a second torch.
+test-zoo: setup
+	$(PY) -m pip install --quiet --no-deps transformers tokenizers regex
+	$(VENV)/bin/pytest -q -m zoo tests/passes/test_zoo.py
 
 export: setup
 	mkdir -p $(ARTIFACTS)

@@ -80,7 +80,16 @@ def build_weight_map(proto: onnx.ModelProto, model: nn.Module) -> dict[str, dict
     for c in cands:
         by_shape.setdefault(tuple(c.value.shape), []).append(c)
     result: dict[str, dict[str, object]] = {}
-    for init in proto.graph.initializer:
+    # the dynamo exporter keeps some weights (the zero bias of a conv it folded a BatchNorm into) in Constant nodes;
+    # the passes turn those into initializers of the same name
+    constants = [
+        n.attribute[0].t
+        for n in proto.graph.node
+        if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value"
+    ]
+    for n, t in zip([n for n in proto.graph.node if n.op_type == "Constant"], constants):
+        t.name = t.name or n.output[0]
+    for init in list(proto.graph.initializer) + constants:
         if init.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
             continue
         arr = numpy_helper.to_array(init).astype(np.float32)
@@ -90,8 +99,8 @@ def build_weight_map(proto: onnx.ModelProto, model: nn.Module) -> dict[str, dict
         exact = [c for c in pool if c.folded_bn is None and np.array_equal(c.value, arr)]
         folds = [c for c in pool if c.folded_bn is not None and np.allclose(c.value, arr, rtol=1e-5, atol=1e-6)]
         # a name is only trusted with equal values: the dynamo exporter folds BN into a conv weight and keeps its name
-        exact.sort(key=lambda c: c.name != init.name)
         matches = exact + folds if all_folded else (exact or folds)
+        matches.sort(key=lambda c: c.name != init.name)  # stable: the tensor's own name first, if it kept one
         if matches:
             # the exporter merges equal tensors (zero biases of an untrained model): one initializer, several sources
             result[init.name] = make_entry(

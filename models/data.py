@@ -1,6 +1,6 @@
 """LPCV 2023 data: file discovery, validated loading, training augmentations and a torch ``Dataset``.
 
-Layout (DESIGN.md section 3)::
+Layout (docs/field-notes.md section 2)::
 
     ROOT/IMG/{split}/NAME.png          RGB image (greyscale / RGBA / palette are converted to RGB)
     ROOT/GT/{split}/NAME.png           mask, pixel = class id 0..13 (or the ignore index, 255)

@@ -16,7 +16,7 @@ of the whole dataset. A class that is predicted but never in the ground truth th
 pure false positives); a class absent from both counts not at all. This is the convention of mmsegmentation's
 ``nanmean`` over classes whose union is non-zero.
 
-**Per-image mDice** (the LPCV 2023 challenge metric, DESIGN.md section 3): for each image, ``Dice_c`` over the
+**Per-image mDice** (the LPCV 2023 challenge metric, docs/field-notes.md section 2): for each image, ``Dice_c`` over the
 classes present in that image's ground truth or prediction, their mean; then the mean over images. An image with
 no valid pixel at all (everything ignored) has no defined score and is left out of the mean.
 

@@ -1,6 +1,6 @@
 """Shared fixtures: small exported models, built once per test session and cached on disk.
 
-Weights are perturbed away from their init before export (DESIGN.md section 4: with init weights the legacy
+Weights are perturbed away from their init before export (docs/field-notes.md section 5: with init weights the legacy
 exporter merges equal initializers, which hides bugs of passes that edit shared tensors).
 """
 
@@ -20,7 +20,8 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """``exported(model, size=64, opset=17, exporter="legacy", fused_attn=None, seed=0) -> Path`` (cached)."""
+    """``exported(model, size=64, opset=17, exporter="legacy", fused_attn=None, seed=0, fresh=False) -> Path``
+    (cached). ``fresh``: the untouched initialisation, as a user's untrained model (equal tensors get merged)."""
     from exporters.export import ExportOptions, export_torch_model
     from models.registry import build_model, get_config
 
@@ -34,14 +35,17 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         exporter: str = "legacy",
         fused_attn: bool | None = None,
         seed: int = 0,
+        fresh: bool = False,
         **overrides: object,
     ) -> Path:
-        key = (model, size, opset, exporter, fused_attn, seed, tuple(sorted(overrides.items())))
+        key = (model, size, opset, exporter, fused_attn, seed, fresh, tuple(sorted(overrides.items())))
         if key not in cache:
             if get_config(model).family == "swin":
                 overrides.setdefault("input_size", size)
             torch.manual_seed(seed)
-            net = perturb_(build_model(model, **overrides), seed)
+            net = build_model(model, **overrides)
+            if not fresh:
+                perturb_(net, seed)
             path = root / f"m{len(cache)}_{model}_{size}_{exporter}_{opset}.onnx"
             opts = ExportOptions(model=model, input_size=size, opset=opset, exporter=exporter, fused_attn=fused_attn)
             export_torch_model(net, path, opts)

@@ -1,5 +1,5 @@
 """Convolution-channel groups of an ONNX graph: which tensors carry a layer's output channels, and what cutting them
-touches (DESIGN.md section 5, done for channels).
+touches (docs/architecture.md, done for channels).
 
 Every Conv with constant weights (and every Gemm / 2-D MatMul with a constant right operand) opens a *channel space*:
 the index set of its output channels, ``c = 0 .. C_out - 1`` on axis 1 of its output. The analysis walks the graph in
@@ -22,7 +22,7 @@ topological order and follows each space along axis 1 of the tensors that carry 
 
 Removing the channel set ``R`` of a group is then: delete index ``R`` from every source weight's output axis and its
 bias, from every carried tensor, and from every consumer's contraction axis (at the segment's offset). The result
-equals the unpruned model with the consumers' input slices ``R`` zeroed (the oracle of DESIGN.md section 5).
+equals the unpruned model with the consumers' input slices ``R`` zeroed (the oracle of docs/architecture.md).
 
 A space is *blocked* (never cut, reported with a reason) when it reaches a graph output, a Reshape / Transpose that
 mixes the channel axis (MobileViT's unfold into the transformer), a normalisation over channels, an op with no rule,
@@ -345,7 +345,7 @@ class ChannelAnalysis:
         if len(node.input) > 1:
             base = self.consts.base(node.input[1])
             # a weight the exporter stored once for several layers (all zeros) is told apart by the node's scope
-            src = pick_source(self.weight_map.get(base or ""), node_scope(node) or "")
+            src = pick_source(self.weight_map.get(base or ""), node_scope(node) or base or "")
             if src is not None:
                 param = str(src["param"])
                 return param[: -len(".weight")] if param.endswith(".weight") else param

@@ -1,4 +1,4 @@
-"""Coupled-dimension analysis on ONNX graphs (DESIGN.md section 5): follow one axis through the data flow.
+"""Coupled-dimension analysis on ONNX graphs (docs/architecture.md): follow one axis through the data flow.
 
 A *unit axis* is an axis of a tensor whose index decomposes, row-major, into factors ``layout``, exactly one of
 which is the unit factor (heads, neurons) of size ``count``; the others are carried along. Examples (MobileViT,

@@ -289,8 +289,12 @@ class GraphView:
             return ins[0] / ins[1]
         if op == "Mod":
             return np.fmod(ins[0], ins[1]) if attrs.get("fmod", 0) else np.mod(ins[0], ins[1])
-        if op == "Neg":
-            return -x
+        unary = {"Neg": np.negative, "Abs": np.abs, "Ceil": np.ceil, "Floor": np.floor, "Round": np.round,
+                 "Sqrt": np.sqrt, "Reciprocal": np.reciprocal, "Sign": np.sign}  # fmt: skip
+        if op in unary:  # shape arithmetic in float (transformers' MobileViT unfold: Ceil(size / patch) * patch)
+            return unary[op](x).astype(x.dtype)
+        if op == "Pow":
+            return np.power(ins[0], ins[1]).astype(ins[0].dtype)
         if op == "Transpose":
             return np.transpose(x, attrs.get("perm"))
         if op == "Where":

@@ -50,7 +50,7 @@ from fileformat.plan import read_plan, write_plan
 from passes._core.canonical import canonicalize, merge_constants
 from passes._core.dims import ELEMENTWISE, Dim, DimGroup, TraceError, apply_groups, kept_positions, trace, unit_inner
 from passes._core.finalize import finalize
-from passes._core.graph import GraphView, NodeRef
+from passes._core.graph import GraphView, NodeRef, node_scope
 from passes._core.report import PassReport
 
 log = logging.getLogger(__name__)
@@ -284,9 +284,9 @@ def _on_mlp_path(view: GraphView, ref: NodeRef, depthwise: bool) -> bool:
     return False
 
 
-def _mlp_sink(view: GraphView, start: str, limit: int = 64, depthwise: bool = False) -> NodeRef | None:
+def _mlp_sink(view: GraphView, start: str, limit: int = 64, depthwise: bool = False) -> tuple[NodeRef | None, str]:
     """The one linear layer that ``start`` reaches through elementwise and layout ops only (and depthwise convs
-    where ``depthwise``), else ``None``."""
+    where ``depthwise``), or ``None`` and why not."""
     closure = {start}
     frontier = [start]
     sinks: dict[int, NodeRef] = {}
@@ -294,16 +294,16 @@ def _mlp_sink(view: GraphView, start: str, limit: int = 64, depthwise: bool = Fa
     while frontier:
         t = frontier.pop()
         if t in view.graph_outputs:
-            return None
+            return None, "its output reaches the model output"
         for ref, k in view.consumers.get(t, []):
             steps += 1
             if steps > limit:
-                return None
+                return None, f"no second linear layer within {limit} elementwise ops"
             if k == 0 and _linear_weight(view, ref) is not None:
                 sinks[ref.index] = ref
                 continue
             if not _on_mlp_path(view, ref, depthwise):
-                return None
+                return None, f"its output reaches {ref.node.op_type} {ref.name!r}, which an MLP activation is not"
             for o in ref.node.output:
                 if o and o not in closure:
                     closure.add(o)
@@ -313,8 +313,22 @@ def _mlp_sink(view: GraphView, start: str, limit: int = 64, depthwise: bool = Fa
             if ref.index in sinks:
                 continue
             if any(i and i not in closure and not view.is_constant(i) for i in ref.node.input):
-                return None
-    return next(iter(sinks.values())) if len(sinks) == 1 else None
+                return None, f"{ref.node.op_type} {ref.name!r} mixes it with another computed tensor"
+    if len(sinks) != 1:
+        return None, f"its output reaches {len(sinks)} linear layers, not one fc2"
+    return next(iter(sinks.values())), ""
+
+
+def not_mlps(model: onnx.ModelProto, view: GraphView | None = None) -> list[tuple[str, str]]:
+    """``(linear layer, why it does not start an MLP)`` for every linear layer that is not an MLP's fc1."""
+    view = view or GraphView(canonicalize(model))
+    out = []
+    for ref in view.nodes:
+        if _linear_weight(view, ref) is not None:
+            sink, why = _mlp_sink(view, ref.node.output[0], depthwise=ref.node.op_type != "Conv")
+            if sink is None:
+                out.append((node_scope(ref.node) or ref.name, why))
+    return out
 
 
 def find_mlps(model: onnx.ModelProto, view: GraphView | None = None) -> list[Mlp]:
@@ -329,7 +343,7 @@ def find_mlps(model: onnx.ModelProto, view: GraphView | None = None) -> list[Mlp
         w, hidden = lin
         # a depthwise conv between two token-wise linears is SegFormer's MixFFN; between two 1x1 convs it is a
         # MobileNet inverted residual, whose channels slice_channels cuts
-        if _mlp_sink(view, ref.node.output[0], depthwise=ref.node.op_type != "Conv") is None:
+        if _mlp_sink(view, ref.node.output[0], depthwise=ref.node.op_type != "Conv")[0] is None:
             continue
         y = ref.node.output[0]
         shape = view.shape(y)
@@ -621,7 +635,7 @@ def apply_units(
 
 
 def zero_units(model: onnx.ModelProto, unit: PruneUnit, removed: Sequence[int]) -> onnx.ModelProto:
-    """The zeroing oracle (DESIGN.md section 5): a copy where the consuming weights of ``removed`` units are 0.
+    """The zeroing oracle (docs/architecture.md, "The oracle"): a copy where the consuming weights of ``removed`` units are 0.
 
     For heads these are the output-projection rows of the heads, for neurons fc2's rows; the result must equal
     the pruned model's output.
@@ -666,6 +680,9 @@ def prune_units(
     prunable = [u for u in units if u.prunable]
     if not prunable:
         what = "attention block" if kind == "heads" else "transformer MLP"
+        if kind == "neurons" and not units:  # say, per linear layer, why it does not start an MLP
+            for where, why in not_mlps(model, view):
+                report.skip(where, f"not an MLP's fc1: {why}")
         report.nothing_to_do = (
             f"nothing to prune: no {what} found (a {what} is found from "
             + (

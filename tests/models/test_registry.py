@@ -42,7 +42,7 @@ def test_paper_configuration_matches_reference_code() -> None:
 def test_decoder_dominates_flops_at_512_for_standard_upernet() -> None:
     model = build_model("mobilevit_s_upernet512")
     total = model_size(model, 512).flops
-    assert 400e9 < total < 470e9  # DESIGN.md section 7: 436 GFLOPs
+    assert 400e9 < total < 470e9  # docs/field-notes.md section 6: 436 GFLOPs
 
 
 @pytest.mark.parametrize(("size", "bins"), [(16, 3), (16, 6), (8, 6), (13, 4), (16, 1)])

@@ -277,3 +277,19 @@ def test_cli_bad_files_exit_1(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:  # usage error: neither --keep, --ratio nor --plan
         main([str(src), "-o", str(tmp_path / "o.onnx")])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_fresh_export_loses_heads_exactly(exported, tmp_path: Path, capsys, exporter: str) -> None:
+    """The headline use: export an untrained model, then `python -m passes.prune_heads model.onnx`."""
+    src = exported("mobilevit_xxs", size=64, exporter=exporter, fresh=True)
+    model = onnx.load(str(src))
+    local = tmp_path / "student.onnx"
+    local.write_bytes(src.read_bytes())
+    assert main([str(local), "--ratio", "0.5"]) == 0
+    pruned = onnx.load(str(tmp_path / "student.prune_heads.onnx"))
+    blocks = find_attention_blocks(model)
+    kept = read_plan(pruned)["heads"]
+    assert len(kept) == len(blocks) == 9 and all(len(v["kept"]) == 2 for v in kept.values())
+    keep_sets = {b.id: kept[b.id]["kept"] for b in blocks}
+    assert oracle_error(model, pruned, blocks, keep_sets, zero_heads) <= 1e-4

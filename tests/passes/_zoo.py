@@ -1,0 +1,280 @@
+"""A zoo of small EXTERNAL models (timm, torchvision, transformers, a plain CNN), exported the way a user does.
+
+:func:`build` returns a torch module in eval mode (tiny configurations, 16x16 to 64x64 inputs, so the passes run
+in seconds on two CPU cores) and its input shape; :func:`export` writes it to one ``.onnx`` file with
+``torch.onnx.export`` directly, never through :mod:`exporters.export`: no weight map, no metadata, no checks of our
+own, so the passes see the graphs users bring. Two weight variants:
+
+* ``fresh``: the module's own random init, untouched (an untrained model: zero biases, unit LayerNorm scales, so
+  the exporters merge equal initializers into one tensor read by several nodes);
+* ``perturbed``: every parameter and float buffer plus seeded noise (``_shared.perturb_``), no two tensors equal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from _shared import perturb_
+from torch import nn
+
+VARIANTS = ("fresh", "perturbed")
+EXPORTS = {  # id: (exporter, opset); dynamo builds opset 18 (its default here is 20)
+    "legacy13": ("legacy", 13),
+    "legacy17": ("legacy", 17),
+    "dynamo18": ("dynamo", 18),
+}
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """A model of the zoo and what the passes should find in it.
+
+    ``heads``: attention blocks with two or more heads (``find_attention_blocks``); ``mlps``: transformer MLPs whose
+    activation is elementwise (``find_mlps``); ``channels``: whether slice_channels has a conv channel group to cut;
+    ``requires``: the module a test must ``importorskip`` first; ``calibrate_bn``: BatchNorm statistics are
+    measured on random images before the weight variant is made (with its init statistics the model's activations
+    vanish into denormals, so every output is 0); ``cannot_export``: ``(export id, why)`` of the exports torch
+    itself refuses.
+    """
+
+    name: str
+    build: Callable[[], nn.Module]
+    shape: tuple[int, ...]
+    heads: int
+    mlps: int
+    channels: bool
+    requires: str | None = None
+    calibrate_bn: bool = False
+    cannot_export: tuple[tuple[str, str], ...] = ()
+
+    def export_skip(self, export_id: str) -> str | None:
+        """Why the exporter itself cannot export this model as ``export_id`` (``None``: it can)."""
+        return dict(self.cannot_export).get(export_id)
+
+
+class _Logits(nn.Module):
+    """``net(pixel_values=x).logits`` of a transformers model as a plain tensor-in, tensor-out module."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(pixel_values=x).logits
+
+
+# ----------------------------------------------------------------------------------------------------- builders
+def timm_vit() -> nn.Module:
+    """timm ViT: 32x32, 8x8 patches (16 tokens + class token), 2 blocks of 4 heads x 16, GELU MLP 256."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=5)
+
+
+def timm_mobilevit() -> nn.Module:
+    """timm MobileViT-XXS (1.0M params) at 64x64: 9 transformer blocks of 4 heads, SiLU MLPs."""
+    import timm
+
+    return timm.create_model("mobilevit_xxs", pretrained=False, num_classes=5)
+
+
+def timm_swin() -> nn.Module:
+    """timm Swin: 32x32, 2x2 patches, 4x4 windows, two stages of 2 blocks (2 and 4 heads), shifted windows."""
+    from timm.models.swin_transformer import SwinTransformer
+
+    return SwinTransformer(
+        img_size=32, patch_size=2, window_size=4, embed_dim=32, depths=(2, 2), num_heads=(2, 4), num_classes=5
+    )
+
+
+def tv_vit() -> nn.Module:
+    """torchvision ViT (nn.MultiheadAttention): 32x32, 8x8 patches, 2 layers of 4 heads x 16, MLP 128.
+
+    The classifier is replaced by an identity (a backbone use): torchvision initialises it to zero, so a fresh
+    model would output zeros whatever the heads hold.
+    """
+    from torchvision.models import VisionTransformer
+
+    net = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128)
+    net.heads = nn.Identity()
+    return net
+
+
+def tiny_cnn() -> nn.Module:
+    """The channel tests' TinyCNN (BN, residual, depthwise, Linear-ReLU-Linear head) at 16x16."""
+    from _helpers_channels import TinyCNN
+
+    return TinyCNN()
+
+
+def hf_mobilevit() -> nn.Module:
+    """transformers MobileViTForSemanticSegmentation, tiny: 64x64, hidden sizes 32/48/64, 4 heads, DeepLabV3 head."""
+    from transformers import MobileViTConfig, MobileViTForSemanticSegmentation
+
+    config = MobileViTConfig(
+        image_size=64,
+        hidden_sizes=[32, 48, 64],
+        neck_hidden_sizes=[16, 16, 24, 32, 48, 64, 128],
+        num_attention_heads=4,
+        aspp_out_channels=32,
+        num_labels=3,
+        attn_implementation="eager",
+    )
+    return _Logits(MobileViTForSemanticSegmentation(config))
+
+
+def hf_segformer() -> nn.Module:
+    """transformers SegformerForSemanticSegmentation, tiny: 64x64, one block per stage, 1/2/2/4 heads."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    config = SegformerConfig(
+        depths=[1, 1, 1, 1],
+        hidden_sizes=[16, 32, 48, 64],
+        num_attention_heads=[1, 2, 2, 4],
+        decoder_hidden_size=32,
+        num_labels=3,
+        attn_implementation="eager",
+    )
+    return _Logits(SegformerForSemanticSegmentation(config))
+
+
+MODELS: dict[str, ZooModel] = {
+    m.name: m
+    for m in (
+        ZooModel("timm_vit", timm_vit, (1, 3, 32, 32), heads=2, mlps=2, channels=False),
+        ZooModel(
+            "tv_vit",
+            tv_vit,
+            (1, 3, 32, 32),
+            heads=2,
+            mlps=2,
+            channels=False,
+            cannot_export=(("legacy13", "nn.MultiheadAttention exports scaled_dot_product_attention (opset >= 14)"),),
+        ),
+        ZooModel("timm_swin", timm_swin, (1, 3, 32, 32), heads=4, mlps=4, channels=False),
+        ZooModel("timm_mobilevit", timm_mobilevit, (1, 3, 64, 64), heads=9, mlps=9, channels=True),
+        ZooModel("tiny_cnn", tiny_cnn, (1, 3, 16, 16), heads=0, mlps=1, channels=True),
+        ZooModel(
+            "hf_mobilevit",
+            hf_mobilevit,
+            (1, 3, 64, 64),
+            heads=9,
+            mlps=10,  # 9 transformer MLPs and the 1x1-conv one of the head (ASPP project -> ReLU -> classifier)
+            channels=True,
+            requires="transformers",
+            calibrate_bn=True,
+        ),
+        # stage 1 has one head; MLPs: 4 Mix-FFNs (a depthwise conv between fc1 and fc2) and the head's 1x1 convs
+        ZooModel("hf_segformer", hf_segformer, (1, 3, 64, 64), heads=3, mlps=5, channels=True, requires="transformers"),
+    )
+}
+
+
+def build(name: str, variant: str, seed: int = 0) -> tuple[nn.Module, tuple[int, ...]]:
+    """Model ``name`` in eval mode with ``variant`` weights (``fresh`` or ``perturbed``), seeded, and its input
+    shape."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown weight variant {variant!r}; use one of {VARIANTS}")
+    torch.manual_seed(seed)
+    net = MODELS[name].build()
+    if MODELS[name].calibrate_bn:
+        calibrate_bn_(net, MODELS[name].shape, seed)
+    if variant == "perturbed":
+        perturb_(net, seed)
+    return net.eval(), MODELS[name].shape
+
+
+def calibrate_bn_(net: nn.Module, shape: tuple[int, ...], seed: int = 0, batches: int = 4) -> nn.Module:
+    """Set every BatchNorm's running statistics to their average over ``batches`` random inputs (in place)."""
+    bns = {m: m.momentum for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    gen = torch.Generator().manual_seed(seed + 1)
+    net.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            net(torch.randn((4, *shape[1:]), generator=gen))
+    for m, momentum in bns.items():
+        m.momentum = momentum
+    return net.eval()
+
+
+# ------------------------------------------------------------------------------------------------------- export
+@contextlib.contextmanager
+def _export_mode(model: nn.Module, opset: int) -> Iterator[None]:
+    """What a user sets for an export: no MHA fast path (it does not export); below opset 14 no fused attention
+    (``scaled_dot_product_attention`` needs 14): the modules' ``fused_attn`` flag is what
+    ``timm.layers.set_fused_attn(False)`` before building sets. Everything is restored afterwards."""
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    fused = {m: m.fused_attn for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)}
+    torch.backends.mha.set_fastpath_enabled(False)
+    if opset < 14:
+        for m in fused:
+            m.fused_attn = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings on constant shapes: sizes are fixed
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        for m, value in fused.items():
+            m.fused_attn = value
+
+
+def example_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def export(
+    model: nn.Module, shape: tuple[int, ...], path: str | Path, exporter: str = "legacy", opset: int = 17
+) -> Path:
+    """Export ``model`` to ONE ``.onnx`` file as a user does: ``torch.onnx.export(dynamo=False)`` for ``legacy``;
+    for ``dynamo`` ``prog = torch.onnx.export(dynamo=True); prog.save(path)`` (value_info included)."""
+    path = Path(path)
+    x = example_input(shape)
+    with _export_mode(model, opset):
+        if exporter == "legacy":
+            torch.onnx.export(
+                model,
+                (x,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["output"],
+            )
+        elif exporter == "dynamo":
+            prog = torch.onnx.export(
+                model,
+                (x,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["output"],
+                verbose=False,
+            )
+            prog.save(str(path))
+        else:
+            raise ValueError(f"unknown exporter {exporter!r}; use legacy or dynamo")
+    return path
+
+
+_CACHE: dict[tuple[Path, str, str, str], Path] = {}
+
+
+def exported(root: Path, name: str, export_id: str, variant: str) -> tuple[onnx.ModelProto, Path]:
+    """``(model, path)``: zoo model ``name`` with ``variant`` weights exported per ``EXPORTS[export_id]`` under
+    ``root``, once per test session (the file is reused; a fresh ModelProto is loaded each call)."""
+    key = (root, name, export_id, variant)
+    if key not in _CACHE:
+        exporter, opset = EXPORTS[export_id]
+        net, shape = build(name, variant)
+        _CACHE[key] = export(net, shape, root / f"{name}_{export_id}_{variant}.onnx", exporter, opset)
+    return onnx.load(str(_CACHE[key])), _CACHE[key]
