@@ -28,6 +28,8 @@ from torch import nn
 
 from exporters.opset import to_opset
 from exporters.weight_map import build_weight_map
+from fileformat.errors import UsageError
+from fileformat.io import check_distinct
 from fileformat.metadata import write_metadata
 from fileformat.targets import UnknownTargetError, get_target
 from models.constants import CLASS_NAMES, MEAN, STD
@@ -283,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     opts = ExportOptions(**{k: v for k, v in vars(args).items() if k != "output"})
+    try:
+        check_distinct([opts.weights], [("-o", args.output)])
+    except UsageError as exc:
+        print(f"error: export: {exc}", file=sys.stderr)
+        return 2
     try:
         res = export(opts, args.output)
     except ExportError as exc:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import onnx
 
-from fileformat.errors import PassError
+from fileformat.errors import PassError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +34,59 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
 
 
 def check_output_path(src: str | os.PathLike[str] | None, dst: str | os.PathLike[str]) -> Path:
-    """Refuse an output that is the input or lies in a missing directory; return the output as a Path."""
+    """Refuse an output that is the input, a folder, or lies in a missing folder; return the output as a Path."""
     out = Path(dst)
-    if src is not None and Path(src).exists() and out.exists() and os.path.samefile(src, out):
-        raise PassError(f"-o {out} is the input file; passes never overwrite their input. Choose another path.")
-    if src is not None and Path(src).resolve() == out.resolve():
-        raise PassError(f"-o {out} is the input file; passes never overwrite their input. Choose another path.")
+    check_distinct([src], [("-o", out)])
+    if out.is_dir():
+        raise UsageError(f"-o {out} is a folder; give a file path.")
     if not out.parent.is_dir():
         raise PassError(f"-o {out}: directory {out.parent} does not exist. Create it first.")
     return out
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Same resolved path, or the same inode (hard links)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_distinct(
+    reads: Iterable[str | os.PathLike[str] | None], writes: Iterable[tuple[str, str | os.PathLike[str] | None]]
+) -> None:
+    """Before any work: no output (``(option, path)``) is an input or another output. Raise :class:`UsageError`
+    naming the option; resolved paths and inodes are compared, so symbolic and hard links are caught."""
+    ins = [Path(p) for p in reads if p is not None and str(p)]
+    outs = [(flag, Path(p)) for flag, p in writes if p is not None and str(p)]
+    for flag, out in outs:
+        for src in ins:
+            if _same_file(out, src):
+                raise UsageError(
+                    f"{flag} {out} is also an input ({src}); inputs are never overwritten. Choose another path."
+                )
+    for i, (flag, out) in enumerate(outs):
+        for flag2, out2 in outs[i + 1 :]:
+            if _same_file(out, out2):
+                raise UsageError(f"{flag} and {flag2} name the same file ({out}); give two paths.")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _temp_for(out: Path) -> str:
+    """A temporary file beside ``out`` (removing ones a killed writer of ``out`` left), with the umask's mode."""
+    for stale in out.parent.glob(f".{out.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would outlive the rename
+    os.close(fd)
+    return tmp
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
@@ -52,8 +98,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
     out = Path(path)
     if not out.parent.is_dir():
         raise PassError(f"{out}: directory {out.parent} does not exist. Create it first.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
+    tmp = _temp_for(out)
     try:
         if model.ByteSize() > _PROTO_LIMIT:
             data_name = out.name + ".data"
@@ -71,12 +116,49 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
     out = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    if out.is_dir():
+        raise UsageError(f"{out} is a directory; give a file path.")
+    tmp = _temp_for(out)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return out
+
+
+# ---------------------------------------------------------------------------------------------- output folders
+MANIFEST = ".vitseg-manifest.json"
+
+
+def write_manifest(folder: str | os.PathLike[str], tool: str) -> None:
+    """Record every file under ``folder`` as written by ``tool`` (so a later ``--force`` may replace them)."""
+    root = Path(folder)
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+    (root / MANIFEST).write_text(json.dumps({"tool": tool, "files": files}, indent=1) + "\n", encoding="utf-8")
+
+
+def check_replaceable(folder: str | os.PathLike[str], force: bool, option: str = "-o") -> None:
+    """A non-empty output folder is replaced only with ``force``, and only when every file in it is one this
+    toolchain wrote there (its manifest says so); raise :class:`PassError` naming the foreign files otherwise."""
+    root = Path(folder)
+    if not root.is_dir() or not any(root.iterdir()):
+        return
+    if not force:
+        raise PassError(f"{option} {root} exists and is not empty; choose a new folder or pass --force to replace it.")
+    try:
+        listed = set(json.loads((root / MANIFEST).read_text(encoding="utf-8"))["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = set()
+    foreign = sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != MANIFEST
+        and str(p.relative_to(root)) not in listed
+    )  # fmt: skip
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise PassError(
+            f"{option} {root} holds files this tool did not write ({shown}); --force replaces only its own output. "
+            "Move them, or choose another folder."
+        )

@@ -683,6 +683,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", help="also write the report as JSON")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    from fileformat.errors import UsageError
+    from fileformat.io import check_distinct
+
+    try:
+        check_distinct([args.model], [("--json", args.json)])
+    except UsageError as exc:
+        p.error(str(exc))
     try:
         report = check_roundtrip(args.model, tolerance=args.tolerance)
     except PlanError as exc:

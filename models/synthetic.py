@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from fileformat.errors import PassError
+from fileformat.io import check_replaceable, write_manifest
 from models.constants import CLASS_NAMES, NUM_CLASSES
 
 __all__ = ["MARKER", "GENERATOR_VERSION", "generate", "render_scene", "main"]
@@ -488,8 +490,10 @@ def generate(
         raise ValueError(f"mask_dir must be 'GT' or 'GT_Updated', got {mask_dir!r}")
     if root.exists() and not root.is_dir():
         raise FileExistsError(f"{root} exists and is not a folder")
-    if root.is_dir() and any(root.iterdir()) and not force:
-        raise FileExistsError(f"{root} is not empty; pass --force (force=True) to replace it")
+    try:
+        check_replaceable(root, force, "ROOT")
+    except PassError as exc:
+        raise FileExistsError(str(exc)) from exc
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
@@ -524,6 +528,7 @@ def generate(
             "note": "synthetic data: numbers measured on it are not LPCV 2023 results",
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+        write_manifest(tmp, "models.synthetic")
         logger.info("rendered %d images in %.1f s", n_train + n_val, time.perf_counter() - t0)
         if root.exists():
             if any(root.iterdir()):

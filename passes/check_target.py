@@ -49,8 +49,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from fileformat.errors import PassError
-from fileformat.io import atomic_write_text, load_model
+from fileformat.errors import PassError, UsageError
+from fileformat.io import atomic_write_text, check_distinct, load_model
 from fileformat.targets import TARGETS, TargetProfile, UnknownTargetError, get_target
 from passes._core.stats import graph_stats
 
@@ -675,14 +675,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch < 1:
         parser.error("--batch must be >= 1")
     try:
+        check_distinct([args.model], [("--json", args.json)])
         model = load_model(args.model)
         result = check_target(model, args.target, CheckConfig(batch=args.batch), name=Path(args.model).name)
         if args.json:
             if not Path(args.json).parent.is_dir():
                 raise PassError(f"--json {args.json}: directory {Path(args.json).parent} does not exist")
             result.write_json(args.json)
-    except UnknownTargetError as exc:  # only reachable through the API; argparse checks choices
-        print(f"error: {exc}", file=sys.stderr)
+    except (UnknownTargetError, UsageError) as exc:  # an unknown target is only reachable through the API
+        print(f"error: {parser.prog}: {exc}", file=sys.stderr)
         return 2
     except PassError as exc:
         print(f"error: {parser.prog}: {exc}", file=sys.stderr)

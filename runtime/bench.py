@@ -58,6 +58,9 @@ from typing import Any
 
 import numpy as np
 
+from fileformat.errors import UsageError
+from fileformat.io import check_distinct
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -447,6 +450,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give at least one ONNX model")
     if args.json and not Path(args.json).resolve().parent.is_dir():
         parser.error(f"--json {args.json}: directory does not exist")
+    try:
+        check_distinct(args.models, [("--json", args.json)])
+    except UsageError as exc:
+        parser.error(str(exc))
     providers = tuple(p.strip() for p in args.providers.split(",") if p.strip()) if args.providers else None
     if args.runs < 1 or args.warmup < 0 or args.batch < 1 or (args.threads is not None and args.threads < 1):
         parser.error("--runs, --batch and --threads must be >= 1, --warmup >= 0")

@@ -45,7 +45,7 @@ from typing import Any
 import onnx
 
 from fileformat.errors import PassError
-from fileformat.io import load_model
+from fileformat.io import check_replaceable, load_model, write_manifest
 from fileformat.metadata import read_metadata
 from fileformat.targets import TARGETS, TargetProfile, get_target
 from passes.check_target import CheckConfig, TargetCheck, check_target
@@ -291,8 +291,10 @@ def write_bundle(model_path: str | os.PathLike[str], out: str | os.PathLike[str]
     target = get_target(config.target)
     if dst.exists() and not dst.is_dir():
         raise BundleError(f"-o {dst} exists and is not a folder")
-    if dst.is_dir() and any(dst.iterdir()) and not config.force:
-        raise BundleError(f"-o {dst} exists and is not empty; choose a new folder or pass --force to replace it")
+    try:
+        check_replaceable(dst, config.force)
+    except PassError as exc:
+        raise BundleError(str(exc)) from exc
     if not dst.resolve().parent.is_dir():
         raise BundleError(f"-o {dst}: folder {dst.resolve().parent} does not exist")
     try:
@@ -358,6 +360,7 @@ def write_bundle(model_path: str | os.PathLike[str], out: str | os.PathLike[str]
         for name in ("build_engine.sh", "build_engine.py", "infer.py"):
             (tmp / name).chmod(0o755)
         os.chmod(tmp, 0o755)
+        write_manifest(tmp, "runtime.bundle")
         _replace_dir(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

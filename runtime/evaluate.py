@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from fileformat.errors import UsageError
+from fileformat.io import check_distinct
 from models.constants import CLASS_NAMES, IGNORE_INDEX, PALETTE
 from models.data import DataError, LoadedSample, ScanSummary, iter_samples
 from models.synthetic import MARKER
@@ -420,6 +422,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         print("error: --batch-size and --limit must be positive", file=sys.stderr)
+        return 2
+    try:
+        check_distinct([args.model, args.compare], [("--json", args.json), ("--out-dir", args.out_dir)])
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.out_dir is not None and args.out_dir.exists() and not args.out_dir.is_dir():
+        print(f"error: --out-dir {args.out_dir} is a file; give a folder.", file=sys.stderr)
         return 2
     for m in (args.model, args.compare):
         if m is not None and not m.is_file():

@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from fileformat.errors import UsageError
+from fileformat.io import check_distinct
 from models.constants import IGNORE_INDEX
 from models.data import DataError, iter_samples
 from runtime._calib import CalibrationDataError, InputSpec, input_spec
@@ -411,6 +413,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
     )
     save_dir = None if args.no_save else (args.save_dir or args.candidate.with_name(args.candidate.name + ".parity"))
+    try:
+        check_distinct([args.reference, args.candidate], [("--json", args.json), ("--save-dir", save_dir)])
+    except UsageError as exc:
+        parser.error(str(exc))
+    if save_dir is not None and Path(save_dir).exists() and not Path(save_dir).is_dir():
+        parser.error(f"--save-dir {save_dir} is a file; give a folder.")
     try:
         result = compare_models(args.reference, args.candidate, args.data, config, save_dir)
     except (DataError, FileNotFoundError, ValueError) as exc:

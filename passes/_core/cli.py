@@ -23,7 +23,7 @@ from pathlib import Path
 import onnx
 
 from fileformat.errors import PassError, UsageError
-from fileformat.io import check_output_path, load_model, save_model
+from fileformat.io import check_distinct, check_output_path, load_model, save_model
 from passes._core.report import PassReport
 
 RunFn = Callable[[onnx.ModelProto, argparse.Namespace], tuple[onnx.ModelProto, PassReport]]
@@ -83,13 +83,8 @@ def run_pass_cli(parser: argparse.ArgumentParser, run: RunFn, argv: Sequence[str
                 raise UsageError(f"{out_path} exists; give --force to replace it, or -o to write elsewhere.")
         else:
             out_path = Path(args.output)
-        if out_path.is_dir():
-            raise UsageError(f"-o {out_path} is a directory; give a file path ending in .onnx.")
         check_output_path(args.model, out_path)
-        if args.report:
-            check_output_path(args.model, args.report)
-            if Path(args.report).resolve() == out_path.resolve():
-                raise UsageError(f"--report {args.report} is also the output model; give another path.")
+        check_distinct([args.model], [("-o", out_path), ("--report", args.report)])
         model = load_model(args.model)
         new_model, report = run(model, args)
         if report.nothing_to_do:

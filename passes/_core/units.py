@@ -635,7 +635,7 @@ def apply_units(
 
 
 def zero_units(model: onnx.ModelProto, unit: PruneUnit, removed: Sequence[int]) -> onnx.ModelProto:
-    """The zeroing oracle (docs/architecture.md, "The oracle"): a copy where the consuming weights of ``removed`` units are 0.
+    """The zeroing oracle (docs/architecture.md): a copy where the consuming weights of ``removed`` units are 0.
 
     For heads these are the output-projection rows of the heads, for neurons fc2's rows; the result must equal
     the pruned model's output.

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fileformat.io import MANIFEST
 from models.constants import CLASS_NAMES, NUM_CLASSES
 from models.data import find_samples, iter_samples, scan
 from models.synthetic import MARKER, generate, main, render_scene
@@ -21,14 +22,14 @@ def test_seeded_output_is_byte_identical(tmp_path: Path) -> None:
     generate(tmp_path / "a", n_train=5, n_val=3, size=64, seed=7, workers=1)
     generate(tmp_path / "b", n_train=5, n_val=3, size=64, seed=7, workers=2)  # worker count does not matter
     a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
-    assert len(a) == 2 * 8 + 1 and a == b
+    assert len(a) == 2 * 8 + 2 and a == b  # images, masks, the marker and the manifest
     generate(tmp_path / "c", n_train=5, n_val=3, size=64, seed=8, workers=1)
     c = _files(tmp_path / "c")
     assert c.keys() == a.keys() and c["IMG/train/syn_train_00000.png"] != a["IMG/train/syn_train_00000.png"]
     # image i depends only on (seed, split, i): a smaller set is a prefix of a larger one
     generate(tmp_path / "d", n_train=2, n_val=1, size=64, seed=7, workers=1)
     d = _files(tmp_path / "d")
-    assert all(d[k] == a[k] for k in d if k != MARKER)
+    assert all(d[k] == a[k] for k in d if k not in (MARKER, MANIFEST))
 
 
 def test_layout_loads_and_marker(tmp_path: Path) -> None:
@@ -75,8 +76,12 @@ def test_refuses_to_overwrite_and_force_replaces(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="not empty"):
         generate(root, 1, 1, 32, workers=1)
     assert (root / "keep.txt").exists()
-    generate(root, 1, 1, 32, force=True, workers=1)
-    assert not (root / "keep.txt").exists() and (root / MARKER).exists()
+    with pytest.raises(FileExistsError, match=r"did not write \(keep.txt\)"):  # --force never deletes foreign files
+        generate(root, 1, 1, 32, force=True, workers=1)
+    (root / "keep.txt").unlink()
+    generate(root, 1, 1, 32, workers=1)
+    generate(root, 2, 1, 32, force=True, workers=1)  # its own earlier output is replaced
+    assert (root / MARKER).exists() and (root / "IMG" / "train" / "syn_train_00001.png").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left behind
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -57,6 +57,7 @@ def test_nano_bundle_files_and_trtexec_flags(nano_bundle: Path) -> None:
             "config.json",
             "check_target.json",
             "README.md",
+            ".vitseg-manifest.json",  # what --force may replace later
         ]
     )
     script = (nano_bundle / "build_engine.sh").read_text()
@@ -190,8 +191,13 @@ def test_existing_output_needs_force(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="not empty"):
         write_bundle(src, out, BundleConfig())
     assert (out / "old.txt").exists()
-    write_bundle(src, out, BundleConfig(force=True))
-    assert not (out / "old.txt").exists() and (out / "model.onnx").is_file()
+    with pytest.raises(BundleError, match=r"did not write \(old.txt\)"):  # --force never deletes foreign files
+        write_bundle(src, out, BundleConfig(force=True))
+    assert (out / "old.txt").read_text() == "old"
+    (out / "old.txt").unlink()
+    write_bundle(src, out, BundleConfig())
+    write_bundle(src, out, BundleConfig(force=True))  # its own earlier output (the manifest says so) is replaced
+    assert (out / "model.onnx").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "m.onnx"]  # no temp or old folders left
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -1,0 +1,93 @@
+"""The contract of every command line, table-driven: for each careless-user case, the exit status, no traceback,
+every input byte-identical afterwards, and no file left behind."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+import pytest
+
+# (case, command module, argv built from the work folder's files, expected exit status)
+Case = tuple[str, str, Callable[[dict[str, Path]], list[str]], int]
+CASES: list[Case] = [
+    ("check_target --json at the input", "passes.check_target", lambda f: [f["m"], "--target", "cpu", "--json", f["m"]], 2),
+    ("evaluate --json at the input", "runtime.evaluate", lambda f: [f["m"], "--data", f["data"], "--json", f["m"]], 2),
+    ("evaluate --out-dir names a file", "runtime.evaluate", lambda f: [f["m"], "--data", f["data"], "--out-dir", f["note"]], 2),
+    ("bench --json at the input", "runtime.bench", lambda f: [f["m"], "--json", f["m"]], 2),
+    ("parity --json at the reference", "runtime.parity", lambda f: [f["m"], f["m2"], "--data", f["data"], "--json", f["m"]], 2),
+    ("parity --save-dir names a file", "runtime.parity", lambda f: [f["m"], f["m2"], "--data", f["data"], "--save-dir", f["note"]], 2),
+    ("prune_torch --json at the input", "models.prune_torch", lambda f: [f["m"], "--json", f["m"]], 2),
+    ("export -o at the --weights file", "exporters.export", lambda f: ["--model", "mobilevit_xxs", "--weights", f["note"], "-o", f["note"]], 2),
+    ("simplify --report at -o", "passes.simplify", lambda f: [f["m"], "-o", f["out"], "--report", f["out"]], 2),
+    ("prune_heads -o at the input via a symlink", "passes.prune_heads", lambda f: [f["m"], "-o", f["link"], "--ratio", "0.5"], 2),
+    ("prune_heads -o at a hard link of the input", "passes.prune_heads", lambda f: [f["m"], "-o", f["hard"], "--ratio", "0.5"], 2),
+    ("prune_heads -o names a folder", "passes.prune_heads", lambda f: [f["m"], "-o", f["data"], "--ratio", "0.5"], 2),
+    ("prune_heads --ratio out of range", "passes.prune_heads", lambda f: [f["m"], "-o", f["out"], "--ratio", "1.5"], 2),
+    ("slice_channels no budget", "passes.slice_channels", lambda f: [f["m"], "-o", f["out"]], 2),
+    ("compress --target-flops 2", "passes.compress", lambda f: [f["m"], "-o", f["out"], "--target-flops", "2"], 2),
+    ("prune_heads on a corrupt model", "passes.prune_heads", lambda f: [f["bad"], "-o", f["out"], "--ratio", "0.5"], 1),
+    ("check_target on a corrupt model", "passes.check_target", lambda f: [f["bad"], "--target", "cpu"], 1),
+    ("prune_heads on a model with no attention", "passes.prune_heads", lambda f: [f["cnn"], "-o", f["out"], "--keep", "1"], 1),
+    ("bundle --force over a folder of the user's files", "runtime.bundle", lambda f: [f["m"], "--target", "cpu", "-o", f["mine"], "--force"], 1),
+    ("synthetic --force over a folder of the user's files", "models.synthetic", lambda f: [f["mine"], "--train", "1", "--val", "1", "--force"], 1),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory, exported) -> dict[str, Path]:
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    from models.synthetic import main as synthetic
+
+    root = tmp_path_factory.mktemp("contract")
+    files = {"m": root / "model.onnx", "m2": root / "other.onnx", "note": root / "notes.txt", "out": root / "o.onnx"}
+    shutil.copy(exported("mobilevit_xxs", size=64), files["m"])
+    shutil.copy(exported("mobilevit_xxs", size=64), files["m2"])
+    files["note"].write_text("my notes\n")
+    files["mine"] = root / "mine"
+    files["mine"].mkdir()
+    (files["mine"] / "checkpoint.pt").write_bytes(b"a training run")
+    files["bad"] = root / "bad.onnx"
+    files["bad"].write_bytes(files["m"].read_bytes()[:5000])
+    files["cnn"] = root / "cnn.onnx"
+    w = numpy_helper.from_array(np.ones((4, 3, 3, 3), dtype=np.float32), "w")
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 8, 8])
+    onnx.save(helper.make_model(helper.make_graph([conv], "cnn", [x], [y], [w])), str(files["cnn"]))
+    files["link"] = root / "link.onnx"
+    files["link"].symlink_to(files["m"])
+    files["hard"] = root / "hard.onnx"
+    files["hard"].hardlink_to(files["m"])
+    files["data"] = root / "data"
+    assert synthetic([str(files["data"]), "--train", "2", "--val", "2", "--size", "64"]) == 0
+    return files
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize(("name", "module", "argv", "code"), CASES, ids=[c[0] for c in CASES])
+def test_cli_contract(work: dict[str, Path], capsys, name: str, module: str, argv, code: int) -> None:
+    root = work["m"].parent
+    before = _snapshot(root)
+    main = importlib.import_module(module).main
+    try:
+        got = main([str(a) for a in argv(work)])
+    except SystemExit as exc:  # argparse's usage errors
+        got = exc.code
+    out = capsys.readouterr()
+    assert got == code, (name, out.out[-500:], out.err[-500:])
+    assert "Traceback" not in out.out + out.err, name
+    assert out.err.strip(), f"{name}: no message"
+    assert _snapshot(root) == before, f"{name}: files changed or were left behind"
