@@ -48,6 +48,10 @@ class ExportError(Exception):
     """The export cannot be done as asked; the message says why and what to do."""
 
 
+class ExportUsageError(ExportError):
+    """An option out of its range (opset, exporter, input size): a usage error, exit status 2."""
+
+
 @dataclass
 class ExportOptions:
     """What to export and how. ``fused_attn=None`` keeps timm's fused attention unless the opset or target forbids."""
@@ -81,18 +85,22 @@ def _validate(opts: ExportOptions) -> ExportOptions:
         try:
             profile = get_target(opts.target)
         except UnknownTargetError as exc:
-            raise ExportError(str(exc)) from exc
+            raise ExportUsageError(str(exc)) from exc
         if opts.opset > profile.max_opset:
             log.info("target %s: opset %d -> %d", opts.target, opts.opset, profile.export_opset)
             opts.opset = profile.export_opset
         if not profile.fused_attention:
             opts.fused_attn = False
     if opts.opset not in SUPPORTED_OPSETS:
-        raise ExportError(f"opset {opts.opset} is not supported; use one of {SUPPORTED_OPSETS} (13 for TensorRT 8.2).")
+        raise ExportUsageError(
+            f"opset {opts.opset} is not supported; use one of {SUPPORTED_OPSETS} (13 for TensorRT 8.2)."
+        )
     if opts.exporter not in EXPORTERS:
-        raise ExportError(f"unknown exporter {opts.exporter!r}; use 'legacy' or 'dynamo'.")
+        raise ExportUsageError(f"unknown exporter {opts.exporter!r}; use 'legacy' or 'dynamo'.")
     if opts.input_size % 32 or opts.input_size < 32:
-        raise ExportError(f"input size {opts.input_size} must be a positive multiple of 32 (the backbone's stride).")
+        raise ExportUsageError(
+            f"input size {opts.input_size} must be a positive multiple of 32 (the backbone's stride)."
+        )
     return opts
 
 
@@ -249,7 +257,9 @@ def export(opts: ExportOptions, output: str | Path) -> ExportResult:
         if get_config(opts.model).family == "swin":
             overrides["input_size"] = opts.input_size
         model = build_model(opts.model, pretrained=opts.pretrained, weights=opts.weights, **overrides)
-    except (UnknownModelError, WeightsError) as exc:
+    except UnknownModelError as exc:
+        raise ExportUsageError(str(exc)) from exc
+    except WeightsError as exc:
         raise ExportError(str(exc)) from exc
     return export_torch_model(model, output, opts)
 
@@ -292,8 +302,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         res = export(opts, args.output)
+    except ExportUsageError as exc:
+        print(f"error: export: {exc}", file=sys.stderr)
+        return 2
     except ExportError as exc:
         print(f"error: export: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: export: cannot write {exc.filename or args.output}: {exc.strerror or exc}.", file=sys.stderr)
         return 1
     print(
         f"{res.path}: {opts.model} {opts.exporter} opset {res.options['opset']} {opts.input_size}x{opts.input_size}"

@@ -165,7 +165,7 @@ def load_teacher(path: str | Path, model_name: str | None = None) -> Segmentor:
     ``model_name``; both given and different, or weights that do not fit, raise :class:`DistillError`.
     """
     from models.registry import UnknownModelError, get_config
-    from models.weights import WeightsError, load_into, read_state_dict
+    from models.weights import WeightsError, load_into, read_state_dict, torch_load
 
     p = Path(path)
     try:
@@ -174,7 +174,7 @@ def load_teacher(path: str | Path, model_name: str | None = None) -> Segmentor:
         raise DistillError(f"teacher: {exc}") from exc
     recorded: dict[str, Any] = {}
     if p.suffix != ".safetensors":
-        raw = torch.load(str(p), map_location="cpu", weights_only=True)
+        raw = torch_load(p)
         if isinstance(raw, dict) and isinstance(raw.get("config"), dict):
             recorded = raw["config"]
     try:

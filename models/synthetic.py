@@ -561,6 +561,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="render processes (default: CPU count)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.train < 0 or args.val < 0 or args.train + args.val < 1 or args.size < 32:
+        parser.error("--train and --val must be >= 0 with at least one image, and --size >= 32")
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be >= 1")
     try:
         marker = generate(
             args.root,

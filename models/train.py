@@ -238,7 +238,9 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(str(path), map_location="cpu", weights_only=True)
+    from models.weights import torch_load
+
+    return torch_load(path)
 
 
 def model_from_checkpoint(path: Path | str) -> nn.Module:
@@ -505,6 +507,7 @@ def add_loop_arguments(p: argparse.ArgumentParser, d: Any) -> None:
     p.add_argument("--eval-split", default=d.eval_split, help="split scored at the end ('' for none)")
     p.add_argument("--eval-limit", type=int, help="score only the first N images of the eval split")
     p.add_argument("--resume", nargs="?", const="auto", help="continue from OUT/checkpoint.pt (or the given file)")
+    p.add_argument("--force", action="store_true", help="start afresh in an --out folder that holds another run")
     p.add_argument("-q", "--quiet", action="store_true")
 
 
@@ -581,6 +584,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     resume = None
     if args.resume:
         resume = Path(args.out) / CHECKPOINT if args.resume == "auto" else Path(args.resume)
+    elif (Path(args.out) / CHECKPOINT).exists() and not args.force:
+        print(
+            f"error: {args.out} holds another training run ({CHECKPOINT}); continue it with --resume, replace it "
+            "with --force, or choose another --out.",
+            file=sys.stderr,
+        )
+        return 2
     from models.registry import UnknownModelError
     from models.weights import WeightsError
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,6 +15,22 @@ log = logging.getLogger(__name__)
 
 class WeightsError(ValueError):
     """A weights file that cannot be read or does not fit the model."""
+
+
+def torch_load(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)``; a file that holds more than tensors and plain containers is refused
+    in our words (torch's own message suggests ``weights_only=False``, which would run code from the file)."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(
+            f"{path}: the file holds pickled Python objects, not only tensors, and this toolchain never unpickles "
+            "code from a file. Save the weights as a state dict (torch.save(model.state_dict(), path)) or as "
+            ".safetensors."
+        ) from exc
+    except Exception as exc:  # a truncated or foreign file (torch raises many types for it)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path}: not a readable torch file ({first}).") from exc
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -29,11 +47,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(p))
         else:
-            state = torch.load(str(p), map_location="cpu", weights_only=True)
+            state = torch_load(p)
+    except WeightsError:
+        raise
     except Exception as exc:
         raise WeightsError(
-            f"{p}: cannot read weights ({type(exc).__name__}: {exc}). Give a .safetensors file or a torch "
-            "state dict saved with torch.save (loaded with weights_only=True)."
+            f"{p}: cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+            "Give a .safetensors file or a torch state dict saved with torch.save."
         ) from exc
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]

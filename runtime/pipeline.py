@@ -218,6 +218,7 @@ class Pipeline:
                     f"train_{name}",
                     self._py(
                         "models.train",
+                        "--force",  # a stage that runs again (its inputs changed) starts afresh
                         "--model",
                         model,
                         "--data",
@@ -468,13 +469,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    if args.target_flops is not None and not 0.0 < args.target_flops <= 1.0:
+        parser.error(f"--target-flops {args.target_flops}: the fraction of the FLOPs to keep must be in (0, 1]")
+    small = ("size", "n_train", "n_val", "student_steps", "teacher_steps", "distill_steps", "batch_size")
+    bad = [f"--{k.replace('_', '-')}" for k in small if getattr(args, k) is not None and getattr(args, k) < 1]
+    if bad:
+        parser.error(f"{', '.join(bad)} must be >= 1")
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("full", "only", "quiet")}
     if "frontier" in given:
         given["frontier"] = tuple(m for m in given["frontier"].split(",") if m)
     cfg = PipelineConfig.full(**given) if args.full else PipelineConfig(**given)
     pipeline = Pipeline(cfg)
+    if args.only:
+        known = [s.name for s in pipeline.stages()]
+        unknown = [s for s in args.only.split(",") if s not in known]
+        if unknown:
+            parser.error(f"--only {','.join(unknown)}: no such stage; the stages are {','.join(known)}")
     try:
         report = pipeline.run_all(args.only.split(",") if args.only else None)
     except StageFailed as exc:

@@ -33,6 +33,8 @@ CASES: list[Case] = [
     ("prune_heads on a corrupt model", "passes.prune_heads", lambda f: [f["bad"], "-o", f["out"], "--ratio", "0.5"], 1),
     ("check_target on a corrupt model", "passes.check_target", lambda f: [f["bad"], "--target", "cpu"], 1),
     ("prune_heads on a model with no attention", "passes.prune_heads", lambda f: [f["cnn"], "-o", f["out"], "--keep", "1"], 1),
+    ("pipeline --only an unknown stage", "runtime.pipeline", lambda f: ["--run", f["m"].parent / "run", "--only", "bogus"], 2),
+    ("pipeline --target-flops 2", "runtime.pipeline", lambda f: ["--run", f["m"].parent / "run", "--target-flops", "2"], 2),
     ("bundle --force over a folder of the user's files", "runtime.bundle", lambda f: [f["m"], "--target", "cpu", "-o", f["mine"], "--force"], 1),
     ("synthetic --force over a folder of the user's files", "models.synthetic", lambda f: [f["mine"], "--train", "1", "--val", "1", "--force"], 1),
 ]  # fmt: skip
@@ -91,3 +93,18 @@ def test_cli_contract(work: dict[str, Path], capsys, name: str, module: str, arg
     assert "Traceback" not in out.out + out.err, name
     assert out.err.strip(), f"{name}: no message"
     assert _snapshot(root) == before, f"{name}: files changed or were left behind"
+
+
+def test_train_refuses_another_runs_folder(work: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """`models.train --out` naming a folder that holds a run: refused without --resume or --force."""
+    from models.train import main as train
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"another run's checkpoint")
+    before = (out / "checkpoint.pt").read_bytes()
+    assert train(["--data", str(work["data"]), "--out", str(out), "--steps", "1", "-q"]) == 2
+    assert "--resume" in capsys.readouterr().err and (out / "checkpoint.pt").read_bytes() == before
+    assert train(["--data", str(work["data"]), "--out", str(out), "--steps", "1", "--resume", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "not a readable torch file" in err and "Traceback" not in err

@@ -130,23 +130,23 @@ def test_cli_success_prints_size_and_parity(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "code"),
     [
-        (["--model", "nope"], "unknown model 'nope'"),
-        (["--opset", "11"], "opset 11 is not supported"),
-        (["--input-size", "70"], "multiple of 32"),
-        (["--target", "toaster"], "unknown target 'toaster'"),
-        (["--weights", "{tmp}/w.pt"], "does not match the model"),
-        (["-o", "{tmp}/missing/dir/x.onnx"], "does not exist"),
+        (["--model", "nope"], "unknown model 'nope'", 2),
+        (["--opset", "11"], "opset 11 is not supported", 2),
+        (["--input-size", "70"], "multiple of 32", 2),
+        (["--target", "toaster"], "unknown target 'toaster'", 2),
+        (["--weights", "{tmp}/w.pt"], "does not match the model", 1),
+        (["-o", "{tmp}/missing/dir/x.onnx"], "does not exist", 1),
     ],
 )
-def test_cli_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
+def test_cli_bad_input(tmp_path: Path, args: list[str], message: str, code: int) -> None:
     torch.save({"foo.weight": torch.zeros(3)}, tmp_path / "w.pt")
     args = [a.format(tmp=tmp_path) for a in args]
     if "-o" not in args:
         args += ["-o", str(tmp_path / "out.onnx")]
     r = _cli("--input-size", "64", *args) if "--input-size" not in args else _cli(*args)
-    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.returncode == code, (r.stdout, r.stderr)  # 2: usage error, 1: cannot be done
     assert message in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "out.onnx").exists()

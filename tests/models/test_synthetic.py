@@ -94,4 +94,6 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "wrote synthetic LPCV layout" in capsys.readouterr().out
     assert main([str(tmp_path / "cli"), "--train", "1", "--val", "1", "--size", "48"]) == 1
     assert "not empty" in capsys.readouterr().err
-    assert main([str(tmp_path / "x"), "--size", "8"]) == 1
+    with pytest.raises(SystemExit) as exc:  # a usage error
+        main([str(tmp_path / "x"), "--size", "8"])
+    assert exc.value.code == 2
