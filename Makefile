@@ -19,11 +19,13 @@ DATA        ?=
 DEMO_ARGS   ?=
 PIPELINE_ARGS = --run $(RUN) $(if $(filter 1,$(FULL)),--full) $(if $(DATA),--data $(DATA)) $(DEMO_ARGS)
 
-# distillation (make distill STUDENT=runs/demo/onnx/pruned.onnx TEACHER_CKPT=runs/demo/train/teacher/checkpoint.pt)
+# distillation (make distill STUDENT=runs/demo/onnx/pruned.onnx TEACHER_CKPT=runs/demo/train/teacher/checkpoint.pt);
+# it writes to its own folder, never into the demo's run (whose stages would then be stale)
 STUDENT      ?= $(RUN)/onnx/pruned.onnx
 TEACHER_CKPT ?= $(RUN)/train/teacher/checkpoint.pt
 DISTILL_DATA ?= $(RUN)/data
 STEPS        ?= 200
+DISTILL_OUT  ?= runs/distill
 
 .PHONY: setup test test-zoo lint export demo distill clean
 
@@ -60,7 +62,7 @@ demo: setup
 
 distill: setup
 	$(PY) -m models.distill --student $(STUDENT) --teacher $(TEACHER_CKPT) --data $(DISTILL_DATA) \
-		--steps $(STEPS) --out $(RUN)/distill --cache-teacher
+		--steps $(STEPS) --out $(DISTILL_OUT) --cache-teacher
 
 clean:
 	rm -rf $(ARTIFACTS) .pytest_cache .ruff_cache

@@ -28,6 +28,7 @@ from torch import nn
 
 from exporters.opset import to_opset
 from exporters.weight_map import build_weight_map
+from fileformat.cli import cli_main
 from fileformat.errors import UsageError
 from fileformat.io import check_distinct
 from fileformat.metadata import write_metadata
@@ -291,6 +292,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main("python -m exporters.export")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")

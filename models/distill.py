@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fileformat.cli import cli_main
 from models.losses import KD_KINDS, DistillLoss, LossConfig
 from models.registry import ModelConfig, Segmentor
 
@@ -601,6 +602,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main("python -m models.distill")
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: 0 done, 1 bad student/teacher/data/checkpoint, 2 usage error."""
     from models.train import loop_argument_error

@@ -49,6 +49,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from fileformat.cli import cli_main
 from fileformat.metadata import weight_sources
 from models.registry import ModelConfig, Segmentor
 
@@ -484,6 +485,10 @@ def load_onnx_weights(model: nn.Module, proto: onnx.ModelProto, weight_map: dict
                 continue
             pre = f"{path}."
             stats = [pre + "weight", pre + "running_mean", pre + "running_var"]
+            if path in folded_convs and pre + "bias" not in loaded and not any(s in loaded for s in stats):
+                # folded into its conv with a zero bias, which the dynamo exporter's optimiser then removed
+                mod.bias.zero_()
+                loaded[pre + "bias"] = "folded"
             if pre + "bias" in loaded and not any(s in loaded for s in stats):
                 mod.weight.fill_(1.0)
                 mod.running_mean.zero_()
@@ -591,13 +596,14 @@ class RoundTripReport:
 
 
 def _torch_shapes(proto: onnx.ModelProto, weight_map: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """``{torch tensor: shape in torch layout}`` of the weight initializers of ``proto`` (through its weight map;
-    an initializer stored once for several equal torch tensors gives the shape of each)."""
+    """``{torch tensor: shape in torch layout}`` of the weight initializers of ``proto`` that hold one torch tensor
+    (through its weight map; one stored for several equal tensors, such as zero biases, names none of them)."""
     out: dict[str, tuple[int, ...]] = {}
     for init in proto.graph.initializer:
-        shape = tuple(int(d) for d in init.dims)
-        for src in weight_sources(weight_map.get(init.name)):
-            out[str(src["param"])] = shape[::-1] if src.get("transposed") else shape
+        sources = weight_sources(weight_map.get(init.name))
+        if len(sources) == 1:
+            shape = tuple(int(d) for d in init.dims)
+            out[str(sources[0]["param"])] = shape[::-1] if sources[0].get("transposed") else shape
     return out
 
 
@@ -644,10 +650,11 @@ def check_roundtrip(onnx_path: str | Path, *, tolerance: float = 1e-4, seed: int
         rebuilt = onnx.load(str(out))
     shapes_src = _torch_shapes(src, meta["weight_map"])
     shapes_new = _torch_shapes(rebuilt, read_metadata(rebuilt)["weight_map"])
+    # tensors both files name unambiguously (completeness is load_onnx_weights' check)
     mismatches = [
-        f"{k}: {list(shapes_src.get(k, ()))} vs {list(shapes_new.get(k, ()))}"
-        for k in sorted(set(shapes_src) | set(shapes_new))
-        if shapes_src.get(k) != shapes_new.get(k)
+        f"{k}: {list(shapes_src[k])} vs {list(shapes_new[k])}"
+        for k in sorted(set(shapes_src) & set(shapes_new))
+        if shapes_src[k] != shapes_new[k]
     ]
     gen = np.random.default_rng(seed)
     err = 0.0
@@ -675,6 +682,7 @@ def check_roundtrip(onnx_path: str | Path, *, tolerance: float = 1e-4, seed: int
 # ------------------------------------------------------------------------------------------------------- CLI
 
 
+@cli_main("python -m models.prune_torch")
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m models.prune_torch pruned.onnx [--tolerance T] [--json r.json]``: 0 ok, 1 mismatch/bad file."""
     p = argparse.ArgumentParser(prog="python -m models.prune_torch", description=__doc__.split("\n\n")[0])

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from fileformat.cli import cli_main
 from fileformat.errors import PassError
 from fileformat.io import check_replaceable, write_manifest
 from models.constants import CLASS_NAMES, NUM_CLASSES
@@ -548,6 +549,7 @@ def generate(
     return marker
 
 
+@cli_main("python -m models.synthetic")
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m models.synthetic ROOT --train 200 --val 50 --size 256 --seed 0 [--force]``."""
     parser = argparse.ArgumentParser(prog="python -m models.synthetic", description=__doc__.split("\n\n")[0])

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fileformat.cli import cli_main
 from models.constants import IGNORE_INDEX
 from models.data import AugmentConfig, DataError, LPCVDataset
 
@@ -535,6 +536,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main("python -m models.train")
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: 0 done, 1 data/model/checkpoint problem, 2 usage error."""
     args = _parser().parse_args(argv)

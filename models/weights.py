@@ -23,6 +23,8 @@ def torch_load(path: str | Path) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "global" not in str(exc):  # not a class it refused: the bytes are no torch file
+            raise WeightsError(f"{path}: not a readable torch file (no checkpoint or state dict in it).") from exc
         raise WeightsError(
             f"{path}: the file holds pickled Python objects, not only tensors, and this toolchain never unpickles "
             "code from a file. Save the weights as a state dict (torch.save(model.state_dict(), path)) or as "

@@ -49,6 +49,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from fileformat.cli import cli_main
 from fileformat.errors import PassError, UsageError
 from fileformat.io import atomic_write_text, check_distinct, load_model
 from fileformat.targets import TARGETS, TargetProfile, UnknownTargetError, get_target
@@ -628,12 +629,16 @@ def check_target(
     f.extend(mem_findings)
     result.memory = memory
     result.estimate = estimate
+    quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
     if (
         profile.runtime == "tensorrt"
         and profile.fp16
+        and not quantized
         and not any(t == TensorProto.FLOAT16 for t in _tensor_types(model).values())
     ):
         f.append(Finding("info", "fp16", "FP32 model: build the engine with --fp16 (the bundle does)"))
+    elif profile.runtime == "tensorrt" and quantized:
+        f.append(Finding("info", "int8", "INT8 (QDQ) model: build the engine with --int8 (and --fp16 for the rest)"))
     return result
 
 
@@ -667,6 +672,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main("python -m passes.check_target")
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: 0 compatible, 1 incompatible or unreadable, 2 usage error."""
     parser = _parser()

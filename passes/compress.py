@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from fileformat.cli import cli_main
 from fileformat.errors import PassError, UsageError
 from fileformat.metadata import append_history
 from passes._core.budget import Allocation, BudgetConfig, CostModel, Layer, Term, allocate
@@ -312,6 +313,7 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
     return compress(model, config)
 
 
+@cli_main("python -m passes.compress")
 def main(argv: Sequence[str] | None = None) -> int:
     return run_pass_cli(build_parser(), _run, argv)
 

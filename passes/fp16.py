@@ -45,6 +45,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from fileformat.cli import cli_main
 from fileformat.errors import PassError
 from fileformat.metadata import append_history, read_metadata
 from passes._core.cli import make_parser, run_pass_cli
@@ -666,6 +667,7 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
         raise PassError(str(exc)) from None
 
 
+@cli_main("python -m passes.fp16")
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point (exit 0 success, 1 model or data unusable, 2 usage error)."""
     return run_pass_cli(_parser(), _run, argv)

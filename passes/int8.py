@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from fileformat.cli import cli_main
 from fileformat.errors import PassError
 from fileformat.metadata import append_history
 from passes._core.cli import make_parser, run_pass_cli
@@ -470,6 +471,7 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
         raise PassError(str(exc)) from None
 
 
+@cli_main("python -m passes.int8")
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point (exit 0 success, 1 model or data unusable, 2 usage error)."""
     return run_pass_cli(_parser(), _run, argv)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from fileformat.cli import cli_main
 from fileformat.errors import PassError
 from passes._core.cli import make_parser, run_pass_cli
 from passes._core.report import PassReport
@@ -108,6 +109,7 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
     return prune_heads(model, config_from_args(PruneHeadsConfig, args))  # type: ignore[arg-type]
 
 
+@cli_main("python -m passes.prune_heads")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("python -m passes.prune_heads", __doc__.split("\n\n")[0])
     add_unit_arguments(parser, "heads")

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from fileformat.cli import cli_main
 from fileformat.errors import PassError
 from fileformat.metadata import append_history, read_metadata
 from passes._core.cli import make_parser, run_pass_cli
@@ -236,6 +237,7 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
     return simplify(model, SimplifyConfig(backend=args.backend, atol=args.atol, seed=args.seed, batch=args.batch))
 
 
+@cli_main("python -m passes.simplify")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("python -m passes.simplify", __doc__.splitlines()[0])
     parser.add_argument(

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from fileformat.cli import cli_main
 from fileformat.errors import PassError, UsageError
 from fileformat.metadata import append_history
 from fileformat.plan import read_plan, write_plan
@@ -419,6 +420,7 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
     return slice_channels(model, config)
 
 
+@cli_main("python -m passes.slice_channels")
 def main(argv: Sequence[str] | None = None) -> int:
     return run_pass_cli(build_parser(), _run, argv)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from fileformat.cli import cli_main
 from passes._core.cli import make_parser, run_pass_cli
 from passes._core.report import PassReport
 from passes._core.units import Mlp, UnitPruneConfig, find_mlps, importance, prune_units, zero_units
@@ -56,6 +57,7 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
     return slice_neurons(model, config_from_args(SliceNeuronsConfig, args))  # type: ignore[arg-type]
 
 
+@cli_main("python -m passes.slice_neurons")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("python -m passes.slice_neurons", __doc__.split("\n\n")[0])
     add_unit_arguments(parser, "neurons")

@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from fileformat.cli import cli_main
 from fileformat.errors import UsageError
 from fileformat.io import check_distinct
 
@@ -439,6 +440,7 @@ def _worker(path: str, config_json: str) -> int:
     return 0
 
 
+@cli_main("python -m runtime.bench")
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: 0 success, 1 a model cannot be benchmarked, 2 usage error."""
     parser = _parser()

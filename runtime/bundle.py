@@ -44,6 +44,7 @@ from typing import Any
 
 import onnx
 
+from fileformat.cli import cli_main
 from fileformat.errors import PassError
 from fileformat.io import check_replaceable, load_model, write_manifest
 from fileformat.metadata import read_metadata
@@ -394,6 +395,7 @@ def _replace_dir(tmp: Path, dst: Path) -> None:
 # ------------------------------------------------------------------------------------------------------ CLI
 
 
+@cli_main("python -m runtime.bundle")
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: 0 written, 1 refused or failed, 2 usage error."""
     p = argparse.ArgumentParser(prog="python -m runtime.bundle", description=__doc__.splitlines()[0])

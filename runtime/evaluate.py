@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from fileformat.cli import cli_main
 from fileformat.errors import UsageError
 from fileformat.io import check_distinct
 from models.constants import CLASS_NAMES, IGNORE_INDEX, PALETTE
@@ -192,7 +193,7 @@ def compare(
     accs = [MetricAccumulator(num_classes=s.num_classes, ignore_index=config.ignore_index) for s in (seg_a, seg_b)]
     seconds = [0.0, 0.0]
     same = pixels = n = 0
-    overlays: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+    overlays: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     for s in (seg_a, seg_b):
         s.forward_seconds, s.forward_images = 0.0, 0
     with _progress(total, config.progress, f"{seg_a.name} vs {seg_b.name}") as bar:
@@ -210,7 +211,7 @@ def compare(
                 same += int(np.count_nonzero(pa == pb))
                 pixels += pa.size
                 if len(overlays) < config.num_overlays:
-                    overlays.append((s.name, s.image, s.mask, pa))  # type: ignore[arg-type]
+                    overlays.append((s.name, s.image, s.mask, pa, pb))  # type: ignore[arg-type]
             n += len(chunk)
             bar.update(len(chunk))
     if n == 0:
@@ -235,7 +236,9 @@ def compare(
         names = (f"A: {seg_a.name}", f"B: {seg_b.name}")
         title = f"{split}{' (synthetic data)' if data['synthetic'] else ''}"
         plot_per_class_iou({names[0]: ra, names[1]: rb}, out / "per_class_iou.png", title)
-        plot_overlays(overlays, out / "overlays.png", seg_a.class_names)
+        plot_overlays(
+            overlays, out / "overlays.png", seg_a.class_names, labels=("A: " + seg_a.name, "B: " + seg_b.name)
+        )
         result["plots"] = [str(out / "per_class_iou.png"), str(out / "overlays.png")]
     return result
 
@@ -335,22 +338,42 @@ def _colourise(labels: np.ndarray, palette: Sequence[tuple[int, int, int]]) -> n
     return lut[labels]
 
 
+DISAGREE = (255, 0, 0)
+
+
+def overlay_panels(
+    name: str, image: np.ndarray, mask: np.ndarray, preds: Sequence[np.ndarray], labels: Sequence[str]
+) -> list[tuple[np.ndarray, str]]:
+    """The panels of one overlay row: image, ground truth, each prediction in the class palette and, for two
+    predictions, where they disagree (red over the dimmed image)."""
+    panels = [(image, name), (_colourise(mask, PALETTE), "ground truth")]
+    panels += [(_colourise(p, PALETTE), label) for p, label in zip(preds, labels)]
+    if len(preds) == 2:
+        diff = preds[0] != preds[1]
+        pic = (image.astype(np.float32) * 0.4).astype(np.uint8)
+        pic[diff] = DISAGREE
+        panels.append((pic, f"disagreement ({100 * diff.mean():.1f}% of pixels)"))
+    return panels
+
+
 def plot_overlays(
-    overlays: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+    overlays: Sequence[tuple[Any, ...]],
     path: Path,
     class_names: Sequence[str] = CLASS_NAMES,
+    labels: Sequence[str] = ("prediction",),
 ) -> None:
-    """Rows of (image | ground truth | prediction) in the class palette (ignored pixels white), with a legend."""
+    """Rows of (image | ground truth | prediction(s) [| disagreement]) in the class palette (ignored pixels
+    white), with a legend. Each row is ``(name, image, mask, pred, ...)``, one prediction per label."""
     if not overlays:
         return
     plt = _pyplot()
     from matplotlib.patches import Patch
 
-    fig, axes = plt.subplots(len(overlays), 3, figsize=(9, 3 * len(overlays) + 0.8), squeeze=False)
-    for row, (name, image, mask, pred) in enumerate(overlays):
-        for col, (pic, label) in enumerate(
-            ((image, name), (_colourise(mask, PALETTE), "ground truth"), (_colourise(pred, PALETTE), "prediction"))
-        ):
+    rows = [overlay_panels(o[0], o[1], o[2], o[3:], labels) for o in overlays]
+    cols = len(rows[0])
+    fig, axes = plt.subplots(len(rows), cols, figsize=(3 * cols, 3 * len(rows) + 0.8), squeeze=False)
+    for row, panels in enumerate(rows):
+        for col, (pic, label) in enumerate(panels):
             ax = axes[row][col]
             ax.imshow(pic, interpolation="nearest")
             ax.set_title(label, fontsize=8)
@@ -416,6 +439,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main("python -m runtime.evaluate")
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status (0 ok, 1 model or data cannot be used, 2 usage error)."""
     args = _parser().parse_args(argv)

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from fileformat.cli import cli_main
 from fileformat.errors import UsageError
 from fileformat.io import check_distinct
 from models.constants import IGNORE_INDEX
@@ -117,11 +118,24 @@ def _is_quantized(path: Path) -> bool:
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
+def _load(path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and onnx's own errors: not a model
+        raise ValueError(f"{path}: not a readable ONNX model ({type(exc).__name__}).") from None
+
+
 def _spec(path: Path) -> InputSpec:
     try:
-        return input_spec(onnx.load(str(path), load_external_data=False))
+        return input_spec(_load(path))
     except CalibrationDataError as exc:
         raise ValueError(f"{path}: {exc}") from None
+
+
+def _classes(path: Path) -> int | None:
+    """The class count of a segmentation model's first output ``[N, classes, H, W]``, when static."""
+    out = _load(path).graph.output[0].type.tensor_type.shape.dim
+    return out[1].dim_value if len(out) == 4 and out[1].HasField("dim_value") else None
 
 
 def repro_command(candidate: Path | str, save_dir: Path | str, config: ParityConfig) -> str:
@@ -169,6 +183,12 @@ def compare_models(
     ref_spec, cand_spec = _spec(ref_path), _spec(cand_path)
     if ref_spec.size != cand_spec.size:
         raise ValueError(f"the models take different input sizes: {ref_spec.size} and {cand_spec.size}")
+    n_ref, n_cand = _classes(ref_path), _classes(cand_path)
+    if n_ref and n_cand and n_ref != n_cand:
+        raise ValueError(
+            f"the models predict different class counts ({n_ref} and {n_cand}); parity compares a model with its "
+            "own compressed or converted version."
+        )
     _quiet_polygraphy(logger.isEnabledFor(logging.DEBUG))
     import onnxruntime as ort
 
@@ -389,6 +409,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main("python -m runtime.parity")
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: 0 verdict passed, 1 failed (or unusable models/data), 2 usage error."""
     parser = _parser()

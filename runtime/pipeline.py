@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fileformat.cli import cli_main
 from fileformat.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -468,6 +469,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main("python -m runtime.pipeline")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import onnx
 
+from fileformat.cli import cli_main
 from runtime.device_scripts.build_engine import FP32_KINDS, match_layers, parse_fp32_layers, pixel_agreement
 
 __all__ = [
@@ -289,6 +290,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main("python -m runtime.trt")
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: 0 built, 1 cannot build (TensorRT missing, bad model), 2 usage error."""
     parser = _parser()

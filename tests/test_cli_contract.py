@@ -33,6 +33,11 @@ CASES: list[Case] = [
     ("prune_heads on a corrupt model", "passes.prune_heads", lambda f: [f["bad"], "-o", f["out"], "--ratio", "0.5"], 1),
     ("check_target on a corrupt model", "passes.check_target", lambda f: [f["bad"], "--target", "cpu"], 1),
     ("prune_heads on a model with no attention", "passes.prune_heads", lambda f: [f["cnn"], "-o", f["out"], "--keep", "1"], 1),
+    ("parity on a corrupt candidate", "runtime.parity", lambda f: [f["m"], f["bad"], "--data", f["data"], "--no-save"], 1),
+    ("parity of models with other class counts", "runtime.parity", lambda f: [f["m"], f["m5"], "--data", f["data"], "--no-save"], 1),
+    ("evaluate a corrupt model", "runtime.evaluate", lambda f: [f["bad"], "--data", f["data"]], 1),
+    ("bench a corrupt model", "runtime.bench", lambda f: [f["bad"]], 1),
+    ("prune_torch on a corrupt model", "models.prune_torch", lambda f: [f["bad"]], 1),
     ("pipeline --only an unknown stage", "runtime.pipeline", lambda f: ["--run", f["m"].parent / "run", "--only", "bogus"], 2),
     ("pipeline --target-flops 2", "runtime.pipeline", lambda f: ["--run", f["m"].parent / "run", "--target-flops", "2"], 2),
     ("bundle --force over a folder of the user's files", "runtime.bundle", lambda f: [f["m"], "--target", "cpu", "-o", f["mine"], "--force"], 1),
@@ -51,6 +56,8 @@ def work(tmp_path_factory: pytest.TempPathFactory, exported) -> dict[str, Path]:
     files = {"m": root / "model.onnx", "m2": root / "other.onnx", "note": root / "notes.txt", "out": root / "o.onnx"}
     shutil.copy(exported("mobilevit_xxs", size=64), files["m"])
     shutil.copy(exported("mobilevit_xxs", size=64), files["m2"])
+    files["m5"] = root / "five_classes.onnx"
+    shutil.copy(exported("mobilevit_xxs", size=64, num_classes=5), files["m5"])
     files["note"].write_text("my notes\n")
     files["mine"] = root / "mine"
     files["mine"].mkdir()
@@ -91,6 +98,7 @@ def test_cli_contract(work: dict[str, Path], capsys, name: str, module: str, arg
     out = capsys.readouterr()
     assert got == code, (name, out.out[-500:], out.err[-500:])
     assert "Traceback" not in out.out + out.err, name
+    assert "internal error" not in out.err, f"{name}: an unexpected exception reached the boundary: {out.err}"
     assert out.err.strip(), f"{name}: no message"
     assert _snapshot(root) == before, f"{name}: files changed or were left behind"
 

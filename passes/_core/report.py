@@ -76,8 +76,11 @@ class PassReport:
                 lines.append(f"  {n} x {reason}")
             if len(counts) > 5:
                 lines.append(f"  ... and {len(counts) - 5} other reason(s)")
-        lines.extend(_clip(n, 300) for n in self.notes)
-        if self.rows or self.skipped:
+        shown = 6  # e.g. one "kept FP32" note per LayerNorm chain: the rest goes to -v and --report
+        lines.extend(_clip(n, 300) for n in self.notes[:shown])
+        if len(self.notes) > shown:
+            lines.append(f"... and {len(self.notes) - shown} more note(s)")
+        if self.rows or self.skipped or len(self.notes) > shown:
             lines.append("details: -v, or --report FILE.json")
         return "\n".join(lines)
 

@@ -285,8 +285,9 @@ def _on_mlp_path(view: GraphView, ref: NodeRef, depthwise: bool) -> bool:
 
 
 def _mlp_sink(view: GraphView, start: str, limit: int = 64, depthwise: bool = False) -> tuple[NodeRef | None, str]:
-    """The one linear layer that ``start`` reaches through elementwise and layout ops only (and depthwise convs
-    where ``depthwise``), or ``None`` and why not."""
+    """The one linear layer that ``start`` reaches through elementwise and layout ops only, or ``None`` and why
+    not. ``depthwise``: ``start`` is a token-wise linear's output, which may pass a depthwise conv (MixFFN) and must
+    reach a MatMul/Gemm; otherwise a 1x1 conv's, which must reach a 1x1 conv."""
     closure = {start}
     frontier = [start]
     sinks: dict[int, NodeRef] = {}
@@ -299,8 +300,8 @@ def _mlp_sink(view: GraphView, start: str, limit: int = 64, depthwise: bool = Fa
             steps += 1
             if steps > limit:
                 return None, f"no second linear layer within {limit} elementwise ops"
-            if k == 0 and _linear_weight(view, ref) is not None:
-                sinks[ref.index] = ref
+            if k == 0 and _linear_weight(view, ref) is not None and (ref.node.op_type == "Conv") == (not depthwise):
+                sinks[ref.index] = ref  # fc2 is of fc1's kind: token-wise linears, or 1x1 convs
                 continue
             if not _on_mlp_path(view, ref, depthwise):
                 return None, f"its output reaches {ref.node.op_type} {ref.name!r}, which an MLP activation is not"

@@ -78,8 +78,13 @@ def test_weights_files_round_trip_and_mismatch(tmp_path) -> None:
     with pytest.raises(WeightsError, match="does not match the model.*shape mismatches"):
         build_model("mobilevit_xxs", weights=str(tmp_path / "w.safetensors"))  # decoder width 128 != 32
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match="cannot read weights"):
+    with pytest.raises(WeightsError, match="not a readable torch file"):
         build_model("mobilevit_xxs", weights=str(tmp_path / "bad.pt"))
+
+    torch.save({"model": print}, tmp_path / "code.pt")  # a pickle of code: refused in our words
+    with pytest.raises(WeightsError, match="never unpickles code") as exc:
+        build_model("mobilevit_xxs", weights=str(tmp_path / "code.pt"))
+    assert "weights_only" not in str(exc.value)
 
 
 def test_pretrained_offline_fails_clearly(monkeypatch) -> None:

@@ -120,7 +120,7 @@ def test_interface_change_is_refused(monkeypatch) -> None:
 def test_cli_bad_inputs(tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
     onnx.save(conv_model(), str(path))
-    assert main([str(path), "-o", str(path)]) == 1  # never overwrites its input
+    assert main([str(path), "-o", str(path)]) == 2  # never overwrites its input: a usage error
     with pytest.raises(SystemExit) as exc:
         main([str(path), "-o", str(tmp_path / "o.onnx"), "--backend", "polygraphy"])
     assert exc.value.code == 2

@@ -291,7 +291,7 @@ def test_cli_bad_inputs(exported, tmp_path: Path, capsys: pytest.CaptureFixture[
         path.write_text(json.dumps(plan))
         assert main([src, "-o", out, "--plan", str(path)]) == 1
         assert message in capsys.readouterr().err
-    assert main([src, "-o", src, "--ratio", "0.5"]) == 1  # never overwrite the input
+    assert main([src, "-o", src, "--ratio", "0.5"]) == 2  # never overwrite the input: a usage error
     assert not Path(out).exists()
     with pytest.raises(SystemExit) as exc:
         main([src, "-o", out, "--scope", "middle", "--ratio", "0.5"])

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from models.constants import CLASS_NAMES
 from models.data import iter_samples
-from runtime.evaluate import EvalConfig, compare, evaluate, main
-from runtime.session import OnnxSegmenter, TorchSegmenter, resize_bilinear, resize_nearest
+from runtime.evaluate import PALETTE, EvalConfig, compare, evaluate, main, overlay_panels
+from runtime.session import OnnxSegmenter, Segmenter, TorchSegmenter, resize_bilinear, resize_nearest
 
 
 @pytest.mark.parametrize(("src", "dst"), [((7, 9), (16, 20)), ((16, 16), (64, 48)), ((20, 30), (8, 11))])
@@ -135,3 +136,31 @@ def test_cli_errors(
     with pytest.raises(SystemExit) as exc:
         main([str(tiny_onnx["dynamic"])])  # --data is required: usage error
     assert exc.value.code == 2
+
+
+class _Constant(Segmenter):
+    """Predicts one class everywhere."""
+
+    def __init__(self, cls: int) -> None:
+        super().__init__(f"class{cls}", None, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), CLASS_NAMES)
+        self.cls = cls
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        out = np.zeros((batch.shape[0], len(CLASS_NAMES), *batch.shape[2:]), dtype=np.float32)
+        out[:, self.cls] = 1.0
+        return out
+
+
+def test_compare_overlays_show_both_models(syn_tiny: Path, tmp_path: Path) -> None:
+    """--compare draws A's and B's predictions side by side, and where they disagree."""
+    a, b = _Constant(0), _Constant(9)
+    img = np.zeros((8, 8, 3), dtype=np.uint8)
+    panels = overlay_panels(
+        "x", img, np.zeros((8, 8), dtype=np.int64), [np.zeros((8, 8), int), np.full((8, 8), 9)], ["A", "B"]
+    )
+    assert [t for _, t in panels][2:] == ["A", "B", "disagreement (100.0% of pixels)"]
+    assert (panels[3][0] == np.asarray(PALETTE[9], dtype=np.uint8)).all()  # B's prediction, not A's
+    compare(a, b, syn_tiny, "val", EvalConfig(num_overlays=1, progress=False), tmp_path)
+    pic = np.asarray(Image.open(tmp_path / "overlays.png").convert("RGB"))
+    b_pixels = int(np.all(pic == np.asarray(PALETTE[9], dtype=np.uint8), axis=-1).sum())
+    assert b_pixels > 2000  # a whole panel of B's class, not only its legend patch
