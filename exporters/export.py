@@ -269,6 +269,8 @@ def _parser() -> argparse.ArgumentParser:
     from models.registry import list_models
 
     p = argparse.ArgumentParser(prog="python -m exporters.export", description=__doc__.split("\n\n")[0])
+
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     p.add_argument("--model", default="mobilevit_xxs", help=f"configuration: {', '.join(list_models())}")
     p.add_argument("--input-size", type=int, default=512, help="square input size in pixels (multiple of 32)")
     p.add_argument("--opset", type=int, default=17)
@@ -296,7 +298,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    opts = ExportOptions(**{k: v for k, v in vars(args).items() if k != "output"})
+    opts = ExportOptions(**{k: v for k, v in vars(args).items() if k not in ("output", "verbose")})
     try:
         check_distinct([opts.weights], [("-o", args.output)])
     except UsageError as exc:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import onnx
@@ -79,14 +80,31 @@ def _umask() -> int:
     return mask
 
 
-def _temp_for(out: Path) -> str:
+def _temp_for(out: Path, suffix: str = ".tmp") -> str:
     """A temporary file beside ``out`` (removing ones a killed writer of ``out`` left), with the umask's mode."""
-    for stale in out.parent.glob(f".{out.name}.*.tmp"):
+    for stale in out.parent.glob(f".{out.name}.*{suffix}"):
         stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would outlive the rename
     os.close(fd)
     return tmp
+
+
+@contextlib.contextmanager
+def atomic_target(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[str]:
+    """``with atomic_target(p) as tmp: write(tmp)``: ``p`` appears complete or not at all (``os.replace``), with
+    the umask's mode; the temporary file is removed on failure, and one a killed writer left is swept first.
+    ``suffix`` keeps an extension that a writer reads (matplotlib's ``.png``)."""
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"{out} is a directory; give a file path.")
+    tmp = _temp_for(out, suffix)
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
@@ -98,17 +116,12 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
     out = Path(path)
     if not out.parent.is_dir():
         raise PassError(f"{out}: directory {out.parent} does not exist. Create it first.")
-    tmp = _temp_for(out)
-    try:
+    with atomic_target(out) as tmp:
         if model.ByteSize() > _PROTO_LIMIT:
             data_name = out.name + ".data"
             onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True, location=data_name)
         else:
             onnx.save_model(model, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
     return out
 
@@ -116,16 +129,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
     out = Path(path)
-    if out.is_dir():
-        raise UsageError(f"{out} is a directory; give a file path.")
-    tmp = _temp_for(out)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_target(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
     return out
 
 

@@ -504,6 +504,10 @@ def distill(cfg: DistillConfig, *, resume: str | Path | None = None) -> DistillR
     )
     try:
         result = train(tcfg, student, loss_fn=objective, resume=resume_path)
+    except ValueError as exc:  # a resume checkpoint of another student, a batch that does not split, ...
+        if isinstance(exc, DistillError):
+            raise
+        raise DistillError(str(exc)) from exc
     finally:
         objective.close()
     onnx_path = None
@@ -577,6 +581,7 @@ def _parser() -> argparse.ArgumentParser:
 
     d = DistillConfig(student="", teacher="")
     p = argparse.ArgumentParser(prog="python -m models.distill", description=__doc__.split("\n\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     p.add_argument("--student", required=True, help="pruned .onnx file, or a registered configuration name")
     p.add_argument("--student-weights", help="initial weights of a configuration-name student")
     p.add_argument("--teacher", required=True, help="teacher checkpoint (models.train) or state dict")

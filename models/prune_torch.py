@@ -686,6 +686,7 @@ def check_roundtrip(onnx_path: str | Path, *, tolerance: float = 1e-4, seed: int
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m models.prune_torch pruned.onnx [--tolerance T] [--json r.json]``: 0 ok, 1 mismatch/bad file."""
     p = argparse.ArgumentParser(prog="python -m models.prune_torch", description=__doc__.split("\n\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     p.add_argument("model", help="pruned ONNX file (exported by exporters.export, then the passes)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max abs output difference allowed")
     p.add_argument("--json", help="also write the report as JSON")

@@ -553,6 +553,7 @@ def generate(
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m models.synthetic ROOT --train 200 --val 50 --size 256 --seed 0 [--force]``."""
     parser = argparse.ArgumentParser(prog="python -m models.synthetic", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     parser.add_argument("root", type=Path, help="output folder (LPCV layout)")
     parser.add_argument("--train", type=int, default=200, help="training images (default 200)")
     parser.add_argument("--val", type=int, default=50, help="validation images (default 50)")

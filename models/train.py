@@ -35,10 +35,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -51,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fileformat.cli import cli_main
+from fileformat.io import atomic_target, atomic_write_text
 from models.constants import IGNORE_INDEX
 from models.data import AugmentConfig, DataError, LPCVDataset
 
@@ -221,17 +220,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
-    """``torch.save`` to a temp file in the same folder, then ``os.replace`` (never a half-written checkpoint)."""
+    """``torch.save`` through :func:`fileformat.io.atomic_target` (never a half-written checkpoint)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
@@ -321,11 +314,7 @@ def _process_group() -> tuple[int, int]:
 
 
 def _write_json(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=str) + "\n")
 
 
 def train(
@@ -383,17 +372,26 @@ def _train(
     start = 0
     if resume is not None:
         ckpt = load_checkpoint(resume)
+        if not isinstance(ckpt, dict) or not {"model", "optimizer", "scheduler", "step", "config"} <= set(ckpt):
+            raise ValueError(f"{resume}: not a training checkpoint (model/optimizer/scheduler/step missing)")
         if ckpt["config"].get("model") != config.model:
             raise ValueError(f"{resume}: checkpoint of model {ckpt['config'].get('model')!r}, not {config.model!r}")
         recorded, current = ckpt["config"].get("model_config"), _model_config(model)
         if recorded and current and recorded != current:
             diff = {k: (recorded.get(k), v) for k, v in current.items() if recorded.get(k) != v}
             raise ValueError(f"{resume}: checkpoint of another {config.model} configuration (recorded, now): {diff}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if isinstance(loss_fn, nn.Module) and "loss" in ckpt:
-            loss_fn.load_state_dict(ckpt["loss"])
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            if isinstance(loss_fn, nn.Module) and "loss" in ckpt:
+                loss_fn.load_state_dict(ckpt["loss"])
+        except (RuntimeError, KeyError, ValueError) as exc:  # another architecture's or a pruned model's state
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(
+                f"{resume}: the checkpoint does not fit this model ({first}); resume with the student it was made "
+                "for, or start afresh in another --out."
+            ) from exc
         _set_rng_state(ckpt["rng"])
         start = int(ckpt["step"])
         logger.info("resumed from %s at step %d", resume, start)
@@ -522,6 +520,7 @@ def loop_argument_error(args: argparse.Namespace) -> str | None:
 def _parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     p.add_argument("--model", default=d.model, help="registered configuration (models.registry)")
     add_loop_arguments(p, d)
     p.add_argument(

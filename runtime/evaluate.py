@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -34,7 +32,7 @@ import numpy as np
 
 from fileformat.cli import cli_main
 from fileformat.errors import UsageError
-from fileformat.io import check_distinct
+from fileformat.io import atomic_target, atomic_write_text, check_distinct
 from models.constants import CLASS_NAMES, IGNORE_INDEX, PALETTE
 from models.data import DataError, LoadedSample, ScanSummary, iter_samples
 from models.synthetic import MARKER
@@ -386,29 +384,15 @@ def plot_overlays(
 
 
 def _savefig(fig: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(obj: dict[str, Any], path: Path | str) -> None:
-    """Write ``obj`` as indented JSON atomically (temp file + ``os.replace``)."""
+    """Write ``obj`` as indented JSON atomically (:func:`fileformat.io.atomic_write_text`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 # -------------------------------------------------------------------------------------------------------- CLI

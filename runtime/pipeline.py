@@ -443,6 +443,7 @@ class Pipeline:
 def _parser() -> argparse.ArgumentParser:
     d = PipelineConfig()
     p = argparse.ArgumentParser(prog="python -m runtime.pipeline", description=__doc__.split("\n\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     p.add_argument("--run", default=d.run, help="run folder (every stage writes here)")
     p.add_argument("--data", help="real LPCV data root (default: generate synthetic data into RUN/data)")
     p.add_argument("--full", action="store_true", help="512 input, paper student, Swin-T teacher, long schedules")
@@ -480,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [f"--{k.replace('_', '-')}" for k in small if getattr(args, k) is not None and getattr(args, k) < 1]
     if bad:
         parser.error(f"{', '.join(bad)} must be >= 1")
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("full", "only", "quiet")}
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("full", "only", "quiet", "verbose")}
     if "frontier" in given:
         given["frontier"] = tuple(m for m in given["frontier"].split(",") if m)
     cfg = PipelineConfig.full(**given) if args.full else PipelineConfig(**given)
