@@ -28,8 +28,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
 import onnx
 
+from fileformat.errors import PassError
 from fileformat.metadata import read_metadata, write_metadata
 
 PLAN_VERSION = 1
@@ -85,3 +87,38 @@ def write_plan(model: onnx.ModelProto, new: dict[str, Any]) -> dict[str, Any]:
     merged = merge_plans(read_plan(model), new)
     write_metadata(model, {"plan": merged})
     return merged
+
+
+def check_indices(
+    where: str, kept: Any, total: int, what: str = "indices", error: type[Exception] = PassError
+) -> list[int]:
+    """Kept indices as a sorted ``list[int]``: a non-empty list of distinct integers in ``[0, total)``, else
+    ``error`` saying which rule failed (the passes raise :class:`PassError`, the torch side its ``PlanError``)."""
+    if not isinstance(kept, (list, tuple)) or not all(
+        isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in kept
+    ):
+        raise error(f"{where}: kept {what} must be a list of integers, got {kept!r}.")
+    out = [int(i) for i in kept]
+    if not out:
+        raise error(f"{where}: keeps no {what}; keep at least one.")
+    if len(set(out)) != len(out):
+        raise error(f"{where}: kept {what} {out[:16]} repeat an index; give distinct indices.")
+    bad = [i for i in out if not 0 <= i < total]
+    if bad:
+        raise error(f"{where}: {what} {bad[:8]} out of range; the original has {total} (indices 0..{total - 1}).")
+    return sorted(out)
+
+
+def normalize_plan(plan: Any, error: type[Exception] = PassError) -> dict[str, Any]:
+    """Check a plan's container format (version, sections) and return a deep copy with every section present."""
+    if not isinstance(plan, dict):
+        raise error(f"a plan is a dict (fileformat.plan format), got {type(plan).__name__}.")
+    version = plan.get("version", PLAN_VERSION)
+    if version != PLAN_VERSION:
+        raise error(f"plan version {version!r} is not supported (this code reads version {PLAN_VERSION}).")
+    out = copy.deepcopy(plan)
+    for section in (*SECTIONS, "slices"):
+        out.setdefault(section, {})
+        if not isinstance(out[section], dict):
+            raise error(f"plan section {section!r} must be a dict, got {type(out[section]).__name__}.")
+    return out

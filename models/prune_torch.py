@@ -51,6 +51,8 @@ from torch import nn
 
 from fileformat.cli import cli_main
 from fileformat.metadata import weight_sources
+from fileformat.plan import check_indices
+from fileformat.plan import normalize_plan as _normalize_plan
 from models.registry import ModelConfig, Segmentor
 
 log = logging.getLogger(__name__)
@@ -66,8 +68,6 @@ __all__ = [
     "student_from_onnx",
 ]
 
-PLAN_VERSION = 1
-
 
 class PlanError(ValueError):
     """A plan (or pruned ONNX file) that does not fit the model configuration; the message says where and why."""
@@ -79,33 +79,12 @@ Slices = dict[str, dict[int, list[int]]]
 
 
 def _indices(where: str, kept: Any, total: int) -> list[int]:
-    """Validate an index list (non-empty, ints, unique, in ``[0, total)``) and return it as ``list[int]``."""
-    if not isinstance(kept, (list, tuple)) or not kept:
-        raise PlanError(f"{where}: expected a non-empty list of kept indices, got {kept!r}.")
-    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in kept):
-        raise PlanError(f"{where}: kept indices must be integers, got {list(kept)[:8]!r}.")
-    out = [int(i) for i in kept]
-    bad = [i for i in out if not 0 <= i < total]
-    if bad:
-        raise PlanError(f"{where}: indices {bad[:8]} out of range: the original size is {total}.")
-    if len(set(out)) != len(out):
-        raise PlanError(f"{where}: repeated indices in {out[:16]}...")
-    return out
+    return check_indices(where, kept, total, error=PlanError)
 
 
 def normalize_plan(plan: dict[str, Any]) -> dict[str, Any]:
-    """Check the plan's container format (version, sections) and return a deep copy with all sections present."""
-    if not isinstance(plan, dict):
-        raise PlanError(f"a plan is a dict (fileformat.plan format), got {type(plan).__name__}.")
-    version = plan.get("version", PLAN_VERSION)
-    if version != PLAN_VERSION:
-        raise PlanError(f"plan version {version!r} is not supported (this code reads version {PLAN_VERSION}).")
-    out = copy.deepcopy(plan)
-    for section in ("heads", "neurons", "channels", "slices"):
-        out.setdefault(section, {})
-        if not isinstance(out[section], dict):
-            raise PlanError(f"plan section {section!r} must be a dict, got {type(out[section]).__name__}.")
-    return out
+    """Check the plan's container format (version, sections); a deep copy with all sections present."""
+    return _normalize_plan(plan, error=PlanError)
 
 
 def _module(model: nn.Module, path: str, section: str) -> nn.Module:

@@ -35,7 +35,7 @@ import onnx
 from fileformat.cli import cli_main
 from fileformat.errors import PassError, UsageError
 from fileformat.metadata import append_history
-from fileformat.plan import read_plan, write_plan
+from fileformat.plan import check_indices, read_plan, write_plan
 from passes._core.budget import Allocation, BudgetConfig, CostModel, Layer, Term, allocate
 from passes._core.canonical import canonicalize, merge_constants
 from passes._core.channels import ChannelAnalysis, ChannelGroup, CutResult, apply_channel_cuts, keep_top
@@ -187,14 +187,12 @@ def plan_keep(analysis: ChannelAnalysis, plan: Mapping[str, Any]) -> dict[int, l
             )
         g, size = index[path]
         total = int(entry.get("total", size))
-        kept = [int(k) for k in entry.get("kept", [])]
         if total != size:
             raise PassError(
                 f"plan/model mismatch: layer {path!r} has {size} channels here but the plan says {total}. "
                 "Apply the plan to the model it was made for (indices are relative to the input model)."
             )
-        if not kept or len(set(kept)) != len(kept) or min(kept) < 0 or max(kept) >= size:
-            raise PassError(f"plan: layer {path!r} must keep distinct channel indices in [0, {size}), at least one.")
+        kept = check_indices(f"plan: layer {path!r}", entry.get("kept", []), size, "distinct channel indices")
         if g.blocked:
             raise PassError(f"plan: layer {path!r} cannot be cut: {'; '.join(g.blocked)}.")
         kept = sorted(kept)

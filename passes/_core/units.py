@@ -46,7 +46,7 @@ from fileformat.metadata import (
     write_metadata,
 )
 from fileformat.params import count_params
-from fileformat.plan import read_plan, write_plan
+from fileformat.plan import check_indices, read_plan, write_plan
 from passes._core.canonical import canonicalize, merge_constants
 from passes._core.dims import ELEMENTWISE, Dim, DimGroup, TraceError, apply_groups, kept_positions, trace, unit_inner
 from passes._core.finalize import finalize
@@ -455,17 +455,7 @@ class UnitPruneConfig:
 
 
 def _check_indices(uid: str, kept: Any, total: int, what: str) -> list[int]:
-    if not isinstance(kept, (list, tuple)) or not all(isinstance(i, (int, np.integer)) for i in kept):
-        raise PassError(f"{uid}: kept {what} must be a list of integers, got {kept!r}.")
-    ks = [int(i) for i in kept]
-    if not ks:
-        raise PassError(f"{uid}: keeps no {what}; every block must keep at least one.")
-    if len(set(ks)) != len(ks):
-        raise PassError(f"{uid}: kept {what} {ks} repeat an index.")
-    bad = [i for i in ks if not 0 <= i < total]
-    if bad:
-        raise PassError(f"{uid}: {what} {bad} out of range; the block has {total} (indices 0..{total - 1}).")
-    return sorted(ks)
+    return check_indices(uid, kept, total, what)
 
 
 def plan_to_keep_sets(model: onnx.ModelProto, plan: Mapping[str, Any], kind: str) -> dict[str, list[int]]:

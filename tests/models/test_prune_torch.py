@@ -286,9 +286,9 @@ def test_check_roundtrip_reports_a_graph_that_differs(
     [
         ({"slices": {"backbone.nope.weight": {"0": [0]}}}, "not a parameter or buffer"),
         ({"slices": {"decoder.classifier.weight": {"1": [0, 128]}}}, "out of range"),
-        ({"slices": {"decoder.classifier.weight": {"1": [1, 1]}}}, "repeated"),
+        ({"slices": {"decoder.classifier.weight": {"1": [1, 1]}}}, "repeat an index"),
         ({"slices": {"decoder.classifier.weight": {"7": [0]}}}, "axis 7 out of range"),
-        ({"slices": {"decoder.classifier.weight": {"1": []}}}, "non-empty"),
+        ({"slices": {"decoder.classifier.weight": {"1": []}}}, "keep at least one"),
         ({"heads": {ATTN.format(s=2, b=0): {"kept": [0], "total": 8}}}, "the model has 4"),
         ({"heads": {ATTN.format(s=2, b=0): {"kept": [4], "total": 4}}}, "out of range"),
         ({"heads": {"decoder.fusion": {"kept": [0], "total": 4}}}, "not a multi-head attention"),
