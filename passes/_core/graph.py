@@ -391,9 +391,8 @@ def _join_scopes(scopes: list[str]) -> str:
     return ".".join(out)
 
 
-def node_scope(node: onnx.NodeProto) -> str | None:
-    """The torch module path a node was exported from: the dynamo exporter's ``name_scopes`` metadata, else the
-    legacy exporter's node name (``/backbone/stages.1/stages.1.2/conv/Conv``); ``None`` when neither says."""
+def metadata_scopes(node: onnx.NodeProto) -> list[str]:
+    """The dynamo exporter's ``name_scopes`` node metadata (outermost first), or ``[]``."""
     for p in node.metadata_props:
         if p.key.endswith("name_scopes"):
             try:
@@ -403,10 +402,18 @@ def node_scope(node: onnx.NodeProto) -> str | None:
                     scopes = ast.literal_eval(p.value)
                 except (ValueError, SyntaxError):
                     scopes = p.value
-            if isinstance(scopes, list) and scopes:
-                return _join_scopes([str(s) for s in scopes]) or None
-            if isinstance(scopes, str) and scopes:
-                return scopes
+            if isinstance(scopes, list):
+                return [str(s) for s in scopes]
+            return [str(scopes)] if scopes else []
+    return []
+
+
+def node_scope(node: onnx.NodeProto) -> str | None:
+    """The torch module path a node was exported from: the dynamo exporter's ``name_scopes`` metadata, else the
+    legacy exporter's node name (``/backbone/stages.1/stages.1.2/conv/Conv``); ``None`` when neither says."""
+    scopes = metadata_scopes(node)
+    if scopes:
+        return _join_scopes(scopes) or None
     if node.name.startswith("/") and node.name.count("/") >= 2:
         return _join_scopes(node.name.split("/")[1:-1]) or None
     return None

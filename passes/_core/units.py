@@ -23,8 +23,6 @@ applying the same plan twice changes nothing the second time.
 
 from __future__ import annotations
 
-import ast
-import json
 import logging
 import math
 import time
@@ -50,7 +48,7 @@ from fileformat.plan import check_indices, read_plan, write_plan
 from passes._core.canonical import canonicalize, merge_constants
 from passes._core.dims import ELEMENTWISE, Dim, DimGroup, TraceError, apply_groups, kept_positions, trace, unit_inner
 from passes._core.finalize import finalize
-from passes._core.graph import GraphView, NodeRef, node_scope
+from passes._core.graph import GraphView, NodeRef, metadata_scopes, node_scope
 from passes._core.report import PassReport
 
 log = logging.getLogger(__name__)
@@ -144,20 +142,7 @@ def _module_paths(view: GraphView, group: DimGroup) -> list[str]:
 
 def _scopes(view: GraphView, group: DimGroup) -> list[str]:
     """Deepest torch module scope of the group's nodes, from the dynamo exporter's node metadata if present."""
-    out = []
-    for i in group.nodes:
-        for p in view.nodes[i].node.metadata_props:
-            if p.key.endswith("name_scopes"):
-                try:
-                    scopes = json.loads(p.value)
-                except ValueError:
-                    try:
-                        scopes = ast.literal_eval(p.value)
-                    except (ValueError, SyntaxError):
-                        continue
-                if isinstance(scopes, list) and scopes:
-                    out.append(str(scopes[-1]))
-    return out
+    return [scopes[-1] for scopes in (metadata_scopes(view.nodes[i].node) for i in group.nodes) if scopes]
 
 
 def _common_module(paths: Sequence[str]) -> str:
