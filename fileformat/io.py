@@ -34,10 +34,10 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     return model
 
 
-def check_output_path(src: str | os.PathLike[str] | None, dst: str | os.PathLike[str]) -> Path:
-    """Refuse an output that is the input, a folder, or lies in a missing folder; return the output as a Path."""
+def check_output_path(dst: str | os.PathLike[str]) -> Path:
+    """Refuse an output that is a folder or lies in a missing folder; return the output as a Path. (Outputs against
+    inputs: :func:`check_distinct`.)"""
     out = Path(dst)
-    check_distinct([src], [("-o", out)])
     if out.is_dir():
         raise UsageError(f"-o {out} is a folder; give a file path.")
     if not out.parent.is_dir():

@@ -83,8 +83,8 @@ def run_pass_cli(parser: argparse.ArgumentParser, run: RunFn, argv: Sequence[str
                 raise UsageError(f"{out_path} exists; give --force to replace it, or -o to write elsewhere.")
         else:
             out_path = Path(args.output)
-        check_output_path(args.model, out_path)
         check_distinct([args.model], [("-o", out_path), ("--report", args.report)])
+        check_output_path(out_path)
         model = load_model(args.model)
         new_model, report = run(model, args)
         if report.nothing_to_do:

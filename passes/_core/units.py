@@ -439,10 +439,6 @@ class UnitPruneConfig:
             raise UsageError(f"--ratio {self.ratio}: the fraction removed must be in [0, 1).")
 
 
-def _check_indices(uid: str, kept: Any, total: int, what: str) -> list[int]:
-    return check_indices(uid, kept, total, what)
-
-
 def plan_to_keep_sets(model: onnx.ModelProto, plan: Mapping[str, Any], kind: str) -> dict[str, list[int]]:
     """Translate a plan section (indices of the original model) into indices of ``model``'s current units.
 
@@ -470,7 +466,7 @@ def plan_to_keep_sets(model: onnx.ModelProto, plan: Mapping[str, Any], kind: str
                 raise PassError(f"{uid}: the plan says {entry['total']} in the original model, the model says {total}.")
         out[uid] = list(kept) if isinstance(kept, (list, tuple)) else kept
         if prev:
-            orig = _check_indices(uid, kept, total or 0, section)
+            orig = check_indices(uid, kept, total or 0, section)
             gone = [i for i in orig if i not in prev["kept"]]
             if gone:
                 raise PassError(f"{uid}: {section} {gone} were already removed by an earlier pass; cannot keep them.")
@@ -549,7 +545,7 @@ def resolve_keep_sets(
         u = by_id[uid]
         if not u.prunable:
             raise PassError(f"{uid} cannot be pruned ({u.skip_reason}); remove it from the plan.")
-        out[uid] = _check_indices(uid, kept, u.count, what)
+        out[uid] = check_indices(uid, kept, u.count, what)
     return out
 
 
