@@ -62,7 +62,7 @@ demo: setup
 
 distill: setup
 	$(PY) -m models.distill --student $(STUDENT) --teacher $(TEACHER_CKPT) --data $(DISTILL_DATA) \
-		--steps $(STEPS) --out $(DISTILL_OUT) --cache-teacher
+		--steps $(STEPS) --out $(DISTILL_OUT)
 
 clean:
 	rm -rf $(ARTIFACTS) .pytest_cache .ruff_cache

@@ -7,6 +7,9 @@ TorchScript exporter takes 0.7 s and emits exactly the requested opset; the dyna
 builds opset 18 (down-converted here with onnx's version converter, LayerNormalization decomposed for opset < 17),
 keeps BatchNorm unfolded and moves module paths into node metadata. The legacy exporter is the default; both are
 supported and checked the same way.
+
+torch (and the model registry, which imports timm) is imported when an export runs, not with this module:
+``--help`` and usage errors answer at once.
 """
 
 from __future__ import annotations
@@ -19,23 +22,24 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-import torch
-from torch import nn
 
 from exporters.opset import to_opset
-from exporters.weight_map import build_weight_map
-from fileformat.cli import cli_main
+from fileformat.cli import HelpFormatter, cli_main
 from fileformat.errors import UsageError
 from fileformat.io import check_distinct
 from fileformat.metadata import write_metadata
-from fileformat.targets import UnknownTargetError, get_target
+from fileformat.targets import TARGETS, UnknownTargetError, get_target
 from models.constants import CLASS_NAMES, MEAN, STD
-from models.registry import ModelConfig, Segmentor, UnknownModelError, build_model, get_config, model_size
-from models.weights import WeightsError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from models.registry import ModelConfig, Segmentor
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,8 @@ def torch_to_onnx(
     model: nn.Module, example: torch.Tensor, *, exporter: str, opset: int, dynamic_batch: bool = False
 ) -> onnx.ModelProto:
     """Run one torch exporter and return the ModelProto in memory (weights inside, at the requested opset)."""
+    import torch
+
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings on constant shapes are expected: sizes are fixed
@@ -151,6 +157,7 @@ def torch_to_onnx(
 def onnx_vs_torch(proto: onnx.ModelProto, model: nn.Module, example: torch.Tensor) -> float:
     """Max abs difference between onnxruntime (CPU) and torch on ``example``."""
     import onnxruntime as ort
+    import torch
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -167,6 +174,11 @@ def export_torch_model(
     model: Segmentor, output: str | Path, opts: ExportOptions, *, extra_metadata: dict[str, Any] | None = None
 ) -> ExportResult:
     """Export an already-built model (e.g. a pruned, distilled student) with the same checks and metadata."""
+    import torch
+
+    from exporters.weight_map import build_weight_map
+    from models.registry import model_size
+
     start = time.perf_counter()
     out = Path(output)
     if not out.parent.is_dir():
@@ -228,6 +240,8 @@ def _checkpoint_config(weights: str | None) -> dict[str, Any] | None:
     """The ``ModelConfig`` a training checkpoint (``models.train``) recorded, if the file is one."""
     if weights is None or Path(weights).suffix == ".safetensors" or not Path(weights).is_file():
         return None
+    import torch
+
     try:
         ckpt = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception:  # read_state_dict reports unreadable files with the full message
@@ -242,6 +256,11 @@ def export(opts: ExportOptions, output: str | Path) -> ExportResult:
     A training checkpoint's recorded configuration (decoder width, Swin input size) is used for the build, so the
     flags it was trained with need not be repeated; a checkpoint of another model is refused.
     """
+    import torch
+
+    from models.registry import ModelConfig, UnknownModelError, build_model, get_config
+    from models.weights import WeightsError
+
     opts = _validate(opts)
     torch.manual_seed(opts.seed)
     try:
@@ -266,37 +285,61 @@ def export(opts: ExportOptions, output: str | Path) -> ExportResult:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from models.registry import list_models
-
-    p = argparse.ArgumentParser(prog="python -m exporters.export", description=__doc__.split("\n\n")[0])
+    d = ExportOptions()
+    p = argparse.ArgumentParser(
+        prog="python -m exporters.export",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+    )
 
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
-    p.add_argument("--model", default="mobilevit_xxs", help=f"configuration: {', '.join(list_models())}")
-    p.add_argument("--input-size", type=int, default=512, help="square input size in pixels (multiple of 32)")
-    p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--exporter", choices=EXPORTERS, default="legacy")
+    p.add_argument(
+        "--model", default=d.model, help="a configuration of models.registry, e.g. paper (an unknown name lists all)"
+    )
+    p.add_argument("--input-size", type=int, default=d.input_size, help="square input size in pixels (multiple of 32)")
+    p.add_argument(
+        "--opset", type=int, default=d.opset, help=f"ONNX opset, one of {', '.join(map(str, SUPPORTED_OPSETS))}"
+    )
+    p.add_argument(
+        "--exporter", choices=EXPORTERS, default=d.exporter, help="torch exporter: legacy (TorchScript) or dynamo"
+    )
     p.add_argument("--dynamic-batch", action="store_true", help="make the batch axis dynamic")
-    p.add_argument("--target", help="device profile (jetson-nano, jetson-orin, cpu): sets opset and attention form")
+    p.add_argument(
+        "--target",
+        help=f"device profile ({', '.join(sorted(TARGETS))}): lowers the opset and unfuses attention where the device "
+        "needs it",
+    )
     p.add_argument(
         "--fused-attn",
         dest="fused_attn",
         action="store_true",
         default=None,
-        help="keep timm's fused attention (default: on for opset >= 14 unless the target forbids)",
+        help="keep timm's fused attention (none given: on for opset >= 14 unless the target forbids)",
     )
-    p.add_argument("--no-fused-attn", dest="fused_attn", action="store_false")
+    p.add_argument(
+        "--no-fused-attn",
+        dest="fused_attn",
+        action="store_false",
+        default=argparse.SUPPRESS,  # its own default (True) is not the option's: see --fused-attn
+        help="decompose attention into MatMul/Softmax (what the structural passes and TensorRT 8.2 need)",
+    )
     p.add_argument("--weights", help="weights file (.safetensors, or a torch state dict / training checkpoint)")
     p.add_argument("--pretrained", action="store_true", help="timm ImageNet backbone weights (needs the network)")
     p.add_argument("--decoder-width", type=int, help="override the configuration's UPerNet width")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random init and of the parity input")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="max abs onnxruntime-vs-torch error allowed")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="seed of the random init and of the parity input (default: %(default)s)",
+    )
+    p.add_argument("--tolerance", type=float, default=d.tolerance, help="max abs onnxruntime-vs-torch error allowed")
     p.add_argument("-o", "--output", required=True, help="output .onnx path")
     return p
 
 
 @cli_main("python -m exporters.export")
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(argv)  # before torch is imported (by export()): --help answers at once
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     opts = ExportOptions(**{k: v for k, v in vars(args).items() if k not in ("output", "verbose")})
     try:

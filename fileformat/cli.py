@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 import traceback
@@ -15,6 +16,17 @@ from collections.abc import Callable, Sequence
 from fileformat.errors import PassError, UsageError
 
 Main = Callable[[Sequence[str] | None], int]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (``None``, ``False``) or the help text
+    already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def cli_main(prog: str) -> Callable[[Main], Main]:

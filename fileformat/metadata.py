@@ -115,13 +115,19 @@ def _shared_prefix(a: str, b: str) -> int:
     return n
 
 
-def pick_source(entry: dict[str, Any] | None, module: str) -> dict[str, Any] | None:
-    """The source of ``entry`` that belongs to torch module ``module`` (the longest shared dotted prefix; the
-    primary on ties), or ``None`` when the entry names no torch tensor."""
+def ranked_sources(entry: dict[str, Any] | None, module: str) -> list[dict[str, Any]]:
+    """The sources of ``entry``, those of torch module ``module`` first (the longest shared dotted prefix; the
+    stored order on ties)."""
     sources = weight_sources(entry)
-    if not sources:
-        return None
-    return max(sources, key=lambda s: (_shared_prefix(str(s["param"]), module), -sources.index(s)))
+    order = sorted(range(len(sources)), key=lambda i: (-_shared_prefix(str(sources[i]["param"]), module), i))
+    return [sources[i] for i in order]
+
+
+def pick_source(entry: dict[str, Any] | None, module: str) -> dict[str, Any] | None:
+    """The source of ``entry`` that belongs to torch module ``module`` (:func:`ranked_sources`' first), or ``None``
+    when the entry names no torch tensor."""
+    ranked = ranked_sources(entry, module)
+    return ranked[0] if ranked else None
 
 
 def claim_sources(weight_map: dict[str, Any], claimed: dict[str, dict[str, Any]]) -> None:

@@ -7,7 +7,10 @@ Format (version 1)::
       "heads":    {"<attention module path>": {"kept": [0, 2], "total": 4}},
       "neurons":  {"<mlp module path>":       {"kept": [...],  "total": 288}},
       "channels": {"<conv module path>":      {"kept": [...],  "total": 128}},
+      "width":    {"<module path>":           {"kept": [...],  "total": 144}},   # a transformer's embedding dim
+      "head_dim": {"<attention module path>": {"kept": [...],  "total": 32}},    # q/k/v channels of every head
       "slices":   {"<torch parameter or buffer name>": {"<axis>": [kept indices]}},
+      "low_rank": {"<Linear or 1x1 Conv2d module path>": {"kind": "linear", "in": 64, "out": 192, "rank": 32}},
       "fingerprint": {"heads": {"<attention module path>": [heads in the original model, head size]},
                       "neurons": {"<mlp module path>": [neurons in the original model, 1]}}
     }
@@ -21,6 +24,15 @@ Every index list is relative to the ORIGINAL unpruned model, so plans from succe
 lost rows/columns/channels, BatchNorm weights/biases/running statistics included. Units are named by their torch
 module path (from the exporter's ``weight_map`` or the dynamo exporter's node metadata); a model without that
 information uses ``graph:<node name>``.
+
+``low_rank`` (written by ``passes.low_rank``; present only in plans that factor something) lists the layers
+replaced by two factors: ``kind`` is ``linear`` (an ``nn.Linear``) or ``conv`` (a 1x1 ``nn.Conv2d``), ``in``/``out``
+the layer's widths when it was factored (after any earlier cut) and ``rank`` the inner width. The torch side
+replaces the module by ``nn.Sequential(first, second)`` (``<module>.0`` without bias, ``<module>.1`` with the
+layer's bias). It is an additive section of version 1: a plan without it means what it meant before; a reader
+that predates it rebuilds the unfactored module and then fails to load the factors (``<module>.0.weight`` is no
+tensor of its model), it never loads them into the wrong structure. Factorisations are not index lists: merging
+adds the later plan's entries (a layer is factored once; ``passes.low_rank`` skips factors).
 """
 
 from __future__ import annotations
@@ -35,11 +47,12 @@ from fileformat.errors import PassError
 from fileformat.metadata import read_metadata, write_metadata
 
 PLAN_VERSION = 1
-SECTIONS = ("heads", "neurons", "channels")
+SECTIONS = ("heads", "neurons", "channels", "width", "head_dim")
+LOW_RANK = "low_rank"  # not a SECTION: no kept indices (see the module docstring)
 
 
 def empty_plan() -> dict[str, Any]:
-    return {"version": PLAN_VERSION, "heads": {}, "neurons": {}, "channels": {}, "slices": {}}
+    return {"version": PLAN_VERSION, **{section: {} for section in SECTIONS}, "slices": {}}
 
 
 def read_plan(model: onnx.ModelProto) -> dict[str, Any]:
@@ -79,6 +92,8 @@ def merge_plans(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any
         cur = out["slices"].setdefault(tensor, {})
         for axis, kept in axes.items():
             cur[str(axis)] = _compose(cur.get(str(axis)), kept)
+    if later.get(LOW_RANK):
+        out.setdefault(LOW_RANK, {}).update(copy.deepcopy(later[LOW_RANK]))
     return out
 
 
@@ -117,7 +132,7 @@ def normalize_plan(plan: Any, error: type[Exception] = PassError) -> dict[str, A
     if version != PLAN_VERSION:
         raise error(f"plan version {version!r} is not supported (this code reads version {PLAN_VERSION}).")
     out = copy.deepcopy(plan)
-    for section in (*SECTIONS, "slices"):
+    for section in (*SECTIONS, "slices", LOW_RANK):
         out.setdefault(section, {})
         if not isinstance(out[section], dict):
             raise error(f"plan section {section!r} must be a dict, got {type(out[section]).__name__}.")

@@ -40,6 +40,7 @@ class TargetProfile:
     compute_efficiency: float = 0.25  # assumed fraction of peak_gflops reached (latency estimate only)
     memory_efficiency: float = 0.6  # assumed fraction of mem_bandwidth_gbs reached (latency estimate only)
     python: str | None = None  # Python version on the device: the bundle's scripts are written for it
+    layernorm: bool = True  # its runtime has ONNX's LayerNormalization op (opset 17): passes.optimize may fuse
 
 
 TARGETS: dict[str, TargetProfile] = {
@@ -60,6 +61,7 @@ TARGETS: dict[str, TargetProfile] = {
             description="Jetson Nano 4 GB, JetPack 4.6, TensorRT 8.2 (no LayerNormalization op, no INT8 cores)",
             workspace_mb=512,
             python="3.6",
+            layernorm=False,
         ),
         TargetProfile(
             "jetson-orin",

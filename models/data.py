@@ -1,4 +1,4 @@
-"""LPCV 2023 data: file discovery, validated loading, training augmentations and a torch ``Dataset``.
+"""LPCV 2023 data: file discovery, validated loading, training augmentations and a map-style dataset for torch.
 
 Layout (docs/field-notes.md section 2)::
 
@@ -12,6 +12,9 @@ with ``skip_invalid=True`` bad samples are skipped instead and counted in a :cla
 The plain-numpy API (``find_samples``, ``load_image``, ``load_mask``, ``iter_samples``, ``normalize``) is what
 evaluation, INT8 calibration and parity checks use; :class:`LPCVDataset` adds augmentation and tensors for
 training. Normalisation comes from :mod:`models.constants` (the values the exporter records in each model).
+
+This module does not import torch until a tensor is made (:meth:`LPCVDataset.__getitem__`): the commands that
+only read data (``runtime.evaluate``, ``runtime.parity``) start, and answer ``--help``, without it.
 """
 
 from __future__ import annotations
@@ -20,13 +23,15 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from models.constants import IGNORE_INDEX, MEAN, NUM_CLASSES, STD
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "MASK_DIRS",
@@ -418,8 +423,11 @@ def random_crop(
 # ------------------------------------------------------------------------------------------------ torch Dataset
 
 
-class LPCVDataset(torch.utils.data.Dataset):
+class LPCVDataset:
     """LPCV 2023 samples as ``(image float32 3xHxW normalised, mask int64 HxW)`` tensors.
+
+    A map-style dataset (``__len__`` and ``__getitem__``) for ``torch.utils.data.DataLoader``; it does not subclass
+    ``torch.utils.data.Dataset`` so that importing this module does not import torch.
 
     With ``augment_config`` each item is augmented with a generator seeded by ``(seed, epoch, index)``: the result
     depends on neither worker count nor order, so a resumed run sees the same data. An item key may be an ``int``
@@ -482,6 +490,8 @@ class LPCVDataset(torch.utils.data.Dataset):
         return image, mask
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         image, mask = self.load(key)
         x = torch.from_numpy(normalize(image, self.mean, self.std))
         y = torch.from_numpy(mask.astype(np.int64))

@@ -11,10 +11,14 @@
   (``--kd mse`` as the paper's code, or ``--kd kl --temperature T``) + ``--feat-weight`` x feature mimicking of the
   backbone stages ``--feat-stages`` (1x1 adapters trained with the student, checkpointed with it as the loss state,
   never exported).
-* ``--cache-teacher``: the teacher's decoder output (``[C, h/4, w/4]``, upsampled at use exactly as the model does)
-  and the chosen stage features are stored per sample and epoch under ``OUT/teacher_cache/<key>/``; the key hashes
-  the teacher file, the data files, the augmentation settings and the seed, so a rerun (a resumed run, another
-  student, a run with other loss weights) reuses them and a change of any of those starts a new cache.
+* ``--cache-teacher`` (off by default): the teacher's decoder output (``[C, h/4, w/4]``, upsampled at use exactly as
+  the model does) and the chosen stage features are stored per sample *and epoch* under
+  ``OUT/teacher_cache/<key>/``; the key hashes the teacher file, the data files, the augmentation settings, the seed
+  and the batch size. Every sample is augmented anew in each epoch, so one run never reads an entry twice: the first
+  run only writes (all misses, ``C x crop/4 x crop/4`` floats per sample and step: about 60 KB at a 128 crop, 0.9 MB
+  at 512). It pays only when a later run repeats the same schedule with the same teacher and data: a resumed run,
+  another student (a sweep of compression ratios), other loss weights. A change of any keyed setting starts a new
+  cache.
 * Training, checkpoints (``OUT/checkpoint.pt`` every ``--checkpoint-every`` steps and at the end, atomic) and
   ``--resume`` come from :func:`models.train.train`: one loop, not two. ``OUT/distill_config.json`` records the
   distillation options; resuming with other options is refused.
@@ -23,6 +27,8 @@
   student's (DistributedDataParallel).
 * At the end the student is exported to ``OUT/student.onnx`` with the source file's exporter, opset, attention form
   and target, its plan in the metadata (``vitseg.plan``), ready for the precision passes.
+* Progress: a tqdm bar (step/total, loss, time left) on stderr unless ``--no-progress`` or ``-q``. torch is imported
+  after the arguments are parsed: ``--help`` and usage errors answer at once.
 """
 
 from __future__ import annotations
@@ -36,24 +42,25 @@ import sys
 import time
 import types
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from fileformat.cli import HelpFormatter, cli_main
 
-from fileformat.cli import cli_main
-from models.losses import KD_KINDS, DistillLoss, LossConfig
-from models.registry import ModelConfig, Segmentor
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from models.losses import DistillLoss, LossConfig
+    from models.registry import Segmentor
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DistillConfig",
     "DistillError",
-    "DistillObjective",
+    "DistillObjective",  # noqa: F822 (an nn.Module built on first use: see _objective_class)
     "DistillResult",
     "TeacherOutputs",
     "distill",
@@ -81,8 +88,29 @@ _RESUME_KEYS = (
 )
 
 
+# The command line's loss options and defaults: models.losses.LossConfig's, repeated here so that `--help` does not
+# import torch (tests/models/test_distill.py holds them equal).
+KD_KINDS = ("mse", "kl")
+LOSS_DEFAULTS: dict[str, Any] = {
+    "ce_weight": 1.0,
+    "ohem_thresh": 0.7,
+    "ohem_min_kept": 100_000,
+    "kd": "mse",
+    "kd_weight": 1.0,
+    "temperature": 1.0,
+    "feat_weight": 0.0,
+    "feat_stages": (0, 1),
+}
+
+
 class DistillError(ValueError):
     """A distillation that cannot run as asked (bad student, teacher, checkpoint or options); says why."""
+
+
+def _default_loss() -> LossConfig:
+    from models.losses import LossConfig
+
+    return LossConfig()
 
 
 @dataclass
@@ -106,7 +134,7 @@ class DistillConfig:
     seed: int = 0
     num_workers: int = 0
     threads: int | None = None
-    loss: LossConfig = field(default_factory=LossConfig)  # the terms and their weights
+    loss: LossConfig = field(default_factory=_default_loss)  # the terms and their weights
     cache_teacher: bool = False
     cache_dir: str | None = None
     freeze_bn: bool | None = None  # None: on for an ONNX student (its BN is folded), off for a configuration
@@ -148,6 +176,8 @@ def _dist_env() -> tuple[int, int]:
 
 def init_distributed() -> tuple[int, int]:
     """Join torchrun's process group when started by torchrun (gloo on CPU, nccl on CUDA); return (rank, world)."""
+    import torch
+
     rank, world = _dist_env()
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -165,7 +195,7 @@ def load_teacher(path: str | Path, model_name: str | None = None) -> Segmentor:
     The architecture comes from the checkpoint's recorded configuration (``models.train`` writes it) or from
     ``model_name``; both given and different, or weights that do not fit, raise :class:`DistillError`.
     """
-    from models.registry import UnknownModelError, get_config
+    from models.registry import ModelConfig, Segmentor, UnknownModelError, get_config
     from models.weights import WeightsError, load_into, read_state_dict, torch_load
 
     p = Path(path)
@@ -211,6 +241,8 @@ def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
 
 def freeze_batchnorm(model: nn.Module) -> int:
     """Keep every BatchNorm of ``model`` in eval mode for good (its affine parameters still train); return count."""
+    from torch import nn
+
     n = 0
     for mod in model.modules():
         if isinstance(mod, nn.modules.batchnorm._BatchNorm):
@@ -222,6 +254,8 @@ def freeze_batchnorm(model: nn.Module) -> int:
 
 def _load_student(cfg: DistillConfig) -> tuple[Segmentor, dict[str, Any] | None, dict[str, Any]]:
     """(student, plan or None, export options dict) from an ONNX file or a configuration name."""
+    import torch
+
     from models.prune_torch import PlanError, student_from_onnx
     from models.registry import UnknownModelError, build_model
     from models.weights import WeightsError
@@ -307,6 +341,8 @@ class TeacherOutputs:
         return self.cache_dir / f"e{key[1]}_i{key[0]}.pt"
 
     def _compute(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        import torch
+
         with torch.no_grad():
             feats = self.teacher.backbone(images)
             dec = self.teacher.decoder(feats)  # [N, C, H/4, W/4]
@@ -314,6 +350,9 @@ class TeacherOutputs:
 
     def __call__(self, images: torch.Tensor, keys: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, list[Any]]:
         """``(logits [N, C, H, W], stage features list with maps at the chosen stages, None elsewhere)``."""
+        import torch
+        import torch.nn.functional as F
+
         dec: torch.Tensor | None = None
         feats: dict[int, torch.Tensor] = {}
         if self.cache_dir is not None and keys and all(self._path(k).is_file() for k in keys):
@@ -354,37 +393,57 @@ class _FeatureTap:
         return out
 
 
-class DistillObjective(nn.Module):
-    """The ``loss_fn`` given to :func:`models.train.train`: ``(student logits, batch) -> (loss, terms)``.
+def _objective_class() -> type:
+    """:class:`DistillObjective`, defined on first use: it is an ``nn.Module``, and this module is imported without
+    torch (``--help``). ``from models.distill import DistillObjective`` reaches it through the module's
+    ``__getattr__``; the class is built once and kept in the module's namespace."""
+    cls = globals().get("DistillObjective")
+    if cls is None:
+        from torch import nn
 
-    Holds the :class:`DistillLoss` (its adapters are this module's only parameters, so the loop optimises and
-    checkpoints them); the teacher is reached through :class:`TeacherOutputs`, outside the module tree.
-    """
+        class DistillObjective(nn.Module):
+            """The ``loss_fn`` given to :func:`models.train.train`: ``(student logits, batch) -> (loss, terms)``.
 
-    def __init__(self, loss: DistillLoss, teacher: TeacherOutputs | None, student: Segmentor) -> None:
-        super().__init__()
-        self.loss = loss
-        self._teacher = teacher
-        self._tap = _FeatureTap(student.backbone) if loss.config.feat_weight > 0 else None
+            Holds the :class:`DistillLoss` (its adapters are this module's only parameters, so the loop optimises and
+            checkpoints them); the teacher is reached through :class:`TeacherOutputs`, outside the module tree.
+            """
 
-    def forward(self, outputs: torch.Tensor, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        t_logits, t_feats, s_feats = None, None, None
-        if self.loss.needs_teacher:
-            assert self._teacher is not None
-            t_logits, t_feats = self._teacher(batch.images, batch.keys)
-        if self._tap is not None:
-            s_feats = self._tap.pop()
-        return self.loss(outputs, batch.masks, t_logits, s_feats, t_feats)
+            def __init__(self, loss: DistillLoss, teacher: TeacherOutputs | None, student: Segmentor) -> None:
+                super().__init__()
+                self.loss = loss
+                self._teacher = teacher
+                self._tap = _FeatureTap(student.backbone) if loss.config.feat_weight > 0 else None
 
-    def close(self) -> None:
-        """Remove the feature hook from the student (before it is exported or reused)."""
-        if self._tap is not None:
-            self._tap.handle.remove()
-            self._tap = None
+            def forward(self, outputs: torch.Tensor, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+                t_logits, t_feats, s_feats = None, None, None
+                if self.loss.needs_teacher:
+                    assert self._teacher is not None
+                    t_logits, t_feats = self._teacher(batch.images, batch.keys)
+                if self._tap is not None:
+                    s_feats = self._tap.pop()
+                return self.loss(outputs, batch.masks, t_logits, s_feats, t_feats)
+
+            def close(self) -> None:
+                """Remove the feature hook from the student (before it is exported or reused)."""
+                if self._tap is not None:
+                    self._tap.handle.remove()
+                    self._tap = None
+
+        DistillObjective.__qualname__ = "DistillObjective"
+        globals()["DistillObjective"] = cls = DistillObjective
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DistillObjective":
+        return _objective_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _average_grads_across_processes(module: nn.Module, world: int) -> None:
     """Make ``module``'s gradients the mean over processes (what DDP does for the student's)."""
+
+    import torch
 
     def hook(grad: torch.Tensor) -> torch.Tensor:
         grad = grad.clone()
@@ -424,12 +483,16 @@ def _check_resume(cfg: DistillConfig, out: Path, resume: Path) -> None:
             )
 
 
-def distill(cfg: DistillConfig, *, resume: str | Path | None = None) -> DistillResult:
+def distill(cfg: DistillConfig, *, resume: str | Path | None = None, progress: str | None = None) -> DistillResult:
     """Distil ``cfg.teacher`` into ``cfg.student`` for ``cfg.steps`` steps; see the module docstring.
 
     Everything is validated (student, plan, teacher, data, resume checkpoint) before anything is written.
+    ``progress`` (a label) shows a tqdm bar over the steps on stderr (:func:`models.train.train`).
     """
+    import torch
+
     from models.data import DataError, find_samples
+    from models.losses import DistillLoss
     from models.train import TrainConfig, train
 
     t0 = time.perf_counter()
@@ -472,10 +535,19 @@ def distill(cfg: DistillConfig, *, resume: str | Path | None = None) -> DistillR
     if cfg.cache_teacher and teacher is not None:
         base = Path(cfg.cache_dir) if cfg.cache_dir else out / "teacher_cache"
         cache_dir = base / cache_key(cfg, sample_paths, feat_stages)
+        entries = cfg.steps * cfg.batch_size  # one per sample and epoch: no entry is read twice in one run
+        mb = entries * teacher.config.num_classes * (cfg.crop // 4) ** 2 * 4 / 1e6
+        log.info(
+            "teacher cache %s: up to %d entries (%.0f MB of logits, more with features); reused only by a later run "
+            "with the same teacher, data, seed and batch size",
+            cache_dir,
+            entries,
+            mb,
+        )
     teacher_outputs = TeacherOutputs(teacher, feat_stages, cache_dir) if teacher else None
     if frozen:
         log.info("BatchNorm frozen in %d layers", freeze_batchnorm(student))
-    objective = DistillObjective(loss, teacher_outputs, student)
+    objective = _objective_class()(loss, teacher_outputs, student)
     if world > 1:
         _average_grads_across_processes(objective, world)
 
@@ -503,7 +575,7 @@ def distill(cfg: DistillConfig, *, resume: str | Path | None = None) -> DistillR
         eval_limit=cfg.eval_limit,
     )
     try:
-        result = train(tcfg, student, loss_fn=objective, resume=resume_path)
+        result = train(tcfg, student, loss_fn=objective, resume=resume_path, progress=progress)
     except ValueError as exc:  # a resume checkpoint of another student, a batch that does not split, ...
         if isinstance(exc, DistillError):
             raise
@@ -515,6 +587,13 @@ def distill(cfg: DistillConfig, *, resume: str | Path | None = None) -> DistillR
         onnx_path = _export(student, plan, export_info, cfg, out, result.step)
     if world > 1:
         torch.distributed.barrier()
+    if teacher_outputs is not None and cache_dir is not None and teacher_outputs.misses and not teacher_outputs.hits:
+        log.info(
+            "teacher cache: %d misses and no hits, as expected for a first run (each sample is augmented anew every "
+            "epoch); it pays only when a later run repeats this schedule. Delete %s when done.",
+            teacher_outputs.misses,
+            cache_dir,
+        )
     return DistillResult(
         step=result.step,
         checkpoint=result.checkpoint,
@@ -579,31 +658,56 @@ def _stages(text: str) -> tuple[int, ...]:
 def _parser() -> argparse.ArgumentParser:
     from models.train import add_loop_arguments
 
-    d = DistillConfig(student="", teacher="")
-    p = argparse.ArgumentParser(prog="python -m models.distill", description=__doc__.split("\n\n")[0])
+    # the dataclass's defaults without building one (its loss default would import torch)
+    d = types.SimpleNamespace(**{f.name: f.default for f in fields(DistillConfig) if f.default is not MISSING})
+    loss = types.SimpleNamespace(**LOSS_DEFAULTS)
+    p = argparse.ArgumentParser(
+        prog="python -m models.distill",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     p.add_argument("--student", required=True, help="pruned .onnx file, or a registered configuration name")
     p.add_argument("--student-weights", help="initial weights of a configuration-name student")
     p.add_argument("--teacher", required=True, help="teacher checkpoint (models.train) or state dict")
     p.add_argument("--teacher-model", help="the teacher's registered configuration when its file records none")
     add_loop_arguments(p, d)
-    p.add_argument("--ce-weight", type=float, default=d.loss.ce_weight)
+    p.add_argument("--ce-weight", type=float, default=loss.ce_weight, help="weight of the cross-entropy term")
     p.add_argument("--ohem", action="store_true", help="online hard example mining for the CE term (mmseg's)")
-    p.add_argument("--ohem-thresh", type=float, default=d.loss.ohem_thresh)
-    p.add_argument("--ohem-min-kept", type=int, default=d.loss.ohem_min_kept)
-    p.add_argument("--kd", choices=KD_KINDS, default=d.loss.kd, help="logit distillation: mse (paper) or kl")
-    p.add_argument("--kd-weight", type=float, default=d.loss.kd_weight)
-    p.add_argument("--temperature", type=float, default=d.loss.temperature, help="KL temperature (T^2-scaled)")
-    p.add_argument("--feat-weight", type=float, default=d.loss.feat_weight, help="feature mimicking weight (0: off)")
-    p.add_argument("--feat-stages", type=_stages, default=d.loss.feat_stages, help="backbone stages, e.g. 0,1")
-    p.add_argument("--cache-teacher", action="store_true", help="cache teacher outputs on disk")
-    p.add_argument("--cache-dir", help="teacher cache folder (default OUT/teacher_cache)")
-    p.add_argument("--freeze-bn", dest="freeze_bn", action="store_true", default=None)
-    p.add_argument("--no-freeze-bn", dest="freeze_bn", action="store_false", help="(default: frozen for .onnx)")
-    p.add_argument("--no-export", dest="export", action="store_false", help="skip the ONNX re-export")
+    p.add_argument("--ohem-thresh", type=float, default=loss.ohem_thresh, help="OHEM probability threshold")
+    p.add_argument("--ohem-min-kept", type=int, default=loss.ohem_min_kept, help="OHEM: pixels kept at least")
+    p.add_argument("--kd", choices=KD_KINDS, default=loss.kd, help="logit distillation: mse (paper) or kl")
+    p.add_argument("--kd-weight", type=float, default=loss.kd_weight, help="weight of the logit term (0: off)")
+    p.add_argument("--temperature", type=float, default=loss.temperature, help="KL temperature (T^2-scaled)")
+    p.add_argument(
+        "--feat-weight",
+        type=float,
+        default=loss.feat_weight,
+        help="feature mimicking weight, 0: off (default: %(default)s)",
+    )
+    p.add_argument("--feat-stages", type=_stages, default=loss.feat_stages, help="backbone stages mimicked, e.g. 0,1")
+    p.add_argument(
+        "--cache-teacher",
+        action="store_true",
+        help="store the teacher's outputs per sample and epoch on disk; one run never reads them back (each epoch "
+        "augments anew): pays only for a later run of the same schedule (resume, another student)",
+    )
+    p.add_argument("--cache-dir", help="teacher cache folder (none given: OUT/teacher_cache)")
+    p.add_argument(
+        "--freeze-bn",
+        dest="freeze_bn",
+        action="store_true",
+        default=None,
+        help="keep BatchNorm statistics fixed (none given: frozen for an .onnx student, trained for a name)",
+    )
+    # SUPPRESS: the help would show the store_false action's own default (True), not --freeze-bn's None
+    p.add_argument(
+        "--no-freeze-bn", dest="freeze_bn", action="store_false", default=argparse.SUPPRESS, help="train BatchNorm"
+    )
+    p.add_argument("--no-export", action="store_true", help="skip the ONNX re-export")
     p.add_argument("--opset", type=int, default=d.export_opset, help="export opset of a configuration student")
     p.add_argument("--exporter", default=d.export_exporter, help="exporter of a configuration student")
-    p.add_argument("--export-size", type=int, help="export input size of a configuration student (default crop)")
+    p.add_argument("--export-size", type=int, help="export input size of a configuration student (none: --crop)")
     return p
 
 
@@ -617,6 +721,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if error := loop_argument_error(args):
         print(f"error: {error}", file=sys.stderr)
         return 2
+    from models.losses import LossConfig  # torch: after the arguments are parsed
+
     try:
         loss = LossConfig(
             ce_weight=args.ce_weight,
@@ -656,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         freeze_bn=args.freeze_bn,
         eval_split=args.eval_split or None,
         eval_limit=args.eval_limit,
-        export=args.export,
+        export=not args.no_export,
         export_opset=args.opset,
         export_exporter=args.exporter,
         export_size=args.export_size,
@@ -665,12 +771,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume:
         resume = Path(args.out) / "checkpoint.pt" if args.resume == "auto" else Path(args.resume)
     try:
-        res = distill(cfg, resume=resume)
+        res = distill(cfg, resume=resume, progress=None if args.quiet or args.no_progress else "distill")
     except DistillError as exc:
         print(f"error: models.distill: {exc}", file=sys.stderr)
         return 1
     finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     if _dist_env()[0] != 0:
         return 0
@@ -678,8 +785,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     terms = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k in ("ce", "kd", "feat"))
     print(
         f"distilled {cfg.student} for {res.step} steps in {res.seconds:.0f} s (last: loss {last.get('loss', 0):.4f}"
-        f"{', ' + terms if terms else ''}); teacher cache {res.cache_hits} hits / {res.cache_misses} misses; "
-        f"checkpoint {res.checkpoint}" + (f"; exported {res.onnx}" if res.onnx else "")
+        f"{', ' + terms if terms else ''}); "
+        + (f"teacher cache {res.cache_hits} hits / {res.cache_misses} misses; " if cfg.cache_teacher else "")
+        + f"checkpoint {res.checkpoint}"
+        + (f"; exported {res.onnx}" if res.onnx else "")
     )
     m = res.metrics
     if m:

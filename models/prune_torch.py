@@ -165,8 +165,9 @@ def _collect_slices(model: nn.Module, plan: dict[str, Any]) -> tuple[Slices, dic
             raise PlanError(f"plan heads {path}: the plan says {entry['total']} heads, the model has {total}.")
         kept = _indices(f"plan heads {path}", entry["kept"], total)
         heads[path] = kept
+        dims = _head_dims(plan, path, head_dim)
         # fused qkv rows are [3, heads, head_dim] flattened: row = part * total * head_dim + h * head_dim + d
-        cols = [h * head_dim + d for h in kept for d in range(head_dim)]
+        cols = [h * head_dim + d for h in kept for d in dims]
         rows = [p * total * head_dim + c for p in range(3) for c in cols]
         src = f"plan heads {path} (kept {kept} of {total})"
         _merge_derived(slices, f"{path}.qkv.weight", 0, rows, src)
@@ -207,6 +208,16 @@ def _collect_slices(model: nn.Module, plan: dict[str, Any]) -> tuple[Slices, dic
                 f"{'is absent' if have is None else 'keeps ' + _short(have)}: the plan is inconsistent."
             )
     return slices, heads
+
+
+def _head_dims(plan: dict[str, Any], path: str, head_dim: int) -> list[int]:
+    """The channels each head of attention ``path`` keeps (``plan["head_dim"]``; all when not cut)."""
+    entry = plan["head_dim"].get(path)
+    if entry is None:
+        return list(range(head_dim))
+    if not isinstance(entry, dict) or "kept" not in entry or int(entry.get("total", head_dim)) != head_dim:
+        raise PlanError(f"plan head_dim {path}: expected {{'kept': [...], 'total': {head_dim}}}, got {entry!r}.")
+    return _indices(f"plan head_dim {path}", entry["kept"], head_dim)
 
 
 # ------------------------------------------------------------------------------------------- applying a plan
@@ -354,6 +365,16 @@ def apply_plan(model: Segmentor, plan: dict[str, Any]) -> Segmentor:
         attn.num_heads = len(kept)  # head_dim and scale (head_dim ** -0.5) are unchanged
         if hasattr(attn, "attn_dim"):
             attn.attn_dim = len(kept) * head_dim
+    for path in plan["head_dim"]:
+        attn, _, _, heads_now, head_dim = _attention_parts(new_model, path)
+        dims = _head_dims(plan, path, head_dim)
+        # fewer channels per head; the scale stays the original 1/sqrt(head_dim), as in the ONNX graph, so the
+        # attention is computed explicitly (fused SDPA would take 1/sqrt of the new head_dim)
+        attn.head_dim = len(dims)
+        if hasattr(attn, "attn_dim"):
+            attn.attn_dim = heads_now * len(dims)
+        if hasattr(attn, "fused_attn"):
+            attn.fused_attn = False
     for path, mod in new_model.named_modules():  # every attention must agree with its projections
         qkv = getattr(mod, "qkv", None)
         if hasattr(mod, "num_heads") and isinstance(qkv, nn.Linear) and hasattr(mod, "head_dim"):
@@ -363,6 +384,7 @@ def apply_plan(model: Segmentor, plan: dict[str, Any]) -> Segmentor:
                     f"{path}: qkv keeps {qkv.out_features} outputs but {mod.num_heads} heads x head_dim "
                     f"{mod.head_dim} x 3 = {want}; cut whole heads through a 'heads' entry."
                 )
+    _apply_low_rank(new_model, plan)  # after the cuts: a factored layer has its cut widths
     size = _probe_size(model.config)
     new_model.eval()
     feats: list[torch.Tensor] = []
@@ -385,6 +407,87 @@ def apply_plan(model: Segmentor, plan: dict[str, Any]) -> Segmentor:
     n_after = sum(p.numel() for p in new_model.parameters())
     log.info("applied plan: %d tensors cut, %d -> %d parameters", len(slices), n_before, n_after)
     return new_model
+
+
+# ------------------------------------------------------------------------------------- low-rank factorisations
+
+
+def _low_rank_entry(path: str, entry: Any) -> tuple[str, int, int, int]:
+    """``(kind, in, out, rank)`` of a ``plan["low_rank"]`` entry, or :class:`PlanError` saying what is wrong."""
+    if not isinstance(entry, dict) or entry.get("kind") not in ("linear", "conv"):
+        raise PlanError(
+            f"plan low_rank {path}: expected {{'kind': 'linear' | 'conv', 'in': N, 'out': M, 'rank': R}}, got "
+            f"{entry!r}."
+        )
+    dims = [entry.get(k) for k in ("in", "out", "rank")]
+    if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in dims):
+        raise PlanError(f"plan low_rank {path}: in, out and rank must be positive integers, got {dims}.")
+    return str(entry["kind"]), int(dims[0]), int(dims[1]), int(dims[2])
+
+
+def _svd_factors(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(first [rank, in], second [out, rank])`` with ``second @ first`` the best rank-``rank`` approximation of
+    ``w [out, in]`` (balanced: the square roots of the singular values on both sides), as ``passes.low_rank``."""
+    u, s, vh = torch.linalg.svd(w.detach().to(torch.float64), full_matrices=False)
+    root = s[:rank].sqrt()
+    return (root[:, None] * vh[:rank]).to(w.dtype), (u[:, :rank] * root).to(w.dtype)
+
+
+def _apply_low_rank(model: nn.Module, plan: dict[str, Any]) -> int:
+    """Replace each module of ``plan["low_rank"]`` (in place) by its two factors; return how many.
+
+    An ``nn.Linear(in, out)`` becomes ``nn.Sequential(nn.Linear(in, r, bias=False), nn.Linear(r, out))``, a 1x1
+    ``nn.Conv2d`` two 1x1 convs (the first with its stride, padding and dilation; the second with its bias). The
+    factors start as the truncated SVD of the module's weight (so a plan applied without the file's weights is
+    still the nearest rank-``r`` model); :func:`load_onnx_weights` then loads the file's factors.
+    """
+    entries = plan.get("low_rank") or {}
+    for path, entry in entries.items():
+        kind, n_in, n_out, rank = _low_rank_entry(path, entry)
+        mod = _module(model, path, "low_rank")
+        if kind == "linear":
+            if not isinstance(mod, nn.Linear):
+                raise PlanError(
+                    f"plan low_rank {path}: a linear factorisation, but the module is a {type(mod).__name__}."
+                )
+            have = (mod.in_features, mod.out_features)
+        else:
+            if not (isinstance(mod, nn.Conv2d) and tuple(mod.kernel_size) == (1, 1) and mod.groups == 1):
+                raise PlanError(f"plan low_rank {path}: a 1x1 conv factorisation, but the module is {mod}.")
+            have = (mod.in_channels, mod.out_channels)
+        if have != (n_in, n_out):
+            raise PlanError(
+                f"plan low_rank {path}: factored as {n_in} -> {n_out}, but the module here is {have[0]} -> "
+                f"{have[1]}; the plan was made for another configuration (or a cut after the factorisation)."
+            )
+        if rank > min(n_in, n_out):
+            raise PlanError(f"plan low_rank {path}: rank {rank} exceeds min(in, out) = {min(n_in, n_out)}.")
+        w = mod.weight.detach().reshape(n_out, n_in)
+        first_w, second_w = _svd_factors(w, rank)
+        bias = mod.bias is not None
+        kw = {"device": mod.weight.device, "dtype": mod.weight.dtype}
+        if kind == "linear":
+            first: nn.Module = nn.Linear(n_in, rank, bias=False, **kw)
+            second: nn.Module = nn.Linear(rank, n_out, bias=bias, **kw)
+        else:
+            first = nn.Conv2d(
+                n_in, rank, 1, stride=mod.stride, padding=mod.padding, dilation=mod.dilation, bias=False,
+                padding_mode=mod.padding_mode, **kw,
+            )  # fmt: skip
+            second = nn.Conv2d(rank, n_out, 1, bias=bias, **kw)
+        with torch.no_grad():
+            first.weight.copy_(first_w.reshape(first.weight.shape))
+            second.weight.copy_(second_w.reshape(second.weight.shape))
+            if bias:
+                second.bias.copy_(mod.bias)
+        for p in (*first.parameters(), *second.parameters()):
+            p.requires_grad_(mod.weight.requires_grad)
+        seq = nn.Sequential(first, second).train(mod.training)
+        parent_path, _, name = path.rpartition(".")
+        setattr(model.get_submodule(parent_path) if parent_path else model, name, seq)
+    if entries:
+        log.info("low-rank: %d module(s) replaced by two factors", len(entries))
+    return len(entries)
 
 
 # ----------------------------------------------------------------------------------------- ONNX -> torch weights
@@ -549,6 +652,7 @@ class RoundTripReport:
     neurons: int
     channels: int
     sliced_tensors: int
+    low_rank: int = 0
 
     @property
     def ok(self) -> bool:
@@ -565,7 +669,7 @@ class RoundTripReport:
         lines = [
             f"round-trip of {self.source}: {'OK' if self.ok else 'MISMATCH'}",
             f"  plan: {self.heads} attention blocks, {self.neurons} MLPs, {self.channels} conv units, "
-            f"{self.sliced_tensors} tensors cut",
+            f"{self.sliced_tensors} tensors cut" + (f", {self.low_rank} low-rank layers" if self.low_rank else ""),
             f"  parameters: ONNX {self.params_onnx}, rebuilt export {self.params_rebuilt}, torch {self.params_torch}",
             "  initializer shapes: "
             + ("all equal" if not self.shape_mismatches else "; ".join(self.shape_mismatches[:5])),
@@ -653,6 +757,7 @@ def check_roundtrip(onnx_path: str | Path, *, tolerance: float = 1e-4, seed: int
         neurons=len(plan["neurons"]),
         channels=len(plan["channels"]),
         sliced_tensors=len(plan["slices"]),
+        low_rank=len(plan.get("low_rank") or {}),
     )
     log.info("%s", report.format())
     return report

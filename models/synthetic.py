@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from fileformat.cli import cli_main
+from fileformat.cli import HelpFormatter, cli_main
 from fileformat.errors import PassError
 from fileformat.io import check_replaceable, write_manifest
 from models.constants import CLASS_NAMES, NUM_CLASSES
@@ -549,19 +549,33 @@ def generate(
     return marker
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m models.synthetic",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("root", type=Path, help="output folder (LPCV layout)")
+    parser.add_argument("--train", type=int, default=200, help="training images")
+    parser.add_argument("--val", type=int, default=50, help="validation images")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the scenes, same seed same files (default: %(default)s)",
+    )
+    parser.add_argument("--mask-dir", choices=("GT", "GT_Updated"), default="GT", help="name of the mask folder")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty ROOT this tool wrote")
+    parser.add_argument("--workers", type=int, default=None, help="render processes (none given: the CPU count)")
+    return parser
+
+
 @cli_main("python -m models.synthetic")
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m models.synthetic ROOT --train 200 --val 50 --size 256 --seed 0 [--force]``."""
-    parser = argparse.ArgumentParser(prog="python -m models.synthetic", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("root", type=Path, help="output folder (LPCV layout)")
-    parser.add_argument("--train", type=int, default=200, help="training images (default 200)")
-    parser.add_argument("--val", type=int, default=50, help="validation images (default 50)")
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mask-dir", choices=("GT", "GT_Updated"), default="GT")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty ROOT")
-    parser.add_argument("--workers", type=int, default=None, help="render processes (default: CPU count)")
+    parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.train < 0 or args.val < 0 or args.train + args.val < 1 or args.size < 32:

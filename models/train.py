@@ -24,6 +24,10 @@
   DistributedDataParallel and process ``r`` of ``W`` takes keys ``[r::W]`` of every batch; process 0 alone writes
   checkpoints and metrics and evaluates.
 * At the end, the model is scored on the validation split (``runtime.evaluate``) and ``OUT/metrics.json`` written.
+* Progress: ``train(..., progress=LABEL)`` (the command line's default; ``--no-progress`` or ``-q`` turn it off) shows
+  a tqdm bar on stderr with the step out of the total, the mean loss since the last log line, the learning rate and
+  the time left; it also runs when stderr is a pipe (``runtime.pipeline`` shows it and keeps it in the stage log).
+* torch is imported when a run starts, not with this module: ``python -m models.train --help`` answers at once.
 
 Extending (distillation): pass ``loss_fn`` to :func:`train`; it gets the model output and the :class:`Batch`
 (images, masks, sample keys) and returns ``(loss, {name: value})``. A loss that is an ``nn.Module`` with parameters
@@ -33,6 +37,7 @@ Extending (distillation): pass ``loss_fn`` to :func:`train`; it gets the model o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import random
@@ -41,17 +46,18 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from fileformat.cli import cli_main
+from fileformat.cli import HelpFormatter, cli_main
 from fileformat.io import atomic_target, atomic_write_text
 from models.constants import IGNORE_INDEX
 from models.data import AugmentConfig, DataError, LPCVDataset
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = [
     "Batch",
@@ -132,14 +138,18 @@ class LossFn(Protocol):
     def __call__(self, outputs: Any, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
-class CrossEntropyLoss(nn.Module):
-    """Mean pixel cross-entropy ``-1/|V| sum_{p in V} log softmax(z_p)[y_p]`` over non-ignored pixels ``V``."""
+class CrossEntropyLoss:
+    """Mean pixel cross-entropy ``-1/|V| sum_{p in V} log softmax(z_p)[y_p]`` over non-ignored pixels ``V``.
+
+    A plain callable (it has no parameters), not an ``nn.Module``: this module is imported without torch.
+    """
 
     def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
-        super().__init__()
         self.ignore_index = ignore_index
 
-    def forward(self, outputs: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, outputs: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        import torch.nn.functional as F
+
         if outputs.shape[-2:] != batch.masks.shape[-2:]:  # N x C x h x w -> N x C x H x W
             outputs = F.interpolate(outputs, size=batch.masks.shape[-2:], mode="bilinear", align_corners=False)
         if not (batch.masks != self.ignore_index).any():
@@ -176,8 +186,8 @@ def batch_keys(step: int, batch_size: int, num_samples: int, seed: int) -> list[
     return keys
 
 
-class _StepBatches(torch.utils.data.Sampler):
-    """Batch sampler yielding :func:`batch_keys` for steps ``start .. stop - 1``."""
+class _StepBatches:
+    """Batch sampler (``DataLoader(batch_sampler=...)``) yielding :func:`batch_keys` for steps ``start .. stop - 1``."""
 
     def __init__(
         self, start: int, stop: int, batch_size: int, num_samples: int, seed: int, rank: int = 0, world: int = 1
@@ -199,6 +209,8 @@ class _StepBatches(torch.utils.data.Sampler):
 
 def _rng_state() -> dict[str, Any]:
     """torch, numpy (global) and python RNG states, as types ``torch.load(weights_only=True)`` accepts."""
+    import torch
+
     np_state = np.random.get_state(legacy=False)
     np_state["state"] = {
         "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
@@ -208,6 +220,8 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
     torch.set_rng_state(state["torch"])
     np_state = dict(state["numpy"])
     np_state["state"] = {
@@ -221,6 +235,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
     """``torch.save`` through :func:`fileformat.io.atomic_target` (never a half-written checkpoint)."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_target(path) as tmp:
@@ -308,6 +324,8 @@ def _model_config(model: nn.Module) -> dict[str, Any] | None:
 
 def _process_group() -> tuple[int, int]:
     """(rank, world size) of an initialised ``torch.distributed`` process group (torchrun), else (0, 1)."""
+    import torch
+
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
@@ -323,26 +341,50 @@ def train(
     loss_fn: LossFn | None = None,
     *,
     resume: Path | str | None = None,
+    progress: str | None = None,
 ) -> TrainResult:
     """Train ``model`` (default: ``models.registry.build_model(config.model)``) for ``config.steps`` steps.
 
     ``resume`` (a checkpoint path) restores model, optimiser, scheduler, RNG states and the step, and continues
-    to ``config.steps``. Deterministic on CPU for a given config: same seed, same weights.
+    to ``config.steps``. Deterministic on CPU for a given config: same seed, same weights. ``progress`` (a label,
+    e.g. the model name) shows a tqdm bar on stderr (process 0 only); None shows none.
     """
+    import torch
+
     if model is None:
         config = _resolve_model_overrides(config)  # recorded as run, e.g. a Swin's input size = the crop
     previous_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)  # restored afterwards: the setting is process-wide
     try:
-        return _train(config, model, loss_fn, resume)
+        return _train(config, model, loss_fn, resume, progress)
     finally:
         torch.set_num_threads(previous_threads)
 
 
+def _progress_bar(label: str, total: int, initial: int) -> Any:
+    """A tqdm bar over the steps: ``label  40%|####      | 100/250 [00:31<00:46, 3.2step/s, loss=0.812, lr=6.1e-04]``.
+
+    Redrawn at most twice a second. It is drawn even when stderr is not a terminal (a pipe or a file), so that a
+    caller that captures the output (``runtime.pipeline``) still shows how far the run is.
+    """
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, initial=initial, desc=label, unit="step", mininterval=0.5, dynamic_ncols=True, file=sys.stderr
+    )
+
+
 def _train(
-    config: TrainConfig, model: nn.Module | None, loss_fn: LossFn | None, resume: Path | str | None
+    config: TrainConfig,
+    model: nn.Module | None,
+    loss_fn: LossFn | None,
+    resume: Path | str | None,
+    progress: str | None = None,
 ) -> TrainResult:
+    import torch
+    from torch import nn
+
     t_start = time.perf_counter()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -424,49 +466,62 @@ def _train(
     # several processes (torchrun): gradients averaged by DistributedDataParallel; checkpoints keep unwrapped names
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     model.train()
-    t_log, running, count = time.perf_counter(), 0.0, 0
-    step = start
-    for step, (images, masks) in enumerate(loader, start=start):
-        keys = batch_keys(step, config.batch_size, len(dataset), config.seed)[rank::world]
-        batch = Batch(images, masks, keys, step)
-        outputs = net(images)
-        loss, parts = loss_fn(outputs, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {float(loss)} at step {step}; lower --lr or check the data")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        running += float(loss.detach())
-        count += 1
-        done = step + 1
-        if done % max(1, config.log_every) == 0 or done == config.steps:
-            dt = time.perf_counter() - t_log
-            entry = {
-                "step": done,
-                "loss": running / count,
-                "lr": optimizer.param_groups[0]["lr"],
-                "s_per_step": dt / count,
-            }
-            entry.update({k: v for k, v in parts.items()})
-            result.history.append(entry)
-            logger.info(
-                "step %d/%d loss %.4f lr %.2e (%.2f s/step)",
-                done,
-                config.steps,
-                entry["loss"],
-                entry["lr"],
-                entry["s_per_step"],
-            )
-            t_log, running, count = time.perf_counter(), 0.0, 0
-        if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
-            checkpoint(done)
-        step = done
+    bar = _progress_bar(progress, config.steps, start) if progress and rank == 0 and start < config.steps else None
+    with contextlib.ExitStack() as stack:
+        if bar is not None:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            stack.callback(bar.close)
+            stack.enter_context(logging_redirect_tqdm())  # the step log lines print above the bar, not into it
+        t_log, running, count = time.perf_counter(), 0.0, 0
+        step = start
+        for step, (images, masks) in enumerate(loader, start=start):
+            keys = batch_keys(step, config.batch_size, len(dataset), config.seed)[rank::world]
+            batch = Batch(images, masks, keys, step)
+            outputs = net(images)
+            loss, parts = loss_fn(outputs, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {float(loss)} at step {step}; lower --lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            running += float(loss.detach())
+            count += 1
+            done = step + 1
+            if bar is not None:
+                lr = optimizer.param_groups[0]["lr"]
+                bar.set_postfix(loss=f"{running / count:.4f}", lr=f"{lr:.1e}", refresh=False)
+                bar.update(1)
+            if done % max(1, config.log_every) == 0 or done == config.steps:
+                dt = time.perf_counter() - t_log
+                entry = {
+                    "step": done,
+                    "loss": running / count,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "s_per_step": dt / count,
+                }
+                entry.update({k: v for k, v in parts.items()})
+                result.history.append(entry)
+                logger.info(
+                    "step %d/%d loss %.4f lr %.2e (%.2f s/step)",
+                    done,
+                    config.steps,
+                    entry["loss"],
+                    entry["lr"],
+                    entry["s_per_step"],
+                )
+                t_log, running, count = time.perf_counter(), 0.0, 0
+            if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
+                checkpoint(done)
+            step = done
     result.step = max(step, start)
     checkpoint(result.step)
     model.eval()
+    if config.eval_split and rank == 0:
+        logger.info("evaluating on the %s split of %s", config.eval_split, config.data)
     result.metrics = _evaluate(model, config) if rank == 0 else None
     result.seconds = time.perf_counter() - t_start
     summary = {
@@ -492,22 +547,38 @@ def add_loop_arguments(p: argparse.ArgumentParser, d: Any) -> None:
     """
     p.add_argument("--data", default=d.data, help="data root in the LPCV layout (python -m models.synthetic ROOT)")
     p.add_argument("--out", default=d.out, help="output folder (checkpoint.pt, metrics.json, ...)")
-    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--steps", type=int, default=d.steps, help="optimiser steps in all (a resumed run continues to it)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (split over processes)")
-    p.add_argument("--crop", type=int, default=d.crop, help="square training crop in pixels")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--workers", type=int, default=d.num_workers, help="data-loading processes")
-    p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--crop", type=int, default=d.crop, help="square training crop in pixels (>= 32)")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate (poly decay to 0)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=d.warmup_steps,
+        help="linear learning-rate warmup steps (default: %(default)s)",
+    )
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
+    p.add_argument("--log-every", type=int, default=d.log_every, help="steps between loss log lines")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="seed of the init, the sample order and augmentation (default: %(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=d.num_workers,
+        help="data-loading processes, 0: in this one (default: %(default)s)",
+    )
+    p.add_argument("--threads", type=int, help="torch intra-op threads (none given: torch's choice)")
     p.add_argument("--eval-split", default=d.eval_split, help="split scored at the end ('' for none)")
-    p.add_argument("--eval-limit", type=int, help="score only the first N images of the eval split")
+    p.add_argument("--eval-limit", type=int, help="score only the first N images of the eval split (none: all)")
     p.add_argument("--resume", nargs="?", const="auto", help="continue from OUT/checkpoint.pt (or the given file)")
     p.add_argument("--force", action="store_true", help="start afresh in an --out folder that holds another run")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (step/total, loss, time left)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bar")
 
 
 def loop_argument_error(args: argparse.Namespace) -> str | None:
@@ -519,16 +590,21 @@ def loop_argument_error(args: argparse.Namespace) -> str | None:
 
 def _parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m models.train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     p.add_argument("--model", default=d.model, help="registered configuration (models.registry)")
     add_loop_arguments(p, d)
     p.add_argument(
         "--input-size",
         type=int,
-        help="model input size (ModelConfig.input_size; Swin builds its backbone for it; default for Swin: --crop)",
+        help="model input size (ModelConfig.input_size; Swin builds its backbone for it; none given: the "
+        "configuration's, for Swin --crop)",
     )
-    p.add_argument("--decoder-width", type=int, help="UPerNet width (default: the configuration's)")
+    p.add_argument("--decoder-width", type=int, help="UPerNet width (none given: the configuration's)")
     p.add_argument("--weights", help="initial weights file (safetensors / torch state dict / checkpoint)")
     p.add_argument("--pretrained", action="store_true", help="timm ImageNet backbone (needs the network)")
     p.add_argument("--eval-at-start", action="store_true", help="also score the untrained model")
@@ -537,7 +613,8 @@ def _parser() -> argparse.ArgumentParser:
 
 @cli_main("python -m models.train")
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: 0 done, 1 data/model/checkpoint problem, 2 usage error."""
+    """CLI entry point: 0 done, 1 data/model/checkpoint problem, 2 usage error. torch is imported after the
+    arguments are parsed (by :func:`train`), so ``--help`` and usage errors answer at once."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     if error := loop_argument_error(args):
@@ -596,7 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from models.weights import WeightsError
 
     try:
-        res = train(config, resume=resume)
+        res = train(config, resume=resume, progress=None if args.quiet or args.no_progress else f"train {config.model}")
     except (DataError, FileNotFoundError, UnknownModelError, WeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,28 +1,35 @@
-"""One command for a structural plan: attention heads, MLP neurons and conv channels against one global budget.
+"""One command for a structural plan: head channels, heads, neurons, transformer widths and conv channels against
+one global budget in FLOPs, parameters or measured latency.
 
-``python -m passes.compress model.onnx -o out.onnx --target-flops 0.2 [--units heads,neurons,channels]``
+``python -m passes.compress model.onnx -o out.onnx (--target-flops 0.2 | --target-params 0.3 | --target-latency 0.35
+[--latency-table FILE]) [--units head_dim,heads,neurons,width,channels]``
 
-All prunable units of the model become layers of one budget (:mod:`passes._core.budget`): the heads of each
-attention block (:func:`passes._core.units.find_units`), the hidden neurons of each transformer MLP, and the
-channels of each conv channel group (:mod:`passes._core.channels`). The cost model is exact for all three::
+All prunable units of the model become layers of one budget (:mod:`passes._core.budget`): the channels of each
+attention block's heads and its heads, the hidden neurons of each transformer MLP, each transformer's width
+(:func:`passes._core.units.find_units`) and the channels of each conv channel group (:mod:`passes._core.channels`).
+The cost model is one term per node (its FLOPs, or its measured time) and per weight, scaled by the kept fraction of
+every group the node carries (:func:`cost_terms`)::
 
-    FLOPs(k) = sum_nodes base_n * prod(kept fractions of the channel groups on the node's axes)
-               + sum_blocks flops_per_unit_b * (k_b - count_b)
+    cost(k) = sum_nodes base_n * prod(kept fractions of the groups on the node's output and contracted axes)
 
-(heads and neurons scale their block's FLOPs linearly; no channel group reaches into a transformer, so the terms
-do not overlap). LAMP (default) ranks every unit of every kind on one scale (its score is normalised within its
-layer), removes the lowest until the target is met; uniform keeps one fraction everywhere. The cuts are then
-applied in order, heads -> neurons -> channels, each by its own pass, so the output holds one combined
-``vitseg.plan`` (heads, neurons, channels and the torch ``slices``) for the torch side to rebuild.
-``--plan`` applies such a combined plan (from a JSON file or a model) instead.
+so the kinds interact as in the graph (a narrower width makes every head of its transformer cheaper). LAMP
+(default for FLOPs and parameters) ranks every unit of every kind on one scale and removes the lowest until the
+target is met; uniform keeps one fraction everywhere; HALP (default for latency) removes the unit with the least
+importance per millisecond saved (:mod:`passes._core.latency` measures the table). The cuts are then applied kind by
+kind (head channels, heads, neurons, widths, channels), each by its own pass, so the output holds one combined
+``vitseg.plan`` for the torch side to rebuild. ``--plan`` applies such a combined plan (from a JSON file or a model)
+instead. A latency target the floors cannot reach exits 1 and names the layers at their floor.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,25 +38,28 @@ import onnx
 from fileformat.cli import cli_main
 from fileformat.errors import PassError, UsageError
 from fileformat.metadata import append_history
-from passes._core.budget import Allocation, BudgetConfig, CostModel, Layer, Term, allocate
+from passes._core import latency as latency_model
+from passes._core.budget import Allocation, BudgetConfig, CostModel, Factor, Layer, Term, allocate
 from passes._core.canonical import canonicalize
 from passes._core.channels import ChannelAnalysis
 from passes._core.cli import make_parser, run_pass_cli
+from passes._core.graph import GraphView
 from passes._core.report import PassReport
 from passes._core.stats import graph_stats
+from passes._core.units import PruneUnit, UnitPruneConfig, find_units, importance, prune_units, select_top
 from passes.slice_channels import (
     IMPORTANCES,
     SCOPES,
     SliceChannelsConfig,
     add_budget_args,
-    channel_terms,
     group_importance,
     load_plan_arg,
     slice_channels,
 )
 
 PASS_NAME = "compress"
-KINDS = ("heads", "neurons", "channels")
+KINDS = ("head_dim", "heads", "neurons", "width", "channels")  # the order the cuts are applied in
+UNIT_KINDS = KINDS[:4]  # found by passes._core.units; channels by passes._core.channels
 
 
 @dataclass
@@ -58,18 +68,22 @@ class CompressConfig:
 
     target_flops: float | None = None
     target_params: float | None = None
+    target_latency: float | None = None
     plan: dict[str, Any] | None = None
     units: tuple[str, ...] = KINDS
-    allocation: str = "lamp"
+    allocation: str | None = None  # lamp (FLOPs/params budgets) or halp (latency budgets) when not given
+    latency_table: str | None = None  # read (ours or a trtexec profile) if it exists, else measured and written
+    threads: int = 2  # onnxruntime threads for measuring latency
+    round_to: int = 8  # conv channels and widths are kept at multiples of this (1: any count)
     floor: float = 0.1
     scope: str = "all"
     importance: str = "l2"
 
     def validate(self) -> None:
-        given = [n for n in ("target_flops", "target_params", "plan") if getattr(self, n) is not None]
+        given = [n for n in ("target_flops", "target_params", "target_latency", "plan") if getattr(self, n) is not None]
         if len(given) != 1:
-            raise UsageError("give exactly one of --target-flops, --target-params or --plan.")
-        for name in ("target_flops", "target_params"):
+            raise UsageError("give exactly one of --target-flops, --target-params, --target-latency or --plan.")
+        for name in ("target_flops", "target_params", "target_latency"):
             v = getattr(self, name)
             if v is not None and not 0.0 < v <= 1.0:
                 raise UsageError(
@@ -83,107 +97,297 @@ class CompressConfig:
             raise UsageError(f"--scope {self.scope!r}: use one of {', '.join(SCOPES)}.")
         if self.importance not in IMPORTANCES:
             raise UsageError(f"--importance {self.importance!r}: use one of {', '.join(IMPORTANCES)}.")
-        if self.allocation not in ("lamp", "uniform"):
-            raise UsageError(f"--allocation {self.allocation!r}: use lamp or uniform.")
+        if self.allocation is not None and self.allocation not in ("lamp", "uniform", "halp"):
+            raise UsageError(f"--allocation {self.allocation!r}: use lamp, uniform or halp.")
+        if self.round_to < 1:
+            raise UsageError(f"--round-to {self.round_to}: give 1 (any count) or more.")
         if not 0.0 <= self.floor < 1.0:
             raise UsageError(f"--floor {self.floor}: the per-layer minimum kept fraction must be in [0, 1).")
 
 
 @dataclass
 class CompressPlan:
-    """Kept indices (of the input model) per head block, MLP and channel group (by their names)."""
+    """Kept indices (of the input model) per unit of each kind (heads, head_dim, neurons, width: by unit id) and per
+    channel group (by name)."""
 
-    heads: dict[str, list[int]] = field(default_factory=dict)
-    neurons: dict[str, list[int]] = field(default_factory=dict)
+    units: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # kind -> {unit id: kept}
     channels: dict[str, dict[str, Any]] = field(default_factory=dict)
     allocation: Allocation | None = None
     layers: list[Layer] = field(default_factory=list)
+    latency_table: Any = None
     notes: list[str] = field(default_factory=list)
 
 
-def _unit_axes(model: onnx.ModelProto, kinds: Sequence[str]) -> dict[tuple[str, int], str]:
-    """``{(weight, axis): "<kind> of <unit>"}`` for every weight axis a prunable head block or MLP cuts."""
-    from passes._core.units import find_units
-
+def _unit_axes(units: Sequence[tuple[str, PruneUnit]]) -> dict[tuple[str, int], str]:
+    """``{(weight, axis): "<kind> of <unit>"}`` for every weight axis a prunable unit group cuts."""
     out: dict[tuple[str, int], str] = {}
-    for kind in kinds:
-        for u in find_units(model, kind):
-            if u.prunable and u.group is not None:
-                for ts in u.group.slices.values():
-                    out[(ts.tensor, ts.axis)] = f"{kind} of {u.id}"
+    for name, u in units:
+        for ts in u.group.slices.values():  # type: ignore[union-attr]
+            out[(ts.tensor, ts.axis)] = name
     return out
 
 
-def _unit_layers(
-    model: onnx.ModelProto, kind: str, config: CompressConfig, budget: BudgetConfig
-) -> tuple[list[Layer], list[Term], list[Term], list[str]]:
-    """Budget layers and cost terms of the head blocks or MLPs (skipped units are listed for the report)."""
-    from passes._core.units import find_units, importance
+_CONTRACTIONS = ("MatMul", "Gemm", "Conv")
+_KIND_WORDS = {"heads": "attention blocks", "head_dim": "head-channel groups", "neurons": "MLPs",
+               "width": "transformer widths", "channels": "channel groups"}  # fmt: skip
 
-    units = find_units(model, kind)
+
+def unit_factors(view: GraphView, units: Sequence[tuple[str, PruneUnit]]) -> Callable[[int], list[Factor]]:
+    """``factors(node index)``: the unit-group factors of a node's cost (see :mod:`passes._core.budget`).
+
+    A node scales with each group its output carries, and a contraction (MatMul, Gemm, group-1 Conv) also with the
+    group on its contracted axis: the q/k/v MatMul with the width (rows) and the heads and head channels (columns),
+    the output projection with the heads and head channels (rows) and the width (columns).
+    """
+    carried: dict[str, list[tuple[str, int, int]]] = {}
+    for name, u in units:
+        g = u.group
+        assert g is not None
+        for tensor, dim in g.dims.items():
+            carried.setdefault(tensor, []).append((name, u.count, dim.axis))
+
+    def factors(idx: int) -> list[Factor]:
+        node = view.nodes[idx].node
+        out: list[Factor] = [((name, n),) for o in node.output[:1] for name, n, _ in carried.get(o, [])]
+        if node.op_type in _CONTRACTIONS and len(node.input) > 1:
+            if node.op_type == "Conv" and int(view.attrs(node).get("group", 1)) != 1:
+                return out
+            x = node.input[0]
+            rank = view.rank(x) or 0
+            if node.op_type == "MatMul":
+                axis = rank - 1
+            elif node.op_type == "Gemm":
+                axis = 0 if int(view.attrs(node).get("transA", 0)) else 1
+            else:
+                axis = 1
+            out += [((name, n),) for name, n, a in carried.get(x, []) if a == axis]
+        return out
+
+    return factors
+
+
+def cost_terms(
+    model: onnx.ModelProto,
+    view: GraphView,
+    analysis: ChannelAnalysis,
+    channel_names: dict[int, str],
+    units: Sequence[tuple[str, PruneUnit]],
+    stats: Any,
+) -> tuple[list[Term], list[Term]]:
+    """FLOPs and parameter terms of every node and weight, with the factors of every unit group and channel group
+    that scales it (one cost model for all kinds); they sum to ``stats.flops`` and ``stats.params``."""
+
+    def named(f: tuple[tuple[int | None, int], ...]) -> Factor:
+        return tuple((channel_names.get(gid) if gid is not None else None, n) for gid, n in f)
+
+    node_units = unit_factors(view, units)
+    flop_terms = []
+    for i, node in enumerate(model.graph.node):
+        base = stats.node_flops.get(node.name or f"{node.op_type}_{i}", 0)
+        if base:
+            factors = [named(f) for f in analysis.flop_factors(i)] + node_units(i)
+            flop_terms.append(Term(float(base), tuple(factors)))
+    weight_factors: dict[str, list[Factor]] = {}
+    for base_name, axes in analysis.param_factors().items():
+        weight_factors.setdefault(base_name, []).extend(named(f) for _, f in axes)
+    for name, u in units:
+        for t in u.group.slices:  # type: ignore[union-attr]
+            weight_factors.setdefault(t, []).append(((name, u.count),))
+    param_terms, counted = [], 0
+    inits = {t.name: t for t in model.graph.initializer}
+    for t, factors in weight_factors.items():
+        init = inits.get(t)
+        if init is None or init.data_type not in _FLOAT_TYPES:
+            continue
+        numel = int(np.prod(init.dims)) if len(init.dims) else 1
+        if numel <= 1:
+            continue
+        counted += numel
+        param_terms.append(Term(float(numel), tuple(factors)))
+    param_terms.append(Term(float(stats.params - counted)))
+    return flop_terms, param_terms
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+
+
+def _unit_layers(
+    model: onnx.ModelProto, view: GraphView, kind: str, config: CompressConfig, budget: BudgetConfig
+) -> tuple[list[Layer], list[tuple[str, PruneUnit]], list[tuple[str, str]]]:
+    """Budget layers of one unit kind, the ``(layer name, unit)`` pairs, and the skipped units with reasons."""
+    units = find_units(model, kind, view)
     prunable = [u for u in units if u.prunable]
-    skipped = [f"{u.id}: {u.skip_reason}" for u in units if not u.prunable]
     norm = config.importance if config.importance in ("l1", "l2") else "l2"
     scores = importance(model, prunable, norm) if prunable else {}
-    layers, flops, params = [], [], []
+    layers, named = [], []
     for u in prunable:
         name = f"{kind}:{u.id}"
-        layers.append(Layer(name, np.asarray(scores[u.id]), budget.floor_of(u.count), kind=kind, scope="backbone"))
-        f = float(u.flops_per_unit * u.count)
-        p = float(u.params_per_unit * u.count)
-        flops += [Term(f, (((name, u.count),),)), Term(-f)]  # replaces the block's share of the node terms
-        params += [Term(p, (((name, u.count),),)), Term(-p)]
-    return layers, flops, params, skipped
+        step = _step(u.count, config.round_to) if kind == "width" else 1
+        layers.append(
+            Layer(name, np.asarray(scores[u.id]), budget.floor_of(u.count), kind=kind, scope="backbone", step=step)
+        )
+        named.append((name, u))
+    return layers, named, [(f"{kind} {u.id}", u.skip_reason or "") for u in units if not u.prunable]
+
+
+def _step(size: int, round_to: int) -> int:
+    """Channels are cut ``round_to`` at a time where the count is a multiple of it (so it stays one): onnxruntime's
+    NCHWc convolutions and TensorRT's tensor cores want multiples of 8, and other counts add layout copies."""
+    return round_to if round_to > 1 and size % round_to == 0 and size >= 2 * round_to else 1
+
+
+def _unit_configs(plan: CompressPlan) -> dict[str, UnitPruneConfig]:
+    return {kind: UnitPruneConfig(keep_sets=keep) for kind, keep in plan.units.items() if keep}
+
+
+def _channels_config(plan: CompressPlan) -> SliceChannelsConfig | None:
+    return SliceChannelsConfig(plan={"channels": plan.channels}) if plan.channels else None
+
+
+def _apply(
+    model: onnx.ModelProto, unit_cfgs: dict[str, UnitPruneConfig], channels_cfg: SliceChannelsConfig | None
+) -> tuple[onnx.ModelProto, list[PassReport]]:
+    """Cut each unit kind in turn (each pass finds its units again on the model the previous one wrote), then the
+    conv channels."""
+    current, steps = model, []
+    for kind in UNIT_KINDS:
+        if kind in unit_cfgs:
+            current, rep = prune_units(current, kind, unit_cfgs[kind], f"{PASS_NAME}:{kind}")
+            steps.append(rep)
+    if channels_cfg is not None:
+        current, rep = slice_channels(current, channels_cfg)
+        steps.append(rep)
+    return current, steps
+
+
+def _tensor_factors(
+    analysis: ChannelAnalysis, channel_names: dict[int, str], units: Sequence[tuple[str, PruneUnit]]
+) -> Callable[[Sequence[str]], list[Factor]]:
+    """``factors(tensors)``: the distinct unit and channel groups carried by any of ``tensors`` (a profiled node)."""
+    carried: dict[str, list[Factor]] = {}
+    for name, u in units:
+        for t in u.group.dims:  # type: ignore[union-attr]
+            carried.setdefault(t, []).append(((name, u.count),))
+
+    def factors(tensors: Sequence[str]) -> list[Factor]:
+        out: list[Factor] = []
+        for t in tensors:
+            found = list(carried.get(t, []))
+            f = analysis.factor(t)
+            if f is not None:
+                named = tuple((channel_names.get(gid) if gid is not None else None, n) for gid, n in f)
+                if any(name is not None for name, _ in named):
+                    found.append(named)
+            out += [f for f in found if f not in out]
+        return out
+
+    return factors
+
+
+def _latency_table(
+    model: onnx.ModelProto,
+    config: CompressConfig,
+    layers: Sequence[Layer],
+    factors_of: Callable[[Sequence[str]], list[Factor]],
+    notes: list[str],
+) -> latency_model.LatencyTable:
+    """The latency table of ``model``: from ``--latency-table`` or the cache, else profiled now (and saved)."""
+    path = Path(config.latency_table) if config.latency_table else latency_model.cache_path(model, config.threads)
+    if path.exists():
+        table = latency_model.load_table(path, model)
+        notes.append(f"latency table: {path} ({table.source}, {len(table.nodes)} nodes)")
+        return table
+    variants = []
+    for q in (0.5, 0.25):
+        counts = {ly.name: min(ly.size, ly.step * max(1, math.ceil(q * ly.size / ly.step))) for ly in layers}
+        sizes = {ly.name: ly.size for ly in layers}
+        plan = CompressPlan()
+        for ly in layers:
+            kind, _, uid = ly.name.partition(":")
+            kept = select_top(ly.scores, counts[ly.name])
+            if kind in UNIT_KINDS:
+                plan.units.setdefault(kind, {})[uid] = kept
+            else:
+                plan.channels[uid] = {"kept": kept, "total": ly.size}
+        cut, _ = _apply(model, _unit_configs(plan), _channels_config(plan))
+
+        def fraction(tensors: Sequence[str], counts: dict = counts, sizes: dict = sizes) -> float:
+            p = 1.0
+            for f in factors_of(tensors):
+                total = sum(n for _, n in f)
+                p *= sum(counts.get(name, n) * n / sizes[name] if name else n for name, n in f) / total
+            return p
+
+        variants.append((cut, fraction))
+    start = time.perf_counter()
+    table = latency_model.fit_table(model, variants, threads=config.threads)
+    latency_model.save_table(table, path)
+    notes.append(
+        f"latency table measured in {time.perf_counter() - start:.0f} s ({len(table.nodes)} onnxruntime nodes, "
+        f"{config.threads} threads, full model {table.wall_ms:.1f} ms), saved to {path}"
+    )
+    return table
 
 
 def plan_compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[CompressPlan, list[tuple[str, str]]]:
     """Choose kept units of every kind in ``config.units`` for the budget; return the plan and skipped units."""
     config.validate()
-    metric = "flops" if config.target_flops is not None else "params"
-    target = config.target_flops if config.target_flops is not None else config.target_params
-    budget = BudgetConfig(target=float(target), metric=metric, method=config.allocation, floor=config.floor)  # type: ignore[arg-type]
+    metric, target = next(
+        (m, getattr(config, f"target_{m}"))
+        for m in ("flops", "params", "latency")
+        if getattr(config, f"target_{m}") is not None
+    )
+    method = config.allocation or ("halp" if metric == "latency" else "lamp")
+    budget = BudgetConfig(target=float(target), metric=metric, method=method, floor=config.floor)
     model = canonicalize(model)
     stats = graph_stats(model)
+    view = GraphView(model)
     layers: list[Layer] = []
     skipped: list[tuple[str, str]] = []
     out = CompressPlan()
+    units: list[tuple[str, PruneUnit]] = []
+    for kind in UNIT_KINDS:
+        if kind in config.units:
+            ly, named, sk = _unit_layers(model, view, kind, config, budget)
+            layers += ly
+            units += named
+            skipped += sk
     analysis = ChannelAnalysis(model)
-    claimed = _unit_axes(model, [k for k in ("heads", "neurons") if k in config.units])
-    if claimed and "channels" in config.units:
-        analysis.block_axes(claimed)
+    if units and "channels" in config.units:
+        analysis.block_axes(_unit_axes(units))  # one owner per weight axis
     names: dict[int, str] = {}
     groups = analysis.prunable(config.scope) if "channels" in config.units else []
     if groups:
         scores = group_importance(analysis, groups, config.importance, out.notes)
         for g in groups:
             names[g.gid] = f"channels:{g.name}"
-            layers.append(Layer(names[g.gid], scores[g.gid], budget.floor_of(g.size), kind="channels", scope=g.scope))
+            floor, step = budget.floor_of(g.size), _step(g.size, config.round_to)
+            layers.append(Layer(names[g.gid], scores[g.gid], floor, kind="channels", scope=g.scope, step=step))
     for g in analysis.groups:
         if g.blocked and "channels" in config.units:
             skipped.append((g.name, "; ".join(g.blocked)))
-    flop_terms, param_terms = channel_terms(model, analysis, names, stats)
-    for kind in ("heads", "neurons"):
-        if kind not in config.units:
-            continue
-        ly, ft, pt, sk = _unit_layers(model, kind, config, budget)
-        layers += ly
-        flop_terms += ft
-        param_terms += pt
-        skipped += [(s.split(": ", 1)[0], s.split(": ", 1)[1]) for s in sk]
+    flop_terms, param_terms = cost_terms(model, view, analysis, names, units, stats)
     if not layers:
-        raise PassError("nothing to compress: the model has no prunable heads, neurons or conv channels in scope.")
+        raise PassError(
+            "nothing to compress: the model has no prunable heads, head channels, neurons, widths or conv channels "
+            "in scope."
+        )
     sizes = {ly.name: ly.size for ly in layers}
-    alloc = allocate(layers, CostModel(flop_terms, sizes), CostModel(param_terms, sizes), budget)
+    latency = None
+    if metric == "latency":
+        factors_of = _tensor_factors(analysis, names, units)
+        table = _latency_table(model, config, layers, factors_of, out.notes)
+        latency = CostModel(table.terms(factors_of), sizes)
+        out.latency_table = table
+    alloc = allocate(layers, CostModel(flop_terms, sizes), CostModel(param_terms, sizes), budget, latency)
     by_gid = {names[g.gid]: g for g in groups}
     for ly in layers:
         kept = alloc.keep[ly.name]
         kind, _, uid = ly.name.partition(":")
         if len(kept) == ly.size:
             continue
-        if kind == "heads":
-            out.heads[uid] = kept
-        elif kind == "neurons":
-            out.neurons[uid] = kept
+        if kind in UNIT_KINDS:
+            out.units.setdefault(kind, {})[uid] = kept
         else:
             out.channels[by_gid[ly.name].name] = {"kept": kept, "total": ly.size}
     out.allocation = alloc
@@ -193,38 +397,26 @@ def plan_compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[Compr
 
 def compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[onnx.ModelProto, PassReport]:
     """Prune heads, then neurons, then channels of ``model`` to one budget (or a combined plan)."""
-    from passes.prune_heads import PruneHeadsConfig, prune_heads
-    from passes.slice_neurons import SliceNeuronsConfig, slice_neurons
-
     config.validate()
     before = graph_stats(model)
     report = PassReport(PASS_NAME, params_before=before.params, flops_before=before.flops)
+    unit_cfgs: dict[str, UnitPruneConfig] = {}
     if config.plan is not None:
-        heads_cfg = PruneHeadsConfig(plan=config.plan) if config.plan.get("heads") else None
-        neurons_cfg = SliceNeuronsConfig(plan=config.plan) if config.plan.get("neurons") else None
+        for kind in UNIT_KINDS:
+            if config.plan.get(kind):
+                unit_cfgs[kind] = UnitPruneConfig(plan=config.plan)
         channels_cfg = SliceChannelsConfig(plan=config.plan) if config.plan.get("channels") else None
-        if heads_cfg is None and neurons_cfg is None and channels_cfg is None:
-            raise PassError("the plan has no heads, neurons or channels entries; nothing to apply.")
+        if not unit_cfgs and channels_cfg is None:
+            raise PassError("the plan has no heads, head_dim, neurons, width or channels entries; nothing to apply.")
         chosen: CompressPlan | None = None
     else:
         chosen, skipped = plan_compress(model, config)
         for where, reason in skipped:
             report.skip(where, reason)
         report.notes.extend(chosen.notes)
-        heads_cfg = PruneHeadsConfig(keep_sets=chosen.heads) if chosen.heads else None
-        neurons_cfg = SliceNeuronsConfig(keep_sets=chosen.neurons) if chosen.neurons else None
-        channels_cfg = SliceChannelsConfig(plan={"channels": chosen.channels}) if chosen.channels else None
-    current = model
-    steps = []
-    if heads_cfg is not None:
-        current, rep = prune_heads(current, heads_cfg)
-        steps.append(rep)
-    if neurons_cfg is not None:
-        current, rep = slice_neurons(current, neurons_cfg)
-        steps.append(rep)
-    if channels_cfg is not None:
-        current, rep = slice_channels(current, channels_cfg)
-        steps.append(rep)
+        unit_cfgs = _unit_configs(chosen)
+        channels_cfg = _channels_config(chosen)
+    current, steps = _apply(model, unit_cfgs, channels_cfg)
     if current is model:
         current = onnx.ModelProto()
         current.CopyFrom(model)
@@ -246,6 +438,15 @@ def compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[onnx.Model
                 }
             )
         measured = after.flops / before.flops if alloc.metric == "flops" else after.params / before.params
+        if alloc.metric == "latency":
+            t_before, t_after, cpu = latency_model.measure_pair(canonicalize(model), current, threads=config.threads)
+            measured = t_after / t_before
+            report.extra["latency_ms"] = {"before": round(t_before, 3), "after": round(t_after, 3)}
+            report.extra["cpu_time_ratio"] = round(cpu, 4)
+            report.notes.append(
+                f"latency: predicted {alloc.achieved:.3f}x, measured {measured:.3f}x wall ({t_before:.1f} -> "
+                f"{t_after:.1f} ms), {cpu:.3f}x CPU time (onnxruntime CPU, {config.threads} threads, interleaved)"
+            )
         report.extra["budget"] = {
             "metric": alloc.metric,
             "method": alloc.method,
@@ -256,16 +457,24 @@ def compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[onnx.Model
             "at_floor": alloc.at_floor,
         }
         by_kind = {k: sum(1 for ly in chosen.layers if ly.kind == k) for k in KINDS}
+        over = ", ".join(f"{n} {_KIND_WORDS[k]}" for k, n in by_kind.items() if n)
         report.notes.append(
-            f"budget ({alloc.method}) over {by_kind['heads']} attention blocks, {by_kind['neurons']} MLPs and "
-            f"{by_kind['channels']} channel groups: {alloc.metric} target {alloc.target:.3f}, achieved "
+            f"budget ({alloc.method}) over {over}: {alloc.metric} target {alloc.target:.3f}, achieved "
             f"{measured:.3f} (graph count; estimate {alloc.achieved:.3f})"
         )
         if not alloc.reached:
-            report.notes.append(
-                "target not reached: the per-layer floors stopped it; layers at their floor: "
-                + (", ".join(n.partition(":")[2] for n in alloc.at_floor) or "none (nothing left to cut)")
+            floored = [n.replace(":", " ", 1) for n in alloc.at_floor]
+            more = f" and {len(floored) - 6} more" if len(floored) > 6 else ""
+            why = "target not reached: the per-layer floors stopped it; layers at their floor: " + (
+                ", ".join(floored[:6]) + more if floored else "none (nothing left to cut)"
             )
+            if alloc.metric == "latency":  # a time budget is a promise: nothing is written when it is missed
+                raise PassError(
+                    f"{why}. The latency model predicts {alloc.achieved:.3f}x at best; what it cannot cut (the "
+                    "constant part of each node, the session overhead) stays. Lower --floor, add --units, or ask "
+                    "for a larger --target-latency."
+                )
+            report.notes.append(why)
     for r in steps:
         report.notes.append(
             f"{r.pass_name}: {'modified' if r.modified else 'unchanged'}, FLOPs {r.flops_before:,} -> {r.flops_after:,}"
@@ -289,10 +498,27 @@ def compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[onnx.Model
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(f"python -m passes.{PASS_NAME}", (__doc__ or "").split("\n\n")[0])
-    add_budget_args(parser)
+    add_budget_args(parser, latency=True)
     parser.add_argument("--plan", help="apply a combined plan (JSON, or a model holding vitseg.plan) instead")
     parser.add_argument(
-        "--units", default=",".join(KINDS), help="which unit kinds take part, comma-separated (all three)"
+        "--units", default=",".join(KINDS), help="which unit kinds take part, comma-separated (default: all)"
+    )
+    parser.add_argument(
+        "--target-latency",
+        type=float,
+        help="keep this fraction of the model's latency measured on this machine (onnxruntime CPU), in (0, 1]",
+    )
+    parser.add_argument(
+        "--latency-table",
+        help="latency table JSON: read if it exists (ours, or `trtexec --exportProfile` output from the device), "
+        "else measured here and written there (default: a cache under ~/.cache/vitseg)",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads for latency (default 2)")
+    parser.add_argument(
+        "--round-to",
+        type=int,
+        default=8,
+        help="keep conv channels and transformer widths at multiples of this (fast kernels want 8; 1: any count)",
     )
     parser.add_argument("--scope", choices=SCOPES, default="all", help="which part may lose conv channels")
     parser.add_argument("--importance", choices=IMPORTANCES, default="l2", help="unit importance (bn_scale: channels)")
@@ -303,6 +529,10 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
     config = CompressConfig(
         target_flops=args.target_flops,
         target_params=args.target_params,
+        target_latency=args.target_latency,
+        latency_table=args.latency_table,
+        threads=args.threads,
+        round_to=args.round_to,
         plan=load_plan_arg(args.plan) if args.plan else None,
         units=tuple(u.strip() for u in args.units.split(",") if u.strip()),
         allocation=args.allocation,

@@ -1,7 +1,7 @@
 """Static INT8 post-training quantization in QDQ form (onnxruntime.quantization), for CPUs and Jetson Orin.
 
-``python -m passes.int8 model.onnx -o model_int8.onnx --calib DATA [--calib-count 32]
-[--method minmax|entropy|percentile] [--exclude OP_OR_NODE ...] [--report r.json]``
+``python -m passes.int8 model.onnx -o model_int8.onnx --calib DATA [--calib-count 32] [--target cpu|jetson-orin|...]
+[--symmetric|--asymmetric] [--method minmax|entropy|percentile] [--exclude OP_OR_NODE ...] [--report r.json]``
 
 What it does, in order:
 
@@ -13,13 +13,25 @@ What it does, in order:
    (:func:`passes.fp16.find_layernorm_chains`) and ``Softmax``, the classifier (the last ``Conv`` before the
    output), plus ``--exclude`` (op types, node names or shell patterns on node names);
 4. calibrates on images streamed from DATA (a tqdm bar; ``--calib-count`` of them) and writes QDQ nodes with
-   ``quantize_static``: INT8 weights, per output channel; INT8 activations; both symmetric by default (zero point
-   0, what TensorRT requires). Ranges: ``minmax`` (observed min/max), ``entropy`` (KL-divergence threshold) or
-   ``percentile`` (``--percentile``, default 99.999).
+   ``quantize_static``: INT8 weights, symmetric, per output channel; INT8 activations, symmetric or asymmetric by
+   target (below). Ranges: ``minmax`` (observed min/max), ``entropy`` (KL-divergence threshold) or ``percentile``
+   (``--percentile``, default 99.999).
+
+Activations per target (``--target``; default: the target recorded in the model by the exporter, else ``cpu``):
+
+* **asymmetric** for onnxruntime targets (``cpu``): a zero point lets one-sided tensors (after SiLU, ReLU, Sigmoid,
+  softmax-weighted sums) use all 256 levels instead of half of them, which keeps accuracy, and onnxruntime's INT8
+  kernels take zero points at no cost;
+* **symmetric** (zero point 0) for TensorRT targets (``jetson-orin``, ``jetson-nano``): TensorRT only imports
+  symmetric QDQ (``passes.check_target`` rejects the rest).
+
+``--symmetric`` / ``--asymmetric`` override the target's choice; the summary says which was used and why.
 
 Quantized op types default to the ones that carry the arithmetic: ``Conv``, ``MatMul`` (only with a constant
 weight: activation x activation attention products stay float, they quantize badly), ``Gemm``. Symmetric INT8
-stores ``q = clip(round(x / s), -127, 127)`` with ``s = max|x| / 127`` per tensor (per output channel for weights).
+stores ``q = clip(round(x / s), -127, 127)`` with ``s = max|x| / 127`` per tensor (per output channel for weights);
+asymmetric INT8 stores ``q = clip(round(x / s) + z, -128, 127)`` with ``s = (max - min) / 255`` and the zero point
+``z`` that maps ``min`` to -128 (the range always includes 0).
 """
 
 from __future__ import annotations
@@ -42,15 +54,25 @@ import numpy as np
 import onnx
 
 from fileformat.cli import cli_main
-from fileformat.errors import PassError
-from fileformat.metadata import append_history
+from fileformat.errors import PassError, UsageError
+from fileformat.metadata import append_history, read_metadata
+from fileformat.targets import UnknownTargetError
 from passes._core.cli import make_parser, run_pass_cli
 from passes._core.finalize import finalize
 from passes._core.report import PassReport
 from passes._core.stats import graph_stats
 from passes.fp16 import already_fp16, find_layernorm_chains, match_nodes
 
-__all__ = ["METHODS", "Int8Config", "classifier_convs", "default_exclusions", "is_quantized", "main", "quantize_int8"]
+__all__ = [
+    "METHODS",
+    "Int8Config",
+    "activation_symmetry",
+    "classifier_convs",
+    "default_exclusions",
+    "is_quantized",
+    "main",
+    "quantize_int8",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +88,11 @@ class Int8Config:
         method: calibration method, one of ``METHODS``.
         percentile: the percentile of ``|x|`` taken as the range by the ``percentile`` method.
         per_channel: one weight scale per output channel (else per tensor).
-        symmetric_activations / symmetric_weights: zero point 0 (TensorRT needs both).
+        target: device profile deciding the activations' symmetry (``None``: the model's recorded target, else
+            ``cpu``).
+        symmetric_activations: zero point 0 for activations; ``None`` (default) decides by target: asymmetric for
+            onnxruntime (cpu), symmetric for TensorRT.
+        symmetric_weights: zero point 0 for weights (TensorRT needs it; onnxruntime takes it as well).
         op_types: op types to quantize.
         matmul_const_b_only: quantize a MatMul only when its second input is a constant (a weight).
         default_exclusions: leave LayerNorm (and decomposed chains), Softmax and the classifier conv in float.
@@ -77,13 +103,43 @@ class Int8Config:
     method: str = "minmax"
     percentile: float = 99.999
     per_channel: bool = True
-    symmetric_activations: bool = True
+    target: str | None = None
+    symmetric_activations: bool | None = None
     symmetric_weights: bool = True
     op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
     matmul_const_b_only: bool = True
     default_exclusions: bool = True
     exclude: tuple[str, ...] = ()
     preprocess: bool = True
+
+
+def activation_symmetry(model: onnx.ModelProto, config: Int8Config) -> tuple[bool, str, str]:
+    """``(symmetric, target name, why)`` for the activations of ``model`` under ``config``.
+
+    Raises:
+        PassError: ``config.target`` (or the model's recorded target) names no known device profile.
+    """
+    from passes.optimize import resolve_target
+
+    name, source = config.target, "--target"
+    if name is None:
+        recorded = read_metadata(model).get("target")
+        name, source = (recorded, "recorded in the model") if recorded else ("cpu", "default; the model records none")
+    try:
+        profile = resolve_target(name)
+    except UnknownTargetError as exc:
+        raise PassError(str(exc)) from None
+    target = f"{profile.name} ({source})"
+    if config.symmetric_activations is not None:
+        kind = "--symmetric" if config.symmetric_activations else "--asymmetric"
+        return config.symmetric_activations, target, f"{kind} given"
+    if profile.runtime == "tensorrt":
+        return True, target, f"TensorRT ({profile.name}) imports only symmetric INT8 (zero point 0)"
+    return (
+        False,
+        target,
+        (f"{profile.runtime} ({profile.name}) takes zero points: one-sided activations keep all 256 levels"),
+    )
 
 
 def is_quantized(model: onnx.ModelProto) -> list[str]:
@@ -198,7 +254,9 @@ class _FeedReader:
         return feed
 
 
-def _calibrate(model: Path, augmented: Path, cache: Path, reader: _FeedReader, method: Any, config: Int8Config) -> None:
+def _calibrate(
+    model: Path, augmented: Path, cache: Path, reader: _FeedReader, method: Any, config: Int8Config, symmetric: bool
+) -> None:
     """Collect activation ranges with onnxruntime's calibrator and save them where ``quantize_static`` reads them.
 
     Done here rather than inside ``quantize_static`` because that one cannot set the histogram sizes: its entropy
@@ -208,7 +266,7 @@ def _calibrate(model: Path, augmented: Path, cache: Path, reader: _FeedReader, m
     """
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
 
-    options: dict[str, Any] = {"symmetric": config.symmetric_activations}
+    options: dict[str, Any] = {"symmetric": symmetric}
     if method == CalibrationMethod.Entropy:
         options.update(num_bins=512, num_quantized_bins=128)
     elif method == CalibrationMethod.Percentile:
@@ -286,6 +344,7 @@ def quantize_int8(
     fp16 = already_fp16(model)
     if fp16:
         raise PassError(f"the model is FP16 ({fp16}); INT8 quantization starts from the float32 model.")
+    symmetric, target, sym_why = activation_symmetry(model, config)
     stream = iter(calib)
     first = next(stream, None)
     if first is None:
@@ -316,11 +375,11 @@ def quantize_int8(
             for name in hits:
                 excluded.setdefault(name, f"--exclude {pat}")
         reader = _FeedReader(first, stream)
-        extra = {"ActivationSymmetric": config.symmetric_activations, "WeightSymmetric": config.symmetric_weights}
+        extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": config.symmetric_weights}
         out_path = Path(tmp) / "int8.onnx"
         cache = Path(tmp) / "calibration.json"
         try:
-            _calibrate(path, Path(tmp) / "augmented.onnx", cache, reader, method, config)
+            _calibrate(path, Path(tmp) / "augmented.onnx", cache, reader, method, config, symmetric)
             quantize_static(
                 str(path),
                 str(out_path),
@@ -350,7 +409,8 @@ def quantize_int8(
             "method": config.method,
             "calib_images": reader.count,
             "per_channel": config.per_channel,
-            "symmetric": [config.symmetric_activations, config.symmetric_weights],
+            "symmetric": [symmetric, config.symmetric_weights],
+            "target": target.split(" (")[0],
             "excluded": len(excluded),
         },
     )
@@ -382,7 +442,7 @@ def quantize_int8(
         f"calibration: {reader.count} image(s), method {config.method}; weights INT8 "
         f"{'per channel' if config.per_channel else 'per tensor'}, "
         f"{'symmetric' if config.symmetric_weights else 'asymmetric'}; activations INT8 "
-        f"{'symmetric' if config.symmetric_activations else 'asymmetric'}"
+        f"{'symmetric' if symmetric else 'asymmetric'} for target {target}: {sym_why}"
     )
     report.notes.append(
         f"size {bytes_in / 1e6:.2f} MB -> {bytes_out / 1e6:.2f} MB; {len(quantized_nodes)} nodes quantized; "
@@ -393,6 +453,7 @@ def quantize_int8(
         "excluded": dict(sorted(excluded.items())),
         "float_inputs_restored": restored,
         "calibration": {"images": reader.count, "method": config.method, "percentile": config.percentile},
+        "activations": {"symmetric": symmetric, "target": target, "why": sym_why},
         "bytes_before": bytes_in,
         "bytes_after": bytes_out,
     }
@@ -415,7 +476,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=METHODS, default="minmax", help="calibration method (default minmax)")
     p.add_argument("--percentile", type=float, default=99.999, help="for --method percentile (default 99.999)")
     p.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor (default per channel)")
-    p.add_argument("--asymmetric", action="store_true", help="asymmetric activations (not for TensorRT)")
+    p.add_argument(
+        "--target",
+        default=None,
+        help="device profile (cpu, jetson-orin, jetson-nano; 'orin', 'nano' also work): asymmetric activations for "
+        "onnxruntime (cpu), symmetric for TensorRT (default: the target recorded in the model, else cpu)",
+    )
+    sym = p.add_mutually_exclusive_group()
+    sym.add_argument(
+        "--symmetric",
+        dest="symmetric",
+        action="store_const",
+        const=True,
+        default=None,
+        help="symmetric activations (zero point 0) whatever the target",
+    )
+    sym.add_argument(
+        "--asymmetric",
+        dest="symmetric",
+        action="store_const",
+        const=False,
+        help="asymmetric activations whatever the target (TensorRT cannot import them)",
+    )
     p.add_argument(
         "--op-types",
         nargs="+",
@@ -444,11 +526,19 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
         raise PassError(f"--calib-count must be at least 1, got {args.calib_count}: calibration needs images.")
     if not 0 < args.percentile <= 100:
         raise PassError(f"--percentile must be in (0, 100], got {args.percentile}")
+    if args.target is not None:
+        from passes.optimize import resolve_target
+
+        try:
+            resolve_target(args.target)
+        except UnknownTargetError as exc:
+            raise UsageError(str(exc)) from None
     config = Int8Config(
         method=args.method,
         percentile=args.percentile,
         per_channel=not args.per_tensor,
-        symmetric_activations=not args.asymmetric,
+        target=args.target,
+        symmetric_activations=args.symmetric,
         op_types=tuple(args.op_types),
         default_exclusions=not args.no_default_exclusions,
         exclude=tuple(args.exclude),

@@ -380,15 +380,19 @@ def _budget_notes(report: PassReport, alloc: Allocation | None, before: GraphSta
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
-def add_budget_args(parser: argparse.ArgumentParser) -> None:
-    """The budget options shared with ``passes.compress``."""
+def add_budget_args(parser: argparse.ArgumentParser, latency: bool = False) -> None:
+    """The budget options shared with ``passes.compress`` (``latency``: its time budgets, allocated by HALP)."""
     parser.add_argument("--target-flops", type=float, help="keep this fraction of the model's FLOPs, in (0, 1]")
     parser.add_argument("--target-params", type=float, help="keep this fraction of the model's parameters")
     parser.add_argument(
-        "--allocation", choices=("lamp", "uniform"), default="lamp", help="per-layer amounts of a budget (LAMP)"
+        "--allocation",
+        choices=("lamp", "uniform", "halp") if latency else ("lamp", "uniform"),
+        default=None if latency else "lamp",
+        help="per-layer amounts of a budget: LAMP ranking, one uniform fraction"
+        + (", or HALP (importance per ms saved; the default for --target-latency, else lamp)" if latency else ""),
     )
     parser.add_argument(
-        "--floor", type=float, default=0.1, help="every layer keeps at least this fraction of its units (0.1)"
+        "--floor", type=float, default=0.1, help="every layer keeps at least this fraction of its units"
     )
 
 

@@ -1,19 +1,33 @@
-"""onnxruntime benchmark of one or more ONNX models, with ratios to the first.
+"""onnxruntime benchmark of one or more ONNX models, interleaved, with ratios to the first.
 
 ``python -m runtime.bench base.onnx small.onnx [--runs 50 --warmup 5 --threads 2 --providers cpu,cuda --batch 1
---json bench.json] [--no-isolate]``
+--json bench.json] [--no-isolate] [--no-interleave]``
 
-Per model: ``warmup`` untimed runs, then ``runs`` timed ``session.run`` calls on one seeded ``N(0, 1)`` input
-(``time.perf_counter`` around each call); latency median, p90 (numpy's linear-interpolated 90th percentile), min, mean
-and standard deviation in milliseconds; images/s = batch / median; the peak resident memory of the process; the file
-size (external data included); parameters and FLOPs read from the graph (``passes._core.stats.graph_stats``: FLOPs =
-2 x multiply-accumulates of MatMul/Gemm/Conv, per image). Ratios divide each model's numbers by the first model's
-(``latency`` = median / median of the first; ``speedup`` is its inverse).
+Order: every model's session is created first; then ``warmup`` untimed rounds and ``runs`` timed rounds go round
+robin (model A run k, model B run k, ..., then run k+1), so a change of the machine's load (other processes,
+thermal or frequency changes) hits every model alike instead of the one that happened to run at that moment.
+``--no-interleave`` times the models one after the other (each: warm-up, then its runs).
+
+Per model and run: wall time (``time.perf_counter``) and the CPU time of the process running the session
+(``time.process_time``: user + system time of all its threads, onnxruntime's thread pool included) around one
+``session.run`` on one seeded ``N(0, 1)`` input. Wall time is what a user waits; CPU time is the work done, and is
+far less disturbed by other processes competing for the cores (a run that waits for a core counts wall time, not
+CPU time). With ``--threads 1`` CPU time is at most the wall time; with more threads it can exceed it. Latency and
+CPU statistics: median, p90 (numpy's linear-interpolated 90th percentile), min, mean and standard deviation in
+milliseconds; images/s = batch / median latency; the peak resident memory of the process; the file size (external
+data included); parameters and FLOPs read from the graph (``passes._core.stats.graph_stats``: FLOPs = 2 x
+multiply-accumulates of MatMul/Gemm/Conv, per image). Ratios divide each model's numbers by the first model's
+(``latency`` = median / median of the first, ``speedup`` its inverse, ``cpu`` = CPU median / CPU median of the
+first); with interleaving, ``latency_paired`` and ``cpu_paired`` are the medians over the rounds of the per-round
+ratios (each run divided by the first model's run of the same round), the least noisy comparison (``null``
+without interleaving).
 
 Memory: by default each model runs in its own Python subprocess (``isolated: true``), so ``peak_rss_mb`` (the
 process's high-water mark, ``VmHWM`` on Linux) belongs to that model alone; ``session_rss_mb`` = peak minus the resident
-size measured just before the session was created (imports excluded). With ``--no-isolate`` the models run in this
-process, one after the other: the high-water mark then only grows and the memory numbers are not per model.
+size measured just before the session was created (imports excluded). The parent drives the workers one run at a
+time over a pipe (the timing is taken inside the worker); all of them are alive together, so the machine needs the
+memory of every session at once. With ``--no-isolate`` the models run in this process: the high-water mark then only
+grows and the memory numbers are not per model.
 
 Providers: ``cuda`` is used when onnxruntime offers it (``CUDAExecutionProvider``), otherwise a warning and CPU; the
 providers the session really used are recorded. Never required.
@@ -25,15 +39,17 @@ JSON schema (``schema_version`` 1; keys are only ever added, never renamed, in a
       "tool": "runtime.bench",
       "created": "<ISO 8601 UTC>",
       "machine": {"platform", "python", "onnxruntime", "cpu_count", "hostname"},
-      "config": {"runs", "warmup", "threads", "providers", "batch", "seed", "isolate"},
+      "config": {"runs", "warmup", "threads", "providers", "batch", "seed", "isolate", "interleave"},
       "models": [
         {
           "name", "path", "file_bytes", "params", "flops",          # flops per image
           "providers": [...], "inputs": {name: shape}, "batch",
           "latency_ms": {"median", "p90", "min", "mean", "std"},
+          "cpu_ms": {"median", "p90", "min", "mean", "std"},       # process CPU time per run
           "runs", "warmup", "images_per_s",
           "peak_rss_mb", "session_rss_mb", "isolated",
-          "ratios": {"latency", "speedup", "params", "flops", "file_bytes", "peak_rss", "session_rss"}
+          "ratios": {"latency", "speedup", "params", "flops", "file_bytes", "peak_rss", "session_rss",
+                     "cpu", "latency_paired", "cpu_paired"}
         }
       ]
     }
@@ -50,8 +66,9 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +92,7 @@ MODEL_KEYS = (
     "inputs",
     "batch",
     "latency_ms",
+    "cpu_ms",
     "runs",
     "warmup",
     "images_per_s",
@@ -84,8 +102,21 @@ MODEL_KEYS = (
     "ratios",
 )
 LATENCY_KEYS = ("median", "p90", "min", "mean", "std")
-RATIO_KEYS = ("latency", "speedup", "params", "flops", "file_bytes", "peak_rss", "session_rss")
+RATIO_KEYS = (
+    "latency",
+    "speedup",
+    "params",
+    "flops",
+    "file_bytes",
+    "peak_rss",
+    "session_rss",
+    "cpu",
+    "latency_paired",
+    "cpu_paired",
+)
 _RESULT_MARK = "@@BENCH_RESULT@@ "
+_READY_MARK = "@@BENCH_READY@@ "
+_RUN_MARK = "@@BENCH_RUN@@ "
 _SHORT = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
@@ -105,6 +136,7 @@ class BenchConfig:
     batch: int = 1
     seed: int = 0
     isolate: bool = True
+    interleave: bool = True
 
     def __post_init__(self) -> None:
         if self.runs < 1 or self.warmup < 0 or self.batch < 1 or (self.threads is not None and self.threads < 1):
@@ -127,13 +159,14 @@ class ModelResult:
     inputs: dict[str, list[int]]
     batch: int
     latency_ms: dict[str, float]
+    cpu_ms: dict[str, float]
     runs: int
     warmup: int
     images_per_s: float
     peak_rss_mb: float
     session_rss_mb: float
     isolated: bool
-    ratios: dict[str, float] = field(default_factory=dict)
+    ratios: dict[str, float | None] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -232,76 +265,225 @@ def _feed(session: Any, batch: int, seed: int) -> tuple[dict[str, np.ndarray], d
     return feed, shapes
 
 
-def measure(path: Path, config: BenchConfig) -> dict[str, Any]:
-    """Time one model in this process: the latency and memory part of a :class:`ModelResult` (as a dict)."""
-    import onnxruntime as ort
-
-    rss_before = _rss_bytes()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if config.threads:
-        options.intra_op_num_threads = config.threads
-        options.inter_op_num_threads = 1
-    providers = resolve_providers(config.providers)
-    try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
-        raise BenchError(f"{path}: onnxruntime cannot load it ({exc})") from None
-    feed, shapes = _feed(session, config.batch, config.seed)
-    batch = next(iter(shapes.values()))[0] if shapes else config.batch
-    if batch != config.batch:
-        log.warning("%s: static batch %d used instead of --batch %d", path.name, batch, config.batch)
-    for _ in range(config.warmup):
-        session.run(None, feed)
-    times = np.empty(config.runs, np.float64)
-    for i in range(config.runs):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times[i] = time.perf_counter() - t0
-    ms = times * 1e3
-    peak = _peak_rss_bytes()
-    median = float(np.median(ms))
+def _stats_ms(seconds: Sequence[float]) -> dict[str, float]:
+    ms = np.asarray(seconds, np.float64) * 1e3
     return {
-        "providers": list(session.get_providers()),
-        "inputs": shapes,
-        "batch": int(batch),
-        "latency_ms": {
-            "median": median,
-            "p90": float(np.percentile(ms, 90)),
-            "min": float(ms.min()),
-            "mean": float(ms.mean()),
-            "std": float(ms.std()),
-        },
-        "runs": config.runs,
-        "warmup": config.warmup,
-        "images_per_s": 1e3 * batch / median,
-        "peak_rss_mb": peak / 2**20,
-        "session_rss_mb": max(0, peak - rss_before) / 2**20,
+        "median": float(np.median(ms)),
+        "p90": float(np.percentile(ms, 90)),
+        "min": float(ms.min()),
+        "mean": float(ms.mean()),
+        "std": float(ms.std()),
     }
 
 
-def _measure_subprocess(path: Path, config: BenchConfig) -> dict[str, Any]:
-    """:func:`measure` in a fresh interpreter, so the memory high-water mark is this model's alone."""
-    root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "runtime.bench", "--_worker", str(path), "--_config", json.dumps(asdict(config))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    for line in proc.stdout.splitlines():
-        if line.startswith(_RESULT_MARK):
-            payload = json.loads(line[len(_RESULT_MARK) :])
-            if "error" in payload:
-                raise BenchError(payload["error"])
-            return payload
-    raise BenchError(f"{path}: the benchmark subprocess failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
+class InProcessRunner:
+    """One model's onnxruntime session in this process: ``load()``, then ``run_once()`` per run, then ``finish()``.
+
+    The interface every runner has (tests inject fakes through :func:`benchmark`'s ``runner_factory``).
+    """
+
+    def __init__(self, path: Path, config: BenchConfig) -> None:
+        self.path = Path(path)
+        self.config = config
+        self._session: Any = None
+        self._feed: dict[str, np.ndarray] = {}
+        self._info: dict[str, Any] = {}
+        self._rss_before = 0
+
+    def load(self) -> None:
+        """Create the session and its input; raise :class:`BenchError` when onnxruntime cannot load the model."""
+        import onnxruntime as ort
+
+        self._rss_before = _rss_bytes()
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if self.config.threads:
+            options.intra_op_num_threads = self.config.threads
+            options.inter_op_num_threads = 1
+        providers = resolve_providers(self.config.providers)
+        try:
+            self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+            raise BenchError(f"{self.path}: onnxruntime cannot load it ({exc})") from None
+        self._feed, shapes = _feed(self._session, self.config.batch, self.config.seed)
+        batch = next(iter(shapes.values()))[0] if shapes else self.config.batch
+        if batch != self.config.batch:
+            log.warning("%s: static batch %d used instead of --batch %d", self.path.name, batch, self.config.batch)
+        self._info = {"providers": list(self._session.get_providers()), "inputs": shapes, "batch": int(batch)}
+
+    def run_once(self) -> tuple[float, float]:
+        """One ``session.run``: (wall seconds, CPU seconds of this process)."""
+        c0, t0 = time.process_time(), time.perf_counter()
+        self._session.run(None, self._feed)
+        t1, c1 = time.perf_counter(), time.process_time()
+        return t1 - t0, c1 - c0
+
+    def finish(self) -> dict[str, Any]:
+        """What is known about the session besides the timings: providers, inputs, batch and memory."""
+        peak = _peak_rss_bytes()
+        return {
+            **self._info,
+            "peak_rss_mb": peak / 2**20,
+            "session_rss_mb": max(0, peak - self._rss_before) / 2**20,
+        }
+
+    def close(self) -> None:
+        self._session = None
+
+
+class SubprocessRunner:
+    """The same interface, with the session in a fresh interpreter (``python -m runtime.bench --_serve``), so the
+    memory high-water mark is this model's alone. Timings are taken inside the worker."""
+
+    def __init__(self, path: Path, config: BenchConfig) -> None:
+        self.path = Path(path)
+        self.config = config
+        self._proc: subprocess.Popen[str] | None = None
+        self._stderr: Any = None
+
+    def _read(self, mark: str) -> str:
+        assert self._proc is not None and self._proc.stdout is not None
+        while True:
+            line = self._proc.stdout.readline()
+            if not line:
+                self._proc.wait()
+                self._stderr.seek(0)
+                err = self._stderr.read().strip()[-800:]
+                raise BenchError(f"{self.path}: the benchmark subprocess failed (exit {self._proc.returncode}): {err}")
+            if line.startswith(_RESULT_MARK):  # an error report ends the worker
+                payload = json.loads(line[len(_RESULT_MARK) :])
+                if "error" in payload:
+                    raise BenchError(payload["error"])
+                if mark == _RESULT_MARK:
+                    return json.dumps(payload)
+            elif line.startswith(mark):
+                return line[len(mark) :].strip()
+
+    def _send(self, command: str) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(command + "\n")
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # the worker is gone; _read reports why
+
+    def load(self) -> None:
+        root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        cmd = [sys.executable, "-m", "runtime.bench", "--_serve", str(self.path)]
+        cmd += ["--_config", json.dumps(asdict(self.config))]
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self._proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=env
+        )
+        self._read(_READY_MARK)
+
+    def run_once(self) -> tuple[float, float]:
+        self._send("run")
+        wall, cpu = self._read(_RUN_MARK).split()
+        return float(wall), float(cpu)
+
+    def finish(self) -> dict[str, Any]:
+        self._send("done")
+        return json.loads(self._read(_RESULT_MARK))
+
+    def close(self) -> None:
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                try:
+                    self._proc.stdin.close()  # type: ignore[union-attr]
+                    self._proc.wait(timeout=10)
+                except (OSError, subprocess.TimeoutExpired):
+                    self._proc.kill()
+                    self._proc.wait()
+            self._proc.stdout.close()  # type: ignore[union-attr]
+            self._proc = None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+
+RunnerFactory = Callable[[Path, BenchConfig], Any]
+
+
+def _default_runner(path: Path, config: BenchConfig) -> InProcessRunner | SubprocessRunner:
+    return SubprocessRunner(path, config) if config.isolate else InProcessRunner(path, config)
+
+
+def time_runners(runners: Sequence[Any], config: BenchConfig) -> list[tuple[list[float], list[float]]]:
+    """Load every runner, then warm up and time them (round robin unless ``config.interleave`` is off).
+
+    Returns per runner (wall seconds per timed run, CPU seconds per timed run), in run order.
+    """
+    times: list[tuple[list[float], list[float]]] = [([], []) for _ in runners]
+    if config.interleave:
+        for r in runners:
+            r.load()
+        for _ in range(config.warmup):
+            for r in runners:
+                r.run_once()
+        for _ in range(config.runs):
+            for i, r in enumerate(runners):
+                wall, cpu = r.run_once()
+                times[i][0].append(wall)
+                times[i][1].append(cpu)
+        return times
+    for i, r in enumerate(runners):
+        r.load()
+        for _ in range(config.warmup):
+            r.run_once()
+        for _ in range(config.runs):
+            wall, cpu = r.run_once()
+            times[i][0].append(wall)
+            times[i][1].append(cpu)
+    return times
+
+
+def _timing(wall: Sequence[float], cpu: Sequence[float], info: dict[str, Any], config: BenchConfig) -> dict[str, Any]:
+    latency = _stats_ms(wall)
+    return {
+        **info,
+        "latency_ms": latency,
+        "cpu_ms": _stats_ms(cpu),
+        "runs": config.runs,
+        "warmup": config.warmup,
+        "images_per_s": 1e3 * info["batch"] / latency["median"],
+    }
+
+
+def measure(path: Path, config: BenchConfig) -> dict[str, Any]:
+    """Time one model in this process: the latency, CPU time and memory part of a :class:`ModelResult` (a dict)."""
+    runner = InProcessRunner(path, config)
+    try:
+        ((wall, cpu),) = time_runners([runner], config)
+        return _timing(wall, cpu, runner.finish(), config)
+    finally:
+        runner.close()
 
 
 def _ratio(a: float, b: float) -> float:
     return float(a / b) if b else float("nan")
 
 
-def benchmark(paths: Sequence[str | os.PathLike[str]], config: BenchConfig | None = None) -> dict[str, Any]:
-    """Benchmark ``paths`` in order and return the JSON document described in the module docstring."""
+def _paired(xs: Sequence[float], base: Sequence[float]) -> float | None:
+    """Median over rounds of ``xs[k] / base[k]`` (``None`` when a base run took no measurable time)."""
+    if len(xs) != len(base) or not len(xs) or min(base) <= 0:
+        return None
+    return float(np.median(np.asarray(xs, np.float64) / np.asarray(base, np.float64)))
+
+
+def benchmark(
+    paths: Sequence[str | os.PathLike[str]],
+    config: BenchConfig | None = None,
+    *,
+    runner_factory: RunnerFactory | None = None,
+) -> dict[str, Any]:
+    """Benchmark ``paths`` (interleaved by default) and return the JSON document described in the module docstring.
+
+    ``runner_factory(path, config)`` makes the object that loads and runs one model (default: a subprocess per model
+    with ``config.isolate``, else in this process); see :class:`InProcessRunner` for the interface.
+    """
     import onnx
     import onnxruntime as ort
 
@@ -310,28 +492,30 @@ def benchmark(paths: Sequence[str | os.PathLike[str]], config: BenchConfig | Non
     cfg = config or BenchConfig()
     if not paths:
         raise BenchError("no model given")
-    results: list[ModelResult] = []
+    factory = runner_factory or _default_runner
+    static: list[dict[str, Any]] = []
     for p in paths:
         path = Path(p)
         if not path.is_file():
             raise BenchError(f"{path}: no such file")
         size = file_bytes(path)
         stats = graph_stats(onnx.load(str(path)))
-        log.info("benchmarking %s", path)
-        timing = _measure_subprocess(path, cfg) if cfg.isolate else measure(path, cfg)
-        results.append(
-            ModelResult(
-                name=path.name,
-                path=str(path),
-                file_bytes=size,
-                params=stats.params,
-                flops=stats.flops,
-                isolated=cfg.isolate,
-                **timing,
-            )
-        )
-    base = results[0]
-    for r in results:
+        static.append({"name": path.name, "path": str(path), "file_bytes": size, "params": stats.params})
+        static[-1]["flops"] = stats.flops
+    log.info("benchmarking %d model(s), %s", len(static), "interleaved" if cfg.interleave else "one after the other")
+    runners = [factory(Path(s["path"]), cfg) for s in static]
+    try:
+        times = time_runners(runners, cfg)
+        infos = [r.finish() for r in runners]
+    finally:
+        for r in runners:
+            r.close()
+    results = [
+        ModelResult(**s, isolated=cfg.isolate, **_timing(wall, cpu, info, cfg))
+        for s, (wall, cpu), info in zip(static, times, infos)
+    ]
+    base, (base_wall, base_cpu) = results[0], times[0]
+    for r, (wall, cpu) in zip(results, times):
         r.ratios = {
             "latency": _ratio(r.latency_ms["median"], base.latency_ms["median"]),
             "speedup": _ratio(base.latency_ms["median"], r.latency_ms["median"]),
@@ -340,6 +524,9 @@ def benchmark(paths: Sequence[str | os.PathLike[str]], config: BenchConfig | Non
             "file_bytes": _ratio(r.file_bytes, base.file_bytes),
             "peak_rss": _ratio(r.peak_rss_mb, base.peak_rss_mb),
             "session_rss": _ratio(r.session_rss_mb, base.session_rss_mb),
+            "cpu": _ratio(r.cpu_ms["median"], base.cpu_ms["median"]),
+            "latency_paired": _paired(wall, base_wall) if cfg.interleave else None,
+            "cpu_paired": _paired(cpu, base_cpu) if cfg.interleave else None,
         }
     cfg_dict = asdict(cfg)
     cfg_dict["providers"] = list(cfg.providers) if cfg.providers else None
@@ -369,38 +556,46 @@ def format_table(doc: dict[str, Any]) -> str:
         "median ms",
         "p90 ms",
         "min ms",
+        "CPU ms",
         "img/s",
         "peak MB",
         "x latency",
+        "x CPU",
         "x params",
         "x FLOPs",
     ]
+    paired = doc["config"].get("interleave", False)
+    if paired:
+        cols[cols.index("x CPU") + 1 : cols.index("x CPU") + 1] = ["x lat paired", "x CPU paired"]
     rows = []
     for m in doc["models"]:
         lat, r = m["latency_ms"], m["ratios"]
-        rows.append(
-            [
-                m["name"],
-                f"{m['params'] / 1e6:.2f}M",
-                f"{m['flops'] / 1e9:.3f}",
-                f"{m['file_bytes'] / 1e6:.2f}",
-                f"{lat['median']:.2f}",
-                f"{lat['p90']:.2f}",
-                f"{lat['min']:.2f}",
-                f"{m['images_per_s']:.1f}",
-                f"{m['peak_rss_mb']:.0f}",
-                f"{r['latency']:.3f}",
-                f"{r['params']:.3f}",
-                f"{r['flops']:.3f}",
-            ]
-        )
+        row = [
+            m["name"],
+            f"{m['params'] / 1e6:.2f}M",
+            f"{m['flops'] / 1e9:.3f}",
+            f"{m['file_bytes'] / 1e6:.2f}",
+            f"{lat['median']:.2f}",
+            f"{lat['p90']:.2f}",
+            f"{lat['min']:.2f}",
+            f"{m['cpu_ms']['median']:.2f}",
+            f"{m['images_per_s']:.1f}",
+            f"{m['peak_rss_mb']:.0f}",
+            f"{r['latency']:.3f}",
+            f"{r['cpu']:.3f}",
+        ]
+        if paired:
+            row += [_fmt_ratio(r.get("latency_paired")), _fmt_ratio(r.get("cpu_paired"))]
+        rows.append(row + [f"{r['params']:.3f}", f"{r['flops']:.3f}"])
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     cfg = doc["config"]
     providers = sorted({p for m in doc["models"] for p in m["providers"]})
     lines = [
         f"onnxruntime {doc['machine']['onnxruntime']}, {', '.join(providers)}, threads {cfg['threads'] or 'default'}, "
-        f"batch {cfg['batch']}, {cfg['warmup']} warm-up + {cfg['runs']} timed runs, "
-        f"memory {'per model (subprocess)' if cfg['isolate'] else 'NOT isolated (one process)'}",
+        f"batch {cfg['batch']}, {cfg['warmup']} warm-up + {cfg['runs']} timed runs "
+        f"{'interleaved round robin' if paired else 'one model after the other'}, "
+        f"memory {'per model (subprocess)' if cfg['isolate'] else 'NOT isolated (one process)'}; "
+        "CPU ms = process CPU time per run",
         "  ".join(c.ljust(w) for c, w in zip(cols, widths)),
         "  ".join("-" * w for w in widths),
     ]
@@ -408,35 +603,68 @@ def format_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _fmt_ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 # ------------------------------------------------------------------------------------------------------ CLI
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m runtime.bench", description=__doc__.splitlines()[0])
-    p.add_argument("models", nargs="*", help="ONNX files; ratios are to the first")
-    p.add_argument("--runs", type=int, default=50, help="timed runs per model (default 50)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
-    p.add_argument("--providers", default=None, help="comma list: cpu,cuda,tensorrt (default: cuda if present, cpu)")
-    p.add_argument("--batch", type=int, default=1, help="batch for a dynamic batch dimension (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random input")
-    p.add_argument("--json", help="write the results here (JSON, schema_version 1)")
-    p.add_argument("--no-isolate", action="store_true", help="run in this process (memory numbers not per model)")
-    p.add_argument("-v", "--verbose", action="store_true")
-    p.add_argument("--_worker", help=argparse.SUPPRESS)
+    p = argparse.ArgumentParser(
+        prog="python -m runtime.bench",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("models", nargs="*", help="ONNX files; ratios are to the first (the baseline)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per model")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs per model before the timed ones")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (None: all cores)")
+    p.add_argument(
+        "--providers", default=None, help="comma list of cpu, cuda, tensorrt (None: cuda when available, then cpu)"
+    )
+    p.add_argument("--batch", type=int, default=1, help="batch for a dynamic batch dimension")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random N(0, 1) input")
+    p.add_argument("--json", default=None, help="also write the results here (JSON, schema_version 1)")
+    p.add_argument(
+        "--no-isolate",
+        action="store_true",
+        help="run every session in this process (faster start; memory numbers are then not per model)",
+    )
+    p.add_argument(
+        "--no-interleave",
+        action="store_true",
+        help="time the models one after the other instead of round robin (run k of every model, then run k+1)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress and show tracebacks")
+    p.add_argument("--_serve", help=argparse.SUPPRESS)
     p.add_argument("--_config", help=argparse.SUPPRESS)
     return p
 
 
-def _worker(path: str, config_json: str) -> int:
+def _serve(path: str, config_json: str) -> int:
+    """Worker of :class:`SubprocessRunner`: load the model, then answer ``run`` and ``done`` lines on stdin."""
+    runner: InProcessRunner | None = None
     try:
         cfg_dict = json.loads(config_json)
         if cfg_dict.get("providers"):
             cfg_dict["providers"] = tuple(cfg_dict["providers"])
-        payload = measure(Path(path), BenchConfig(**cfg_dict))
+        runner = InProcessRunner(Path(path), BenchConfig(**cfg_dict))
+        runner.load()
+        print(_READY_MARK, flush=True)
+        for line in sys.stdin:
+            command = line.strip()
+            if command == "run":
+                wall, cpu = runner.run_once()
+                print(f"{_RUN_MARK}{wall!r} {cpu!r}", flush=True)
+            elif command == "done":
+                print(_RESULT_MARK + json.dumps(runner.finish()), flush=True)
+                break
     except BenchError as exc:
-        payload = {"error": str(exc)}
-    print(_RESULT_MARK + json.dumps(payload), flush=True)
+        print(_RESULT_MARK + json.dumps({"error": str(exc)}), flush=True)
+    finally:
+        if runner is not None:
+            runner.close()
     return 0
 
 
@@ -446,8 +674,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if args._worker:
-        return _worker(args._worker, args._config or "{}")
+    if args._serve:
+        return _serve(args._serve, args._config or "{}")
     if not args.models:
         parser.error("give at least one ONNX model")
     if args.json and not Path(args.json).resolve().parent.is_dir():
@@ -468,6 +696,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch=args.batch,
             seed=args.seed,
             isolate=not args.no_isolate,
+            interleave=not args.no_interleave,
         )
         doc = benchmark(args.models, cfg)
     except BenchError as exc:

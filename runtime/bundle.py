@@ -44,7 +44,7 @@ from typing import Any
 
 import onnx
 
-from fileformat.cli import cli_main
+from fileformat.cli import HelpFormatter, cli_main
 from fileformat.errors import PassError
 from fileformat.io import check_replaceable, load_model, write_manifest
 from fileformat.metadata import read_metadata
@@ -395,17 +395,26 @@ def _replace_dir(tmp: Path, dst: Path) -> None:
 # ------------------------------------------------------------------------------------------------------ CLI
 
 
-@cli_main("python -m runtime.bundle")
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry: 0 written, 1 refused or failed, 2 usage error."""
-    p = argparse.ArgumentParser(prog="python -m runtime.bundle", description=__doc__.splitlines()[0])
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m runtime.bundle",
+        description=__doc__.splitlines()[0],
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("model", help="the (compressed) ONNX model")
     p.add_argument("--target", default="jetson-nano", choices=sorted(TARGETS), help="device profile")
     p.add_argument("-o", "--output", required=True, help="bundle folder to write (must not exist or be empty)")
     p.add_argument("--force", action="store_true", help="write even if incompatible; replace a non-empty -o")
-    p.add_argument("--batch", type=int, default=1, help="batch for a dynamic batch dimension (default 1)")
-    p.add_argument("--workspace-mb", type=int, default=None, help="builder workspace (default: the target's)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--batch", type=int, default=1, help="batch for a dynamic batch dimension")
+    p.add_argument("--workspace-mb", type=int, default=None, help="builder workspace in MiB (none given: the target's)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details; show tracebacks on errors")
+    return p
+
+
+@cli_main("python -m runtime.bundle")
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry: 0 written, 1 refused or failed, 2 usage error."""
+    p = _parser()
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if args.batch < 1 or (args.workspace_mb is not None and args.workspace_mb < 1):

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from fileformat.cli import cli_main
+from fileformat.cli import HelpFormatter, cli_main
 from fileformat.errors import UsageError
 from fileformat.io import atomic_target, atomic_write_text, check_distinct
 from models.constants import CLASS_NAMES, IGNORE_INDEX, PALETTE
@@ -402,24 +402,29 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m runtime.evaluate",
         description="Score an ONNX segmentation model (mIoU, per-image mDice, per-class IoU/Dice) with onnxruntime.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("model", type=Path, help="model.onnx to score")
     p.add_argument("--data", type=Path, required=True, help="data root in the LPCV layout (IMG/, GT/)")
-    p.add_argument("--split", default="val")
+    p.add_argument("--split", default="val", help="split scored (IMG/SPLIT, GT/SPLIT)")
     p.add_argument("--compare", type=Path, metavar="OTHER.onnx", help="score a second model and compare (B - A)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--limit", type=int, help="score only the first N images")
+    p.add_argument("--batch-size", type=int, default=4, help="images per onnxruntime call")
+    p.add_argument("--limit", type=int, help="score only the first N images (none given: all)")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the metrics as JSON")
     p.add_argument("--out-dir", type=Path, metavar="DIR", help="write per_class_iou.png and overlays.png here")
-    p.add_argument("--num-overlays", type=int, default=4)
+    p.add_argument("--num-overlays", type=int, default=4, help="images drawn in overlays.png (with --out-dir)")
     p.add_argument("--skip-invalid", action="store_true", help="skip bad samples instead of failing")
     p.add_argument("--providers", help="comma-separated onnxruntime providers: cpu, cuda, tensorrt (default cpu)")
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="override the model input size")
-    p.add_argument("--mean", type=float, nargs=3, help="override the normalisation mean (RGB in [0, 1])")
-    p.add_argument("--std", type=float, nargs=3, help="override the normalisation std")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (none given: onnxruntime's choice)")
+    p.add_argument(
+        "--input-size", type=int, nargs=2, metavar=("H", "W"), help="override the model input size (none: the file's)"
+    )
+    p.add_argument(
+        "--mean", type=float, nargs=3, help="override the normalisation mean (RGB in [0, 1]; none: the file's)"
+    )
+    p.add_argument("--std", type=float, nargs=3, help="override the normalisation std (none: the file's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details; show tracebacks on errors")
     return p
 
 

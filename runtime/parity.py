@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from fileformat.cli import cli_main
+from fileformat.cli import HelpFormatter, cli_main
 from fileformat.errors import UsageError
 from fileformat.io import check_distinct
 from models.constants import IGNORE_INDEX
@@ -382,30 +382,41 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m runtime.parity",
         description="Compare a candidate ONNX model with its reference on real images (Polygraphy comparator, "
         "pixel agreement, mIoU) and give a verdict.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("reference", type=Path, help="reference model (e.g. the FP32 export)")
     p.add_argument("candidate", type=Path, help="candidate model (e.g. the FP16 or INT8 file)")
     p.add_argument("--data", type=Path, required=True, help="data root in the LPCV layout (IMG/, GT/)")
-    p.add_argument("--split", default=d.split)
-    p.add_argument("--limit", type=int, help="use only the first N images")
-    p.add_argument("--min-agreement", type=float, default=d.min_agreement, help="percent (default 99.5)")
-    p.add_argument("--max-miou-drop", type=float, default=d.max_miou_drop, help="points (default 0.5)")
-    p.add_argument("--check", choices=CHECKS, default=d.check, help="which rule decides (default auto)")
-    p.add_argument("--atol", type=float, default=d.atol)
-    p.add_argument("--rtol", type=float, default=d.rtol)
+    p.add_argument("--split", default=d.split, help="split compared on (IMG/SPLIT, GT/SPLIT)")
+    p.add_argument("--limit", type=int, help="use only the first N images (none given: all)")
+    p.add_argument("--min-agreement", type=float, default=d.min_agreement, help="pixel agreement required, percent")
+    p.add_argument("--max-miou-drop", type=float, default=d.max_miou_drop, help="mIoU drop allowed, points")
     p.add_argument(
-        "--check-error-stat", choices=("max", "mean", "median", "quantile", "elemwise"), default=d.check_error_stat
+        "--check",
+        choices=CHECKS,
+        default=d.check,
+        help="which rule decides: auto = mIoU for quantized candidates, agreement otherwise",
     )
-    p.add_argument("--error-quantile", type=float, default=d.error_quantile)
+    p.add_argument("--atol", type=float, default=d.atol, help="Polygraphy's absolute tolerance on the logits")
+    p.add_argument("--rtol", type=float, default=d.rtol, help="Polygraphy's relative tolerance on the logits")
+    p.add_argument(
+        "--check-error-stat",
+        choices=("max", "mean", "median", "quantile", "elemwise"),
+        default=d.check_error_stat,
+        help="Polygraphy's error statistic compared with the tolerances",
+    )
+    p.add_argument(
+        "--error-quantile", type=float, default=d.error_quantile, help="the quantile of --check-error-stat quantile"
+    )
     p.add_argument("--require-numeric", action="store_true", help="the numeric check must pass too")
     p.add_argument(
         "--save-dir", type=Path, help="where to write the Polygraphy JSON files (default: <candidate>.parity/)"
     )
-    p.add_argument("--save-count", type=int, default=d.save_count, help="images saved as JSON (default 4)")
+    p.add_argument("--save-count", type=int, default=d.save_count, help="images saved as JSON")
     p.add_argument("--no-save", action="store_true", help="write no Polygraphy JSON files")
     p.add_argument("--json", type=Path, help="write the result as JSON")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details; show tracebacks on errors")
     return p
 
 

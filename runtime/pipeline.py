@@ -21,17 +21,26 @@ check_target          python -m passes.check_target distilled.onnx --target TARG
 bundle                python -m runtime.bundle distilled.onnx --target TARGET
 ====================  ==================================================================================
 
-A stage is skipped when its outputs exist and its stamp (``RUN/stages/<stage>.json``: the command and the size and
-modification time of each input) is unchanged; a failed stage stops the run with the tail of its log and leaves
-every earlier output in place. The run ends with ``RUN/report.md``, ``RUN/report.json`` and PNG plots.
+Each stage is announced with its number and the complete command, as you would paste it from the working folder
+(``.venv/bin/python -m models.train ...``); what the command prints (training and distillation show a progress bar:
+step/total, loss, time left) is shown as it comes and written to the stage log at the same time. Progress-bar
+redraws reach the log at most every ``PROGRESS_LOG_SECONDS`` seconds, one line each, so the log stays readable.
+
+A stage is skipped when its stamp (``RUN/stages/<stage>.json``: the command, and the size and modification time of
+each input *and each output*, recorded when the stage finished) still matches. Otherwise it runs again and the
+reason is shown: its command changed, an input changed, or an output is missing or changed since the stage wrote it
+(a later stage then sees a changed input and runs again too). A failed stage stops the run with the tail of its log
+and leaves every earlier output in place. The run ends with ``RUN/report.md``, ``RUN/report.json`` and PNG plots.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -40,12 +49,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from fileformat.cli import cli_main
+from fileformat.cli import HelpFormatter, cli_main
 from fileformat.io import atomic_write_text
 
 log = logging.getLogger(__name__)
+
+# a progress-bar redraw (a line ended by a carriage return) is written to the stage log at most this often
+PROGRESS_LOG_SECONDS = 10.0
 
 
 class StageFailed(RuntimeError):
@@ -75,6 +87,9 @@ class PipelineConfig:
     bench_runs: int = 20
     threads: int = 2
     seed: int = 0
+    # off: one distillation run never hits its teacher cache (every sample is augmented anew in each epoch); on, a
+    # rerun of the distill stage with the same teacher and data (another --target-flops) reuses the first's outputs
+    cache_teacher: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -115,11 +130,75 @@ class StageResult:
     seconds: float
 
 
-class Pipeline:
-    """Runs the stages of :class:`PipelineConfig` in order, skipping those that are up to date."""
+def shown_command(cmd: Sequence[str]) -> str:
+    """``cmd`` as a user pastes it in the working folder: this interpreter relative to it when inside it
+    (``.venv/bin/python -m models.train ...``), quoted by ``shlex.join``."""
+    cmd = [str(c) for c in cmd]
+    if cmd and cmd[0] == sys.executable:
+        exe = Path(sys.executable)
+        try:
+            rel = exe.relative_to(Path.cwd()) if exe.is_absolute() else exe
+            cmd[0] = str(rel) if len(rel.parts) > 1 else f"./{rel}"
+        except ValueError:
+            pass  # outside the working folder: the absolute path
+    return shlex.join(cmd)
 
-    def __init__(self, config: PipelineConfig) -> None:
+
+def _file_state(paths: Sequence[Path]) -> dict[str, list[int] | None]:
+    """``{path: [size, mtime_ns]}`` (None for a missing one): cheap, and any rewrite changes the mtime."""
+    state: dict[str, list[int] | None] = {}
+    for p in paths:
+        st = p.stat() if p.exists() else None
+        state[str(p)] = [st.st_size, st.st_mtime_ns] if st else None
+    return state
+
+
+_SEPARATORS = re.compile(r"(\r\n|\r|\n)")
+
+
+def tee_output(
+    src: IO[bytes] | int, log_file: IO[str], echo: IO[str] | None, progress_every: float = PROGRESS_LOG_SECONDS
+) -> None:
+    """Copy a child's output from ``src`` (a pipe) as it comes: all of it to ``echo`` (the terminal: progress bars
+    redraw in place), and to ``log_file`` every line ended by a newline plus, at most every ``progress_every``
+    seconds, the latest progress-bar redraw (a line ended by a carriage return) as a line of its own."""
+    fd = src if isinstance(src, int) else src.fileno()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending, last_progress = "", float("-inf")
+    while True:
+        chunk = os.read(fd, 65536)
+        text = decoder.decode(chunk, final=not chunk)
+        if echo is not None and text:
+            echo.write(text)
+            echo.flush()
+        pending += text
+        keep_cr = bool(chunk) and pending.endswith("\r")  # it may be the first half of a "\r\n"
+        parts = _SEPARATORS.split(pending[:-1] if keep_cr else pending)
+        pending = parts.pop() + ("\r" if keep_cr else "")
+        for line, sep in zip(parts[::2], parts[1::2]):
+            if sep != "\r":
+                log_file.write(line + "\n")
+            elif line.strip() and time.monotonic() - last_progress >= progress_every:
+                log_file.write(line + "\n")
+                last_progress = time.monotonic()
+        log_file.flush()
+        if not chunk:
+            break
+    if pending.strip():
+        log_file.write(pending.rstrip("\r") + "\n")
+        log_file.flush()
+
+
+class Pipeline:
+    """Runs the stages of :class:`PipelineConfig` in order, skipping those that are up to date.
+
+    ``echo``: where each stage's output is shown as it runs (the command line passes the terminal); None shows
+    only the pipeline's own log messages. Either way it goes to ``RUN/logs/<stage>.log`` as it comes.
+    """
+
+    def __init__(self, config: PipelineConfig, echo: IO[str] | None = None) -> None:
         self.cfg = config
+        self.echo = echo
         self.run = Path(config.run)
         self.data = Path(config.data) if config.data else self.run / "data"
         self.onnx = self.run / "onnx"
@@ -131,25 +210,54 @@ class Pipeline:
         return [sys.executable, "-m", module, *(str(a) for a in args)]
 
     def _stamp(self, stage: Stage) -> dict[str, Any]:
-        inputs = {}
-        for p in stage.inputs:
-            st = p.stat() if p.exists() else None
-            inputs[str(p)] = [st.st_size, st.st_mtime_ns] if st else None
-        return {"cmd": stage.cmd[1:], "inputs": inputs}  # the interpreter path may differ between machines
+        return {
+            "cmd": stage.cmd[1:],  # the interpreter path may differ between machines
+            "inputs": _file_state(stage.inputs),
+            "outputs": _file_state(stage.outputs),
+        }
+
+    def _stamp_file(self, stage: Stage) -> Path:
+        return self.run / "stages" / f"{stage.name}.json"
+
+    def stale_reason(self, stage: Stage) -> str | None:
+        """Why ``stage`` must run (``"never ran"``, ``"output X changed since the stage wrote it"``, ...), or None
+        when its stamp matches: same command, and every input and output as they were when it finished."""
+        stamp_file = self._stamp_file(stage)
+        if not stamp_file.exists():
+            return "never ran"
+        try:
+            old = json.loads(stamp_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            return f"its stamp {stamp_file} is unreadable"
+        now = self._stamp(stage)
+        missing = [p for p, st in now["outputs"].items() if st is None]
+        if missing:
+            return f"output {missing[0]} is missing"
+        if old.get("cmd") != now["cmd"]:
+            return "its command changed"
+        changed = [p for p, st in now["inputs"].items() if (old.get("inputs") or {}).get(p) != st]
+        if changed:
+            return f"input {changed[0]} changed" + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
+        if "outputs" not in old:  # a stamp of an earlier version, which recorded the inputs only: trust and upgrade
+            atomic_write_text(stamp_file, json.dumps(now) + "\n")
+            log.info("%s: stamp upgraded (now records the outputs too)", stage.name)
+            return None
+        changed = [p for p, st in now["outputs"].items() if old["outputs"].get(p) != st]
+        if changed:
+            return f"output {changed[0]} changed since the stage wrote it"
+        return None
 
     def _up_to_date(self, stage: Stage) -> bool:
-        stamp_file = self.run / "stages" / f"{stage.name}.json"
-        if not stamp_file.exists() or not all(p.exists() for p in stage.outputs):
-            return False
-        try:
-            return json.loads(stamp_file.read_text()) == self._stamp(stage)
-        except (OSError, json.JSONDecodeError):
-            return False
+        return self.stale_reason(stage) is None
 
-    def execute(self, stage: Stage) -> StageResult:
-        """Run one stage (or skip it); raise :class:`StageFailed` with its log's tail when it fails."""
-        if self._up_to_date(stage):
-            log.info("%-16s up to date", stage.name)
+    def execute(self, stage: Stage, position: tuple[int, int] | None = None) -> StageResult:
+        """Run one stage (or skip it); raise :class:`StageFailed` with its log's tail when it fails.
+
+        ``position`` (``(i, n)``) numbers the stage in the messages: ``[i/n] name``."""
+        tag = f"[{position[0]}/{position[1]}] {stage.name}" if position else stage.name
+        reason = self.stale_reason(stage)
+        if reason is None:
+            log.info("%s: up to date", tag)
             res = StageResult(stage.name, "skipped", 0.0)
             self.results.append(res)
             return res
@@ -164,17 +272,36 @@ class Pipeline:
         log_path = self.run / "logs" / f"{stage.name}.log"
         env = dict(os.environ)
         env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self.cfg.threads)})
+        if self.echo is not None and self.echo.isatty():  # progress bars in a pipe take the terminal's width
+            cols, lines = shutil.get_terminal_size()
+            env.setdefault("COLUMNS", str(cols))
+            env.setdefault("LINES", str(lines))
         env.update(self.cfg.extra_env)
-        log.info("%-16s %s", stage.name, shlex.join(stage.cmd[1:]))
+        shown = shown_command(stage.cmd)
+        if reason != "never ran":
+            log.info("%s: runs again: %s", tag, reason)
+        log.info("%s (log: %s)\n  $ %s", tag, log_path, shown)
         start = time.perf_counter()
-        with open(log_path, "w") as f:
-            f.write("$ " + shlex.join(stage.cmd) + "\n")
+        with open(log_path, "w", buffering=1) as f:
+            f.write(f"$ {shown}\n")
             f.flush()
-            rc = subprocess.call(stage.cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(stage.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+            try:
+                assert proc.stdout is not None
+                tee_output(proc.stdout, f, self.echo)
+                rc = proc.wait()
+            finally:
+                if proc.poll() is None:  # interrupted (Ctrl-C): do not leave the stage running
+                    proc.terminate()
+                    proc.wait()
+                if proc.stdout is not None:
+                    proc.stdout.close()
         seconds = time.perf_counter() - start
         if rc not in stage.ok_codes:
             tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
-            raise StageFailed(f"stage {stage.name} failed (exit {rc}); log {log_path}:\n{tail}")
+            raise StageFailed(
+                f"stage {stage.name} failed (exit {rc}); log {log_path}:\n{tail}\nrerun it alone with:\n  {shown}"
+            )
         absent = [str(p) for p in stage.outputs if not p.exists()]
         if absent:
             raise StageFailed(f"stage {stage.name} exited 0 but did not write {absent}; log {log_path}")
@@ -182,7 +309,7 @@ class Pipeline:
         atomic_write_text(self.run / "stages" / f"{stage.name}.json", json.dumps(self._stamp(stage)) + "\n")
         res = StageResult(stage.name, "ran", seconds)
         self.results.append(res)
-        log.info("%-16s done in %.1fs", stage.name, seconds)
+        log.info("%s: done in %.1f s", tag, seconds)
         return res
 
     # ------------------------------------------------------------------ the stages
@@ -237,8 +364,7 @@ class Pipeline:
                         "--threads",
                         c.threads,
                         "--eval-split",
-                        "",
-                        "-q",
+                        "",  # no -q: its progress bar (step/total, loss, time left) is shown and logged
                     ),
                     [marker],
                     [ckpt],
@@ -331,10 +457,9 @@ class Pipeline:
                     c.seed,
                     "--threads",
                     c.threads,
-                    "--cache-teacher",
+                    *(["--cache-teacher"] if c.cache_teacher else []),
                     "--eval-split",
                     "",
-                    "-q",
                 ),
                 [pruned, teacher_ckpt, marker],
                 [distilled],
@@ -431,20 +556,48 @@ class Pipeline:
     def run_all(self, only: Sequence[str] | None = None) -> dict[str, Any]:
         self.run.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run / "config.json", json.dumps(asdict(self.cfg), indent=2, default=list) + "\n")
-        for stage in self.stages():
-            if only and stage.name not in only:
-                continue
-            self.execute(stage)
+        chosen = [s for s in self.stages() if not only or s.name in only]
+        for i, stage in enumerate(chosen, start=1):
+            self.execute(stage, (i, len(chosen)))
         from runtime.report import write_report
 
         return write_report(self)
 
 
+_HELP = {
+    "size": "model input and training crop in pixels",
+    "n_train": "synthetic training images (without --data)",
+    "n_val": "synthetic validation images (without --data)",
+    "student_steps": "training steps of the student and of each frontier model",
+    "teacher_steps": "training steps of the teacher",
+    "distill_steps": "distillation steps",
+    "batch_size": "batch size of training and distillation",
+    "calib_count": "INT8 calibration images",
+    "bench_runs": "timed runs per model in the benchmark",
+    "threads": "threads of every stage (torch, onnxruntime, OMP)",
+    "seed": "seed of the data, the inits and the sample order",
+    "target_flops": "fraction of the baseline's FLOPs the compressed student keeps, in (0, 1]",
+    "student": "student configuration (models.registry)",
+    "teacher": "teacher configuration (models.registry)",
+    "target": "device profile of the exports, the check and the bundle",
+    "exporter": "torch exporter: legacy or dynamo",
+    "frontier": "comma-separated uncompressed configurations trained for the reference frontier",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
-    d = PipelineConfig()
-    p = argparse.ArgumentParser(prog="python -m runtime.pipeline", description=__doc__.split("\n\n")[0])
+    d, f = PipelineConfig(), PipelineConfig.full()
+
+    def default(name: str) -> str:
+        a, b = getattr(d, name), getattr(f, name)
+        a, b = (",".join(a), ",".join(b)) if isinstance(a, tuple) else (a, b)
+        return f"default {a}" + (f"; with --full {b}" if b != a else "")
+
+    p = argparse.ArgumentParser(
+        prog="python -m runtime.pipeline", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
-    p.add_argument("--run", default=d.run, help="run folder (every stage writes here)")
+    p.add_argument("--run", default=d.run, help=f"run folder (every stage writes here; default {d.run})")
     p.add_argument("--data", help="real LPCV data root (default: generate synthetic data into RUN/data)")
     p.add_argument("--full", action="store_true", help="512 input, paper student, Swin-T teacher, long schedules")
     for name in (
@@ -460,13 +613,22 @@ def _parser() -> argparse.ArgumentParser:
         "threads",
         "seed",
     ):
-        p.add_argument("--" + name.replace("_", "-"), type=int)
-    p.add_argument("--target-flops", type=float)
-    for name in ("student", "teacher", "target", "exporter"):
-        p.add_argument("--" + name)
-    p.add_argument("--frontier", help="comma-separated uncompressed configurations for the reference frontier")
-    p.add_argument("--only", help="comma-separated stage names to run (others are left as they are)")
-    p.add_argument("-q", "--quiet", action="store_true")
+        p.add_argument("--" + name.replace("_", "-"), type=int, help=f"{_HELP[name]} ({default(name)})")
+    p.add_argument("--target-flops", type=float, help=f"{_HELP['target_flops']} ({default('target_flops')})")
+    for name in ("student", "teacher", "target", "exporter", "frontier"):
+        p.add_argument("--" + name, help=f"{_HELP[name]} ({default(name)})")
+    p.add_argument(
+        "--cache-teacher",
+        action="store_true",
+        default=None,
+        help="let the distill stage cache the teacher's outputs in RUN/distill/teacher_cache: a rerun of that stage "
+        "with the same teacher and data (e.g. another --target-flops) reuses them; a single run never does, as "
+        "each epoch augments anew (default off; 60 KB per sample and step at 128 px, 0.9 MB at 512)",
+    )
+    p.add_argument("--only", help="comma-separated stage names to run, others left as they are (default: all)")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="only warnings and errors; stage output goes to the logs only"
+    )
     return p
 
 
@@ -485,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "frontier" in given:
         given["frontier"] = tuple(m for m in given["frontier"].split(",") if m)
     cfg = PipelineConfig.full(**given) if args.full else PipelineConfig(**given)
-    pipeline = Pipeline(cfg)
+    pipeline = Pipeline(cfg, echo=None if args.quiet else sys.stderr)
     if args.only:
         known = [s.name for s in pipeline.stages()]
         unknown = [s for s in args.only.split(",") if s not in known]

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import onnx
 
-from fileformat.cli import cli_main
+from fileformat.cli import HelpFormatter, cli_main
 from runtime.device_scripts.build_engine import FP32_KINDS, match_layers, parse_fp32_layers, pixel_agreement
 
 __all__ = [
@@ -275,18 +275,24 @@ def _kinds(text: str) -> str | tuple[str, ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m runtime.trt", description=__doc__.splitlines()[0])
+    fmt = HelpFormatter
+    p = argparse.ArgumentParser(prog="python -m runtime.trt", description=__doc__.splitlines()[0], formatter_class=fmt)
     sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="build an engine from an ONNX model")
+    b = sub.add_parser("build", help="build an engine from an ONNX model", formatter_class=fmt)
     b.add_argument("model", help="ONNX model")
     b.add_argument("-o", "--output", required=True, help="engine file to write")
     b.add_argument("--fp16", action="store_true", help="allow FP16 kernels")
-    b.add_argument("--workspace-mb", type=int, default=1024, help="builder workspace limit in MiB (default 1024)")
+    b.add_argument("--workspace-mb", type=int, default=1024, help="builder workspace limit in MiB")
     b.add_argument("--timing-cache", help="timing cache file (read if present, written after the build)")
-    b.add_argument("--fp32-layers", type=_kinds, default="auto", help="auto | none | layernorm,softmax")
+    b.add_argument(
+        "--fp32-layers",
+        type=_kinds,
+        default="auto",
+        help="layers kept in FP32 with --fp16: auto (only if agreement drops) | none | e.g. layernorm,softmax",
+    )
     b.add_argument("--threshold", type=float, default=0.99, help="pixel agreement below which auto constrains")
     b.add_argument("--batch", type=int, default=1, help="batch for a dynamic batch dimension")
-    b.add_argument("-v", "--verbose", action="store_true")
+    b.add_argument("-v", "--verbose", action="store_true", help="log details; show tracebacks on errors")
     return p
 
 

@@ -116,3 +116,66 @@ def test_train_refuses_another_runs_folder(work: dict[str, Path], tmp_path: Path
     assert train(["--data", str(work["data"]), "--out", str(out), "--steps", "1", "--resume", "-q"]) == 1
     err = capsys.readouterr().err
     assert "not a readable torch file" in err and "Traceback" not in err
+
+
+# every command that is not a pass: `--help` answers without importing torch (seconds) or onnxruntime, and every
+# option says what it does and what it defaults to
+HELP_COMMANDS = [
+    ("exporters.export", []),
+    ("models.train", []),
+    ("models.distill", []),
+    ("models.synthetic", []),
+    ("runtime.evaluate", []),
+    ("runtime.parity", []),
+    ("runtime.bundle", []),
+    ("runtime.pipeline", []),
+    ("runtime.trt", []),
+    ("runtime.trt", ["build"]),
+]
+HEAVY = ("torch", "torchvision", "timm", "onnxruntime")
+
+
+@pytest.mark.parametrize(("module", "sub"), HELP_COMMANDS, ids=[" ".join([m, *s]) for m, s in HELP_COMMANDS])
+def test_help_imports_no_heavy_module(module: str, sub: list[str]) -> None:
+    """`python -X importtime -m MODULE --help`: exit 0, a usage text, and none of torch/timm/onnxruntime imported
+    (the time itself is not tested: machines are noisy)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", module, *sub, "--help"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("usage:"), proc.stdout[:200]
+    # importtime lines: "import time: self | cumulative | <indent>name"
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert not imported & set(HEAVY), f"{module} --help imports {sorted(imported & set(HEAVY))}"
+
+
+def _actions(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _actions(sub)
+        elif not isinstance(action, argparse._HelpAction):
+            yield parser, action
+
+
+@pytest.mark.parametrize("module", sorted({m for m, _ in HELP_COMMANDS}))
+def test_every_option_has_help_with_its_default(module: str) -> None:
+    import argparse
+
+    parser = importlib.import_module(module)._parser()
+    for owner, action in _actions(parser):
+        name = "/".join(action.option_strings) or action.dest
+        assert action.help and action.help.strip() and action.help is not argparse.SUPPRESS, f"{module} {name}: no help"
+        if action.option_strings and action.default not in (None, argparse.SUPPRESS) and action.default is not False:
+            shown = owner._get_formatter()._get_help_string(action)  # the help as printed, before % formatting
+            assert "default" in shown, f"{module} {name}: the help does not show its default {action.default!r}"

@@ -1,5 +1,5 @@
-"""Global budgets: how many units (channels, heads, neurons) each layer keeps so the model hits a FLOPs or
-parameter target.
+"""Global budgets: how many units (channels, widths, heads, head channels, neurons) each layer keeps so the model
+hits a FLOPs, parameter or latency target.
 
 **Cost model.** The passes cut whole units, so every contraction node's FLOPs and every weight's size is a constant
 times a product of *kept fractions*::
@@ -10,7 +10,11 @@ where a factor ``f`` lists the segments ``(layer, size)`` of one axis (a Conv's 
 which may be a Concat of several layers), ``k_l(n) = kept units of layer l`` for a layer being budgeted and ``n``
 otherwise. A Conv ``[C_out, C_in, k, k]`` has two factors (its output and input groups), a depthwise Conv one, a
 bias one. ``base_t`` comes from :func:`passes._core.stats.graph_stats` of the input model, which also measures the
-result independently.
+result independently; for latency, from the measured table of :mod:`passes._core.latency` (a constant and a scaled
+term per node).
+
+A layer with ``step > 1`` loses its units that many at a time, lowest first, so its kept count stays a multiple of
+``step`` (channel counts at multiples of 8 keep onnxruntime's NCHWc convolutions and TensorRT's tensor cores).
 
 **LAMP** (Lee et al., "Layer-adaptive sparsity for the magnitude-based pruning", ICLR 2021). Within one layer, sort
 the units by magnitude ascending, ``u_1 <= u_2 <= ... <= u_n`` (a unit's magnitude is its importance score, e.g. the
@@ -23,6 +27,11 @@ ascending LAMP order, skipping a layer at its floor, until the cost reaches the 
 attention head at 512x512 is worth far more FLOPs than a channel): a unit whose removal would jump more than 1%
 below the target is passed over and the walk goes on with cheaper units; only if none of them lands within 1% is
 the first such unit removed after all.
+
+**HALP** (Shen et al., "Structural pruning via latency-saliency knapsack", NeurIPS 2022): a greedy knapsack. The
+next cut of every layer is valued by its LAMP score per unit of cost it saves at the current state (costs interact:
+a narrower width makes its heads cheaper, so savings are recomputed for the layer just cut and for all layers every
+few cuts); the cheapest importance per millisecond goes first, until the target is met.
 
 **Uniform**: every layer keeps the same fraction ``r`` (at least its floor), the largest ``r`` that meets the target
 (bisection), then layers (largest first) take back the unit the next step of ``r`` would give them while the target
@@ -40,8 +49,8 @@ import numpy as np
 #: one axis of a weight or node: its segments ``(layer name or None (never cut), units)``
 Factor = tuple[tuple[str | None, int], ...]
 
-METHODS = ("lamp", "uniform")
-METRICS = ("flops", "params")
+METHODS = ("lamp", "uniform", "halp")
+METRICS = ("flops", "params", "latency")
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,7 @@ class Layer:
     floor: int = 1
     kind: str = "channels"
     scope: str = ""
+    step: int = 1  # units are removed this many at a time (channel counts kept at multiples of 8)
 
     @property
     def size(self) -> int:
@@ -216,10 +226,11 @@ class Allocation:
     method: str
     reached: bool
     at_floor: list[str] = field(default_factory=list)
+    latency: float | None = None  # the latency model's estimate (fraction), when there is one
 
     @property
     def achieved(self) -> float:
-        return self.flops if self.metric == "flops" else self.params
+        return {"flops": self.flops, "params": self.params}.get(self.metric, self.latency or 0.0)
 
 
 def _keep_top(scores: np.ndarray, count: int) -> list[int]:
@@ -227,7 +238,13 @@ def _keep_top(scores: np.ndarray, count: int) -> list[int]:
     return sorted(int(i) for i in order[: max(0, int(count))])
 
 
-def allocate(layers: Sequence[Layer], flops: CostModel, params: CostModel, config: BudgetConfig) -> Allocation:
+def allocate(
+    layers: Sequence[Layer],
+    flops: CostModel,
+    params: CostModel,
+    config: BudgetConfig,
+    latency: CostModel | None = None,
+) -> Allocation:
     """Choose kept units per layer so the ``config.metric`` cost is at most ``target`` of its full value.
 
     LAMP removes units globally in ascending LAMP score; uniform bisects one kept fraction for all layers. Either
@@ -235,12 +252,16 @@ def allocate(layers: Sequence[Layer], flops: CostModel, params: CostModel, confi
     ``at_floor`` names the layers that stopped at their floor.
     """
     config.validate()
-    model = flops if config.metric == "flops" else params
+    if config.metric == "latency" and latency is None:
+        raise ValueError("a latency budget needs a latency cost model")
+    model = {"flops": flops, "params": params}.get(config.metric, latency)
+    assert model is not None
     goal = float(config.target) * model.full
     floors = {ly.name: min(ly.size, max(ly.floor, config.floor_of(ly.size))) for ly in layers}
     sizes = {ly.name: ly.size for ly in layers}
-    if config.method == "lamp":
-        counts, removed, reached = _lamp(layers, model, goal, floors)
+    if config.method in ("lamp", "halp"):
+        walk = _lamp if config.method == "lamp" else _halp
+        counts, removed, reached = walk(layers, model, goal, floors)
         keep = {ly.name: [i for i in range(ly.size) if i not in removed[ly.name]] for ly in layers}
     else:
         counts, reached = _uniform(layers, model, goal, floors)
@@ -248,7 +269,54 @@ def allocate(layers: Sequence[Layer], flops: CostModel, params: CostModel, confi
     at_floor = [name for name in sizes if counts[name] <= floors[name] < sizes[name]] if not reached else []
     f = flops.evaluate(counts) / flops.full if flops.full else 1.0
     p = params.evaluate(counts) / params.full if params.full else 1.0
-    return Allocation(keep, counts, f, p, float(config.target), config.metric, config.method, reached, at_floor)
+    lat = latency.evaluate(counts) / latency.full if latency is not None and latency.full else None
+    return Allocation(keep, counts, f, p, float(config.target), config.metric, config.method, reached, at_floor, lat)
+
+
+def _halp(
+    layers: Sequence[Layer], model: CostModel, goal: float, floors: Mapping[str, int], refresh: int = 16
+) -> tuple[dict[str, int], dict[str, set[int]], bool]:
+    """Greedy knapsack (HALP): remove the unit with the least importance per unit of cost saved.
+
+    Importance is the unit's LAMP score (comparable across layers); the saving of a layer's next unit is
+    ``cost - cost after removing it``, recomputed for that layer after each removal and for all layers every
+    ``refresh`` removals (the terms couple layers: cutting a width makes its heads cheaper)."""
+    counts = {ly.name: ly.size for ly in layers}
+    removed: dict[str, set[int]] = {ly.name: set() for ly in layers}
+    cost = model.reset()
+    if cost <= goal:
+        return counts, removed, True
+    order = {ly.name: [int(i) for i in np.argsort(lamp_scores(ly.scores), kind="stable")] for ly in layers}
+    lamp = {ly.name: lamp_scores(ly.scores) for ly in layers}
+    pos = dict.fromkeys(counts, 0)
+    saving: dict[str, float] = {}
+
+    step = {ly.name: ly.step for ly in layers}
+
+    def update(name: str) -> None:
+        if counts[name] - step[name] < floors[name]:
+            saving.pop(name, None)
+        else:
+            saving[name] = model.current - model.peek(name, step[name])
+
+    for ly in layers:
+        update(ly.name)
+    done = 0
+    while saving:  # a layer's next cut (``step`` units) is worth the sum of their LAMP scores
+        name = min(
+            saving,
+            key=lambda n: (sum(lamp[n][order[n][pos[n] : pos[n] + step[n]]]) + 1e-12) / max(saving[n], 1e-12),
+        )
+        idx = order[name][pos[name] : pos[name] + step[name]]
+        pos[name] += len(idx)
+        counts[name] -= len(idx)
+        removed[name].update(idx)
+        if model.remove(name, len(idx)) <= goal * (1 + 1e-12):
+            return counts, removed, True
+        done += 1
+        for n in list(saving) if done % refresh == 0 else [name]:
+            update(n)
+    return counts, removed, False
 
 
 def _lamp(
@@ -260,29 +328,37 @@ def _lamp(
     if cost <= goal:
         return counts, removed, True
     units = []
+    order: dict[str, list[int]] = {}
     for li, ly in enumerate(layers):
-        for i, s in enumerate(lamp_scores(ly.scores)):
-            units.append((float(s), li, i))
+        lamp = lamp_scores(ly.scores)
+        order[ly.name] = [int(i) for i in np.argsort(lamp, kind="stable")]
+        units += [(float(s), li, i) for i, s in enumerate(lamp)]
     units.sort()
-    overshoot: tuple[int, int] | None = None  # the first unit whose removal would jump well below the target
+
+    def chunk(ly: Layer) -> list[int]:  # the layer's next ``step`` units, lowest LAMP first
+        rest = [i for i in order[ly.name] if i not in removed[ly.name]]
+        return rest[: ly.step]
+
+    def take(ly: Layer, idx: list[int]) -> None:
+        counts[ly.name] -= len(idx)
+        removed[ly.name].update(idx)
+        model.remove(ly.name, len(idx))
+
+    overshoot: tuple[Layer, list[int]] | None = None  # the first cut that would jump well below the target
     for _, li, i in units:
         ly = layers[li]
-        if counts[ly.name] <= floors[ly.name]:
+        if i in removed[ly.name] or counts[ly.name] - ly.step < floors[ly.name]:
             continue
-        after = model.peek(ly.name)
+        idx = chunk(ly)
+        after = model.peek(ly.name, len(idx))
         if after <= goal * (1 + 1e-12) and after < goal * (1 - _LANDING):
-            overshoot = overshoot or (li, i)
+            overshoot = overshoot or (ly, idx)
             continue
-        counts[ly.name] -= 1
-        removed[ly.name].add(i)
-        model.remove(ly.name)
+        take(ly, idx)
         if after <= goal * (1 + 1e-12):
             return counts, removed, True
-    if overshoot is not None:  # nothing lands within _LANDING: take the first overshooting unit after all
-        li, i = overshoot
-        counts[layers[li].name] -= 1
-        removed[layers[li].name].add(i)
-        model.remove(layers[li].name)
+    if overshoot is not None:  # nothing lands within _LANDING: take the first overshooting cut after all
+        take(*overshoot)
         return counts, removed, True
     return counts, removed, False
 
@@ -295,7 +371,11 @@ def _uniform(
     layers: Sequence[Layer], model: CostModel, goal: float, floors: Mapping[str, int]
 ) -> tuple[dict[str, int], bool]:
     def counts_at(r: float) -> dict[str, int]:
-        return {ly.name: max(floors[ly.name], min(ly.size, int(math.ceil(r * ly.size - 1e-9)))) for ly in layers}
+        def count(ly: Layer) -> int:
+            n = min(ly.size, ly.step * int(math.ceil(r * ly.size / ly.step - 1e-9)))
+            return n if n >= floors[ly.name] else min(ly.size, ly.step * math.ceil(floors[ly.name] / ly.step))
+
+        return {ly.name: count(ly) for ly in layers}
 
     full = counts_at(1.0)
     if model.evaluate(full) <= goal:

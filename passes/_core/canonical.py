@@ -169,6 +169,21 @@ def _unshare(graph: onnx.GraphProto, weight_map: dict[str, dict]) -> int:
     return copies
 
 
+def _fold_input(
+    graph: onnx.GraphProto, view: GraphView, taken: set[str], new_inits: dict[str, str], n: onnx.NodeProto, k: int
+) -> int:
+    """Input ``k`` of node ``n`` becomes a new constant holding its value, when the view can compute it (1, else 0)."""
+    name = n.input[k]
+    value = view.value(name)
+    if value is None:
+        return 0
+    const = _unique(f"{name}_folded".lstrip("/"), taken)
+    graph.initializer.append(numpy_helper.from_array(np.asarray(value), const))
+    new_inits[name] = const
+    n.input[k] = const
+    return 1
+
+
 def _fold_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Replace shape-carrying integer inputs computable from static shapes by constants, to a fixed point."""
     folded = 0
@@ -190,21 +205,45 @@ def _fold_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
                     n.input[k] = new_inits[name]
                     changed += 1
                     continue
-                if view._types.get(name) not in _INT_TYPES:
+                if view._types.get(name) in _INT_TYPES:
+                    changed += _fold_input(graph, view, taken, new_inits, n, k)
+        # small values derived from static shapes anywhere else: the 1/sqrt(head_dim) scale that the exporters
+        # compute from q's shape for fused attention (Shape -> Slice -> Cast -> Sqrt -> Div), read by a Mul
+        for n in graph.node:
+            for k, name in enumerate(n.input):
+                if not name or k in _SHAPE_INPUTS.get(n.op_type, ()) or name in view.graph_inputs:
                     continue
-                value = view.value(name)
-                if value is None:
+                if name in new_inits:
+                    n.input[k] = new_inits[name]
+                    changed += 1
                     continue
-                const = _unique(f"{name}_folded".lstrip("/"), taken)
-                graph.initializer.append(numpy_helper.from_array(np.asarray(value), const))
-                new_inits[name] = const
-                n.input[k] = const
-                changed += 1
+                ref = view.producer.get(name)
+                if ref is None or ref.node.op_type not in _SHAPE_MATH or view.is_constant(name):
+                    continue
+                shape = view.shape(name)
+                if shape is not None and len(shape) <= 1 and int(np.prod(shape)) <= 16 and _from_shape(view, name):
+                    changed += _fold_input(graph, view, taken, new_inits, n, k)
         if not changed:
             break
         folded += changed
         _remove_dead(graph)
     return model, folded
+
+
+_SHAPE_MATH = {
+    "Shape", "Gather", "Slice", "Cast", "Sqrt", "Div", "Mul", "Reciprocal", "Pow", "Squeeze", "Unsqueeze", "Concat",
+    "Add", "Sub", "Floor", "Ceil", "Reshape",
+}  # fmt: skip
+
+
+def _from_shape(view: GraphView, name: str, depth: int = 8) -> bool:
+    """Whether ``name`` is computed (within ``depth`` ops of shape math) from a ``Shape`` of a tensor."""
+    ref = view.producer.get(name)
+    if ref is None or depth == 0 or ref.node.op_type not in _SHAPE_MATH:
+        return False
+    if ref.node.op_type == "Shape":
+        return True
+    return any(_from_shape(view, i, depth - 1) for i in ref.node.input if i and not view.is_constant(i))
 
 
 def _remove_dead(graph: onnx.GraphProto) -> None:

@@ -32,7 +32,6 @@ rewritten, or a weight that another node also reads.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -43,7 +42,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from fileformat.metadata import claim_sources, pick_source, read_metadata, write_metadata
-from passes._core.graph import node_scope
+from passes._core.graph import metadata_scopes, node_scope
 
 log = logging.getLogger(__name__)
 
@@ -262,21 +261,6 @@ def _node_label(node: onnx.NodeProto, idx: int) -> str:
     return f"{node.op_type} {node.name or f'#{idx}'}"
 
 
-def _name_scope(node: onnx.NodeProto) -> str | None:
-    """The torch module path the dynamo exporter keeps in node metadata, if any."""
-    for p in node.metadata_props:
-        if p.key == "pkg.torch.onnx.name_scopes":
-            try:
-                scopes = json.loads(p.value)
-            except json.JSONDecodeError:
-                scopes = p.value
-            if isinstance(scopes, list) and scopes:
-                return ".".join(s for s in scopes if s)
-            if isinstance(scopes, str) and scopes:
-                return scopes
-    return None
-
-
 class ChannelAnalysis:
     """Channel groups of ``model`` (analysed as given; the model is not modified)."""
 
@@ -349,7 +333,7 @@ class ChannelAnalysis:
             if src is not None:
                 param = str(src["param"])
                 return param[: -len(".weight")] if param.endswith(".weight") else param
-        scope = _name_scope(node)
+        scope = node_scope(node) if metadata_scopes(node) else None  # the dynamo exporter's torch module path
         if scope:
             return scope
         return f"graph:{node.name or f'#{idx}'}"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import onnx
 
+from fileformat.cli import HelpFormatter
 from fileformat.errors import PassError, UsageError
 from fileformat.io import check_distinct, check_output_path, load_model, save_model
 from passes._core.report import PassReport
@@ -36,9 +37,7 @@ def pass_name(parser: argparse.ArgumentParser) -> str:
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """A parser with the common arguments: the input model, ``-o``, ``--report``, ``--force``, ``-v``."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
     name = prog.rsplit(".", 1)[-1]
     parser.add_argument("model", help="input ONNX model (never modified)")
     parser.add_argument(

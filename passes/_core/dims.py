@@ -153,6 +153,8 @@ class DimGroup:
     sources: list[str] = field(default_factory=list)  # weights whose OUTPUT axis is the unit axis
     sinks: list[str] = field(default_factory=list)  # weights whose CONTRACTION axis is the unit axis
     flops: int = 0  # FLOPs of the contraction ops in the group (all of it scales with the unit count)
+    #: why cutting this group is not exact against zeroing (a width group normalised by LayerNorm); empty: exact
+    inexact: list[str] = field(default_factory=list)
 
     @property
     def params(self) -> int:
@@ -177,8 +179,9 @@ ELEMENTWISE = _UNARY | _BROADCAST | {"Dropout"}
 
 
 class _Tracer:
-    def __init__(self, view: GraphView, seed: str, count: int) -> None:
+    def __init__(self, view: GraphView, seed: str, count: int, width: bool = False) -> None:
         self.view = view
+        self.width = width  # a transformer's embedding dim: LayerNorm statistics over it are allowed (inexact)
         self.group = DimGroup(seed=seed, count=count)
         self.queue: deque[str] = deque()
         self.none_claims: dict[str, str] = {}
@@ -220,6 +223,11 @@ class _Tracer:
             self.group._float[name] = value is not None and np.issubdtype(value.dtype, np.floating)
         else:
             self.queue.append(name)
+
+    def note_inexact(self, ref: NodeRef) -> None:
+        why = f"{ref.node.op_type} {ref.name!r} normalises over the cut axis"
+        if why not in self.group.inexact:
+            self.group.inexact.append(why)
 
     def claim_none(self, name: str, ref: NodeRef) -> None:
         if name in self.group.dims:
@@ -287,10 +295,15 @@ class _Tracer:
                     (g.sources if carried_out else g.sinks).append(w)
 
 
-def trace(view: GraphView, name: str, dim: Dim) -> DimGroup:
-    """Follow the unit axis ``dim`` of tensor ``name`` through the whole graph; raise :class:`TraceError`."""
+def trace(view: GraphView, name: str, dim: Dim, *, width: bool = False) -> DimGroup:
+    """Follow the unit axis ``dim`` of tensor ``name`` through the whole graph; raise :class:`TraceError`.
+
+    ``width``: the axis is a transformer's embedding dimension, which LayerNorm normalises over. Such a group may
+    pass LayerNormalization (its scale and bias are sliced) and the ReduceMean of a decomposed LayerNorm; after the
+    cut the statistics are taken over the kept channels, as in a torch model built with the smaller width, so the
+    group is not exact against zeroing and says why in ``inexact``."""
     count = unit_count(canonical(dim.layout))
-    return _Tracer(view, name, count).run(name, dim)
+    return _Tracer(view, name, count, width).run(name, dim)
 
 
 # --------------------------------------------------------------------------------------------------------- rules
@@ -574,8 +587,19 @@ def _concat(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | 
     n = ref.node
     r = len(tr.shape(ref, known))
     axis = _norm(int(tr.view.attrs(n)["axis"]), r)  # type: ignore[arg-type]
-    if axis == dim.axis:
-        raise tr.fail(ref, "concatenates along the unit axis")
+    inputs = [i for i in n.input if i]
+    if axis == dim.axis:  # equal parts that all carry the axis (Swin's patch merging): ((parts, -), *layout)
+        sizes = {tr.shape(ref, i)[axis] for i in inputs}
+        if len(sizes) != 1:
+            raise tr.fail(ref, "concatenates along the unit axis")
+        parts = len(inputs)
+        if known == n.output[0]:
+            (first, unit), *rest = dim.layout
+            if unit or first % parts:
+                raise tr.fail(ref, "concatenates along the unit axis")
+            inner = Dim(axis, canonical(((first // parts, False), *rest)))
+            return {**{i: inner for i in inputs}, n.output[0]: dim}
+        return {**{i: dim for i in inputs}, n.output[0]: Dim(axis, canonical(((parts, False), *dim.layout)))}
     out: dict[str, Dim | None] = {i: dim for i in n.input if i}
     out[n.output[0]] = dim
     return out
@@ -727,17 +751,51 @@ def _slice_positions(view: GraphView, node: onnx.NodeProto, length: int) -> list
     return positions[slice(int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0]), int(steps.reshape(-1)[0]))].tolist()
 
 
+def _pad(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    """Pad (opset >= 11, constant pads): the unit axis passes when it is not padded."""
+    n = ref.node
+    r = len(tr.shape(ref, n.input[0]))
+    if len(n.input) < 2 or not n.input[1]:
+        raise tr.fail(ref, "pads given as an attribute (opset < 11)")
+    pads = tr.view.value(n.input[1])
+    if pads is None:
+        raise tr.fail(ref, "pads computed at run time")
+    pads = np.asarray(pads).reshape(-1)
+    axes = list(range(r))
+    if len(n.input) > 3 and n.input[3]:
+        v = tr.view.value(n.input[3])
+        if v is None:
+            raise tr.fail(ref, "pad axes computed at run time")
+        axes = [_norm(int(a), r) for a in np.asarray(v).reshape(-1)]
+    k = len(axes)
+    if dim.axis in axes and (pads[axes.index(dim.axis)] or pads[k + axes.index(dim.axis)]):
+        raise tr.fail(ref, "pads the unit axis")
+    out: dict[str, Dim | None] = {i: None for i in n.input[1:] if i}
+    out.update({n.input[0]: dim, n.output[0]: dim})
+    return out
+
+
 def _layernorm(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
     n = ref.node
     r = len(tr.shape(ref, n.input[0]))
     axis = _norm(int(tr.view.attrs(n).get("axis", -1)), r)
     if known != n.input[0] and known != n.output[0]:
         raise tr.fail(ref, "the unit axis is in the normalisation scale or bias")
-    if dim.axis >= axis:
-        raise tr.fail(ref, "normalises over the unit axis")
     if any(o for o in n.output[1:] if tr.view.consumers.get(o)):
         raise tr.fail(ref, "uses the saved mean/inverse std outputs")
     out: dict[str, Dim | None] = {n.input[0]: dim, n.output[0]: dim}
+    if dim.axis >= axis:
+        if not tr.width:
+            raise tr.fail(ref, "normalises over the unit axis")
+        if axis != r - 1 or dim.axis != axis:
+            raise tr.fail(ref, "normalises over the unit axis together with other axes")
+        for i in n.input[1:]:
+            if i and not tr.view.is_constant(i):
+                raise tr.fail(ref, "a LayerNormalization scale or bias computed at run time")
+            if i:
+                out[i] = Dim(len(tr.shape(ref, i)) - 1, dim.layout)  # [C] (or [.., C]) scale and bias
+        tr.note_inexact(ref)
+        return out
     out.update({i: None for i in n.input[1:] if i})
     return out
 
@@ -760,6 +818,10 @@ def _reduce(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | 
     keep = [i for i in range(r) if keepdims or i not in axes]  # output axis j <- input axis keep[j]
     out: dict[str, Dim | None] = {i: None for i in n.input[1:] if i}
     if known == x:
+        if dim.axis in axes and tr.width and n.op_type == "ReduceMean" and axes == [dim.axis] and keepdims:
+            tr.note_inexact(ref)  # the mean (or variance) of a decomposed LayerNorm: over the kept channels
+            out.update({x: dim, y: None})
+            return out
         if dim.axis in axes:
             raise tr.fail(ref, "reduces over the unit axis")
         out.update({x: dim, y: Dim(keep.index(dim.axis), dim.layout)})
@@ -852,6 +914,7 @@ _RULES: dict[str, Rule] = {
     "Expand": _expand,
     "Shape": _shape,
     "LayerNormalization": _layernorm,
+    "Pad": _pad,
     "ReduceMean": _reduce,
     "ReduceSum": _reduce,
     "ReduceMax": _reduce,
@@ -885,31 +948,22 @@ def apply_groups(
     inits = {t.name: t for t in graph.initializer}
     consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
     taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    # several groups may cut one tensor (Swin's patch merging: the rows belong to one stage's width, the columns
+    # to the next) or one shape vector (at other positions): both are composed over all groups before writing
+    arrays: dict[str, np.ndarray] = {}
+    per_input: dict[tuple[int, int], list[int]] = {}
     for group, kept in chosen:
         kept = list(kept)
         if len(kept) == group.count:
             continue
         for ts in group.slices.values():
-            arr = view.constant(ts.tensor)
+            arr = arrays.get(ts.tensor)
+            arr = view.constant(ts.tensor) if arr is None else arr
             assert arr is not None
-            new = np.ascontiguousarray(np.take(arr, kept_positions(ts.layout, kept), axis=ts.axis))
-            tensor = numpy_helper.from_array(new, ts.tensor)
-            if ts.tensor in inits:
-                inits[ts.tensor].CopyFrom(tensor)
-            else:
-                node = consts[ts.tensor]
-                for a in node.attribute:
-                    if a.name == "value":
-                        a.t.CopyFrom(tensor)
-        per_input: dict[tuple[int, int], list[int]] = {}
+            arrays[ts.tensor] = np.ascontiguousarray(np.take(arr, kept_positions(ts.layout, kept), axis=ts.axis))
         for e in group.shape_edits:
             vec = per_input.setdefault((e.node, e.input), list(e.value))
             vec[e.position] = layout_size(e.layout, len(kept))
-        for (idx, k), vec in per_input.items():
-            node = graph.node[idx]
-            name = _unique(node.input[k] or f"{node.name}_shape", taken)
-            graph.initializer.append(numpy_helper.from_array(np.array(vec, dtype=np.int64), name))
-            node.input[k] = name
         for e in group.group_edits:
             for a in graph.node[e.node].attribute:
                 if a.name == "group":
@@ -925,4 +979,17 @@ def apply_groups(
                 keep_attrs = [a for a in node.attribute if a.name != "split"]
                 del node.attribute[:]
                 node.attribute.extend(keep_attrs + [helper.make_attribute("split", sizes)])
+    for name, arr in arrays.items():
+        tensor = numpy_helper.from_array(arr, name)
+        if name in inits:
+            inits[name].CopyFrom(tensor)
+        else:
+            for a in consts[name].attribute:
+                if a.name == "value":
+                    a.t.CopyFrom(tensor)
+    for (idx, k), vec in per_input.items():
+        node = graph.node[idx]
+        name = _unique(node.input[k] or f"{node.name}_shape", taken)
+        graph.initializer.append(numpy_helper.from_array(np.array(vec, dtype=np.int64), name))
+        node.input[k] = name
     return out

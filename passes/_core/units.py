@@ -1,5 +1,6 @@
-"""Prunable units on ONNX graphs: attention blocks (heads) and MLPs (hidden neurons), found by the dimension
-tracer of :mod:`passes._core.dims`, scored by weight norms, and removed by one shared apply step.
+"""Prunable units on ONNX graphs: attention blocks (heads), MLPs (hidden neurons), the channels of every head
+(``head_dim``) and transformer widths (``width``), found by the dimension tracer of :mod:`passes._core.dims`,
+scored by weight norms, and removed by one shared apply step.
 
 Discovery is anchored, not pattern-matched: an attention block starts from a ``Softmax`` over the last axis of a
 ``[..., heads, N, M]`` tensor (the head axis is the one before the two token axes), an MLP from a linear layer
@@ -38,15 +39,25 @@ from fileformat.errors import PassError, UsageError
 from fileformat.metadata import (
     append_history,
     claim_sources,
-    pick_source,
+    ranked_sources,
     read_metadata,
     weight_sources,
     write_metadata,
 )
 from fileformat.params import count_params
-from fileformat.plan import check_indices, read_plan, write_plan
+from fileformat.plan import check_indices, empty_plan, read_plan, write_plan
 from passes._core.canonical import canonicalize, merge_constants
-from passes._core.dims import ELEMENTWISE, Dim, DimGroup, TraceError, apply_groups, kept_positions, trace, unit_inner
+from passes._core.dims import (
+    ELEMENTWISE,
+    Dim,
+    DimGroup,
+    TraceError,
+    apply_groups,
+    kept_positions,
+    trace,
+    unit_count,
+    unit_inner,
+)
 from passes._core.finalize import finalize
 from passes._core.graph import GraphView, NodeRef, metadata_scopes, node_scope
 from passes._core.report import PassReport
@@ -54,7 +65,9 @@ from passes._core.report import PassReport
 log = logging.getLogger(__name__)
 
 NORMS = ("l1", "l2")
-SECTION = {"heads": "heads", "neurons": "neurons"}
+SECTION = {"heads": "heads", "neurons": "neurons", "width": "width", "head_dim": "head_dim"}
+#: what one unit of each kind is, for messages
+UNIT_NAMES = {"heads": "heads", "neurons": "neurons", "width": "channels", "head_dim": "head channels"}
 
 
 # -------------------------------------------------------------------------------------------------------- units
@@ -356,11 +369,147 @@ def find_mlps(model: onnx.ModelProto, view: GraphView | None = None) -> list[Mlp
     return mlps
 
 
+def _data_operand(view: GraphView, weight: str) -> tuple[NodeRef, str] | None:
+    """The linear layer reading constant ``weight`` and its computed (activation) input."""
+    for ref in view.consumer_nodes(weight):
+        if ref.node.op_type in ("MatMul", "Gemm", "Conv"):
+            data = [i for i in ref.node.input[:2] if i and i != weight and not view.is_constant(i)]
+            if data:
+                return ref, data[0]
+    return None
+
+
+def _contraction_axis(view: GraphView, ref: NodeRef, data: str) -> int | None:
+    rank = view.rank(data)
+    if rank is None:
+        return None
+    if ref.node.op_type == "Conv":
+        return 1
+    if ref.node.op_type == "Gemm":
+        return 0 if int(view.attrs(ref.node).get("transA", 0)) else 1
+    return rank - 1 if data == ref.node.input[0] else rank - 2
+
+
+def _scores_matmul(view: GraphView, block: AttentionBlock) -> NodeRef | None:
+    """The ``q @ k^T`` MatMul whose output reaches the block's Softmax through elementwise/layout ops."""
+    t = view.nodes[next(i for i in block.group.nodes if view.nodes[i].name == block.anchor)].node.input[0]  # type: ignore[union-attr]
+    for _ in range(12):
+        ref = view.producer.get(t)
+        if ref is None:
+            return None
+        if ref.node.op_type == "MatMul":
+            return ref
+        carried = [i for i in ref.node.input if i and i in block.group.dims and not view.is_constant(i)]  # type: ignore[union-attr]
+        if len(carried) != 1:
+            return None
+        t = carried[0]
+    return None
+
+
+def _new_unit(kind: str, view: GraphView, anchor: str, count: int, unit_size: int) -> PruneUnit:
+    return PruneUnit(id=f"graph:{anchor}", kind=kind, anchor=anchor, count=count, unit_size=unit_size, view=view)
+
+
+def find_head_dims(model: onnx.ModelProto, view: GraphView | None = None) -> list[PruneUnit]:
+    """The per-head channel groups of every attention block: channel ``j`` of every head at once.
+
+    Seeded from the output projection's input (layout ``(heads, head_dim)``, the unit is the inner factor) and
+    from ``q`` at the ``q @ k^T`` MatMul. With a fused qkv projection one group holds q, k and v (q and k meet in
+    the scores, v in the context; the three come out of one tensor); with separate projections the q/k channels
+    and the v channels are two groups. Zeroing a unit's consuming weights (the projection rows, or the k columns)
+    gives the pruned output exactly; the scale ``1/sqrt(head_dim)`` stays that of the original model.
+    """
+    view = view or GraphView(canonicalize(model))
+    out: list[PruneUnit] = []
+    for block in find_attention_blocks(model, view):
+        if not block.prunable:  # (a one-head block's channels are not followed: cut them before its heads)
+            continue
+        g = block.group
+        assert g is not None
+        seeds: list[tuple[str, Dim]] = []
+        for sink in g.sinks:
+            hit = _data_operand(view, sink)
+            if hit is None or hit[1] not in g.dims:
+                continue
+            d = g.dims[hit[1]]
+            i = next(k for k, (_, u) in enumerate(d.layout) if u)
+            if i + 1 < len(d.layout):
+                seeds.append((hit[1], Dim(d.axis, tuple((s, k == i + 1) for k, (s, _) in enumerate(d.layout)))))
+        scores = _scores_matmul(view, block)
+        if scores is not None:
+            q = scores.node.input[0]
+            rank = view.rank(q)
+            if rank and q in g.dims and g.dims[q].axis != rank - 1:
+                seeds.append((q, Dim(rank - 1, ((view.shape(q)[rank - 1], True),))))  # type: ignore[index]
+        for seed, dim in seeds:
+            if any(seed in u.group.dims for u in out if u.group is not None):
+                continue
+            unit = _new_unit("head_dim", view, seed, unit_count(dim.layout), block.count)
+            try:
+                group = trace(view, seed, dim)
+                if not group.sinks and len(group.sources) < 2:
+                    raise TraceError("no weight consumes the head channels")
+                unit.id = block.id
+                _finish(unit, group)
+            except TraceError as exc:
+                unit.skip_reason = str(exc)
+            if unit.count < 2:
+                unit.skip_reason = "one channel per head: nothing to remove"
+            out.append(unit)
+    _dedupe_ids(out)
+    return out
+
+
+def find_widths(model: onnx.ModelProto, view: GraphView | None = None) -> list[PruneUnit]:
+    """The embedding dimension of every transformer (a MobileViT/Swin stage, a ViT's residual stream).
+
+    Seeded from the input of each attention block's q/k/v projection and each MLP's fc1, and traced in width mode
+    (:func:`passes._core.dims.trace`): the group runs from the weights that produce the width (a 1x1 conv, a patch
+    embedding, Swin's patch merging), through the unfold/fold reshapes, LayerNorms, residual sums, q/k/v rows,
+    projection columns and MLP, to the weights that consume it. LayerNorm then normalises over the kept channels
+    (as a torch model built with that width does), so this cut is checked against torch, not by zeroing.
+    """
+    view = view or GraphView(canonicalize(model))
+    seeds: list[tuple[str, int | None]] = []
+    for block in find_attention_blocks(model, view):
+        if block.prunable and block.group is not None and block.group.sources:
+            hit = _data_operand(view, block.group.sources[0])
+            if hit is not None:
+                seeds.append((hit[1], _contraction_axis(view, hit[0], hit[1])))
+    for mlp in find_mlps(model, view):
+        if mlp.prunable:
+            ref = next(r for r in view.nodes if r.name == mlp.anchor)
+            seeds.append((ref.node.input[0], _contraction_axis(view, ref, ref.node.input[0])))
+    out: list[PruneUnit] = []
+    for seed, axis in seeds:
+        shape = view.shape(seed)
+        if axis is None or shape is None or any(seed in u.group.dims for u in out if u.group is not None):
+            continue
+        unit = _new_unit("width", view, seed, shape[axis], 1)
+        try:
+            group = trace(view, seed, Dim(axis, ((shape[axis], True),)), width=True)
+            if not group.sources or not group.sinks:
+                raise TraceError("no weight produces or consumes the width (it reaches a model input or output?)")
+            unit.id = _unit_id(view, group, seed)
+            _finish(unit, group)
+        except TraceError as exc:
+            unit.skip_reason = str(exc)
+        if unit.count < 2:
+            unit.skip_reason = "one channel: nothing to remove"
+        out.append(unit)
+    _dedupe_ids(out)
+    return out
+
+
 def find_units(model: onnx.ModelProto, kind: str, view: GraphView | None = None) -> list[PruneUnit]:
     if kind == "heads":
         return list(find_attention_blocks(model, view))
     if kind == "neurons":
         return list(find_mlps(model, view))
+    if kind == "width":
+        return find_widths(model, view)
+    if kind == "head_dim":
+        return find_head_dims(model, view)
     raise ValueError(f"unknown unit kind {kind!r}")
 
 
@@ -520,7 +669,7 @@ def resolve_keep_sets(
         if too_few:
             u = too_few[0]
             raise PassError(
-                f"--keep {config.keep} is above the {u.count} {what} of {u.id}"
+                f"--keep {config.keep} is above the {u.count} {UNIT_NAMES.get(what, what)} of {u.id}"
                 f"{f' (and {len(too_few) - 1} more blocks)' if len(too_few) > 1 else ''}; "
                 f"give at most {min(x.count for x in prunable)}."
             )
@@ -556,20 +705,48 @@ def torch_slices(
     """The plan's ``slices`` for one unit: ``{torch param: {axis: kept indices}}`` in torch layout.
 
     A tensor the exporter stored once for several torch tensors is the one of this unit's module
-    (:func:`fileformat.metadata.pick_source`); ``sources`` receives ``{initializer: that source}``."""
+    (:func:`_reader_module`, :func:`fileformat.metadata.ranked_sources`); ``sources`` receives
+    ``{initializer: that source}``."""
     wmap = read_metadata(view.model).get("weight_map") or {}
     out: dict[str, dict[str, list[int]]] = {}
     assert unit.group is not None
+    taken: set[str] = set()
     for name, ts in unit.group.slices.items():
-        src = pick_source(wmap.get(name), unit.id)
+        # a tensor stored once for many (a fresh model's zero biases, unit LayerNorm scales) is assigned to the
+        # module of the node reading it, else of the layer it is the bias of, and never to a torch tensor another
+        # copy of this group already stands for (the copies are equal: any one-to-one assignment is exact)
+        ranked = ranked_sources(wmap.get(name), _reader_module(view, name, wmap) or unit.id)
+        src = next((s for s in ranked if str(s["param"]) not in taken), ranked[0] if ranked else None)
         if src is None:
             continue
+        taken.add(str(src["param"]))
         if sources is not None:
             sources[name] = src
         ndim = len(unit.group._shapes[name])
         axis = (ndim - 1 - ts.axis) if (src.get("transposed") and ndim == 2) else ts.axis
         out[str(src["param"])] = {str(axis): [int(i) for i in kept_positions(ts.layout, kept)]}
     return out
+
+
+def _reader_module(view: GraphView, name: str, wmap: dict[str, Any]) -> str | None:
+    """The torch module of the node reading ``name``: its scope, or for a bias Add the module of the weight of the
+    linear layer whose output it adds to (when that weight names one torch tensor)."""
+    readers = view.consumer_nodes(name)
+    if not readers:
+        return None
+    node = readers[0].node
+    scope = node_scope(node)
+    if scope:
+        return scope
+    if node.op_type == "Add":
+        for other in node.input:
+            ref = view.producer.get(other) if other != name else None
+            if ref is not None and ref.node.op_type in ("MatMul", "Gemm", "Conv"):
+                for w in ref.node.input[1:2]:
+                    sources = weight_sources(wmap.get(w))
+                    if len(sources) == 1:
+                        return str(sources[0]["param"]).rsplit(".", 1)[0]
+    return None
 
 
 def apply_units(
@@ -580,7 +757,8 @@ def apply_units(
     Units not in ``keep_sets`` or keeping everything are left alone. The copy is not finalised.
     """
     chosen = []
-    plan: dict[str, Any] = {"heads": {}, "neurons": {}, "channels": {}, "slices": {}}
+    plan: dict[str, Any] = empty_plan()
+    del plan["version"]
     sources: dict[str, dict[str, Any]] = {}
     view = None
     for u in units:
@@ -610,12 +788,16 @@ def zero_units(model: onnx.ModelProto, unit: PruneUnit, removed: Sequence[int]) 
     """The zeroing oracle (docs/architecture.md): a copy where the consuming weights of ``removed`` units are 0.
 
     For heads these are the output-projection rows of the heads, for neurons fc2's rows; the result must equal
-    the pruned model's output.
+    the pruned model's output. Head channels are zeroed in every tensor that carries them (q and k channels meet
+    in the scores, so zeroing the projection rows alone would not remove them). A width group has no zeroing
+    oracle (its LayerNorms normalise over the kept channels; :attr:`DimGroup.inexact`).
     """
     assert unit.group is not None
+    if unit.group.inexact:
+        raise PassError(f"{unit.id}: no zeroing oracle, {unit.group.inexact[0]}")
     out = canonicalize(model)  # the unit's tensor names are those of the canonical form
     inits = {t.name: t for t in out.graph.initializer}
-    for name in unit.group.sinks:
+    for name in unit.group.sinks if unit.kind in ("heads", "neurons") else list(unit.group.slices):
         ts = unit.group.slices[name]
         arr = _tensor(out, name).copy()
         idx = kept_positions(ts.layout, list(removed))
@@ -639,7 +821,7 @@ def prune_units(
     original, model = model, canonicalize(model)
     view = GraphView(model)
     units = find_units(model, kind, view)
-    label = "heads" if kind == "heads" else "neurons"
+    label = UNIT_NAMES[kind].replace(" ", "_")
     report = PassReport(pass_name=pass_name, columns=list(_COLUMNS))
     report.columns[1:3] = [f"{label}", f"{label}_after"]
     params = count_params(model)
@@ -651,18 +833,18 @@ def prune_units(
             report.skip(u.id, u.skip_reason or "")
     prunable = [u for u in units if u.prunable]
     if not prunable:
-        what = "attention block" if kind == "heads" else "transformer MLP"
+        what = {"heads": "attention block", "neurons": "transformer MLP", "width": "transformer width"}.get(
+            kind, "attention block's head channels"
+        )
         if kind == "neurons" and not units:  # say, per linear layer, why it does not start an MLP
             for where, why in not_mlps(model, view):
                 report.skip(where, f"not an MLP's fc1: {why}")
+        found_from = {
+            "heads": "a Softmax over the keys of [..., heads, N, M] scores",
+            "neurons": "a linear layer whose output reaches exactly one other linear layer through elementwise ops",
+        }.get(kind, "the attention blocks and MLPs, none of which can be cut")
         report.nothing_to_do = (
-            f"nothing to prune: no {what} found (a {what} is found from "
-            + (
-                "a Softmax over the keys of [..., heads, N, M] scores"
-                if kind == "heads"
-                else "a linear layer whose output reaches exactly one other linear layer through elementwise ops"
-            )
-            + ")"
+            f"nothing to prune: no {what} found (it is found from {found_from})"
             if not units
             else f"nothing to prune: every {what} was skipped (the reasons are listed above)"
         )

@@ -289,3 +289,33 @@ def test_plan_config_mismatch(syn_small: Path, teacher_ckpt: Path, pruned_onnx: 
     with pytest.raises(DistillError, match="data: "):
         distill(_cfg("mobilevit_xxs", teacher_ckpt, tmp_path / "no_data", out))
     assert not out.exists()
+
+
+def test_cli_loss_defaults_are_loss_configs() -> None:
+    """The command line repeats LossConfig's defaults (so that --help does not import torch): they must agree."""
+    from dataclasses import fields
+
+    from models import distill as distill_mod
+    from models.losses import KD_KINDS
+
+    defaults = LossConfig()
+    assert distill_mod.KD_KINDS == KD_KINDS
+    assert distill_mod.LOSS_DEFAULTS == {k: getattr(defaults, k) for k in distill_mod.LOSS_DEFAULTS}
+    cli_only = {f.name for f in fields(LossConfig)} - set(distill_mod.LOSS_DEFAULTS)
+    assert cli_only == {"ohem", "ignore_index"}  # a flag (default off) and a constant: no default to repeat
+    args = distill_mod._parser().parse_args(["--student", "s.onnx", "--teacher", "t.pt"])
+    assert {k: getattr(args, k) for k in distill_mod.LOSS_DEFAULTS} == distill_mod.LOSS_DEFAULTS
+
+
+def test_teacher_cache_is_off_by_default_and_a_first_run_never_hits(
+    syn_small: Path, teacher_ckpt: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Entries are keyed per sample and epoch (augmentation differs every epoch), so one run only writes them: the
+    cache is off by default, and a run that asks for it is told why it got no hits."""
+    assert DistillConfig(student="s", teacher="t").cache_teacher is False
+    off = distill(_cfg("mobilevit_xxs", teacher_ckpt, syn_small, tmp_path / "off", steps=2))
+    assert off.cache_hits == 0 and not (tmp_path / "off" / "teacher_cache").exists()
+    caplog.set_level("INFO", logger="models.distill")
+    on = distill(_cfg("mobilevit_xxs", teacher_ckpt, syn_small, tmp_path / "on", steps=2, cache_teacher=True))
+    assert (on.cache_hits, on.cache_misses) == (0, 2 * 4)
+    assert "no hits, as expected for a first run" in caplog.text

@@ -416,3 +416,104 @@ def test_untrained_export_compresses_and_round_trips(exported, tmp_path: Path, e
     save_model(out, path)
     rt = check_roundtrip(path)
     assert rt.ok, rt.format()
+
+
+# ------------------------------------------------------------------------------------ low-rank factorisations
+
+QKV = ATTN.format(s=2, b=0) + ".qkv"
+
+
+def test_low_rank_plan_is_the_truncated_svd(base: Segmentor, x: torch.Tensor) -> None:
+    """``apply_plan`` alone: a factored Linear / 1x1 conv is ``nn.Sequential`` of two, initialised with the truncated
+    SVD of the module's weight (full rank: the same model)."""
+    conv = "decoder.classifier"
+    full = {"low_rank": {QKV: {"kind": "linear", "in": 64, "out": 192, "rank": 64}}}
+    full["low_rank"][conv] = {"kind": "conv", "in": 128, "out": 14, "rank": 14}
+    model = apply_plan(base, full)
+    seq = model.get_submodule(QKV)
+    assert isinstance(seq, torch.nn.Sequential) and seq[0].bias is None and seq[1].bias is not None
+    assert (seq[0].in_features, seq[0].out_features, seq[1].out_features) == (64, 64, 192)
+    assert isinstance(model.decoder.classifier[1], torch.nn.Conv2d) and model.decoder.classifier[0].out_channels == 14
+    assert (_run(model, x) - _run(base, x)).abs().max().item() < 1e-4
+    assert isinstance(base.get_submodule(QKV), torch.nn.Linear)  # the input is untouched
+    half = apply_plan(base, {"low_rank": {QKV: {"kind": "linear", "in": 64, "out": 192, "rank": 16}}})
+    seq = half.get_submodule(QKV)
+    w = base.get_submodule(QKV).weight.detach().double()
+    s = torch.linalg.svdvals(w)
+    err = torch.linalg.norm(w - seq[1].weight.double() @ seq[0].weight.double()) / torch.linalg.norm(w)
+    assert abs(err.item() - (s[16:].square().sum() / s.square().sum()).sqrt().item()) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({QKV: {"kind": "linear", "in": 64, "out": 192}}, "positive integers"),
+        ({QKV: {"kind": "svd", "in": 64, "out": 192, "rank": 8}}, "expected"),
+        ({QKV: {"kind": "linear", "in": 64, "out": 96, "rank": 8}}, "factored as 64 -> 96"),
+        ({QKV: {"kind": "linear", "in": 64, "out": 192, "rank": 65}}, "exceeds"),
+        ({QKV: {"kind": "conv", "in": 64, "out": 192, "rank": 8}}, "1x1 conv"),
+        ({"decoder.classifier": {"kind": "linear", "in": 128, "out": 14, "rank": 8}}, "module is a Conv2d"),
+        ({"backbone.nope": {"kind": "linear", "in": 1, "out": 1, "rank": 1}}, "is not a module"),
+    ],
+)
+def test_bad_low_rank_plans(base: Segmentor, entry: dict, message: str) -> None:
+    with pytest.raises(PlanError, match=message):
+        apply_plan(base, {"low_rank": entry})
+
+
+def _low_rank_file(src: onnx.ModelProto, path: Path, **config: object) -> dict:
+    from fileformat.io import save_model
+    from passes.low_rank import LowRankConfig, low_rank
+
+    out, report = low_rank(src, LowRankConfig(**config))  # type: ignore[arg-type]
+    assert report.modified
+    save_model(out, path)
+    return read_metadata(out)["plan"]
+
+
+def test_low_rank_roundtrip(exported: Callable[..., Path], tmp_path: Path) -> None:
+    """``passes.low_rank --rank-ratio 0.5`` on MobileViT-XXS: the torch side rebuilds the factors exactly."""
+    path = tmp_path / "lr.onnx"
+    plan = _low_rank_file(onnx.load(str(exported("mobilevit_xxs", size=64))), path, rank_ratio=0.5)
+    assert len(plan["low_rank"]) > 40 and not plan["slices"]
+    rt = check_roundtrip(path)
+    assert rt.ok and rt.low_rank == len(plan["low_rank"]), rt.format()
+    model, _, _ = student_from_onnx(path)
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    wmap = read_metadata(onnx.load(str(path)))["weight_map"]
+    by_param = {s["param"]: n for n, e in wmap.items() for s in [e] if not e.get("alts")}
+    for module, entry in plan["low_rank"].items():
+        seq = model.get_submodule(module)
+        assert isinstance(seq, torch.nn.Sequential) and len(seq) == 2
+        first = seq[0].weight.detach().numpy()
+        assert first.shape[:2] == (entry["rank"], entry["in"]) and seq[1].weight.shape[:2] == (
+            entry["out"],
+            entry["rank"],
+        )
+        stored = inits[by_param[f"{module}.0.weight"]]
+        assert np.array_equal(first, stored.T if entry["kind"] == "linear" else stored)
+
+
+def test_low_rank_after_compress_roundtrip(exported: Callable[..., Path], tmp_path: Path) -> None:
+    """compress (heads, neurons, channels), then low_rank: the factored layers have their cut widths, and the
+    torch side applies the cuts first, then the factorisations."""
+    from passes.compress import CompressConfig, compress
+
+    pruned, _ = compress(onnx.load(str(exported("mobilevit_xxs", size=64))), CompressConfig(target_flops=0.5))
+    path = tmp_path / "c_lr.onnx"
+    plan = _low_rank_file(pruned, path, rank_ratio=0.5)
+    assert plan["neurons"] and plan["slices"] and plan["low_rank"]
+    cut = [m for m in plan["neurons"] if f"{m}.fc1" in plan["low_rank"]]
+    assert cut, "no MLP both cut and factored"
+    for m in cut:
+        assert plan["low_rank"][f"{m}.fc1"]["out"] == len(plan["neurons"][m]["kept"])
+    rt = check_roundtrip(path)
+    assert rt.ok, rt.format()
+
+
+@pytest.mark.slow
+def test_low_rank_roundtrip_dynamo(exported: Callable[..., Path], tmp_path: Path) -> None:
+    path = tmp_path / "lr_dyn.onnx"
+    _low_rank_file(onnx.load(str(exported("mobilevit_xxs", size=64, exporter="dynamo"))), path, rank_ratio=0.25)
+    rt = check_roundtrip(path)
+    assert rt.ok, rt.format()

@@ -166,3 +166,13 @@ def test_cli_override_errors(syn_small: Path, tmp_path: Path, capsys: pytest.Cap
     assert "--input-size 128 != --crop 64" in capsys.readouterr().err
     assert main([*base, "--input-size", "100"]) == 2
     assert main([*base, "--decoder-width", "0"]) == 2
+
+
+def test_progress_bar_shows_step_total_loss_and_time_left(syn_small: Path, tmp_path: Path, capsys) -> None:
+    """``progress=LABEL`` draws a tqdm bar on stderr (also when stderr is not a terminal, as under the pipeline)."""
+    train(_cfg(syn_small, tmp_path / "run", steps=3), progress="student")
+    err = capsys.readouterr().err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("student: 100%") and "3/3" in last and "loss=" in last and "<00:00" in last, err[-500:]
+    train(_cfg(syn_small, tmp_path / "quiet", steps=1))
+    assert "%|" not in capsys.readouterr().err  # the library default: no bar

@@ -123,3 +123,21 @@ def test_lamp_passes_over_a_unit_that_would_overshoot() -> None:
     layers[1].floor = 10  # small may not lose anything
     stuck = allocate(layers, flops, params, BudgetConfig(target=0.9, floor=0.0))
     assert stuck.reached and stuck.keep["big"] == [1] and stuck.flops == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("method", ["lamp", "halp", "uniform"])
+def test_stepped_layers_keep_multiples_of_their_step(method: str) -> None:
+    rng = np.random.default_rng(3)
+    layers = [Layer("a", rng.random(32), step=8), Layer("b", rng.random(24), step=8), Layer("c", rng.random(5))]
+    sizes = {ly.name: ly.size for ly in layers}
+    terms = [Term(10.0, ((("a", 32),), (("b", 24),))), Term(4.0, ((("c", 5),),)), Term(1.0)]
+    cost = CostModel(terms, sizes)
+    metric = "latency" if method == "halp" else "flops"
+    alloc = allocate(
+        layers, cost, cost, BudgetConfig(target=0.4, metric=metric, method=method), CostModel(terms, sizes)
+    )
+    assert alloc.reached
+    assert alloc.counts["a"] % 8 == 0 and alloc.counts["b"] % 8 == 0
+    assert alloc.counts["a"] < 32 or alloc.counts["b"] < 24
+    for name in ("a", "b"):
+        assert len(alloc.keep[name]) == alloc.counts[name]

@@ -1,4 +1,5 @@
-"""passes.compress: heads, neurons and channels against one budget, one combined plan, the zeroing oracle."""
+"""passes.compress: heads, head channels, neurons, widths and channels against one budget, one combined plan; the
+zeroing oracle where it exists (not for widths: those are checked against torch)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,30 @@ from passes.slice_channels import SliceChannelsConfig, slice_channels
 from _helpers_channels import analysis_oracle, image, run  # isort: skip
 
 TOL = 1e-4
+EXACT = ("heads", "head_dim", "neurons", "channels")  # the kinds with a zeroing oracle
+
+
+def test_all_kinds_round_trip_to_torch(exported) -> None:
+    """The default budget cuts widths too; the torch model rebuilt from the plan reproduces the file."""
+    from models.prune_torch import check_roundtrip
+
+    path = exported("mobilevit_xxs", size=64, opset=17, exporter="legacy")
+    model = onnx.load(str(path))
+    out, report = compress(model, CompressConfig(target_flops=0.3))
+    plan = read_plan(out)
+    assert plan["width"] and plan["neurons"] and plan["channels"], report.rows
+    assert abs(graph_stats(out).flops / graph_stats(model).flops - 0.3) <= 0.02
+    target = path.parent / "all_kinds.onnx"
+    onnx.save(out, str(target))
+    rt = check_roundtrip(target)
+    assert rt.ok, rt.format()
 
 
 def _combined_oracle(model: onnx.ModelProto, plan: dict) -> onnx.ModelProto:
     """The unpruned model with the consumers of every removed unit zeroed: projection rows of removed heads, fc2
     rows of removed neurons, input channels of the consumers of removed conv channels."""
     oracle = model
-    for kind in ("heads", "neurons"):
+    for kind in ("heads", "head_dim", "neurons"):
         for unit in find_units(model, kind):
             entry = plan[kind].get(unit.id)
             if entry:
@@ -39,14 +57,14 @@ def _combined_oracle(model: onnx.ModelProto, plan: dict) -> onnx.ModelProto:
 def test_uniform_budget_cuts_all_three_kinds_and_matches_the_oracle(exported) -> None:
     model = onnx.load(str(exported("mobilevit_xxs", size=64, opset=17, exporter="legacy")))
     before = graph_stats(model)
-    out, report = compress(model, CompressConfig(target_flops=0.3, allocation="uniform"))
+    out, report = compress(model, CompressConfig(target_flops=0.3, allocation="uniform", units=EXACT))
     achieved = graph_stats(out).flops / before.flops
     assert abs(achieved - 0.3) <= 0.05 * 0.3
     assert report.extra["budget"]["achieved"] == pytest.approx(achieved)
-    assert report.extra["steps"] == ["prune_heads", "slice_neurons", "slice_channels"]
+    assert report.extra["steps"] == ["compress:head_dim", "compress:heads", "compress:neurons", "slice_channels"]
     plan = read_plan(out)
-    assert plan["heads"] and plan["neurons"] and plan["channels"] and plan["slices"]
-    assert all(len(e["kept"]) == 3 for e in plan["heads"].values())  # 4 heads, uniform ~0.7 -> 3
+    assert plan["heads"] and plan["head_dim"] and plan["neurons"] and plan["channels"] and plan["slices"]
+    assert all(len(e["kept"]) < 4 for e in plan["heads"].values())
     x = image(64, seed=12)
     assert np.abs(run(out, x) - run(_combined_oracle(model, plan), x)).max() <= TOL
 
@@ -55,7 +73,7 @@ def test_lamp_budget_and_plan_reuse_on_the_other_exporter(exported, tmp_path: Pa
     legacy = exported("mobilevit_xxs", size=64, opset=17, exporter="legacy")
     model = onnx.load(str(legacy))
     out_path = tmp_path / "c.onnx"
-    assert main([str(legacy), "-o", str(out_path), "--target-flops", "0.2"]) == 0
+    assert main([str(legacy), "-o", str(out_path), "--target-flops", "0.2", "--units", ",".join(EXACT)]) == 0
     out = onnx.load(str(out_path))
     assert abs(graph_stats(out).flops / graph_stats(model).flops - 0.2) <= 0.01
     plan = read_plan(out)
@@ -72,10 +90,21 @@ def test_lamp_budget_and_plan_reuse_on_the_other_exporter(exported, tmp_path: Pa
 
 def test_channels_only_equals_slice_channels(exported) -> None:
     model = onnx.load(str(exported("mobilevit_xxs", size=64, opset=17, exporter="legacy")))
-    a, _ = compress(model, CompressConfig(target_flops=0.4, units=("channels",)))
+    a, _ = compress(model, CompressConfig(target_flops=0.4, units=("channels",), round_to=1))
     b, _ = slice_channels(model, SliceChannelsConfig(target_flops=0.4))
     assert read_plan(a)["channels"] == read_plan(b)["channels"]
     assert not read_plan(a)["neurons"] and not read_plan(a)["heads"]
+
+
+def test_channels_and_widths_stay_multiples_of_eight(exported) -> None:
+    model = onnx.load(str(exported("mobilevit_xxs", size=64, opset=17, exporter="legacy")))
+    out, _ = compress(model, CompressConfig(target_flops=0.3))
+    plan = read_plan(out)
+    kept = {**plan["channels"], **plan["width"]}
+    assert kept
+    for name, entry in kept.items():
+        if entry["total"] % 8 == 0 and entry["total"] >= 16:
+            assert len(entry["kept"]) % 8 == 0, (name, len(entry["kept"]), entry["total"])
 
 
 def test_target_one_keeps_everything(exported) -> None:

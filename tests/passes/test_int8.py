@@ -1,4 +1,5 @@
-"""Tests of ``passes.int8``: QDQ model runs, mIoU drop on a trained model, exclusions, calibration, bad input."""
+"""Tests of ``passes.int8``: QDQ model runs, mIoU drop on a trained model, exclusions, calibration, activation
+symmetry per target, bad input."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from _helpers_precision import hot_conv, trained_model
 from onnx import TensorProto, numpy_helper
 
 from fileformat.errors import PassError
-from passes.int8 import Int8Config, classifier_convs, is_quantized, main, quantize_int8
+from passes.int8 import Int8Config, activation_symmetry, classifier_convs, is_quantized, main, quantize_int8
 from runtime._calib import image_feeds, input_spec, list_images
 
 
@@ -23,11 +24,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def int8_model(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The trained opset-17 model quantized through the CLI (8 calibration images of the train split)."""
+    """The trained opset-17 model quantized through the CLI for Jetson Orin (8 calibration images of the train
+    split): symmetric activations, as TensorRT needs."""
     out = tmp_path_factory.mktemp("int8") / "int8.onnx"
-    code = main(
-        [str(trained.onnx17), "-o", str(out), "--calib", str(trained.data), "--calib-count", "8", "--no-progress"]
-    )
+    args = [str(trained.onnx17), "-o", str(out), "--calib", str(trained.data), "--calib-count", "8", "--no-progress"]
+    code = main([*args, "--target", "orin"])
     assert code == 0
     return out
 
@@ -101,7 +102,9 @@ def test_calibration_methods_give_different_ranges() -> None:
     feeds = [{"image": rng.laplace(0.0, 1.0, (1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
     scales: dict[str, dict[str, float]] = {}
     for method in ("minmax", "percentile", "entropy"):
-        config = Int8Config(method=method, percentile=99.0, preprocess=False, default_exclusions=False)
+        config = Int8Config(
+            method=method, percentile=99.0, preprocess=False, default_exclusions=False, symmetric_activations=True
+        )
         out, report = quantize_int8(model, feeds, config)
         assert report.extra["calibration"] == {"images": 4, "method": method, "percentile": 99.0}
         inits = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
@@ -112,6 +115,69 @@ def test_calibration_methods_give_different_ranges() -> None:
     for tensor, minmax in scales["minmax"].items():
         assert scales["percentile"][tensor] < 0.8 * minmax, tensor
         assert scales["entropy"][tensor] < 0.95 * minmax, tensor
+
+
+def _zero_points(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Activation zero points by quantized tensor (QuantizeLinear nodes only: activations, not weights)."""
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.input[0]: inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+
+@pytest.mark.parametrize(
+    ("target", "override", "symmetric"),
+    [
+        (None, None, False),  # no target recorded: cpu, asymmetric (the old default was symmetric)
+        ("cpu", None, False),
+        ("jetson-orin", None, True),
+        ("nano", None, True),  # the short name of jetson-nano
+        ("cpu", True, True),  # --symmetric wins over the target
+        ("jetson-orin", False, False),  # --asymmetric wins over the target
+    ],
+)
+def test_activation_symmetry_follows_the_target(target: str | None, override: bool | None, symmetric: bool) -> None:
+    """Asymmetric activations for onnxruntime (cpu), symmetric for TensorRT, unless overridden; the report says so.
+
+    The input is one-sided (pixels in [0, 1]): asymmetric INT8 maps its minimum 0 to -128 (zero point -128) and
+    uses all 256 levels; symmetric INT8 keeps zero point 0 and scale max|x| / 127.
+    """
+    model = hot_conv(gain=1.0)
+    rng = np.random.default_rng(0)
+    feeds = [{"image": rng.uniform(0.0, 1.0, (1, 3, 32, 32)).astype(np.float32)} for _ in range(2)]
+    config = Int8Config(preprocess=False, target=target, symmetric_activations=override)  # classifier stays float
+    out, report = quantize_int8(model, feeds, config)
+    zp = _zero_points(out)
+    assert report.extra["activations"]["symmetric"] is symmetric
+    assert ("symmetric for target" if symmetric else "asymmetric for target") in " ".join(report.notes)
+    why = report.extra["activations"]["why"]
+    assert why in report.notes[-2] and ("given" in why if override is not None else "INT8" in why or "256" in why)
+    if symmetric:
+        assert all(not z.any() for z in zp.values())
+    else:
+        assert int(zp["image"]) == -128  # min 0 -> -128
+    history = [p.value for p in out.metadata_props if p.key == "vitseg.history"][0]
+    assert f'"symmetric": [{str(symmetric).lower()}, true]' in history
+
+
+def test_recorded_target_decides_and_cli_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The exporter's ``vitseg.target`` decides when ``--target`` is absent; ``--symmetric`` and ``--asymmetric``
+    exclude each other; an unknown target is a usage error."""
+    from fileformat.metadata import write_metadata
+
+    model = hot_conv(gain=1.0)
+    write_metadata(model, {"target": "jetson-orin"})
+    sym, target, why = activation_symmetry(model, Int8Config())
+    assert sym and target.startswith("jetson-orin (recorded") and "TensorRT" in why
+    sym, target, _ = activation_symmetry(model, Int8Config(target="cpu"))
+    assert not sym and target == "cpu (--target)"
+    src = tmp_path / "m.onnx"
+    onnx.save(model, str(src))
+    argv = [str(src), "-o", str(tmp_path / "o.onnx"), "--calib", "synthetic"]
+    with pytest.raises(SystemExit) as exc:  # argparse: mutually exclusive options
+        main([*argv, "--symmetric", "--asymmetric"])
+    assert exc.value.code == 2
+    assert main([*argv, "--target", "no-such-device"]) == 2
+    assert "unknown target" in capsys.readouterr().err
+    assert not (tmp_path / "o.onnx").exists()
 
 
 def test_exclude_option(trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,8 +6,13 @@ Every case is model x export (legacy opset 13/17, dynamo saved as one file) x we
   oracle (the unpruned model with the removed units' consuming weights zeroed) to 1e-4 of the output's scale,
   while zeroing other units (the kept sets shifted by one) must not match;
 * every attention block with two or more heads and every MLP must be found and followed (none skipped);
-* slice_channels (ratio 0.5) and compress (half the FLOPs) must run, cut where the model has conv channels, and
-  give a model that onnxruntime runs with the original output shape; both also equal their zeroing oracles.
+* slice_width cuts half the head channels of every attention block, exactly (the zeroing oracle), and half of
+  every transformer width the model has; LayerNorm statistics change, so a width has no zeroing oracle: timm's ViT
+  is compared with the torch model built narrower (the project's models: tests/passes/test_slice_width.py); a
+  width that reaches the model output is refused;
+* slice_channels (ratio 0.5) and compress (half the FLOPs, every kind but the width) must run, cut where the model
+  has conv channels, and give a model that onnxruntime runs with the original output shape; both also equal their
+  zeroing oracles.
 
 The default run (``make test``) takes the small models; ``make test-zoo`` runs the rest (marker ``zoo``).
 """
@@ -22,16 +27,23 @@ import pytest
 from _helpers_channels import analysis_oracle
 from _helpers_prune import input_for, oracle_error, run_ort
 from _zoo import EXPORTS, MODELS, VARIANTS, exported
-from test_compress import _combined_oracle
+from test_compress import EXACT, _combined_oracle
 
+from fileformat.errors import PassError
 from fileformat.plan import read_plan
 from passes._core.channels import ChannelAnalysis
+from passes._core.units import find_head_dims, find_widths, zero_units
 from passes.compress import CompressConfig, compress
 from passes.prune_heads import PruneHeadsConfig, find_attention_blocks, prune_heads, zero_heads
 from passes.slice_channels import SliceChannelsConfig, slice_channels
 from passes.slice_neurons import SliceNeuronsConfig, find_mlps, slice_neurons, zero_neurons
+from passes.slice_width import SliceWidthConfig, slice_width
 
 RTOL = 1e-4  # max abs difference over the reference output's max abs
+# transformer widths slice_width can cut (tv_vit's identity head makes its width the model output; the transformers
+# models concatenate one stage's width with other channels, which keeps that stage whole)
+WIDTHS = {"timm_vit": 1, "tv_vit": 0, "timm_swin": 2, "timm_mobilevit": 3, "tiny_cnn": 0, "hf_mobilevit": 3,
+          "hf_segformer": 4}  # fmt: skip
 CONTROL = 100 * RTOL  # zeroing other units must differ by at least this much
 
 # The default run: small models, the default legacy export and the dynamo file, both weight variants. The rest
@@ -150,10 +162,77 @@ def test_slice_channels(zoo_root: Path, model: str, export_id: str, variant: str
 @pytest.mark.parametrize(("model", "export_id", "variant"), cases("compress"))
 def test_compress(zoo_root: Path, model: str, export_id: str, variant: str) -> None:
     proto = _load(zoo_root, model, export_id, variant)
-    out, report = compress(proto, CompressConfig(target_flops=0.5))
+    out, report = compress(proto, CompressConfig(target_flops=0.5, units=EXACT))
     assert report.modified and report.flops_after < report.flops_before, f"nothing removed: {report.skipped}"
     _check_runs(proto, out)
     x = input_for(proto)
     want = run_ort(_combined_oracle(proto, read_plan(out)), x)
     err = float(np.abs(run_ort(out, x) - want).max()) / float(np.abs(want).max())
     assert err <= RTOL, f"compressed model != zeroing oracle: relative error {err:.3g}"
+
+
+@pytest.mark.parametrize(("model", "export_id", "variant"), cases("head_dim"))
+def test_head_dim(zoo_root: Path, model: str, export_id: str, variant: str) -> None:
+    proto = _load(zoo_root, model, export_id, variant)
+    units = find_head_dims(proto)
+    skipped = [f"{u.id}: {u.skip_reason}" for u in units if not u.prunable]
+    assert not skipped, f"{len(skipped)} of {len(units)} head-channel groups skipped; first: {skipped[0]}"
+    pruned, report = slice_width(proto, SliceWidthConfig(ratio=0.5, kind="head_dim"))
+    if not MODELS[model].heads:
+        assert not report.modified
+        return
+    plan = read_plan(pruned)["head_dim"]
+    assert report.modified and plan, f"no head channels cut; skipped: {report.skipped}"
+    keep = {uid: entry["kept"] for uid, entry in plan.items()}
+    _check_oracle(proto, pruned, units, keep, zero_units)
+
+
+@pytest.mark.parametrize(("model", "export_id", "variant"), cases("width"))
+def test_width(zoo_root: Path, model: str, export_id: str, variant: str) -> None:
+    proto = _load(zoo_root, model, export_id, variant)
+    widths = [u for u in find_widths(proto) if u.prunable]
+    assert len(widths) == WIDTHS[model], [u.skip_reason for u in find_widths(proto)]
+    out, report = slice_width(proto, SliceWidthConfig(ratio=0.5, kind="width"))
+    assert report.modified == bool(WIDTHS[model])
+    if report.modified:
+        assert len(read_plan(out)["width"]) == WIDTHS[model]
+        assert report.params_after < report.params_before
+        _check_runs(proto, out)
+        with pytest.raises(PassError, match="no zeroing oracle"):
+            zero_units(proto, widths[0], [0])
+
+
+# timm ViT's width in torch terms: (parameter, axis) of every tensor that carries the embedding dimension
+_VIT_WIDTH = {
+    "cls_token": 2, "pos_embed": 2, "patch_embed.proj.weight": 0, "patch_embed.proj.bias": 0, "norm.weight": 0,
+    "norm.bias": 0, "head.weight": 1, "norm1.weight": 0, "norm1.bias": 0, "norm2.weight": 0, "norm2.bias": 0,
+    "attn.qkv.weight": 1, "attn.proj.weight": 0, "attn.proj.bias": 0, "mlp.fc1.weight": 1, "mlp.fc2.weight": 0,
+    "mlp.fc2.bias": 0,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("export_id", ["legacy17", "dynamo18"])
+def test_vit_width_equals_the_torch_model_built_narrower(zoo_root: Path, export_id: str) -> None:
+    """The independent oracle of a width cut: timm's ViT with the same channels removed from every tensor and every
+    LayerNorm built for the kept width (LayerNorm statistics over the kept channels) gives the cut file's output."""
+    import torch
+    from _zoo import build, example_input
+
+    proto = _load(zoo_root, "timm_vit", export_id, "perturbed")
+    out, _ = slice_width(proto, SliceWidthConfig(ratio=0.5, kind="width"))
+    (kept,) = [e["kept"] for e in read_plan(out)["width"].values()]
+    net, shape = build("timm_vit", "perturbed")
+    index = torch.tensor(kept)
+    with torch.no_grad():
+        for name, p in list(net.named_parameters()):
+            axis = next((a for suffix, a in _VIT_WIDTH.items() if name == suffix or name.endswith("." + suffix)), None)
+            if axis is not None:
+                p.data = p.data.index_select(axis, index).contiguous()
+        for m in net.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.normalized_shape = (len(kept),)
+        want = net(example_input(shape)).numpy()
+    got = run_ort(out, example_input(shape).numpy())
+    scale = float(np.abs(want).max())
+    assert float(np.abs(got - want).max()) <= RTOL * scale
+    assert float(np.abs(run_ort(proto, example_input(shape).numpy()) - want).max()) > 100 * RTOL * scale

@@ -1,13 +1,22 @@
-"""The main job end to end at tiny sizes: every stage measured, reruns skip, a failed stage keeps what came before."""
+"""The main job end to end at tiny sizes: every stage measured, reruns skip, a failed stage keeps what came before,
+a changed output is redone; commands are shown as a user pastes them; stage output is streamed to the terminal and
+the log as it comes."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import os
+import shlex
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from runtime.pipeline import Pipeline, PipelineConfig, StageFailed
+from runtime.pipeline import Pipeline, PipelineConfig, Stage, StageFailed, shown_command, tee_output
 
 TINY = dict(
     size=64,
@@ -71,3 +80,106 @@ def test_failed_stage_stops_and_keeps_earlier_outputs(run_dir: Path) -> None:
     assert baseline.stat().st_mtime_ns == before
     assert (run_dir / "logs" / "compress.log").exists()
     assert [r.name for r in broken.results if r.status == "ran"] == []  # nothing before it was redone
+
+
+def _stage(pipeline: Pipeline, name: str) -> Stage:
+    return next(s for s in pipeline.stages() if s.name == name)
+
+
+def test_changed_or_deleted_output_reruns_its_stage_and_says_why(
+    run_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stamp records each stage's outputs: an output edited or deleted since the stage wrote it makes the stage
+    run again (it is not trusted as up to date), with the reason in the log."""
+    pipeline = Pipeline(PipelineConfig(run=str(run_dir), **TINY))
+    stage = _stage(pipeline, "check_target")
+    out = run_dir / "reports" / "check_target.json"
+    good = out.read_text()
+    assert pipeline.execute(stage).status == "skipped"
+
+    out.write_text('{"edited": "by hand"}\n')
+    caplog.set_level(logging.INFO, logger="runtime.pipeline")
+    assert pipeline.execute(stage).status == "ran"
+    assert f"output {out} changed since the stage wrote it" in caplog.text
+    assert json.loads(out.read_text()) == json.loads(good)  # written again by the stage
+
+    caplog.clear()
+    out.unlink()
+    assert pipeline.execute(stage).status == "ran"
+    assert f"output {out} is missing" in caplog.text and out.exists()
+    assert pipeline.execute(stage).status == "skipped"
+
+
+def test_stage_commands_are_pasteable(run_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The log's first line (and the terminal) show the complete command: the interpreter included, relative to
+    the working folder when inside it."""
+    first = (run_dir / "logs" / "compress.log").read_text().splitlines()[0]
+    assert first.startswith("$ ")
+    argv = shlex.split(first[2:])
+    assert Path(argv[0]).resolve() == Path(sys.executable).resolve() and argv[1:3] == ["-m", "passes.compress"]
+
+    exe = Path(sys.executable)
+    monkeypatch.chdir(exe.parents[2])  # e.g. the repository holding .venv/bin/python
+    assert shown_command([sys.executable, "-m", "x", "a b"]) == f"{exe.relative_to(exe.parents[2])} -m x 'a b'"
+    monkeypatch.chdir(tmp_path)  # outside: the absolute path
+    assert shown_command([sys.executable, "-m", "x"]) == f"{shlex.quote(str(exe))} -m x"
+
+
+def test_training_stages_show_progress_and_no_teacher_cache(tmp_path: Path) -> None:
+    """Training and distillation run without -q (their progress bars are shown and logged); the distill stage does
+    not cache the teacher unless asked (one run never hits that cache)."""
+    stages = {s.name: s for s in Pipeline(PipelineConfig(run=str(tmp_path), **TINY)).stages()}
+    for name in ("train_teacher", "train_student", "distill"):
+        assert "-q" not in stages[name].cmd, name
+    assert "--cache-teacher" not in stages["distill"].cmd
+    cached = Pipeline(PipelineConfig(run=str(tmp_path), cache_teacher=True, **TINY))
+    assert "--cache-teacher" in _stage(cached, "distill").cmd
+
+
+def test_tee_keeps_lines_and_thins_progress_redraws() -> None:
+    """Everything goes to the terminal as is; the log gets every line and, of the carriage-return redraws of a
+    progress bar, one per interval (here: the first) and the final state that ends in a newline."""
+    r, w = os.pipe()
+    redraws = "".join(f"\rtrain: {i}/200 loss=0.5" for i in range(200))
+    data = "start\n" + redraws + "\rtrain: 200/200 done\nstep 200 logged\r\nend"
+    os.write(w, data.encode())
+    os.close(w)
+    log, echo = io.StringIO(), io.StringIO()
+    tee_output(r, log, echo, progress_every=3600.0)
+    os.close(r)
+    assert echo.getvalue() == data
+    assert log.getvalue().splitlines() == [
+        "start",
+        "train: 0/200 loss=0.5",
+        "train: 200/200 done",
+        "step 200 logged",
+        "end",
+    ]
+
+
+def test_stage_output_is_streamed_while_it_runs(tmp_path: Path) -> None:
+    """A stage's first line reaches the terminal and its log while the stage still runs (it waits for a file the
+    test writes only after seeing that line)."""
+    go, out = tmp_path / "go", tmp_path / "out.txt"
+    child = (
+        "import pathlib, sys, time\n"
+        "print('first line', flush=True)\n"
+        "t = time.time()\n"
+        f"while not pathlib.Path({str(go)!r}).exists() and time.time() - t < 60: time.sleep(0.05)\n"
+        f"pathlib.Path({str(out)!r}).write_text('done')\n"
+    )
+    echo = io.StringIO()
+    pipeline = Pipeline(PipelineConfig(run=str(tmp_path / "run")), echo=echo)
+    stage = Stage("wait", [sys.executable, "-c", child], [], [out])
+    done = threading.Thread(target=pipeline.execute, args=(stage,))
+    done.start()
+    log_file = tmp_path / "run" / "logs" / "wait.log"
+    deadline = time.time() + 60
+    while "first line" not in echo.getvalue() and time.time() < deadline:
+        time.sleep(0.05)
+    seen_in_log = log_file.exists() and "first line" in log_file.read_text()
+    still_running = not out.exists()
+    go.write_text("")
+    done.join(60)
+    assert "first line" in echo.getvalue() and seen_in_log and still_running
+    assert pipeline.results[-1].status == "ran"

@@ -1,0 +1,70 @@
+"""Cut a transformer's width (its embedding dimension) or its attention blocks' head channels on an ONNX model.
+
+``python -m passes.slice_width model.onnx -o out.onnx (--keep N | --ratio R | --plan plan.json) [--kind width|head_dim]
+[--norm l1|l2]``
+
+``--kind width`` (default): the embedding dimension of each transformer (a MobileViT or Swin stage, a ViT's residual
+stream) is one coupled group. It runs from the weights that make it (MobileViT's 1x1 conv-in, a patch embedding,
+Swin's patch merging) through the unfold/fold reshapes, every LayerNorm (scale and bias sliced), the residual sums,
+the q/k/v rows, the projection columns and the MLP, to the weights that read it (MobileViT's 1x1 conv-out, the
+decoder's lateral convs). LayerNorm then takes its mean and variance over the kept channels, exactly as a torch
+model built with the smaller width does: this cut is checked against that torch model (``models.prune_torch``
+round trip), not by zeroing.
+
+``--kind head_dim``: channel ``j`` of every head of an attention block at once (q, k and v together when one
+projection makes all three). Removing it equals zeroing those channels; ``softmax(q k^T * scale)`` keeps the
+original ``scale = 1/sqrt(head_dim)``. A reduction over the head channels (SwinV2's cosine attention) makes a block
+skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import onnx
+
+from fileformat.cli import cli_main
+from passes._core.cli import make_parser, run_pass_cli
+from passes._core.report import PassReport
+from passes._core.units import UnitPruneConfig, prune_units
+from passes.prune_heads import add_unit_arguments, config_from_args
+
+__all__ = ["KINDS", "SliceWidthConfig", "main", "slice_width"]
+
+PASS_NAME = "slice_width"
+KINDS = ("width", "head_dim")
+
+
+@dataclass(frozen=True)
+class SliceWidthConfig(UnitPruneConfig):
+    """Channels kept per transformer (``kind="width"``) or per attention block (``kind="head_dim"``)."""
+
+    kind: str = "width"
+
+
+def slice_width(model: onnx.ModelProto, config: SliceWidthConfig) -> tuple[onnx.ModelProto, PassReport]:
+    """Cut the width or the head channels as ``config`` says; returns a new checked model and the report."""
+    if config.kind not in KINDS:
+        raise ValueError(f"unknown kind {config.kind!r}; use one of {', '.join(KINDS)}")
+    return prune_units(model, config.kind, config, PASS_NAME)
+
+
+def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelProto, PassReport]:
+    base = config_from_args(UnitPruneConfig, args)
+    config = SliceWidthConfig(keep=base.keep, ratio=base.ratio, plan=base.plan, norm=base.norm, kind=args.kind)
+    return slice_width(model, config)
+
+
+@cli_main("python -m passes.slice_width")
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser("python -m passes.slice_width", (__doc__ or "").split("\n\n")[0])
+    add_unit_arguments(parser, "channels")
+    parser.add_argument("--kind", choices=KINDS, default="width", help="what to cut (default: width)")
+    return run_pass_cli(parser, _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

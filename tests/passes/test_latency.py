@@ -1,0 +1,124 @@
+"""The latency model (passes._core.latency), the HALP knapsack (passes._core.budget) and compress --target-latency."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from fileformat.errors import PassError
+from passes._core import latency
+from passes._core.budget import BudgetConfig, CostModel, Layer, Term, allocate, lamp_scores
+from passes.compress import main as compress_main
+
+
+def _fake_profiles(true: dict[str, tuple[float, float, list[str]]], fractions: list[dict[str, float]]):
+    """``profile`` stand-ins: node ``n`` takes ``a + b * p`` where ``p`` is the variant's fraction of its tensor."""
+    calls = iter([{}, *fractions])
+
+    def profile(model, threads=2, runs=10):
+        frac = next(calls)
+        times = {n: a + b * frac.get(tens[0], 1.0) for n, (a, b, tens) in true.items()}
+        return times, {n: tens for n, (_, _, tens) in true.items()}, sum(times.values()) + 0.5, 0.5
+
+    return profile
+
+
+def test_fit_recovers_a_synthetic_cost_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    true = {"conv": (0.2, 3.0, ["x"]), "softmax": (0.1, 0.6, ["y"]), "resize": (1.5, 0.0, ["z"])}
+    variants = [{"x": 0.5, "y": 0.25}, {"x": 0.25, "y": 0.5}]
+    monkeypatch.setattr(latency, "profile", _fake_profiles(true, variants))
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    table = latency.fit_table(
+        model, [(model, lambda tens, v=v: v.get(tens[0], 1.0)) for v in variants], threads=1, runs=1
+    )
+    got = {n.name: (n.a, n.b) for n in table.nodes}
+    for name, (a, b, _) in true.items():
+        assert got[name] == pytest.approx((a, b), abs=1e-9)
+    assert table.overhead_ms == pytest.approx(0.5)
+    terms = table.terms(lambda tens: [((f"layer_{tens[0]}", 4),)] if tens[0] != "z" else [])
+    sizes = {"layer_x": 4, "layer_y": 4}
+    cost = CostModel(terms, sizes)
+    assert cost.full == pytest.approx(sum(a + b for a, b, _ in true.values()) + 0.5)
+    assert cost.evaluate({"layer_x": 2}) == pytest.approx(cost.full - 1.5)  # conv: 3.0 * (1 - 2/4)
+
+
+def _brute_force(layers: list[Layer], cost: CostModel, goal: float, floors: dict[str, int]) -> float:
+    """The least LAMP importance removed over every allocation that meets the goal (units removed lowest first)."""
+    best = float("inf")
+    lamp = {ly.name: np.sort(lamp_scores(ly.scores)) for ly in layers}
+    for counts in itertools.product(*[range(floors[ly.name], ly.size + 1) for ly in layers]):
+        state = dict(zip([ly.name for ly in layers], counts))
+        if cost.evaluate(state) <= goal:
+            lost = sum(lamp[ly.name][: ly.size - state[ly.name]].sum() for ly in layers)
+            best = min(best, float(lost))
+    return best
+
+
+def test_knapsack_hits_the_known_optimum_on_a_small_table() -> None:
+    # three layers of four units; a unit of "slow" saves 3 ms, of "mid" 2 ms, of "fast" 0.5 ms
+    layers = [
+        Layer("slow", np.array([4.0, 3.0, 2.0, 1.0])),
+        Layer("mid", np.array([5.0, 1.0, 1.0, 4.0])),
+        Layer("fast", np.array([1.0, 1.0, 1.0, 1.0])),
+    ]
+    sizes = {ly.name: ly.size for ly in layers}
+    terms = [Term(12.0, ((("slow", 4),),)), Term(8.0, ((("mid", 4),),)), Term(2.0, ((("fast", 4),),)), Term(3.0)]
+    cost = CostModel(terms, sizes)
+    config = BudgetConfig(target=16.0 / 25.0, metric="latency", method="halp", floor=0.25)
+    alloc = allocate(layers, cost, cost, config, CostModel(terms, sizes))
+    assert alloc.reached and alloc.latency is not None and alloc.latency <= 16.0 / 25.0 + 1e-9
+    lamp = {ly.name: lamp_scores(ly.scores) for ly in layers}
+    lost = sum(lamp[ly.name][i] for ly in layers for i in range(ly.size) if i not in alloc.keep[ly.name])
+    floors = {name: 1 for name in sizes}
+    assert lost == pytest.approx(_brute_force(layers, cost, 16.0, floors))
+
+
+def test_trtexec_profile_import(tmp_path: Path) -> None:
+    from _helpers_prune import mha_model
+
+    model = mha_model()
+    for i, n in enumerate(model.graph.node):
+        n.name = n.name or f"node{i}"
+    names = [n.name for n in model.graph.node]
+    profile = [{"count": 10}] + [
+        {"name": f"{names[0]} + {names[1]}", "timeMs": 20.0, "averageMs": 2.0, "percentage": 80.0},
+        {"name": "{ForeignNode[unknown]}", "timeMs": 5.0, "averageMs": 0.5, "percentage": 20.0},
+    ]
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile))
+    table = latency.load_table(path, model)
+    assert table.source == "trtexec" and table.wall_ms == pytest.approx(2.5)
+    fused, foreign = table.nodes
+    assert fused.b == pytest.approx(2.0) and fused.a == 0.0 and set(fused.tensors) >= set(model.graph.node[0].output)
+    assert foreign.a == pytest.approx(0.5) and foreign.b == 0.0
+    other = tmp_path / "ours.json"
+    table.fingerprint = "0" * 20
+    latency.save_table(table, other)
+    with pytest.raises(PassError, match="another model"):
+        latency.load_table(other, model)
+
+
+def test_compress_target_latency(exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = str(exported("mobilevit_xxs", size=64, opset=17, exporter="legacy"))
+    table = tmp_path / "table.json"
+    out = tmp_path / "out.onnx"
+    # unreachable: exit 1, nothing written, what stopped it is named; the table is measured and kept
+    assert compress_main([src, "-o", str(out), "--target-latency", "0.02", "--latency-table", str(table)]) == 1
+    err = capsys.readouterr().err
+    assert "target not reached" in err and "at their floor" in err and "predicts" in err
+    assert not out.exists() and table.exists()
+    saved = json.loads(table.read_text())
+    assert saved["source"] == "onnxruntime" and saved["nodes"]
+    # reachable: predicted and measured latency are both reported
+    report = tmp_path / "report.json"
+    args = [src, "-o", str(out), "--target-latency", "0.95", "--latency-table", str(table), "--report", str(report)]
+    assert compress_main(args) == 0
+    rep = json.loads(report.read_text())
+    budget = rep["extra"]["budget"]
+    assert budget["metric"] == "latency" and budget["method"] == "halp" and budget["estimated"] <= 0.95 + 1e-6
+    assert rep["extra"]["latency_ms"]["before"] > 0 and rep["extra"]["latency_ms"]["after"] > 0

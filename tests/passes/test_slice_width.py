@@ -1,0 +1,78 @@
+"""passes.slice_width on the project's MobileViT, all three exports: the width against the torch model built with
+the same channels removed (models.prune_torch), the head channels against the zeroing oracle and torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from _helpers_prune import input_for, oracle_error, run_ort
+
+from fileformat.errors import PassError
+from fileformat.plan import read_plan
+from models.prune_torch import check_roundtrip
+from passes._core.units import find_head_dims, find_widths, zero_units
+from passes.prune_heads import PruneHeadsConfig, prune_heads
+from passes.slice_width import SliceWidthConfig, main, slice_width
+
+# legacy opset 13 (decomposed LayerNorm) runs with `make test-zoo`
+EXPORTS = [pytest.param(13, "legacy", marks=pytest.mark.zoo, id="legacy13"), (17, "legacy"), (18, "dynamo")]
+
+
+@pytest.mark.parametrize(("opset", "exporter"), EXPORTS)
+def test_width_round_trips_to_torch(exported, tmp_path: Path, opset: int, exporter: str) -> None:
+    path = exported("mobilevit_xxs", size=64, opset=opset, exporter=exporter)
+    model = onnx.load(str(path))
+    widths = [u for u in find_widths(model) if u.prunable]
+    assert [u.count for u in widths] == [64, 80, 96]  # the three MobileViT blocks' transformer dims
+    assert all(u.group.inexact for u in widths)  # type: ignore[union-attr]
+    out, report = slice_width(model, SliceWidthConfig(ratio=0.5))
+    plan = read_plan(out)
+    assert {e["total"]: len(e["kept"]) for e in plan["width"].values()} == {64: 32, 80: 40, 96: 48}
+    assert report.params_after < report.params_before
+    x = input_for(model)
+    assert np.abs(run_ort(out, x) - run_ort(model, x)).max() > 1e-3  # something was removed
+    target = tmp_path / "width.onnx"
+    onnx.save(out, str(target))
+    rt = check_roundtrip(target)
+    assert rt.ok, rt.format()
+    with pytest.raises(PassError, match="no zeroing oracle"):
+        zero_units(model, widths[0], [0])
+
+
+@pytest.mark.parametrize(("opset", "exporter"), EXPORTS)
+def test_head_dim_oracle_and_round_trip(exported, tmp_path: Path, opset: int, exporter: str) -> None:
+    path = exported("mobilevit_xxs", size=64, opset=opset, exporter=exporter)
+    model = onnx.load(str(path))
+    units = find_head_dims(model)
+    assert len(units) == 9 and all(u.prunable for u in units)
+    out, _ = slice_width(model, SliceWidthConfig(keep=5, kind="head_dim"))
+    keep = {uid: e["kept"] for uid, e in read_plan(out)["head_dim"].items()}
+    assert all(len(k) == 5 for k in keep.values())
+    scale = float(np.abs(run_ort(model, input_for(model))).max())
+    assert oracle_error(model, out, units, keep, zero_units) <= 1e-4 * scale
+    shifted = {uid: [(i + 1) % 16 for i in k] for uid, k in keep.items()}
+    assert oracle_error(model, out, units, shifted, zero_units) > 1e-2 * scale
+    # then whole heads of the cut blocks: the torch side rebuilds both (head_dim and scale kept apart)
+    both, _ = prune_heads(out, PruneHeadsConfig(keep=2))
+    plan = read_plan(both)
+    assert plan["heads"] and plan["head_dim"]
+    target = tmp_path / "both.onnx"
+    onnx.save(both, str(target))
+    rt = check_roundtrip(target)
+    assert rt.ok, rt.format()
+
+
+def test_cli_kinds(exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = exported("mobilevit_xxs", size=64, opset=17, exporter="legacy")
+    out = tmp_path / "w.onnx"
+    assert main([str(src), "-o", str(out), "--keep", "30", "--kind", "head_dim"]) == 1
+    assert "above the 16 head channels" in capsys.readouterr().err and not out.exists()
+    assert main([str(src), "-o", str(out), "--ratio", "0.25"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert read_plan(onnx.load(str(out)))["width"]
+    with pytest.raises(SystemExit) as exc:
+        main([str(src), "--ratio", "0.25", "--kind", "depth"])
+    assert exc.value.code == 2
