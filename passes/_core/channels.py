@@ -42,7 +42,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from fileformat.metadata import claim_sources, pick_source, read_metadata, write_metadata
-from passes._core.graph import metadata_scopes, node_scope
+from passes._core.graph import GraphView, metadata_scopes, node_scope
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class ChannelAnalysis:
         self.graph = model.graph
         self.consts = Constants(model)
         self.weight_map: dict[str, dict] = dict(read_metadata(model).get("weight_map") or {})
-        self.shapes = self._infer_shapes(model)
+        self.view = GraphView(model)  # shapes (static where they are, partial where a dimension is symbolic)
         self.uf = _UnionFind()
         self.chan: dict[str, ChanAxis] = {}
         self.touches: list[Touch] = []
@@ -286,25 +286,10 @@ class ChannelAnalysis:
         self.by_gid = {g.gid: g for g in self.groups}
 
     # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _infer_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-        except Exception as exc:  # noqa: BLE001 - an odd model still gets analysed with fewer shapes
-            log.warning("shape inference failed (%s); channel analysis runs with partial shapes", exc)
-            inferred = model
-        shapes: dict[str, list[int | None]] = {}
-        for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
-            t = vi.type.tensor_type
-            if t.HasField("shape"):
-                shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        for init in inferred.graph.initializer:
-            shapes[init.name] = [int(d) for d in init.dims]
-        return shapes
-
     def shape(self, name: str) -> list[int | None] | None:
-        if name in self.shapes:
-            return self.shapes[name]
+        dims = self.view.dims(name)
+        if dims is not None:
+            return dims
         s = self.consts.shape(name)
         return None if s is None else list(s)
 

@@ -170,6 +170,14 @@ class GraphView:
         """The static shape of tensor ``name`` (``None`` when unknown or symbolic)."""
         return self._shapes.get(name)
 
+    def dims(self, name: str) -> list[int | None] | None:
+        """The shape of ``name`` as far as it is known: ``None`` for a symbolic dimension, ``None`` for no shape."""
+        full = self.shape(name)
+        if full is not None:
+            return list(full)
+        partial = self._dims.get(name)
+        return None if partial is None else [d if d >= 0 else None for d in partial]
+
     def rank(self, name: str) -> int | None:
         s = self.shape(name)
         return None if s is None else len(s)

@@ -7,9 +7,9 @@ Every case is model x export (legacy opset 13/17, dynamo saved as one file) x we
   while zeroing other units (the kept sets shifted by one) must not match;
 * every attention block with two or more heads and every MLP must be found and followed (none skipped);
 * slice_width cuts half the head channels of every attention block, exactly (the zeroing oracle), and half of
-  every transformer width the model has; LayerNorm statistics change, so a width has no zeroing oracle: timm's ViT
-  is compared with the torch model built narrower (the project's models: tests/passes/test_slice_width.py); a
-  width that reaches the model output is refused;
+  every transformer width the model has; LayerNorm statistics change, so a width has no zeroing oracle: timm's
+  ViT and Swin are compared with the torch model built narrower (the project's models:
+  tests/passes/test_slice_width.py); a width that reaches the model output is refused;
 * slice_channels (ratio 0.5) and compress (half the FLOPs, every kind but the width) must run, cut where the model
   has conv channels, and give a model that onnxruntime runs with the original output shape; both also equal their
   zeroing oracles.
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from _helpers_channels import analysis_oracle
 from _helpers_prune import input_for, oracle_error, run_ort
 from _zoo import EXPORTS, MODELS, VARIANTS, exported
@@ -215,22 +216,60 @@ _VIT_WIDTH = {
 def test_vit_width_equals_the_torch_model_built_narrower(zoo_root: Path, export_id: str) -> None:
     """The independent oracle of a width cut: timm's ViT with the same channels removed from every tensor and every
     LayerNorm built for the kept width (LayerNorm statistics over the kept channels) gives the cut file's output."""
-    import torch
     from _zoo import build, example_input
 
     proto = _load(zoo_root, "timm_vit", export_id, "perturbed")
     out, _ = slice_width(proto, SliceWidthConfig(ratio=0.5, kind="width"))
     (kept,) = [e["kept"] for e in read_plan(out)["width"].values()]
     net, shape = build("timm_vit", "perturbed")
-    index = torch.tensor(kept)
+    _narrower(net, {suffix: (axis, kept) for suffix, axis in _VIT_WIDTH.items()})
+    with torch.no_grad():
+        want = net(example_input(shape)).numpy()
+    got = run_ort(out, example_input(shape).numpy())
+    scale = float(np.abs(want).max())
+    assert float(np.abs(got - want).max()) <= RTOL * scale
+    assert float(np.abs(run_ort(proto, example_input(shape).numpy()) - want).max()) > 100 * RTOL * scale
+
+
+def _narrower(net: torch.nn.Module, axes: dict[str, tuple[int, list[int]]]) -> None:
+    """In place: keep ``indices`` on ``axis`` of every parameter named (by suffix) in ``axes``; LayerNorms follow."""
     with torch.no_grad():
         for name, p in list(net.named_parameters()):
-            axis = next((a for suffix, a in _VIT_WIDTH.items() if name == suffix or name.endswith("." + suffix)), None)
-            if axis is not None:
-                p.data = p.data.index_select(axis, index).contiguous()
+            hit = next((v for suffix, v in axes.items() if name == suffix or name.endswith("." + suffix)), None)
+            if hit is not None:
+                p.data = p.data.index_select(hit[0], torch.tensor(hit[1])).contiguous()
         for m in net.modules():
             if isinstance(m, torch.nn.LayerNorm):
-                m.normalized_shape = (len(kept),)
+                m.normalized_shape = (int(m.weight.shape[0]),)
+
+
+@pytest.mark.parametrize("export_id", ["legacy17", "dynamo18"])
+def test_swin_widths_equal_the_torch_model_built_narrower(zoo_root: Path, export_id: str) -> None:
+    """Both stages' widths of timm's Swin cut at once, against the torch model built narrower: the patch merging's
+    LayerNorm and reduction rows hold four copies of stage 0's channels, its columns stage 1's."""
+    from _zoo import build, example_input
+
+    proto = _load(zoo_root, "timm_swin", export_id, "perturbed")
+    out, _ = slice_width(proto, SliceWidthConfig(ratio=0.5, kind="width"))
+    kept = {e["total"]: e["kept"] for e in read_plan(out)["width"].values()}
+    k0, k1 = kept[32], kept[64]
+    merged = [part * 32 + c for part in range(4) for c in k0]
+    axes = {
+        "patch_embed.proj.weight": (0, k0), "patch_embed.proj.bias": (0, k0), "patch_embed.norm.weight": (0, k0),
+        "patch_embed.norm.bias": (0, k0), "layers.1.downsample.norm.weight": (0, merged),
+        "layers.1.downsample.norm.bias": (0, merged), "norm.weight": (0, k1), "norm.bias": (0, k1),
+        "head.fc.weight": (1, k1),
+    }  # fmt: skip
+    for stage, k in ((0, k0), (1, k1)):
+        for block in (0, 1):
+            pre = f"layers.{stage}.blocks.{block}."
+            for suffix, axis in _VIT_WIDTH.items():
+                if suffix.startswith(("norm1", "norm2", "attn.", "mlp.")):
+                    axes[pre + suffix] = (axis, k)
+    net, shape = build("timm_swin", "perturbed")
+    net.layers[1].downsample.reduction.weight.data = net.layers[1].downsample.reduction.weight.data[k1][:, merged]
+    _narrower(net, axes)
+    with torch.no_grad():
         want = net(example_input(shape)).numpy()
     got = run_ort(out, example_input(shape).numpy())
     scale = float(np.abs(want).max())
