@@ -8,10 +8,10 @@ where ``F_n`` are the unit and channel groups carried by the tensors the node re
 tensor names of the graph it came from). ``a_n`` and ``b_n`` are fitted from onnxruntime's profiler on the full model
 and on variants with every group cut to the same fraction (all groups at once: a few sessions, not one per unit),
 least squares on ``t = a + b * p`` with ``b`` clipped to ``[0, t_n(1)]``. Profiles are taken with onnxruntime's
-default (full) optimisation, as the model is deployed: a fused node stands for the nodes whose outputs it writes, an
-NCHWc conv (named ``<output>_nchwc``) for the conv whose output it replaces. What no node accounts for (the session's
-own work between nodes) is one constant term: per profiled run, the run's time minus the sum of its node times, so a
-load on the machine inflates both alike.
+default (full) optimisation, as the model is deployed: a fused node stands for the nodes whose outputs it writes and
+for the node it is named after (``<node>/QuickGeluFusion/``), an NCHWc conv (named ``<output>_nchwc``) for the conv
+whose output it replaces. What no node accounts for (the session's own work between nodes) is one constant term: per
+profiled run, the run's time minus the sum of its node times, so a load on the machine inflates both alike.
 
 A table is cached by the model's fingerprint, the machine and the thread count. ``trtexec --exportProfile`` JSON
 (per-layer times on the device; TensorRT names a fused layer ``"a + b"`` after its ONNX nodes) is imported with
@@ -169,12 +169,20 @@ def profile(
         # a node of the optimised graph stands for the nodes of ``model`` whose outputs it writes; the NCHWc layout
         # rewrite renames a conv's tensors but names the node after the output it replaces (``<output>_nchwc``)
         original = {o: [t for t in (*n.input, *n.output) if t] for n in model.graph.node for o in n.output if o}
+        by_name = {n.name: [t for t in (*n.input, *n.output) if t] for n in model.graph.node if n.name}
         try:
             optimized = onnx.load(opt, load_external_data=False)
             for n in optimized.graph.node:
                 own = [t for t in (*n.input, *n.output) if t]
                 stands_for = [*n.output, n.name.removesuffix("_nchwc")]
-                tensors[n.name] = list(dict.fromkeys(own + [t for o in stands_for for t in original.get(o, [])]))
+                found = own + [t for o in stands_for for t in original.get(o, [])]
+                # a fusion is named after the node it started from (``<node>/QuickGeluFusion/``), whose tensors
+                # an NCHWc layout may have renamed
+                name = n.name
+                while name and name not in by_name and "/" in name:
+                    name = name.rsplit("/", 1)[0]
+                found += by_name.get(name, [])
+                tensors[n.name] = list(dict.fromkeys(found))
         except Exception as exc:  # an optimised graph onnx cannot read: names only
             log.warning("could not read onnxruntime's optimised graph (%s); node tensors unknown", exc)
     times = {name: statistics.median(v) for name, v in per.items()}

@@ -122,3 +122,16 @@ def test_compress_target_latency(exported, tmp_path: Path, capsys: pytest.Captur
     budget = rep["extra"]["budget"]
     assert budget["metric"] == "latency" and budget["method"] == "halp" and budget["estimated"] <= 0.95 + 1e-6
     assert rep["extra"]["latency_ms"]["before"] > 0 and rep["extra"]["latency_ms"]["after"] > 0
+
+
+def test_profiled_nodes_map_to_the_graph(exported) -> None:
+    """onnxruntime's fused and NCHWc nodes are attributed to the graph's own tensors (so their time scales with
+    the groups they carry): every node that does real work names at least one tensor of the model."""
+    model = onnx.load(str(exported("mobilevit_xxs", size=64, opset=17, exporter="legacy")))
+    times, tensors, wall, overhead = latency.profile(model, threads=1, runs=2, warmup=1)
+    graph = {t for n in model.graph.node for t in (*n.input, *n.output)}
+    fused = [name for name in times if "Fusion" in name or name.endswith("_nchwc")]
+    assert fused, "expected onnxruntime to fuse something in MobileViT"
+    unmapped = [name for name in fused if not graph & set(tensors.get(name, []))]
+    assert not unmapped, unmapped[:5]
+    assert wall > 0 and overhead >= 0 and sum(times.values()) > 0
