@@ -25,8 +25,8 @@ COLUMNS = (
     ("params", "params (M)", "{:.3f}"),
     ("flops", "GFLOPs", "{:.3f}"),
     ("file_mb", "file (MB)", "{:.2f}"),
-    ("latency_ms", "ORT CPU ms", "{:.2f}"),
-    ("latency_ratio", "latency vs baseline", "{:.3f}x"),
+    ("latency_ms", "ORT CPU time (ms)", "{:.2f}"),
+    ("latency_ratio", "CPU time vs baseline", "{:.3f}x"),
     ("miou", "mIoU", "{:.4f}"),
     ("mdice", "mDice", "{:.4f}"),
     ("agreement", "pixel agreement vs previous", "{:.2%}"),
@@ -51,9 +51,11 @@ def _metrics(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, float |
 
 
 def _latency(bench: dict[str, Any] | None, path: Path) -> float | None:
+    """The model's median process CPU time per run (onnxruntime, interleaved with the other files): on a shared
+    machine wall times of the same file move by half between runs, CPU time much less."""
     for m in (bench or {}).get("models", []):
         if Path(m["path"]).resolve() == path.resolve():
-            return float(m["latency_ms"]["median"])
+            return float((m.get("cpu_ms") or m["latency_ms"])["median"])
     return None
 
 
@@ -157,7 +159,8 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['date']} on {report['machine']} (Python {report['python']}); student `{cfg['student']}`, teacher "
         f"`{cfg['teacher']}`, input {cfg['size']}x{cfg['size']}, FLOPs target {cfg['target_flops']}, "
-        f"device profile `{cfg['target']}`. Latency: onnxruntime CPU, {cfg['threads']} threads, median. "
+        f"device profile `{cfg['target']}`. Latency: onnxruntime CPU, {cfg['threads']} threads, median process CPU "
+        "time per run, all files timed interleaved (wall time on a shared machine moves too much to compare runs). "
         "Nano FPS is an estimate from FLOPs and the device's peak (passes.check_target), not a measurement.",
         "",
         format_markdown_table(report),
@@ -215,7 +218,7 @@ def _plots(report: dict[str, Any], run: Path) -> list[str]:
             )
         for r in pts:
             ax.annotate(r["stage"], (r["latency_ms"], r["miou"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.set_xlabel("onnxruntime CPU latency (ms, median)")
+        ax.set_xlabel("onnxruntime CPU time per image (ms, median)")
         ax.set_ylabel(f"mIoU ({report['data']} val)")
         ax.set_title("accuracy against latency")
         ax.grid(alpha=0.3)
