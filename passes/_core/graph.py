@@ -15,6 +15,7 @@ import ast
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -77,6 +78,8 @@ class GraphView:
         self._values: dict[str, np.ndarray] = {}
         self._busy: set[str] = set()
         self._pinned: GraphView | None = None
+        #: units found on this view, by kind (``passes._core.units``): one discovery serves every kind built on it
+        self.found: dict[str, list[Any]] = {}
         self._infer_shapes()
 
     # ----------------------------------------------------------------------------------------------- shapes

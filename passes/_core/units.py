@@ -199,6 +199,8 @@ def find_attention_blocks(model: onnx.ModelProto, view: GraphView | None = None)
     Without ``view`` the blocks are found on the canonical form of ``model`` (:mod:`passes._core.canonical`);
     their tensor names are that form's (``block.view.model``)."""
     view = view or GraphView(canonicalize(model))
+    if "heads" in view.found:  # the head-channel and width discovery start from the blocks found here
+        return list(view.found["heads"])
     blocks: list[AttentionBlock] = []
     claimed: set[str] = set()
     for ref in view.nodes:
@@ -244,7 +246,8 @@ def find_attention_blocks(model: onnx.ModelProto, view: GraphView | None = None)
             block.skip_reason = str(exc)
         blocks.append(block)
     _dedupe_ids(blocks)  # type: ignore[arg-type]
-    return blocks
+    view.found["heads"] = blocks
+    return list(blocks)
 
 
 def _linear_weight(view: GraphView, ref: NodeRef) -> tuple[str, int] | None:
@@ -334,6 +337,8 @@ def find_mlps(model: onnx.ModelProto, view: GraphView | None = None) -> list[Mlp
     """Every transformer MLP of ``model`` (fc1 -> elementwise activation -> fc2), skipped ones with a reason; found
     on the canonical form of ``model`` unless ``view`` is given (as :func:`find_attention_blocks`)."""
     view = view or GraphView(canonicalize(model))
+    if "neurons" in view.found:
+        return list(view.found["neurons"])
     mlps: list[Mlp] = []
     for ref in view.nodes:
         lin = _linear_weight(view, ref)
@@ -366,7 +371,8 @@ def find_mlps(model: onnx.ModelProto, view: GraphView | None = None) -> list[Mlp
             mlp.skip_reason = str(exc)
         mlps.append(mlp)
     _dedupe_ids(mlps)  # type: ignore[arg-type]
-    return mlps
+    view.found["neurons"] = mlps
+    return list(mlps)
 
 
 def _data_operand(view: GraphView, weight: str) -> tuple[NodeRef, str] | None:
@@ -441,22 +447,35 @@ def find_head_dims(model: onnx.ModelProto, view: GraphView | None = None) -> lis
             rank = view.rank(q)
             if rank and q in g.dims and g.dims[q].axis != rank - 1:
                 seeds.append((q, Dim(rank - 1, ((view.shape(q)[rank - 1], True),))))  # type: ignore[index]
-        for seed, dim in seeds:
-            if any(seed in u.group.dims for u in out if u.group is not None):
-                continue
-            unit = _new_unit("head_dim", view, seed, unit_count(dim.layout), block.count)
-            try:
-                group = trace(view, seed, dim)
-                if not group.sinks and len(group.sources) < 2:
-                    raise TraceError("no weight consumes the head channels")
-                unit.id = block.id
-                _finish(unit, group)
-            except TraceError as exc:
-                unit.skip_reason = str(exc)
-            if unit.count < 2:
-                unit.skip_reason = "one channel per head: nothing to remove"
-            out.append(unit)
+        out += _trace_seeds("head_dim", view, [(t, dim, block.count, block.id) for t, dim in seeds], out)
     _dedupe_ids(out)
+    return out
+
+
+def _trace_seeds(
+    kind: str, view: GraphView, seeds: list[tuple[str, Dim, int, str | None]], found: list[PruneUnit]
+) -> list[PruneUnit]:
+    """One unit per ``(tensor, unit axis, unit size, id)`` seed not already inside a group of ``found`` (or of an
+    earlier seed), traced (in width mode for widths); a seed without an id is named after its group's modules."""
+    width = kind == "width"
+    out: list[PruneUnit] = []
+    for seed, dim, size, uid in seeds:
+        if any(seed in u.group.dims for u in (*found, *out) if u.group is not None):
+            continue
+        unit = _new_unit(kind, view, seed, unit_count(dim.layout), size)
+        try:
+            group = trace(view, seed, dim, width=width)
+            if width and not (group.sources and group.sinks):
+                raise TraceError("no weight produces or consumes the width (it reaches a model input or output?)")
+            if not width and not group.sinks and len(group.sources) < 2:
+                raise TraceError("no weight consumes the head channels")
+            unit.id = uid or _unit_id(view, group, seed)
+            _finish(unit, group)
+        except TraceError as exc:
+            unit.skip_reason = str(exc)
+        if unit.count < 2:
+            unit.skip_reason = f"one {'channel' if width else 'channel per head'}: nothing to remove"
+        out.append(unit)
     return out
 
 
@@ -480,23 +499,12 @@ def find_widths(model: onnx.ModelProto, view: GraphView | None = None) -> list[P
         if mlp.prunable:
             ref = next(r for r in view.nodes if r.name == mlp.anchor)
             seeds.append((ref.node.input[0], _contraction_axis(view, ref, ref.node.input[0])))
-    out: list[PruneUnit] = []
+    traced = []
     for seed, axis in seeds:
         shape = view.shape(seed)
-        if axis is None or shape is None or any(seed in u.group.dims for u in out if u.group is not None):
-            continue
-        unit = _new_unit("width", view, seed, shape[axis], 1)
-        try:
-            group = trace(view, seed, Dim(axis, ((shape[axis], True),)), width=True)
-            if not group.sources or not group.sinks:
-                raise TraceError("no weight produces or consumes the width (it reaches a model input or output?)")
-            unit.id = _unit_id(view, group, seed)
-            _finish(unit, group)
-        except TraceError as exc:
-            unit.skip_reason = str(exc)
-        if unit.count < 2:
-            unit.skip_reason = "one channel: nothing to remove"
-        out.append(unit)
+        if axis is not None and shape is not None:
+            traced.append((seed, Dim(axis, ((shape[axis], True),)), 1, None))
+    out = _trace_seeds("width", view, traced, [])
     _dedupe_ids(out)
     return out
 
