@@ -1,0 +1,77 @@
+"""Every structural pass on ONNX files as users bring them, each against its oracle (a check, not a test).
+
+``python bench/check_user_files.py model.onnx [other.onnx ...]``
+
+Per file: heads, MLP neurons and head channels (ratio 0.5) against the zeroing oracle; the transformer width (0.5)
+must run with the original output shape (its oracle is the torch model built narrower, in the tests);
+``slice_channels`` (0.5) against the channel oracle; ``compress`` to half the FLOPs over the exact kinds against the
+combined oracle. Prints one line per file: what was cut and the oracle error relative to the output's scale. The
+oracles are the test suite's (``tests/passes``), so this runs from a checkout.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "passes")]
+
+
+def check(label: str, model) -> str:  # noqa: ANN001 - an onnx.ModelProto
+    import numpy as np
+    from _helpers_channels import analysis_oracle
+    from _helpers_prune import input_for, oracle_error, run_ort
+    from test_compress import EXACT, _combined_oracle
+
+    from fileformat.plan import read_plan
+    from passes._core.channels import ChannelAnalysis
+    from passes._core.units import UnitPruneConfig, find_units, prune_units, zero_units
+    from passes.compress import CompressConfig, compress
+    from passes.slice_channels import SliceChannelsConfig, slice_channels
+
+    x = input_for(model)
+    ref = run_ort(model, x)
+    scale = float(np.abs(ref).max())
+    row = [label, f"output scale {scale:.3g}"]
+    for kind in ("heads", "neurons", "head_dim", "width"):
+        units = find_units(model, kind)
+        out, _ = prune_units(model, kind, UnitPruneConfig(ratio=0.5), kind)
+        plan = read_plan(out)[kind]
+        if not plan:
+            row.append(f"{kind}: nothing cut ({len(units)} found: {[u.skip_reason for u in units][:1]})")
+        elif kind == "width":
+            row.append(f"width: {len(plan)} cut, runs {run_ort(out, x).shape == ref.shape}")
+        else:
+            keep = {uid: e["kept"] for uid, e in plan.items()}
+            row.append(
+                f"{kind}: {len(plan)} cut, oracle {oracle_error(model, out, units, keep, zero_units) / scale:.1e}"
+            )
+    out, _ = slice_channels(model, SliceChannelsConfig(ratio=0.5))
+    analysis = ChannelAnalysis(model)
+    gid = {g.name: g.gid for g in analysis.groups}
+    keep = {gid[n]: e["kept"] for n, e in read_plan(out)["channels"].items() if n in gid}
+    err = float(np.abs(run_ort(out, x) - run_ort(analysis_oracle(model, analysis, keep), x)).max()) / scale
+    row.append(f"channels: {len(keep)} groups cut, oracle {err:.1e}")
+    out, rep = compress(model, CompressConfig(target_flops=0.5, units=EXACT))
+    err = float(np.abs(run_ort(out, x) - run_ort(_combined_oracle(model, read_plan(out)), x)).max()) / scale
+    row.append(f"compress: FLOPs {rep.flops_after / rep.flops_before:.2f}x, oracle {err:.1e}")
+    return " | ".join(row)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import onnx
+
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        print(__doc__)
+        return 2
+    warnings.filterwarnings("ignore")
+    for path in paths:
+        print(check(Path(path).name, onnx.load(path)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
