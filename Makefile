@@ -27,7 +27,12 @@ DISTILL_DATA ?= $(RUN)/data
 STEPS        ?= 200
 DISTILL_OUT  ?= runs/distill
 
-.PHONY: setup test test-zoo lint export demo distill clean
+# the accuracy-latency frontier (python -m runtime.frontier): under an hour on 2 CPU cores at the defaults;
+# make frontier FRONTIER_ARGS="--device cuda" on a GPU machine (512 input, Swin-T teacher, stages side by side)
+FRONTIER_RUN  ?= runs/frontier
+FRONTIER_ARGS ?=
+
+.PHONY: setup test test-zoo lint export demo distill frontier clean
 
 setup: $(STAMP)
 
@@ -63,6 +68,9 @@ demo: setup
 distill: setup
 	$(PY) -m models.distill --student $(STUDENT) --teacher $(TEACHER_CKPT) --data $(DISTILL_DATA) \
 		--steps $(STEPS) --out $(DISTILL_OUT)
+
+frontier: setup
+	$(PY) -m runtime.frontier --run $(FRONTIER_RUN) $(FRONTIER_ARGS)
 
 clean:
 	rm -rf $(ARTIFACTS) .pytest_cache .ruff_cache

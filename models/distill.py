@@ -134,6 +134,7 @@ class DistillConfig:
     seed: int = 0
     num_workers: int = 0
     threads: int | None = None
+    device: str = "cpu"
     loss: LossConfig = field(default_factory=_default_loss)  # the terms and their weights
     cache_teacher: bool = False
     cache_dir: str | None = None
@@ -357,7 +358,7 @@ class TeacherOutputs:
         feats: dict[int, torch.Tensor] = {}
         if self.cache_dir is not None and keys and all(self._path(k).is_file() for k in keys):
             try:
-                items = [torch.load(self._path(k), map_location="cpu", weights_only=True) for k in keys]
+                items = [torch.load(self._path(k), map_location=images.device, weights_only=True) for k in keys]
                 dec = torch.stack([it["dec"] for it in items])
                 feats = {s: torch.stack([it["feats"][s] for it in items]) for s in self.stages}
                 self.hits += len(keys)
@@ -544,6 +545,8 @@ def distill(cfg: DistillConfig, *, resume: str | Path | None = None, progress: s
             entries,
             mb,
         )
+    if teacher is not None:
+        teacher.to(cfg.device)  # outside the student's module tree: moved here, not by the training loop
     teacher_outputs = TeacherOutputs(teacher, feat_stages, cache_dir) if teacher else None
     if frozen:
         log.info("BatchNorm frozen in %d layers", freeze_batchnorm(student))
@@ -571,6 +574,7 @@ def distill(cfg: DistillConfig, *, resume: str | Path | None = None, progress: s
         seed=cfg.seed,
         num_workers=cfg.num_workers,
         threads=cfg.threads,
+        device=cfg.device,
         eval_split=cfg.eval_split if rank == 0 else None,
         eval_limit=cfg.eval_limit,
     )
@@ -756,6 +760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         num_workers=args.workers,
         threads=args.threads,
+        device=args.device,
         loss=loss,
         cache_teacher=args.cache_teacher,
         cache_dir=args.cache_dir,

@@ -179,6 +179,10 @@ def _collect_slices(model: nn.Module, plan: dict[str, Any]) -> tuple[Slices, dic
         mlp = _module(model, path, "neurons")
         fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
         if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)):
+            # an MLP the graph shows but no one torch module holds (a 1x1-conv pair across two blocks): the plan's
+            # explicit slices of its tensors, validated above, are the cut
+            if any(name.startswith(path + ".") for name in slices):
+                continue
             raise PlanError(f"plan neurons: {path!r} is a {type(mlp).__name__}, not an MLP with fc1/fc2 Linears.")
         if not isinstance(entry, dict) or "kept" not in entry:
             raise PlanError(f"plan neurons {path}: expected {{'kept': [...], 'total': N}}, got {entry!r}.")
@@ -238,6 +242,24 @@ def _same(slices: Slices, pairs: Sequence[tuple[str, int]], sizes: Sequence[int]
                 f"{what}: {n0} axis {a0} keeps {_short(lists[0])} but {name} axis {axis} keeps {_short(idx)}; "
                 "coupled dimensions must keep the same indices."
             )
+
+
+def _imply_folded_norms(model: nn.Module, slices: Slices) -> None:
+    """Fill in the slices of a BatchNorm folded into the Conv before it. The ONNX file holds only the conv's weight
+    and the folded bias (the BN's ``bias`` source), so a plan written from it names only those; the BN's other
+    tensors keep the same channels. Disagreeing slices are left for :func:`_check_couplings` to report."""
+    for path, mod in model.named_modules():
+        pre = f"{path}." if path else ""
+        children = list(mod.named_children())
+        for (n1, m1), (n2, m2) in zip(children, children[1:]):
+            if not (isinstance(m1, nn.Conv2d) and isinstance(m2, nn.modules.batchnorm._NormBase)):
+                continue
+            norm = [t for t in ("weight", "bias", "running_mean", "running_var") if getattr(m2, t) is not None]
+            names = [f"{pre}{n1}.weight"] + [f"{pre}{n2}.{t}" for t in norm]
+            given = [slices[n][0] for n in names if 0 in slices.get(n, {})]
+            if given and all(g == given[0] for g in given):
+                for n in names:
+                    slices.setdefault(n, {}).setdefault(0, list(given[0]))
 
 
 def _check_couplings(model: nn.Module, slices: Slices) -> None:
@@ -346,6 +368,7 @@ def apply_plan(model: Segmentor, plan: dict[str, Any]) -> Segmentor:
     if not isinstance(model, Segmentor):
         raise PlanError(f"apply_plan needs a models.registry.Segmentor, got {type(model).__name__}.")
     slices, heads = _collect_slices(model, plan)
+    _imply_folded_norms(model, slices)
     _check_couplings(model, slices)
     new_model = copy.deepcopy(model)
     per_module: dict[str, dict[str, torch.Tensor]] = {}

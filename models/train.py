@@ -40,6 +40,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import random
 import sys
 import time
@@ -105,6 +106,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     threads: int | None = None
+    device: str = "cpu"  # "cuda": model, loss and batches on the GPU; checkpoints and the result stay on the CPU
     train_split: str = "train"
     eval_split: str | None = "val"
     eval_limit: int | None = None
@@ -403,6 +405,17 @@ def _train(
             **(config.model_overrides or {}),
         )
     loss_fn = loss_fn if loss_fn is not None else CrossEntropyLoss(config.ignore_index)
+    device = torch.device(config.device)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:  # torchrun: one GPU each
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matrix products and convolutions: fp32 storage
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed crops: cuDNN picks its fastest kernels once
+    model.to(device)
+    if isinstance(loss_fn, nn.Module):
+        loss_fn.to(device)
     rank, world = _process_group()
     if config.batch_size % world:
         raise ValueError(f"batch size {config.batch_size} is not a multiple of the {world} processes")
@@ -476,6 +489,7 @@ def _train(
         t_log, running, count = time.perf_counter(), 0.0, 0
         step = start
         for step, (images, masks) in enumerate(loader, start=start):
+            images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
             keys = batch_keys(step, config.batch_size, len(dataset), config.seed)[rank::world]
             batch = Batch(images, masks, keys, step)
             outputs = net(images)
@@ -518,6 +532,9 @@ def _train(
                 checkpoint(done)
             step = done
     result.step = max(step, start)
+    model.to("cpu")  # the checkpoint, the evaluation and any export work on the CPU copy
+    if isinstance(loss_fn, nn.Module):
+        loss_fn.to("cpu")
     checkpoint(result.step)
     model.eval()
     if config.eval_split and rank == 0:
@@ -573,6 +590,9 @@ def add_loop_arguments(p: argparse.ArgumentParser, d: Any) -> None:
         help="data-loading processes, 0: in this one (default: %(default)s)",
     )
     p.add_argument("--threads", type=int, help="torch intra-op threads (none given: torch's choice)")
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), default=d.device, help="where the steps run (checkpoints: always CPU)"
+    )
     p.add_argument("--eval-split", default=d.eval_split, help="split scored at the end ('' for none)")
     p.add_argument("--eval-limit", type=int, help="score only the first N images of the eval split (none: all)")
     p.add_argument("--resume", nargs="?", const="auto", help="continue from OUT/checkpoint.pt (or the given file)")
@@ -585,6 +605,11 @@ def loop_argument_error(args: argparse.Namespace) -> str | None:
     """The usage error in the shared loop arguments, if any."""
     if args.steps < 1 or args.batch_size < 1 or args.crop < 32:
         return "--steps and --batch-size must be positive and --crop at least 32"
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return "--device cuda: torch sees no CUDA device here; use --device cpu (the default)"
     return None
 
 
@@ -655,6 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         num_workers=args.workers,
         threads=args.threads,
+        device=args.device,
         eval_split=args.eval_split or None,
         eval_limit=args.eval_limit,
         eval_at_start=args.eval_at_start,

@@ -24,11 +24,12 @@ instead. A latency target the floors cannot reach exits 1 and names the layers a
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ import onnx
 
 from fileformat.cli import cli_main
 from fileformat.errors import PassError, UsageError
+from fileformat.io import load_model
 from fileformat.metadata import append_history
 from passes._core import latency as latency_model
 from passes._core.budget import Allocation, BudgetConfig, CostModel, Factor, Layer, Term, allocate
@@ -57,6 +59,8 @@ from passes.slice_channels import (
     slice_channels,
 )
 
+log = logging.getLogger(__name__)
+
 PASS_NAME = "compress"
 KINDS = ("head_dim", "heads", "neurons", "width", "channels")  # the order the cuts are applied in
 UNIT_KINDS = KINDS[:4]  # found by passes._core.units; channels by passes._core.channels
@@ -75,6 +79,8 @@ class CompressConfig:
     latency_table: str | None = None  # read (ours or a trtexec profile) if it exists, else measured and written
     threads: int = 2  # onnxruntime threads for measuring latency
     round_to: int = 8  # conv channels and widths are kept at multiples of this (1: any count)
+    latency_tolerance: float = 0.05  # measured latency must land in [target * (1 - this), target], else re-planned
+    latency_retries: int = 4  # at most this many such corrections
     floor: float = 0.1
     scope: str = "all"
     importance: str = "l2"
@@ -417,6 +423,9 @@ def compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[onnx.Model
         unit_cfgs = _unit_configs(chosen)
         channels_cfg = _channels_config(chosen)
     current, steps = _apply(model, unit_cfgs, channels_cfg)
+    timing: tuple[float, float, float] | None = None
+    if chosen is not None and chosen.allocation is not None and chosen.allocation.metric == "latency":
+        chosen, current, steps, timing = _close_latency_loop(model, config, chosen, current, steps, report)
     if current is model:
         current = onnx.ModelProto()
         current.CopyFrom(model)
@@ -438,14 +447,14 @@ def compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[onnx.Model
                 }
             )
         measured = after.flops / before.flops if alloc.metric == "flops" else after.params / before.params
-        if alloc.metric == "latency":
-            t_before, t_after, cpu = latency_model.measure_pair(canonicalize(model), current, threads=config.threads)
-            measured = t_after / t_before
+        if timing is not None:  # the budget is held to the process-CPU-time ratio: it holds on a loaded machine
+            t_before, t_after, cpu = timing
+            measured = cpu
             report.extra["latency_ms"] = {"before": round(t_before, 3), "after": round(t_after, 3)}
             report.extra["cpu_time_ratio"] = round(cpu, 4)
             report.notes.append(
-                f"latency: predicted {alloc.achieved:.3f}x, measured {measured:.3f}x wall ({t_before:.1f} -> "
-                f"{t_after:.1f} ms), {cpu:.3f}x CPU time (onnxruntime CPU, {config.threads} threads, interleaved)"
+                f"latency: predicted {alloc.achieved:.3f}x, measured {cpu:.3f}x CPU time and {t_after / t_before:.3f}x "
+                f"wall ({t_before:.1f} -> {t_after:.1f} ms; onnxruntime CPU, {config.threads} threads, interleaved)"
             )
         report.extra["budget"] = {
             "metric": alloc.metric,
@@ -460,19 +469,22 @@ def compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[onnx.Model
         over = ", ".join(f"{n} {_KIND_WORDS[k]}" for k, n in by_kind.items() if n)
         report.notes.append(
             f"budget ({alloc.method}) over {over}: {alloc.metric} target {alloc.target:.3f}, achieved "
-            f"{measured:.3f} (graph count; estimate {alloc.achieved:.3f})"
+            f"{measured:.3f} ({'measured CPU time' if timing else 'graph count'}; estimate {alloc.achieved:.3f})"
         )
         if not alloc.reached:
             floored = [n.replace(":", " ", 1) for n in alloc.at_floor]
             more = f" and {len(floored) - 6} more" if len(floored) > 6 else ""
-            why = "target not reached: the per-layer floors stopped it; layers at their floor: " + (
-                ", ".join(floored[:6]) + more if floored else "none (nothing left to cut)"
-            )
+            if floored or alloc.metric != "latency":
+                why = "target not reached: the per-layer floors stopped it; layers at their floor: " + (
+                    ", ".join(floored[:6]) + more if floored else "none (nothing left to cut)"
+                )
+            else:
+                why = f"target not reached after {config.latency_retries} corrections against measurement"
             if alloc.metric == "latency":  # a time budget is a promise: nothing is written when it is missed
                 raise PassError(
-                    f"{why}. The latency model predicts {alloc.achieved:.3f}x at best; what it cannot cut (the "
-                    "constant part of each node, the session overhead) stays. Lower --floor, add --units, or ask "
-                    "for a larger --target-latency."
+                    f"{why}. The closest cut measured {measured:.3f}x (the latency model predicted "
+                    f"{alloc.achieved:.3f}x); what it cannot cut (the constant part of each node, the session "
+                    "overhead) stays. Lower --floor, add --units, or ask for a larger --target-latency."
                 )
             report.notes.append(why)
     for r in steps:
@@ -487,6 +499,7 @@ def compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[onnx.Model
                 "pass": PASS_NAME,
                 "target_flops": config.target_flops,
                 "target_params": config.target_params,
+                "target_latency": config.target_latency,
                 "allocation": config.allocation,
                 "units": list(config.units),
                 "flops": [before.flops, after.flops],
@@ -494,6 +507,69 @@ def compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[onnx.Model
             },
         )
     return current, report
+
+
+def _close_latency_loop(
+    model: onnx.ModelProto,
+    config: CompressConfig,
+    chosen: CompressPlan,
+    current: onnx.ModelProto,
+    steps: list[PassReport],
+    report: PassReport,
+) -> tuple[CompressPlan, onnx.ModelProto, list[PassReport], tuple[float, float, float]]:
+    """Measure the cut model against the input (interleaved) and, while its process-CPU-time ratio is over the
+    target or more than ``config.latency_tolerance`` under it, plan again for another asked target (at most
+    ``config.latency_retries`` times). The table predicts each node's time; what it cannot see (memory layout
+    changes, cache effects, thread synchronisation) is corrected with the measurement: the asked target is
+    interpolated between the closest attempts on either side of the band's middle (regula falsi), or scaled by
+    ``aim / measured`` until both sides are known. The closest attempt is kept, one under the target first."""
+    target = float(config.target_latency or 1.0)
+    aim = target * (1.0 - config.latency_tolerance / 2)  # the middle of the accepted band
+
+    def miss(measured: float) -> float:
+        """0 inside the band [target * (1 - tolerance), target]; a time over the target counts more than under."""
+        if measured > target:
+            return measured / target  # >= 1: worse than any time under the target
+        return max(0.0, 1.0 - config.latency_tolerance - measured / target)
+
+    base = canonicalize(model)
+    timing = latency_model.measure_pair(base, current, threads=config.threads, min_seconds=1.0)
+    best = (miss(timing[2]), chosen, current, steps, timing)
+    asked = target
+    below: tuple[float, float] | None = None  # (asked, measured) with measured < aim: the closest so far
+    above: tuple[float, float] | None = None
+    for attempt in range(config.latency_retries):
+        measured = timing[2]
+        if miss(measured) == 0.0:
+            break
+        if measured < aim and (below is None or measured > below[1]):
+            below = (asked, measured)
+        if measured > aim and (above is None or measured < above[1]):
+            above = (asked, measured)
+        if below is not None and above is not None:
+            (a0, m0), (a1, m1) = below, above
+            asked = a0 + (aim - m0) * (a1 - a0) / (m1 - m0) if m1 != m0 else (a0 + a1) / 2
+            asked = min(max(asked, min(a0, a1) + 0.1 * abs(a1 - a0)), max(a0, a1) - 0.1 * abs(a1 - a0))
+        else:
+            asked = min(1.0, asked * aim / measured)
+        report.notes.append(
+            f"latency: measured {measured:.3f}x CPU time against a target of {target:.3f}x; planning again for "
+            f"{asked:.3f}x (correction {attempt + 1} of {config.latency_retries})"
+        )
+        try:
+            chosen, _ = plan_compress(model, replace(config, target_latency=asked))
+        except PassError as exc:
+            report.notes.append(f"latency: the correction stopped: {exc}")
+            break
+        current, steps = _apply(model, _unit_configs(chosen), _channels_config(chosen))
+        timing = latency_model.measure_pair(base, current, threads=config.threads, min_seconds=1.0)
+        if miss(timing[2]) < best[0]:
+            best = (miss(timing[2]), chosen, current, steps, timing)
+    _, chosen, current, steps, timing = best
+    if chosen.allocation is not None:  # the budget is reported against what the user asked for, as measured
+        chosen.allocation.target = target
+        chosen.allocation.reached = timing[2] <= target * (1.0 + config.latency_tolerance)
+    return chosen, current, steps, timing
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -513,6 +589,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="latency table JSON: read if it exists (ours, or `trtexec --exportProfile` output from the device), "
         "else measured here and written there (default: a cache under ~/.cache/vitseg)",
     )
+    parser.add_argument(
+        "--target-latency-of",
+        metavar="REF.onnx",
+        help="keep the latency of this other model: the target is REF's CPU time over the input's, measured here "
+        "interleaved (e.g. a smaller model to match)",
+    )
+    parser.add_argument(
+        "--latency-tolerance",
+        type=float,
+        default=0.05,
+        help="plan again while the measured latency ratio is over the target or more than this (relative) under it",
+    )
+    parser.add_argument("--latency-retries", type=int, default=4, help="at most this many such corrections (0: none)")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads for latency (default 2)")
     parser.add_argument(
         "--round-to",
@@ -525,11 +614,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def latency_of(model: onnx.ModelProto, reference: str | Path, threads: int = 2) -> float:
+    """The CPU-time ratio of ``reference`` to ``model``, measured here interleaved: a ``--target-latency`` that
+    matches the reference's speed."""
+    ref = load_model(reference)
+    _, _, ratio = latency_model.measure_pair(
+        canonicalize(model), canonicalize(ref), threads=threads, rounds=30, min_seconds=2.0
+    )
+    if not 0.0 < ratio < 1.0:
+        raise PassError(
+            f"--target-latency-of {reference}: it takes {ratio:.3f}x the input's CPU time here, so there is nothing "
+            "to cut to match it; give a faster reference or a --target-latency."
+        )
+    log.info("--target-latency-of %s: %.3fx the input's CPU time", reference, ratio)
+    return ratio
+
+
 def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelProto, PassReport]:
+    target_latency = args.target_latency
+    if args.target_latency_of is not None:
+        if target_latency is not None:
+            raise UsageError("give --target-latency or --target-latency-of, not both.")
+        target_latency = latency_of(model, args.target_latency_of, args.threads)
+    if args.latency_tolerance <= 0 or args.latency_retries < 0:
+        raise UsageError("--latency-tolerance must be > 0 and --latency-retries >= 0.")
     config = CompressConfig(
         target_flops=args.target_flops,
         target_params=args.target_params,
-        target_latency=args.target_latency,
+        target_latency=target_latency,
+        latency_tolerance=args.latency_tolerance,
+        latency_retries=args.latency_retries,
         latency_table=args.latency_table,
         threads=args.threads,
         round_to=args.round_to,

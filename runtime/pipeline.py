@@ -9,9 +9,9 @@ stage                 command
 ====================  ==================================================================================
 data                  python -m models.synthetic RUN/data (skipped with --data: real LPCV data)
 train_teacher         python -m models.train --model TEACHER
-train_<student>       python -m models.train --model STUDENT (and each frontier size: xxs/xs/s)
+train_<student>       python -m models.train --model STUDENT (and each uncompressed frontier model)
 export_<name>         python -m exporters.export --weights ... --target TARGET
-compress              python -m passes.compress baseline.onnx --target-flops F
+compress              python -m passes.compress baseline.onnx --target-latency-of FRONTIER.onnx (or --target-flops)
 distill               python -m models.distill --student pruned.onnx --teacher teacher checkpoint
 fp16 / int8           python -m passes.fp16 / passes.int8 on the distilled model
 parity_fp16/int8      python -m runtime.parity distilled.onnx candidate.onnx
@@ -30,7 +30,9 @@ A stage is skipped when its stamp (``RUN/stages/<stage>.json``: the command, and
 each input *and each output*, recorded when the stage finished) still matches. Otherwise it runs again and the
 reason is shown: its command changed, an input changed, or an output is missing or changed since the stage wrote it
 (a later stage then sees a changed input and runs again too). A failed stage stops the run with the tail of its log
-and leaves every earlier output in place. The run ends with ``RUN/report.md``, ``RUN/report.json`` and PNG plots.
+and leaves every earlier output in place. A training or distillation stage that was killed continues from its last
+checkpoint when the run is started again with the same command and inputs (``RUN/stages/<stage>.started.json``
+records them when a stage starts). The run ends with ``RUN/report.md``, ``RUN/report.json`` and PNG plots.
 """
 
 from __future__ import annotations
@@ -73,11 +75,16 @@ class PipelineConfig:
     size: int = 128  # model input and training crop
     n_train: int = 160
     n_val: int = 40
-    student: str = "mobilevit_xxs"
+    student: str = "paper"
     teacher: str = "mobilevit_s"
-    frontier: tuple[str, ...] = ("mobilevit_xs", "mobilevit_s")  # uncompressed sizes: the reference frontier
+    # uncompressed smaller models, trained with cross-entropy for student_steps + distill_steps (the steps the
+    # compressed student gets in all): the frontier a compressed model should beat at equal latency
+    frontier: tuple[str, ...] = ("mobilevit_xxs_upernet64",)
+    # the student is compressed to the latency of this frontier model, measured here (None: --target-flops)
+    match_latency_of: str | None = "mobilevit_xxs_upernet64"
+    latency_threads: int = 1  # onnxruntime threads of every latency measurement (1 is steadiest on a busy machine)
     student_steps: int = 250
-    teacher_steps: int = 250  # = student_steps: the teacher (mobilevit_s) doubles as the frontier's "s" point
+    teacher_steps: int = 500
     distill_steps: int = 250
     batch_size: int = 8
     target_flops: float = 0.25
@@ -101,7 +108,8 @@ class PipelineConfig:
             n_val=100,
             student="paper",
             teacher="swin_t_upernet512",
-            frontier=("mobilevit_xxs", "mobilevit_xs", "mobilevit_s"),
+            frontier=("mobilevit_xxs_upernet64", "mobilevit_xs_upernet64", "mobilevit_xxs", "mobilevit_xs"),
+            latency_threads=2,
             student_steps=20000,
             teacher_steps=40000,
             distill_steps=20000,
@@ -121,6 +129,10 @@ class Stage:
     outputs: list[Path]
     ok_codes: tuple[int, ...] = (0,)  # parity exits 1 on a failed verdict: recorded in the report, not fatal
     clean: list[Path] = field(default_factory=list)  # removed before the stage runs (a folder it rebuilds)
+    # appended when the same command was interrupted before (its start marker matches) and left a checkpoint
+    # (e.g. ``["--resume"]`` of models.train): a killed run continues where it stopped instead of starting afresh
+    resume_args: list[str] = field(default_factory=list)
+    resume_from: Path | None = None
 
 
 @dataclass
@@ -189,25 +201,23 @@ def tee_output(
         log_file.flush()
 
 
-class Pipeline:
-    """Runs the stages of :class:`PipelineConfig` in order, skipping those that are up to date.
+class StageRunner:
+    """Runs :class:`Stage` commands in the folder ``run``, skipping those whose stamp still matches.
 
     ``echo``: where each stage's output is shown as it runs (the command line passes the terminal); None shows
-    only the pipeline's own log messages. Either way it goes to ``RUN/logs/<stage>.log`` as it comes.
+    only the runner's own log messages. Either way it goes to ``RUN/logs/<stage>.log`` as it comes. A stage that
+    was interrupted (killed) and is run again with the same command and inputs continues from its checkpoint when
+    it names one (``resume_args``/``resume_from``); otherwise it starts afresh.
     """
 
-    def __init__(self, config: PipelineConfig, echo: IO[str] | None = None) -> None:
-        self.cfg = config
+    def __init__(
+        self, run: Path, threads: int, echo: IO[str] | None = None, extra_env: dict[str, str] | None = None
+    ) -> None:
+        self.run = Path(run)
+        self.threads = threads
         self.echo = echo
-        self.run = Path(config.run)
-        self.data = Path(config.data) if config.data else self.run / "data"
-        self.onnx = self.run / "onnx"
-        self.reports = self.run / "reports"
+        self.extra_env = dict(extra_env or {})
         self.results: list[StageResult] = []
-
-    # ------------------------------------------------------------------ helpers
-    def _py(self, module: str, *args: object) -> list[str]:
-        return [sys.executable, "-m", module, *(str(a) for a in args)]
 
     def _stamp(self, stage: Stage) -> dict[str, Any]:
         return {
@@ -218,6 +228,21 @@ class Pipeline:
 
     def _stamp_file(self, stage: Stage) -> Path:
         return self.run / "stages" / f"{stage.name}.json"
+
+    def _started_file(self, stage: Stage) -> Path:
+        return self.run / "stages" / f"{stage.name}.started.json"
+
+    def _resumes(self, stage: Stage) -> bool:
+        """Whether ``stage`` continues an interrupted attempt: its start marker records the same command and
+        inputs, and the checkpoint it names exists."""
+        if not stage.resume_args or stage.resume_from is None or not stage.resume_from.exists():
+            return False
+        try:
+            started = json.loads(self._started_file(stage).read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        now = self._stamp(stage)
+        return started.get("cmd") == now["cmd"] and started.get("inputs") == now["inputs"]
 
     def stale_reason(self, stage: Stage) -> str | None:
         """Why ``stage`` must run (``"never ran"``, ``"output X changed since the stage wrote it"``, ...), or None
@@ -264,28 +289,36 @@ class Pipeline:
         missing = [str(p) for p in stage.inputs if not p.exists()]
         if missing:
             raise StageFailed(f"stage {stage.name}: missing inputs {missing}")
-        for p in stage.clean:
-            shutil.rmtree(p, ignore_errors=True)
+        resumes = self._resumes(stage)
+        if not resumes:
+            for p in stage.clean:
+                shutil.rmtree(p, ignore_errors=True)
         for p in stage.outputs:
             p.parent.mkdir(parents=True, exist_ok=True)
         (self.run / "logs").mkdir(parents=True, exist_ok=True)
         log_path = self.run / "logs" / f"{stage.name}.log"
         env = dict(os.environ)
-        env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self.cfg.threads)})
+        env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self.threads)})
         if self.echo is not None and self.echo.isatty():  # progress bars in a pipe take the terminal's width
             cols, lines = shutil.get_terminal_size()
             env.setdefault("COLUMNS", str(cols))
             env.setdefault("LINES", str(lines))
-        env.update(self.cfg.extra_env)
-        shown = shown_command(stage.cmd)
-        if reason != "never ran":
+        env.update(self.extra_env)
+        cmd = stage.cmd + (stage.resume_args if resumes else [])
+        shown = shown_command(cmd)
+        if resumes:
+            log.info("%s: continues an interrupted run from %s", tag, stage.resume_from)
+        elif reason != "never ran":
             log.info("%s: runs again: %s", tag, reason)
         log.info("%s (log: %s)\n  $ %s", tag, log_path, shown)
+        (self.run / "stages").mkdir(parents=True, exist_ok=True)
+        started = self._stamp(stage)
+        atomic_write_text(self._started_file(stage), json.dumps({"cmd": started["cmd"], "inputs": started["inputs"]}))
         start = time.perf_counter()
-        with open(log_path, "w", buffering=1) as f:
+        with open(log_path, "a" if resumes else "w", buffering=1) as f:
             f.write(f"$ {shown}\n")
             f.flush()
-            proc = subprocess.Popen(stage.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
             try:
                 assert proc.stdout is not None
                 tee_output(proc.stdout, f, self.echo)
@@ -297,7 +330,8 @@ class Pipeline:
                 if proc.stdout is not None:
                     proc.stdout.close()
         seconds = time.perf_counter() - start
-        if rc not in stage.ok_codes:
+        if rc not in stage.ok_codes:  # it failed (it was not killed): a rerun starts afresh, it does not resume
+            self._started_file(stage).unlink(missing_ok=True)
             tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
             raise StageFailed(
                 f"stage {stage.name} failed (exit {rc}); log {log_path}:\n{tail}\nrerun it alone with:\n  {shown}"
@@ -305,12 +339,26 @@ class Pipeline:
         absent = [str(p) for p in stage.outputs if not p.exists()]
         if absent:
             raise StageFailed(f"stage {stage.name} exited 0 but did not write {absent}; log {log_path}")
-        (self.run / "stages").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run / "stages" / f"{stage.name}.json", json.dumps(self._stamp(stage)) + "\n")
+        atomic_write_text(self._stamp_file(stage), json.dumps(self._stamp(stage)) + "\n")
+        self._started_file(stage).unlink(missing_ok=True)
         res = StageResult(stage.name, "ran", seconds)
         self.results.append(res)
         log.info("%s: done in %.1f s", tag, seconds)
         return res
+
+    def _py(self, module: str, *args: object) -> list[str]:
+        return [sys.executable, "-m", module, *(str(a) for a in args)]
+
+
+class Pipeline(StageRunner):
+    """Runs the stages of :class:`PipelineConfig` in order, skipping those up to date (:class:`StageRunner`)."""
+
+    def __init__(self, config: PipelineConfig, echo: IO[str] | None = None) -> None:
+        super().__init__(Path(config.run), config.threads, echo, config.extra_env)
+        self.cfg = config
+        self.data = Path(config.data) if config.data else self.run / "data"
+        self.onnx = self.run / "onnx"
+        self.reports = self.run / "reports"
 
     # ------------------------------------------------------------------ the stages
     def stages(self) -> list[Stage]:
@@ -368,6 +416,8 @@ class Pipeline:
                     ),
                     [marker],
                     [ckpt],
+                    resume_args=["--resume"],
+                    resume_from=ckpt,
                 )
             )
             return ckpt
@@ -403,31 +453,32 @@ class Pipeline:
         self.files: dict[str, Path] = {
             "baseline": export("baseline", c.student, train("student", c.student, c.student_steps))
         }
-        # the uncompressed sizes, trained like the student: the frontier a compressed model should beat
+        # the uncompressed models, trained as long as the compressed student in all: the frontier it should beat
         self.frontier: dict[str, Path] = {c.student: self.files["baseline"]}
-        for model in c.frontier:
+        wanted = [*c.frontier, *([c.match_latency_of] if c.match_latency_of else [])]
+        for model in wanted:
             if model in self.frontier:
                 continue
-            if model == c.teacher and c.teacher_steps == c.student_steps:  # same recipe: the teacher is that point
+            total = c.student_steps + c.distill_steps
+            if model == c.teacher and c.teacher_steps == total:  # same recipe: the teacher is that point
                 self.frontier[model] = self.teacher_onnx
             else:
-                self.frontier[model] = export(model, model, train(model, model, c.student_steps))
+                self.frontier[model] = export(model, model, train(model, model, total))
 
         pruned = onnx / "pruned.onnx"
+        budget: list[object] = ["--target-flops", c.target_flops]
+        budget_inputs = []
+        if c.match_latency_of:
+            ref = self.frontier[c.match_latency_of]
+            budget = ["--target-latency-of", ref, "--threads", c.latency_threads]
+            budget_inputs = [ref]
         out.append(
             Stage(
                 "compress",
                 self._py(
-                    "passes.compress",
-                    self.files["baseline"],
-                    "-o",
-                    pruned,
-                    "--target-flops",
-                    c.target_flops,
-                    "--report",
-                    rep / "compress.json",
+                    "passes.compress", self.files["baseline"], "-o", pruned, *budget, "--report", rep / "compress.json"
                 ),
-                [self.files["baseline"]],
+                [self.files["baseline"], *budget_inputs],
                 [pruned, rep / "compress.json"],
             )
         )
@@ -463,6 +514,8 @@ class Pipeline:
                 ),
                 [pruned, teacher_ckpt, marker],
                 [distilled],
+                resume_args=["--resume"],
+                resume_from=distilled.parent / "checkpoint.pt",
             )
         )
         self.files["distilled"] = distilled
@@ -512,9 +565,8 @@ class Pipeline:
 
         # one benchmark run for every file, so that all latencies share the machine's state; ratios to the baseline
         bench_models = list(dict.fromkeys([*self.files.values(), *self.frontier.values(), self.teacher_onnx]))
-        bench_cmd = self._py(
-            "runtime.bench", *bench_models, "--runs", c.bench_runs, "--threads", c.threads, "--json", rep / "bench.json"
-        )
+        bench_cmd = self._py("runtime.bench", *bench_models, "--runs", c.bench_runs, "--threads", c.latency_threads)
+        bench_cmd += ["--json", str(rep / "bench.json")]
         out.append(Stage("bench", bench_cmd, bench_models, [rep / "bench.json"]))
         out.append(
             Stage(
@@ -576,7 +628,11 @@ _HELP = {
     "bench_runs": "timed runs per model in the benchmark",
     "threads": "threads of every stage (torch, onnxruntime, OMP)",
     "seed": "seed of the data, the inits and the sample order",
-    "target_flops": "fraction of the baseline's FLOPs the compressed student keeps, in (0, 1]",
+    "target_flops": "fraction of the baseline's FLOPs the compressed student keeps, in (0, 1] (instead of "
+    "--match-latency-of)",
+    "match_latency_of": "frontier model whose measured latency the student is compressed to ('none': use "
+    "--target-flops)",
+    "latency_threads": "onnxruntime threads of the latency measurements (compress and bench)",
     "student": "student configuration (models.registry)",
     "teacher": "teacher configuration (models.registry)",
     "target": "device profile of the exports, the check and the bundle",
@@ -611,12 +667,13 @@ def _parser() -> argparse.ArgumentParser:
         "calib_count",
         "bench_runs",
         "threads",
+        "latency_threads",
         "seed",
     ):
         p.add_argument("--" + name.replace("_", "-"), type=int, help=f"{_HELP[name]} ({default(name)})")
     p.add_argument("--target-flops", type=float, help=f"{_HELP['target_flops']} ({default('target_flops')})")
-    for name in ("student", "teacher", "target", "exporter", "frontier"):
-        p.add_argument("--" + name, help=f"{_HELP[name]} ({default(name)})")
+    for name in ("student", "teacher", "target", "exporter", "frontier", "match_latency_of"):
+        p.add_argument("--" + name.replace("_", "-"), help=f"{_HELP[name]} ({default(name)})")
     p.add_argument(
         "--cache-teacher",
         action="store_true",
@@ -646,6 +703,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("full", "only", "quiet", "verbose")}
     if "frontier" in given:
         given["frontier"] = tuple(m for m in given["frontier"].split(",") if m)
+    if given.get("match_latency_of") in ("none", ""):
+        given["match_latency_of"] = None
+    elif "target_flops" in given and "match_latency_of" not in given:
+        given["match_latency_of"] = None  # a FLOPs target given alone replaces the latency match
     cfg = PipelineConfig.full(**given) if args.full else PipelineConfig(**given)
     pipeline = Pipeline(cfg, echo=None if args.quiet else sys.stderr)
     if args.only:

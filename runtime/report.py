@@ -125,10 +125,28 @@ def write_report(pipeline: Pipeline) -> dict[str, Any]:
         "compress": _load(rep / "compress.json"),
         "timings": [vars(r) for r in pipeline.results],
     }
+    report["equal_latency"] = _equal_latency(report, pipeline)
     report["plots"] = _plots(report, pipeline.run)
     atomic_write_text(pipeline.run / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     atomic_write_text(pipeline.run / "report.md", format_markdown(report))
     return report
+
+
+def _equal_latency(report: dict[str, Any], pipeline: Pipeline) -> dict[str, Any] | None:
+    """The distilled student against the frontier model whose latency it was compressed to."""
+    ref = pipeline.cfg.match_latency_of
+    distilled = next((r for r in report["stages"] if r["stage"] == "distilled"), None)
+    other = next((r for r in report["frontier"] if r["stage"].startswith(f"{ref} ")), None) if ref else None
+    if not distilled or not other or not distilled["latency_ms"] or not other["latency_ms"]:
+        return None
+    if distilled["miou"] is None or other["miou"] is None:
+        return None
+    return {
+        "reference": ref,
+        "reference_steps": pipeline.cfg.student_steps + pipeline.cfg.distill_steps,
+        "latency_ratio": distilled["latency_ms"] / other["latency_ms"],
+        "delta_miou_points": 100.0 * (distilled["miou"] - other["miou"]),
+    }
 
 
 def _cell(value: Any, fmt: str) -> str:
@@ -154,12 +172,15 @@ def format_markdown_table(report: dict[str, Any]) -> str:
 
 def format_markdown(report: dict[str, Any]) -> str:
     cfg = report["config"]
+    match = cfg.get("match_latency_of")
+    budget = f"compressed to the measured latency of `{match}`" if match else f"FLOPs target {cfg['target_flops']}"
     parts = [
         f"# Compression report ({report['data']} data)",
         "",
         f"{report['date']} on {report['machine']} (Python {report['python']}); student `{cfg['student']}`, teacher "
-        f"`{cfg['teacher']}`, input {cfg['size']}x{cfg['size']}, FLOPs target {cfg['target_flops']}, "
-        f"device profile `{cfg['target']}`. Latency: onnxruntime CPU, {cfg['threads']} threads, median process CPU "
+        f"`{cfg['teacher']}`, input {cfg['size']}x{cfg['size']}, {budget}, "
+        f"device profile `{cfg['target']}`. Latency: onnxruntime CPU, {cfg.get('latency_threads', cfg['threads'])} "
+        "threads, median process CPU "
         "time per run, all files timed interleaved (wall time on a shared machine moves too much to compare runs). "
         "Nano FPS is an estimate from FLOPs and the device's peak (passes.check_target), not a measurement.",
         "",
@@ -173,6 +194,14 @@ def format_markdown(report: dict[str, Any]) -> str:
                 f"- parity {prec}: {verdict} (pixel agreement {_cell(doc.get('agreement'), '{:.2f}')} %, "
                 f"mIoU drop {_cell(doc.get('miou_drop_points'), '{:.2f}')} points)"
             )
+    eq = report.get("equal_latency")
+    if eq:
+        parts.append(
+            f"- at equal latency: the distilled `{cfg['student']}` takes {eq['latency_ratio']:.3f}x the CPU time of "
+            f"`{eq['reference']}` (uncompressed, {eq['reference_steps']} steps) and scores "
+            f"{eq['delta_miou_points']:+.2f} mIoU points against it (one seed; `python -m runtime.frontier` measures "
+            "this over seeds)"
+        )
     ct = report.get("check_target")
     if ct:
         parts.append(f"- {cfg['target']} compatibility: {'compatible' if ct.get('compatible') else 'INCOMPATIBLE'}")

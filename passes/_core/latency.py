@@ -267,15 +267,19 @@ def save_table(table: LatencyTable, path: str | Path) -> None:
 
 
 def measure_pair(
-    a: onnx.ModelProto, b: onnx.ModelProto, threads: int = 2, rounds: int = 20
+    a: onnx.ModelProto, b: onnx.ModelProto, threads: int = 2, rounds: int = 20, min_seconds: float = 0.0
 ) -> tuple[float, float, float]:
     """``(median wall ms of a, of b, median ratio of b's to a's process CPU time)``, timed interleaved (a, b, a,
-    b, ...) after warm-up: the CPU-time ratio holds on a loaded machine, where wall times drift."""
+    b, ...) after warm-up: the CPU-time ratio holds on a loaded machine, where wall times drift. ``min_seconds``
+    raises the rounds for small models until the timed runs take at least that long."""
     sa, sb = _session(a, threads, False), _session(b, threads, False)
     fa, fb = _feed(sa), _feed(sb)
+    t0 = time.perf_counter()
     for _ in range(3):
         sa.run(None, fa)
         sb.run(None, fb)
+    per_round = (time.perf_counter() - t0) / 3
+    rounds = max(rounds, int(min_seconds / max(per_round, 1e-6)))
     ta, tb, cpu = [], [], []
     for _ in range(rounds):
         c0, t0 = time.process_time(), time.perf_counter()

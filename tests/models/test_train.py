@@ -123,6 +123,12 @@ def test_cli_errors(tmp_path: Path, syn_small: Path, capsys: pytest.CaptureFixtu
     assert main(["--model", "nope", "--data", str(syn_small), "--out", str(tmp_path / "o"), "--steps", "1"]) == 1
     assert "unknown model" in capsys.readouterr().err
     assert main(["--data", str(syn_small), "--steps", "0"]) == 2
+    import torch
+
+    if not torch.cuda.is_available():  # asking for a GPU that is not there is a usage error, said plainly
+        assert main(["--data", str(syn_small), "--out", str(tmp_path / "gpu"), "--steps", "1", "--device", "cuda"]) == 2
+        assert "torch sees no CUDA device" in capsys.readouterr().err
+        assert not (tmp_path / "gpu").exists()
 
 
 @pytest.fixture(scope="module")

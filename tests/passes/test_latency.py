@@ -110,7 +110,7 @@ def test_compress_target_latency(exported, tmp_path: Path, capsys: pytest.Captur
     # unreachable: exit 1, nothing written, what stopped it is named; the table is measured and kept
     assert compress_main([src, "-o", str(out), "--target-latency", "0.02", "--latency-table", str(table)]) == 1
     err = capsys.readouterr().err
-    assert "target not reached" in err and "at their floor" in err and "predicts" in err
+    assert "target not reached" in err and "at their floor" in err and "predicted" in err and "measured" in err
     assert not out.exists() and table.exists()
     saved = json.loads(table.read_text())
     assert saved["source"] == "onnxruntime" and saved["nodes"]
@@ -135,3 +135,29 @@ def test_profiled_nodes_map_to_the_graph(exported) -> None:
     unmapped = [name for name in fused if not graph & set(tensors.get(name, []))]
     assert not unmapped, unmapped[:5]
     assert wall > 0 and overhead >= 0 and sum(times.values()) > 0
+
+
+def test_compress_to_the_latency_of_another_model(exported, tmp_path: Path) -> None:
+    """``--target-latency-of``: the paper's student cut to the measured speed of MobileViT-XXS with the same
+    decoder, measured here and corrected until it lands within the tolerance; the cut round-trips to torch."""
+    from models.prune_torch import main as prune_torch_main
+
+    src = str(exported("paper", size=64))
+    ref = str(exported("mobilevit_xxs_upernet64", size=64))
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    args = [src, "-o", str(out), "--target-latency-of", ref, "--threads", "1", "--report", str(report)]
+    assert compress_main([*args, "--latency-table", str(tmp_path / "table.json")]) == 0
+    budget = json.loads(report.read_text())["extra"]["budget"]
+    ratio = latency.measure_pair(onnx.load(ref), onnx.load(str(out)), threads=1, min_seconds=1.0)[2]
+    assert 0.3 < budget["target"] < 1.0
+    assert abs(budget["achieved"] / budget["target"] - 1.0) <= 0.05 + 1e-9  # the closed loop's own measure
+    assert abs(ratio - 1.0) <= 0.15, ratio  # against the reference, measured again independently
+    assert prune_torch_main([str(out)]) == 0  # every kind (stage-0 widths included) rebuilds in torch
+
+
+def test_target_latency_of_a_slower_model_is_refused(exported, tmp_path: Path, capsys) -> None:
+    src, slower = str(exported("mobilevit_xxs_upernet64", size=64)), str(exported("paper", size=64))
+    out = tmp_path / "out.onnx"
+    assert compress_main([src, "-o", str(out), "--target-latency-of", slower, "--threads", "1"]) == 1
+    assert "nothing to cut to match it" in capsys.readouterr().err and not out.exists()
+    assert compress_main([src, "-o", str(out), "--target-latency-of", slower, "--target-latency", "0.5"]) == 2
