@@ -246,8 +246,8 @@ def _same(slices: Slices, pairs: Sequence[tuple[str, int]], sizes: Sequence[int]
 
 def _imply_folded_norms(model: nn.Module, slices: Slices) -> None:
     """Fill in the slices of a BatchNorm folded into the Conv before it. The ONNX file holds only the conv's weight
-    and the folded bias (the BN's ``bias`` source), so a plan written from it names only those; the BN's other
-    tensors keep the same channels. Disagreeing slices are left for :func:`_check_couplings` to report."""
+    and the folded bias (the BN's ``bias`` source), so a plan written from it names only those two; the BN's other
+    tensors keep the same channels. Anything else is left for :func:`_check_couplings` to report."""
     for path, mod in model.named_modules():
         pre = f"{path}." if path else ""
         children = list(mod.named_children())
@@ -256,10 +256,13 @@ def _imply_folded_norms(model: nn.Module, slices: Slices) -> None:
                 continue
             norm = [t for t in ("weight", "bias", "running_mean", "running_var") if getattr(m2, t) is not None]
             names = [f"{pre}{n1}.weight"] + [f"{pre}{n2}.{t}" for t in norm]
+            # the folded file's signature: the conv weight and the BN bias (the folded bias) cut alike; a plan
+            # naming only one of them is left for _check_couplings to refuse
+            conv_w, bn_b = slices.get(names[0], {}).get(0), slices.get(f"{pre}{n2}.bias", {}).get(0)
             given = [slices[n][0] for n in names if 0 in slices.get(n, {})]
-            if given and all(g == given[0] for g in given):
+            if conv_w is not None and conv_w == bn_b and all(g == conv_w for g in given):
                 for n in names:
-                    slices.setdefault(n, {}).setdefault(0, list(given[0]))
+                    slices.setdefault(n, {}).setdefault(0, list(conv_w))
 
 
 def _check_couplings(model: nn.Module, slices: Slices) -> None:
