@@ -28,7 +28,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 PASS_NAME = "compress"
 KINDS = ("head_dim", "heads", "neurons", "width", "channels")  # the order the cuts are applied in
 UNIT_KINDS = KINDS[:4]  # found by passes._core.units; channels by passes._core.channels
+COMPRESS_IMPORTANCES = (*IMPORTANCES, "sensitivity")
 
 
 @dataclass
@@ -83,7 +84,8 @@ class CompressConfig:
     latency_retries: int = 4  # at most this many such corrections
     floor: float = 0.1
     scope: str = "all"
-    importance: str = "l2"
+    importance: str = "l2"  # or "sensitivity": measured on ``calib`` (see passes._core.sensitivity)
+    calib: Sequence[Mapping[str, np.ndarray]] | None = None  # feeds for --importance sensitivity
 
     def validate(self) -> None:
         given = [n for n in ("target_flops", "target_params", "target_latency", "plan") if getattr(self, n) is not None]
@@ -101,10 +103,21 @@ class CompressConfig:
             raise UsageError(f"--units {','.join(self.units)}: choose from {','.join(KINDS)}.")
         if self.scope not in SCOPES:
             raise UsageError(f"--scope {self.scope!r}: use one of {', '.join(SCOPES)}.")
-        if self.importance not in IMPORTANCES:
-            raise UsageError(f"--importance {self.importance!r}: use one of {', '.join(IMPORTANCES)}.")
+        if self.importance not in COMPRESS_IMPORTANCES:
+            raise UsageError(f"--importance {self.importance!r}: use one of {', '.join(COMPRESS_IMPORTANCES)}.")
         if self.allocation is not None and self.allocation not in ("lamp", "uniform", "halp"):
             raise UsageError(f"--allocation {self.allocation!r}: use lamp, uniform or halp.")
+        if self.importance == "sensitivity" and self.plan is None:
+            if not self.calib:
+                raise UsageError(
+                    "--importance sensitivity measures the model's output on images: give --calib DATA (a folder "
+                    "of images, an LPCV-layout root, or 'synthetic')."
+                )
+            if self.allocation not in (None, "halp"):
+                raise UsageError(
+                    f"--importance sensitivity values each cut by the damage it adds, which only the HALP allocation "
+                    f"uses; drop --allocation {self.allocation} (or give --allocation halp)."
+                )
         if self.round_to < 1:
             raise UsageError(f"--round-to {self.round_to}: give 1 (any count) or more.")
         if not 0.0 <= self.floor < 1.0:
@@ -291,30 +304,20 @@ def _tensor_factors(
 
 
 def _latency_table(
-    model: onnx.ModelProto,
-    config: CompressConfig,
-    layers: Sequence[Layer],
-    factors_of: Callable[[Sequence[str]], list[Factor]],
-    notes: list[str],
+    problem: _Problem, config: CompressConfig, factors_of: Callable[[Sequence[str]], list[Factor]]
 ) -> latency_model.LatencyTable:
-    """The latency table of ``model``: from ``--latency-table`` or the cache, else profiled now (and saved)."""
+    """The latency table of the model: from ``--latency-table`` or the cache, else profiled now (and saved)."""
+    model, layers = problem.model, problem.layers
     path = Path(config.latency_table) if config.latency_table else latency_model.cache_path(model, config.threads)
     if path.exists():
         table = latency_model.load_table(path, model)
-        notes.append(f"latency table: {path} ({table.source}, {len(table.nodes)} nodes)")
+        problem.notes.append(f"latency table: {path} ({table.source}, {len(table.nodes)} nodes)")
         return table
     variants = []
     for q in (0.5, 0.25):
         counts = {ly.name: min(ly.size, ly.step * max(1, math.ceil(q * ly.size / ly.step))) for ly in layers}
         sizes = {ly.name: ly.size for ly in layers}
-        plan = CompressPlan()
-        for ly in layers:
-            kind, _, uid = ly.name.partition(":")
-            kept = select_top(ly.scores, counts[ly.name])
-            if kind in UNIT_KINDS:
-                plan.units.setdefault(kind, {})[uid] = kept
-            else:
-                plan.channels[uid] = {"kept": kept, "total": ly.size}
+        plan = _plan_of(problem, {ly.name: select_top(ly.scores, counts[ly.name]) for ly in layers})
         cut, _ = _apply(model, _unit_configs(plan), _channels_config(plan))
 
         def fraction(tensors: Sequence[str], counts: dict = counts, sizes: dict = sizes) -> float:
@@ -328,29 +331,39 @@ def _latency_table(
     start = time.perf_counter()
     table = latency_model.fit_table(model, variants, threads=config.threads)
     latency_model.save_table(table, path)
-    notes.append(
+    problem.notes.append(
         f"latency table measured in {time.perf_counter() - start:.0f} s ({len(table.nodes)} onnxruntime nodes, "
         f"{config.threads} threads, full model {table.wall_ms:.1f} ms), saved to {path}"
     )
     return table
 
 
-def plan_compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[CompressPlan, list[tuple[str, str]]]:
-    """Choose kept units of every kind in ``config.units`` for the budget; return the plan and skipped units."""
-    config.validate()
-    metric, target = next(
-        (m, getattr(config, f"target_{m}"))
-        for m in ("flops", "params", "latency")
-        if getattr(config, f"target_{m}") is not None
-    )
-    method = config.allocation or ("halp" if metric == "latency" else "lamp")
-    budget = BudgetConfig(target=float(target), metric=metric, method=method, floor=config.floor)
+@dataclass
+class _Problem:
+    """What a budget is allocated over, found once per input model (re-planning for another target reuses it)."""
+
+    model: onnx.ModelProto  # the canonical form the plan's unit ids and groups refer to
+    layers: list[Layer]
+    channel_groups: dict[str, Any]  # budget layer name -> channel group
+    skipped: list[tuple[str, str]]
+    flops: CostModel
+    params: CostModel
+    latency: CostModel | None
+    notes: list[str]
+    latency_table: Any = None
+
+
+def _discover(model: onnx.ModelProto, config: CompressConfig) -> _Problem:
+    """Canonicalize ``model``, find every prunable unit of the kinds in ``config.units``, score them, and build the
+    cost models (and, for a latency budget, the measured table)."""
+    metric = _metric(config)[0]
+    budget = BudgetConfig(target=1.0, metric=metric, floor=config.floor)
     model = canonicalize(model)
     stats = graph_stats(model)
     view = GraphView(model)
     layers: list[Layer] = []
     skipped: list[tuple[str, str]] = []
-    out = CompressPlan()
+    notes: list[str] = []
     units: list[tuple[str, PruneUnit]] = []
     for kind in UNIT_KINDS:
         if kind in config.units:
@@ -364,7 +377,8 @@ def plan_compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[Compr
     names: dict[int, str] = {}
     groups = analysis.prunable(config.scope) if "channels" in config.units else []
     if groups:
-        scores = group_importance(analysis, groups, config.importance, out.notes)
+        norm = "l2" if config.importance == "sensitivity" else config.importance
+        scores = group_importance(analysis, groups, norm, notes)
         for g in groups:
             names[g.gid] = f"channels:{g.name}"
             floor, step = budget.floor_of(g.size), _step(g.size, config.round_to)
@@ -379,26 +393,80 @@ def plan_compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[Compr
             "in scope."
         )
     sizes = {ly.name: ly.size for ly in layers}
-    latency = None
+    problem = _Problem(
+        model, layers, {names[g.gid]: g for g in groups}, skipped, CostModel(flop_terms, sizes),
+        CostModel(param_terms, sizes), None, notes,
+    )  # fmt: skip
     if metric == "latency":
         factors_of = _tensor_factors(analysis, names, units)
-        table = _latency_table(model, config, layers, factors_of, out.notes)
-        latency = CostModel(table.terms(factors_of), sizes)
-        out.latency_table = table
-    alloc = allocate(layers, CostModel(flop_terms, sizes), CostModel(param_terms, sizes), budget, latency)
-    by_gid = {names[g.gid]: g for g in groups}
-    for ly in layers:
-        kept = alloc.keep[ly.name]
-        kind, _, uid = ly.name.partition(":")
-        if len(kept) == ly.size:
+        problem.latency_table = _latency_table(problem, config, factors_of)
+        problem.latency = CostModel(problem.latency_table.terms(factors_of), sizes)
+    if config.importance == "sensitivity":
+        _measure_sensitivity(problem, config, budget)
+    return problem
+
+
+def _metric(config: CompressConfig) -> tuple[str, float]:
+    return next(
+        (m, float(getattr(config, f"target_{m}")))
+        for m in ("flops", "params", "latency")
+        if getattr(config, f"target_{m}") is not None
+    )
+
+
+def _plan_of(problem: _Problem, keep: dict[str, list[int]]) -> CompressPlan:
+    """The plan that keeps ``keep[layer]`` of each named budget layer (and all of the others)."""
+    out = CompressPlan()
+    for ly in problem.layers:
+        kept = keep.get(ly.name)
+        if kept is None or len(kept) == ly.size:
             continue
+        kind, _, uid = ly.name.partition(":")
         if kind in UNIT_KINDS:
-            out.units.setdefault(kind, {})[uid] = kept
+            out.units.setdefault(kind, {})[uid] = list(kept)
         else:
-            out.channels[by_gid[ly.name].name] = {"kept": kept, "total": ly.size}
-    out.allocation = alloc
-    out.layers = layers
-    return out, skipped
+            out.channels[problem.channel_groups[ly.name].name] = {"kept": list(kept), "total": ly.size}
+    return out
+
+
+def _measure_sensitivity(problem: _Problem, config: CompressConfig, budget: BudgetConfig) -> None:
+    """Give every layer its measured damage curve (:mod:`passes._core.sensitivity`)."""
+    from passes._core import sensitivity
+
+    floors = {ly.name: min(ly.size, max(ly.floor, budget.floor_of(ly.size))) for ly in problem.layers}
+
+    def cut(ly: Layer, kept: list[int]) -> onnx.ModelProto:
+        plan = _plan_of(problem, {ly.name: kept})
+        return _apply(problem.model, _unit_configs(plan), _channels_config(plan))[0]
+
+    start = time.perf_counter()
+    curves, points = sensitivity.measure(problem.model, problem.layers, floors, cut, config.calib or [], config.threads)
+    for ly in problem.layers:
+        ly.damage = curves[ly.name]
+    problem.notes.append(
+        f"sensitivity: {len(problem.layers)} layers, {sum(len(p) for p in points.values())} single-layer cuts "
+        f"measured on {len(config.calib or [])} image(s) in {time.perf_counter() - start:.0f} s (output KL "
+        "divergence from the uncut model)"
+    )
+
+
+def _allocate(problem: _Problem, config: CompressConfig) -> CompressPlan:
+    """Choose kept units of every layer of ``problem`` for the budget of ``config``."""
+    metric, target = _metric(config)
+    method = config.allocation or ("halp" if metric == "latency" or config.importance == "sensitivity" else "lamp")
+    budget = BudgetConfig(target=target, metric=metric, method=method, floor=config.floor)
+    alloc = allocate(problem.layers, problem.flops, problem.params, budget, problem.latency)
+    out = _plan_of(problem, alloc.keep)
+    out.allocation, out.layers = alloc, problem.layers
+    out.latency_table, out.notes = problem.latency_table, list(problem.notes)
+    return out
+
+
+def plan_compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[CompressPlan, list[tuple[str, str]]]:
+    """Choose kept units of every kind in ``config.units`` for the budget; return the plan and skipped units."""
+    config.validate()
+    problem = _discover(model, config)
+    return _allocate(problem, config), problem.skipped
 
 
 def compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[onnx.ModelProto, PassReport]:
@@ -416,8 +484,9 @@ def compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[onnx.Model
             raise PassError("the plan has no heads, head_dim, neurons, width or channels entries; nothing to apply.")
         chosen: CompressPlan | None = None
     else:
-        chosen, skipped = plan_compress(model, config)
-        for where, reason in skipped:
+        problem = _discover(model, config)
+        chosen = _allocate(problem, config)
+        for where, reason in problem.skipped:
             report.skip(where, reason)
         report.notes.extend(chosen.notes)
         unit_cfgs = _unit_configs(chosen)
@@ -425,7 +494,7 @@ def compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[onnx.Model
     current, steps = _apply(model, unit_cfgs, channels_cfg)
     timing: tuple[float, float, float] | None = None
     if chosen is not None and chosen.allocation is not None and chosen.allocation.metric == "latency":
-        chosen, current, steps, timing = _close_latency_loop(model, config, chosen, current, steps, report)
+        chosen, current, steps, timing = _close_latency_loop(model, problem, config, chosen, current, steps, report)
     if current is model:
         current = onnx.ModelProto()
         current.CopyFrom(model)
@@ -511,6 +580,7 @@ def compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[onnx.Model
 
 def _close_latency_loop(
     model: onnx.ModelProto,
+    problem: _Problem,
     config: CompressConfig,
     chosen: CompressPlan,
     current: onnx.ModelProto,
@@ -532,7 +602,7 @@ def _close_latency_loop(
             return measured / target  # >= 1: worse than any time under the target
         return max(0.0, 1.0 - config.latency_tolerance - measured / target)
 
-    base = canonicalize(model)
+    base = problem.model
     timing = latency_model.measure_pair(base, current, threads=config.threads, min_seconds=1.0)
     best = (miss(timing[2]), chosen, current, steps, timing)
     asked = target
@@ -556,11 +626,7 @@ def _close_latency_loop(
             f"latency: measured {measured:.3f}x CPU time against a target of {target:.3f}x; planning again for "
             f"{asked:.3f}x (correction {attempt + 1} of {config.latency_retries})"
         )
-        try:
-            chosen, _ = plan_compress(model, replace(config, target_latency=asked))
-        except PassError as exc:
-            report.notes.append(f"latency: the correction stopped: {exc}")
-            break
+        chosen = _allocate(problem, replace(config, target_latency=asked))
         current, steps = _apply(model, _unit_configs(chosen), _channels_config(chosen))
         timing = latency_model.measure_pair(base, current, threads=config.threads, min_seconds=1.0)
         if miss(timing[2]) < best[0]:
@@ -610,7 +676,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep conv channels and transformer widths at multiples of this (fast kernels want 8; 1: any count)",
     )
     parser.add_argument("--scope", choices=SCOPES, default="all", help="which part may lose conv channels")
-    parser.add_argument("--importance", choices=IMPORTANCES, default="l2", help="unit importance (bn_scale: channels)")
+    parser.add_argument(
+        "--importance",
+        choices=COMPRESS_IMPORTANCES,
+        default="l2",
+        help="unit importance: weight norms (bn_scale: channels by |BN gamma|), or sensitivity: each layer's cuts "
+        "valued by how far they move the output on --calib images (HALP allocation)",
+    )
+    parser.add_argument("--calib", help="images for --importance sensitivity: a folder, an LPCV root, or 'synthetic'")
+    parser.add_argument("--calib-count", type=int, default=8, help="calibration images to use (default 8)")
+    parser.add_argument("--calib-split", default="train", help="split of an LPCV-layout root (default train)")
     return parser
 
 
@@ -638,6 +713,10 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
         target_latency = latency_of(model, args.target_latency_of, args.threads)
     if args.latency_tolerance <= 0 or args.latency_retries < 0:
         raise UsageError("--latency-tolerance must be > 0 and --latency-retries >= 0.")
+    if args.calib is not None and args.importance != "sensitivity":
+        raise UsageError("--calib is read by --importance sensitivity; add it, or drop --calib.")
+    if args.calib_count < 1:
+        raise UsageError(f"--calib-count {args.calib_count}: give at least 1 image.")
     config = CompressConfig(
         target_flops=args.target_flops,
         target_params=args.target_params,
@@ -654,6 +733,19 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
         scope=args.scope,
         importance=args.importance,
     )
+    if args.importance != "sensitivity" or config.plan is not None:
+        return compress(model, config)
+    from runtime._calib import CalibrationDataError, calibration_feeds
+
+    if args.calib is None:
+        config.validate()  # says what to give
+    try:
+        with calibration_feeds(
+            model, args.calib, split=args.calib_split, count=args.calib_count, desc="sensitivity"
+        ) as feeds:
+            config.calib = list(feeds)
+    except CalibrationDataError as exc:
+        raise PassError(str(exc)) from None
     return compress(model, config)
 
 

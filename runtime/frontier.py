@@ -19,7 +19,9 @@ latency target and the same steps as the main recipe (logit KD with MSE, the pap
 ce                 cross-entropy only (no teacher)
 kd_kl              logit KD with KL divergence times T^2
 kd_feat            logit KD (MSE) plus feature mimicking of the backbone stages
-uniform            the main recipe, with one uniform kept fraction instead of the latency-aware allocation
+magnitude          the main recipe's latency knapsack valued by LAMP-normalised weight norms instead of the damage
+                   each cut does to the output, measured on training images (``--importance sensitivity``)
+uniform            one uniform kept fraction instead of the latency-aware allocation (weight norms within layers)
 units_KIND         the main recipe, with one unit kind alone (heads, width, neurons, channels); a kind that
                    cannot reach the latency on its own is reported as such, not fatal
 =================  ========================================================================================
@@ -53,7 +55,9 @@ from runtime.pipeline import Stage, StageFailed, StageRunner
 
 log = logging.getLogger(__name__)
 
-ABLATIONS = ("ce", "kd_kl", "kd_feat", "uniform", "units_heads", "units_width", "units_neurons", "units_channels")
+ABLATIONS = (
+    "ce", "kd_kl", "kd_feat", "magnitude", "uniform", "units_heads", "units_width", "units_neurons", "units_channels",
+)  # fmt: skip
 _DISTILL_ARGS = {
     "main": [],
     "ce": ["--kd-weight", "0"],
@@ -84,6 +88,7 @@ class FrontierConfig:
     ablations: tuple[str, ...] = ABLATIONS
     ablation_seeds: int = 1
     match_tolerance: float = 0.10
+    calib_count: int = 8  # training images on which compress measures each cut's damage
     bench_runs: int = 30
     threads: int = 2
     latency_threads: int | None = 1  # onnxruntime threads of the latency measurements (None: threads)
@@ -199,16 +204,18 @@ class Frontier(StageRunner):
 
     def _compress(self, name: str, base: Path, ref: Path, variant: str) -> tuple[Stage, Path, Path]:
         out, rep = self.run / "onnx" / f"{name}.pruned.onnx", self.run / "compress" / f"{name}.json"
-        extra: list[str] = []
+        extra: list[object] = []
         if variant == "uniform":
             extra = ["--allocation", "uniform"]
-        elif variant.startswith("units_"):
-            extra = ["--units", variant.removeprefix("units_")]
+        elif variant != "magnitude":  # the main recipe values each cut by its measured damage to the output
+            extra = ["--importance", "sensitivity", "--calib", self.data, "--calib-count", self.cfg.calib_count]
+        if variant.startswith("units_"):
+            extra += ["--units", variant.removeprefix("units_")]
         cmd = self._py(
             "passes.compress", base, "-o", out, "--target-latency-of", ref, "--threads", self._lat_threads,
             "--report", rep, *extra,
         )  # fmt: skip
-        return Stage(f"compress_{name}", cmd, [base, ref], [out, rep]), out, rep
+        return Stage(f"compress_{name}", cmd, [base, ref, self.marker], [out, rep]), out, rep
 
     def _distill(self, name: str, pruned: Path, teacher: Path, seed: int, variant: str) -> tuple[Stage, Path]:
         out = self.run / "distill" / name
@@ -265,7 +272,7 @@ class Frontier(StageRunner):
                     name = f"{c.student}_at_{ref}_s{seed}" + ("" if variant == "main" else f"_{variant}")
                     stages: list[Stage] = []
                     # the loss ablations distil the main recipe's pruned model: only the loss differs
-                    if variant in ("main", "uniform") or variant.startswith("units_"):
+                    if variant in ("main", "magnitude", "uniform") or variant.startswith("units_"):
                         cs, p, rep = self._compress(name, base, refs[ref], variant)
                         stages.append(cs)
                         pruned[variant] = (p, rep)
@@ -564,7 +571,9 @@ def format_markdown(report: dict[str, Any]) -> str:
         f"{report['created']}; {report['machine']['processor']}; data: {where}; {c['size']} px; seeds: {c['seeds']}; "
         f"training on {c['device']}.",
         f"Steps: references {c['steps'] + c['distill_steps']}, student {c['steps']} + {c['distill_steps']} "
-        f"distillation (teacher {c['teacher']}, {c['teacher_steps']} steps). Latency: {report['latency']}.",
+        f"distillation (teacher {c['teacher']}, {c['teacher_steps']} steps). Compression: a latency knapsack "
+        f"(HALP) over heads, head channels, neurons, widths and channels, each cut valued by the damage it does to "
+        f"the output on {c.get('calib_count', 8)} training images. Latency: {report['latency']}.",
         "",
         "| model | role | seeds | mIoU % (mean ± std) | CPU ms | wall ms | x reference (paired) | params (M) |",
         "|---|---|---|---|---|---|---|---|",
@@ -715,6 +724,7 @@ def _parser() -> argparse.ArgumentParser:
         ("jobs", int, "stages run side by side (latency measurements always alone)"),
         ("workers", int, "data-loading processes of each training"),
         ("match_tolerance", float, "relative latency difference still counted as equal"),
+        ("calib_count", int, "training images on which compress measures the damage of each cut"),
     ):
         p.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{text} (default {getattr(d, name)})")
     p.add_argument("--student", help=f"configuration compressed and distilled (default {d.student})")

@@ -29,9 +29,10 @@ below the target is passed over and the walk goes on with cheaper units; only if
 the first such unit removed after all.
 
 **HALP** (Shen et al., "Structural pruning via latency-saliency knapsack", NeurIPS 2022): a greedy knapsack. The
-next cut of every layer is valued by its LAMP score per unit of cost it saves at the current state (costs interact:
-a narrower width makes its heads cheaper, so savings are recomputed for the layer just cut and for all layers every
-few cuts); the cheapest importance per millisecond goes first, until the target is met.
+next cut of every layer is valued by its LAMP score (or, with ``--importance sensitivity``, by the output distortion
+it adds, measured on calibration images by :mod:`passes._core.sensitivity`) per unit of cost it saves at the current
+state (costs interact: a narrower width makes its heads cheaper, so savings are recomputed for the layer just cut and
+for all layers every few cuts); the cheapest importance per millisecond goes first, until the target is met.
 
 **Uniform**: every layer keeps the same fraction ``r`` (at least its floor), the largest ``r`` that meets the target
 (bisection), then layers (largest first) take back the unit the next step of ``r`` would give them while the target
@@ -72,6 +73,9 @@ class Layer:
     kind: str = "channels"
     scope: str = ""
     step: int = 1  # units are removed this many at a time (channel counts kept at multiples of 8)
+    #: measured saliency (:mod:`passes._core.sensitivity`): ``damage[j]`` is the output distortion with the ``j``
+    #: lowest-scored units removed; HALP then values a cut by the damage it adds instead of by LAMP scores
+    damage: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -278,7 +282,8 @@ def _halp(
 ) -> tuple[dict[str, int], dict[str, set[int]], bool]:
     """Greedy knapsack (HALP): remove the unit with the least importance per unit of cost saved.
 
-    Importance is the unit's LAMP score (comparable across layers); the saving of a layer's next unit is
+    Importance is the unit's LAMP score (comparable across layers), or the measured damage of the cut where the
+    layer has a damage curve (:mod:`passes._core.sensitivity`); the saving of a layer's next unit is
     ``cost - cost after removing it``, recomputed for that layer after each removal and for all layers every
     ``refresh`` removals (the terms couple layers: cutting a width makes its heads cheaper)."""
     counts = {ly.name: ly.size for ly in layers}
@@ -286,15 +291,26 @@ def _halp(
     cost = model.reset()
     if cost <= goal:
         return counts, removed, True
-    order = {ly.name: [int(i) for i in np.argsort(lamp_scores(ly.scores), kind="stable")] for ly in layers}
+    by_name = {ly.name: ly for ly in layers}
     lamp = {ly.name: lamp_scores(ly.scores) for ly in layers}
+    # removal order: ascending LAMP score, or ascending magnitude where the damage curve was measured in that order
+    order = {
+        ly.name: [int(i) for i in np.argsort(ly.scores if ly.damage is not None else lamp[ly.name], kind="stable")]
+        for ly in layers
+    }
     pos = dict.fromkeys(counts, 0)
     saving: dict[str, float] = {}
-
     step = {ly.name: ly.step for ly in layers}
 
+    def worth(name: str) -> float:
+        """What the layer's next cut (``step`` units) loses: the damage it adds, else the sum of LAMP scores."""
+        damage, p = by_name[name].damage, pos[name]
+        if damage is not None:
+            return float(damage[p + step[name]] - damage[p])
+        return float(sum(lamp[name][order[name][p : p + step[name]]]))
+
     def update(name: str) -> None:
-        if counts[name] - step[name] < floors[name]:
+        if counts[name] - step[name] < floors[name] or not math.isfinite(worth(name)):
             saving.pop(name, None)
         else:
             saving[name] = model.current - model.peek(name, step[name])
@@ -302,11 +318,8 @@ def _halp(
     for ly in layers:
         update(ly.name)
     done = 0
-    while saving:  # a layer's next cut (``step`` units) is worth the sum of their LAMP scores
-        name = min(
-            saving,
-            key=lambda n: (sum(lamp[n][order[n][pos[n] : pos[n] + step[n]]]) + 1e-12) / max(saving[n], 1e-12),
-        )
+    while saving:
+        name = min(saving, key=lambda n: (worth(n) + 1e-12) / max(saving[n], 1e-12))
         idx = order[name][pos[name] : pos[name] + step[name]]
         pos[name] += len(idx)
         counts[name] -= len(idx)

@@ -1,0 +1,118 @@
+"""passes._core.sensitivity and ``compress --importance sensitivity``: measured damage curves, a HALP budget that
+follows them, and the CLI's contract."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from fileformat.plan import read_plan
+from passes._core.budget import BudgetConfig, CostModel, Layer, Term, allocate
+from passes._core.channels import ChannelAnalysis
+from passes._core.sensitivity import damage_curve, distortion, removal_points
+from passes._core.stats import graph_stats
+from passes.compress import CompressConfig, compress, main
+
+from _helpers_channels import analysis_oracle, image  # isort: skip
+
+
+def test_damage_curve_interpolates_extrapolates_and_never_decreases() -> None:
+    curve = damage_curve(10, {2: 0.2, 5: 0.1, 8: 0.5})
+    assert curve[0] == 0.0 and curve[1] == pytest.approx(0.1) and curve[2] == pytest.approx(0.2)
+    assert curve[5] == pytest.approx(0.2)  # the measured dip to 0.1 is noise: held at 0.2
+    assert np.all(np.diff(curve) >= 0)
+    assert curve[10] == pytest.approx(0.5 + 2 * (0.5 - 0.1) / 3)  # the last measured slope, continued
+
+
+def test_removal_points_follow_step_and_floor() -> None:
+    layer = Layer("c", np.arange(64, dtype=float), step=8)
+    assert removal_points(layer, floor=7) == [16, 32, 48, 56]  # kept 48, 32, 16 and the floor rounded up to 8
+    assert removal_points(Layer("h", np.ones(4)), floor=1) == [1, 2, 3]
+    assert removal_points(Layer("n", np.ones(3)), floor=3) == []
+
+
+def test_distortion_is_kl_of_the_class_distribution() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(1, 3, 4, 4)).astype(np.float32)
+    assert distortion([ref], [ref]) == pytest.approx(0.0, abs=1e-12)
+    p = np.exp(ref) / np.exp(ref).sum(1, keepdims=True)
+    out = ref.copy()
+    out[:, 0] += 1.0
+    q = np.exp(out) / np.exp(out).sum(1, keepdims=True)
+    assert distortion([ref], [out]) == pytest.approx(float((p * np.log(p / q)).sum(1).mean()), rel=1e-6)
+
+
+def _two_layers(damage_a: np.ndarray | None, damage_b: np.ndarray | None) -> tuple[dict[str, int], bool]:
+    """Layers a (4 units) and b (16 units) of equal total cost, with b's magnitudes far below a's."""
+    layers = [
+        Layer("a", np.array([4.0, 5.0, 6.0, 7.0]), damage=damage_a),
+        Layer("b", np.linspace(0.01, 0.02, 16), damage=damage_b),
+    ]
+    terms = [Term(100.0, ((("a", 4),),)), Term(100.0, ((("b", 16),),))]
+    sizes = {"a": 4, "b": 16}
+    model = CostModel(terms, sizes)
+    alloc = allocate(layers, model, model, BudgetConfig(target=0.75, metric="flops", method="halp"))
+    return alloc.counts, alloc.reached
+
+
+def test_halp_follows_the_measured_damage_whatever_the_magnitudes() -> None:
+    free, steep = np.zeros(17), np.linspace(0.0, 10.0, 17)
+    counts, reached = _two_layers(steep[:5], free)
+    assert reached and counts == {"a": 4, "b": 8}
+    counts, reached = _two_layers(free[:5], steep)
+    assert reached and counts == {"a": 2, "b": 16}
+    blocked = np.array([0.0, 0.0, np.inf, np.inf, np.inf])  # a's second cut was refused: never taken
+    counts, reached = _two_layers(blocked, steep * 100)
+    assert reached and counts["a"] == 3
+
+
+@pytest.fixture(scope="module")
+def xxs(exported) -> Path:
+    return exported("mobilevit_xxs", size=64, opset=17, exporter="legacy")
+
+
+def test_a_group_the_output_ignores_is_cut_first_whatever_its_norms(xxs: Path) -> None:
+    """Zero every consumer of one decoder channel group: its filters keep their norms, so weight magnitudes rank it
+    like any other, but cutting it changes nothing. The measured budget sees a flat damage curve and takes the
+    group down to its floor before anything else; the magnitude budget keeps most of it."""
+    model = onnx.load(str(xxs))
+    analysis = ChannelAnalysis(model)
+    group = next(g for g in analysis.groups if g.name == "decoder.fpn_convs.0.0")
+    dead = analysis_oracle(model, analysis, {group.gid: []})
+    calib = [{model.graph.input[0].name: image(64, seed=s)} for s in range(3)]
+    measured, rep = compress(dead, CompressConfig(target_flops=0.4, importance="sensitivity", calib=calib))
+    magnitude, _ = compress(dead, CompressConfig(target_flops=0.4, allocation="halp"))
+    assert any(n.startswith("sensitivity: ") for n in rep.notes), rep.notes
+    assert rep.extra["budget"]["method"] == "halp"
+    row = next(r for r in rep.rows if r["layer"] == group.name)
+    floor = 8 * math.ceil(math.ceil(0.1 * group.size) / 8)  # 10 % of its channels, rounded up to the step of 8
+    assert row["kept"] == floor < row["units"]
+    assert len(read_plan(magnitude)["channels"].get(group.name, {"kept": range(group.size)})["kept"]) > floor
+    for out in (measured, magnitude):  # HALP stops at the first cut under the target
+        assert 0.35 <= graph_stats(out).flops / graph_stats(dead).flops <= 0.4
+
+
+def test_cli_sensitivity_and_its_usage_errors(xxs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "s.onnx"
+    args = [str(xxs), "-o", str(out), "--target-flops", "0.5"]
+    assert main([*args, "--importance", "sensitivity", "--calib", "synthetic", "--calib-count", "2"]) == 0
+    assert read_plan(onnx.load(str(out)))["channels"]
+    assert "sensitivity: " in capsys.readouterr().out
+    out.unlink()
+    for extra, message in [
+        (["--importance", "sensitivity"], "give --calib DATA"),
+        (["--calib", "synthetic"], "--calib is read by --importance sensitivity"),
+        (["--importance", "sensitivity", "--calib", "synthetic", "--allocation", "uniform"], "only the HALP"),
+        (["--importance", "sensitivity", "--calib", "synthetic", "--calib-count", "0"], "--calib-count 0"),
+    ]:
+        assert main([*args, *extra]) == 2, extra
+        assert message in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*args, "--importance", "sensitivity", "--calib", str(empty)]) == 1
+    assert "no images" in capsys.readouterr().err
+    assert not out.exists()
