@@ -46,15 +46,15 @@ from passes._core.canonical import canonicalize
 from passes._core.channels import ChannelAnalysis
 from passes._core.cli import make_parser, run_pass_cli
 from passes._core.graph import GraphView
+from passes._core.importance import channel_group_scores, importance
 from passes._core.report import PassReport
 from passes._core.stats import graph_stats
-from passes._core.units import PruneUnit, UnitPruneConfig, find_units, importance, prune_units, select_top
+from passes._core.units import PruneUnit, UnitPruneConfig, find_units, prune_units, select_top
 from passes.slice_channels import (
     IMPORTANCES,
     SCOPES,
     SliceChannelsConfig,
     add_budget_args,
-    group_importance,
     load_plan_arg,
     slice_channels,
 )
@@ -84,7 +84,7 @@ class CompressConfig:
     latency_retries: int = 4  # at most this many such corrections
     floor: float = 0.1
     scope: str = "all"
-    importance: str = "l2"  # or "sensitivity": measured on ``calib`` (see passes._core.sensitivity)
+    importance: str = "l2"  # or "sensitivity": measured on ``calib`` (see passes._core.importance)
     calib: Sequence[Mapping[str, np.ndarray]] | None = None  # feeds for --importance sensitivity
 
     def validate(self) -> None:
@@ -378,7 +378,7 @@ def _discover(model: onnx.ModelProto, config: CompressConfig) -> _Problem:
     groups = analysis.prunable(config.scope) if "channels" in config.units else []
     if groups:
         norm = "l2" if config.importance == "sensitivity" else config.importance
-        scores = group_importance(analysis, groups, norm, notes)
+        scores = channel_group_scores(analysis, groups, norm, notes)
         for g in groups:
             names[g.gid] = f"channels:{g.name}"
             floor, step = budget.floor_of(g.size), _step(g.size, config.round_to)
@@ -430,8 +430,8 @@ def _plan_of(problem: _Problem, keep: dict[str, list[int]]) -> CompressPlan:
 
 
 def _measure_sensitivity(problem: _Problem, config: CompressConfig, budget: BudgetConfig) -> None:
-    """Give every layer its measured damage curve (:mod:`passes._core.sensitivity`)."""
-    from passes._core import sensitivity
+    """Give every layer its measured damage curve (:mod:`passes._core.importance`)."""
+    from passes._core import importance as sensitivity
 
     floors = {ly.name: min(ly.size, max(ly.floor, budget.floor_of(ly.size))) for ly in problem.layers}
 

@@ -41,6 +41,7 @@ from passes._core.canonical import canonicalize, merge_constants
 from passes._core.channels import ChannelAnalysis, ChannelGroup, CutResult, apply_channel_cuts, keep_top
 from passes._core.cli import make_parser, run_pass_cli
 from passes._core.finalize import finalize
+from passes._core.importance import CHANNEL_METHODS, channel_group_scores
 from passes._core.report import PassReport
 from passes._core.stats import GraphStats, graph_stats
 
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 
 PASS_NAME = "slice_channels"
 SCOPES = ("all", "decoder", "backbone")
-IMPORTANCES = ("l1", "l2", "bn_scale")
+IMPORTANCES = CHANNEL_METHODS
 _WEIGHT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
 
 
@@ -95,31 +96,6 @@ class SliceChannelsConfig:
 
 
 # ---------------------------------------------------------------------------------------------------- building blocks
-def group_importance(
-    analysis: ChannelAnalysis, groups: Sequence[ChannelGroup], method: str, notes: list[str]
-) -> dict[int, np.ndarray]:
-    """Importance per channel of each group; ``bn_scale`` falls back to ``l2`` where a group has no BN node."""
-    out: dict[int, np.ndarray] = {}
-    fallback = []
-    for g in groups:
-        if method == "bn_scale":
-            try:
-                out[g.gid] = analysis.importance(g, "bn_scale")
-                continue
-            except ValueError:
-                fallback.append(g.name)
-                out[g.gid] = analysis.importance(g, "l2")
-                continue
-        out[g.gid] = analysis.importance(g, method)
-    if fallback:
-        notes.append(
-            f"importance bn_scale: {len(fallback)} group(s) have no BatchNormalization node (the exporter folded BN "
-            f"into the conv), used the l2 filter norm instead: {', '.join(fallback[:6])}"
-            + (" ..." if len(fallback) > 6 else "")
-        )
-    return out
-
-
 def channel_layers(
     groups: Sequence[ChannelGroup], scores: Mapping[int, np.ndarray], budget: BudgetConfig
 ) -> list[Layer]:
@@ -248,7 +224,7 @@ def decide_channels(model: onnx.ModelProto, config: SliceChannelsConfig, stats: 
     if not groups:
         notes.append(f"no prunable channel group in scope {config.scope!r}")
         return ChannelDecision(analysis, [], {}, None, notes)
-    scores = group_importance(analysis, groups, config.importance, notes)
+    scores = channel_group_scores(analysis, groups, config.importance, notes)
     if config.ratio is not None:
         keep = {}
         for g in groups:

@@ -30,7 +30,7 @@ the first such unit removed after all.
 
 **HALP** (Shen et al., "Structural pruning via latency-saliency knapsack", NeurIPS 2022): a greedy knapsack. The
 next cut of every layer is valued by its LAMP score (or, with ``--importance sensitivity``, by the output distortion
-it adds, measured on calibration images by :mod:`passes._core.sensitivity`) per unit of cost it saves at the current
+it adds, measured on calibration images by :mod:`passes._core.importance`) per unit of cost it saves at the current
 state (costs interact: a narrower width makes its heads cheaper, so savings are recomputed for the layer just cut and
 for all layers every few cuts); the cheapest importance per millisecond goes first, until the target is met.
 
@@ -73,7 +73,7 @@ class Layer:
     kind: str = "channels"
     scope: str = ""
     step: int = 1  # units are removed this many at a time (channel counts kept at multiples of 8)
-    #: measured saliency (:mod:`passes._core.sensitivity`): ``damage[j]`` is the output distortion with the ``j``
+    #: measured saliency (:mod:`passes._core.importance`): ``damage[j]`` is the output distortion with the ``j``
     #: lowest-scored units removed; HALP then values a cut by the damage it adds instead of by LAMP scores
     damage: np.ndarray | None = None
 
@@ -283,7 +283,7 @@ def _halp(
     """Greedy knapsack (HALP): remove the unit with the least importance per unit of cost saved.
 
     Importance is the unit's LAMP score (comparable across layers), or the measured damage of the cut where the
-    layer has a damage curve (:mod:`passes._core.sensitivity`); the saving of a layer's next unit is
+    layer has a damage curve (:mod:`passes._core.importance`); the saving of a layer's next unit is
     ``cost - cost after removing it``, recomputed for that layer after each removal and for all layers every
     ``refresh`` removals (the terms couple layers: cutting a width makes its heads cheaper)."""
     counts = {ly.name: ly.size for ly in layers}

@@ -986,40 +986,6 @@ class ChannelAnalysis:
             raise ValueError(f"unknown scope {scope!r}")
         return [g for g in self.groups if g.prunable and (scope == "all" or g.scope == scope)]
 
-    # ------------------------------------------------------------------ importance
-    def importance(self, group: ChannelGroup, method: str = "l2") -> np.ndarray:
-        """Per-channel importance of ``group``: the norm of every source filter of the channel, summed over the
-        group's sources (L1: ``sum |w|``; L2: ``sqrt(sum w^2)`` over all the group's filters), or ``|gamma|`` of the
-        group's BatchNormalization nodes (``bn_scale``; raises ValueError where the group has none)."""
-        n = group.size
-        if method == "bn_scale":
-            acc = np.zeros(n)
-            found = False
-            for t in group.touches:
-                node = self.graph.node[t.node]
-                if t.role == "carried" and node.op_type == "BatchNormalization" and t.input == 1:
-                    gamma = self.consts.value(node.input[1])
-                    if gamma is None:
-                        continue
-                    acc += np.abs(gamma.astype(np.float64).reshape(-1)[t.offset : t.offset + n])
-                    found = True
-            if not found:
-                raise ValueError(f"group {group.name} has no BatchNormalization (folded into the conv?)")
-            return acc
-        if method not in ("l1", "l2"):
-            raise ValueError(f"unknown importance {method!r}; use l1, l2 or bn_scale")
-        acc = np.zeros(n)
-        for t in group.touches:
-            if t.role != "out" or t.input != 1:
-                continue
-            w = self.consts.value(self.graph.node[t.node].input[1])
-            if w is None:
-                continue
-            w = np.moveaxis(w.astype(np.float64), t.axis, 0)
-            w = w[t.offset * t.inner : (t.offset + n) * t.inner].reshape(n, -1)
-            acc += np.abs(w).sum(axis=1) if method == "l1" else (w**2).sum(axis=1)
-        return acc if method == "l1" else np.sqrt(acc)
-
     # ------------------------------------------------------------------ cost model
     def factor(self, tensor: str) -> tuple[tuple[int | None, int], ...] | None:
         """The channel axis of ``tensor`` as ``((group id, size), ...)`` (None: not tracked)."""

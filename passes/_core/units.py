@@ -13,9 +13,9 @@ Cost model (for budget allocators): removing one unit removes ``params_per_unit`
 constant scales linearly with the unit count) and ``flops_per_unit`` FLOPs (every contraction op on the unit axis
 scales linearly: the qkv columns, the score and context batched MatMuls, the output-projection rows).
 
-Importance of unit ``u``: ``L1 = sum |w|`` or ``L2 = sqrt(sum w^2)`` over the weights that produce it (the q/k/v
-columns of head ``u``; fc1's column ``u``) and consume it (the projection rows; fc2's row ``u``). Selection keeps the
-``n`` highest scores; ties go to the lower index.
+Importance of unit ``u`` (:mod:`passes._core.importance`): ``L1 = sum |w|`` or ``L2 = sqrt(sum w^2)`` over the
+weights that produce it (the q/k/v columns of head ``u``; fc1's column ``u``) and consume it (the projection rows;
+fc2's row ``u``). Selection keeps the ``n`` highest scores; ties go to the lower index.
 
 Indices: ``keep_sets`` are relative to the model given (its current units); plans (``vitseg.plan`` and
 ``--plan`` files) are relative to the original unpruned model and are translated with the model's stored plan, so
@@ -60,11 +60,11 @@ from passes._core.dims import (
 )
 from passes._core.finalize import finalize
 from passes._core.graph import GraphView, NodeRef, metadata_scopes, node_scope
+from passes._core.importance import NORMS, importance
 from passes._core.report import PassReport
 
 log = logging.getLogger(__name__)
 
-NORMS = ("l1", "l2")
 SECTION = {"heads": "heads", "neurons": "neurons", "width": "width", "head_dim": "head_dim"}
 #: what one unit of each kind is, for messages
 UNIT_NAMES = {"heads": "heads", "neurons": "neurons", "width": "channels", "head_dim": "head channels"}
@@ -521,8 +521,9 @@ def find_units(model: onnx.ModelProto, kind: str, view: GraphView | None = None)
     raise ValueError(f"unknown unit kind {kind!r}")
 
 
-# -------------------------------------------------------------------------------------------------- importance
-def _tensor(model: onnx.ModelProto, name: str) -> np.ndarray:
+# -------------------------------------------------------------------------------------------------- selection
+def tensor_value(model: onnx.ModelProto, name: str) -> np.ndarray:
+    """The value of initializer or Constant ``name`` of ``model`` (KeyError where it is neither)."""
     for init in model.graph.initializer:
         if init.name == name:
             return numpy_helper.to_array(init)
@@ -530,30 +531,6 @@ def _tensor(model: onnx.ModelProto, name: str) -> np.ndarray:
         if node.op_type == "Constant" and node.output[0] == name:
             return numpy_helper.to_array(node.attribute[0].t)
     raise KeyError(name)
-
-
-def unit_importance(model: onnx.ModelProto, unit: PruneUnit, norm: str = "l2") -> np.ndarray:
-    """Per-unit weight norm over the producing and consuming weights (see the module docstring)."""
-    if norm not in NORMS:
-        raise PassError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
-    if unit.group is None:
-        raise PassError(f"{unit.id} was skipped ({unit.skip_reason}); it has no importance")
-    g = unit.group
-    src = unit.view.model if unit.view is not None else model  # the (canonical) model the unit was found on
-    total = np.zeros(g.count, dtype=np.float64)
-    for name in g.sources + g.sinks:
-        ts = g.slices[name]
-        arr = np.moveaxis(_tensor(src, name).astype(np.float64), ts.axis, 0)
-        sizes = [s for s, _ in ts.layout]
-        u = next(k for k, (_, unit_) in enumerate(ts.layout) if unit_)
-        per = np.moveaxis(arr.reshape(sizes + list(arr.shape[1:])), u, 0).reshape(g.count, -1)
-        total += np.abs(per).sum(axis=1) if norm == "l1" else np.square(per).sum(axis=1)
-    return total if norm == "l1" else np.sqrt(total)
-
-
-def importance(model: onnx.ModelProto, units: Sequence[PruneUnit], norm: str = "l2") -> dict[str, np.ndarray]:
-    """``{unit id: scores}`` for every prunable unit."""
-    return {u.id: unit_importance(model, u, norm) for u in units if u.prunable}
 
 
 def select_top(scores: np.ndarray, n_keep: int) -> list[int]:
@@ -807,7 +784,7 @@ def zero_units(model: onnx.ModelProto, unit: PruneUnit, removed: Sequence[int]) 
     inits = {t.name: t for t in out.graph.initializer}
     for name in unit.group.sinks if unit.kind in ("heads", "neurons") else list(unit.group.slices):
         ts = unit.group.slices[name]
-        arr = _tensor(out, name).copy()
+        arr = tensor_value(out, name).copy()
         idx = kept_positions(ts.layout, list(removed))
         sl: list[Any] = [slice(None)] * arr.ndim
         sl[ts.axis] = idx

@@ -1,4 +1,4 @@
-"""passes._core.sensitivity and ``compress --importance sensitivity``: measured damage curves, a HALP budget that
+"""passes._core.importance and ``compress --importance sensitivity``: measured damage curves, a HALP budget that
 follows them, and the CLI's contract."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from fileformat.plan import read_plan
 from passes._core.budget import BudgetConfig, CostModel, Layer, Term, allocate
 from passes._core.channels import ChannelAnalysis
-from passes._core.sensitivity import damage_curve, distortion, removal_points
+from passes._core.importance import damage_curve, distortion, removal_points
 from passes._core.stats import graph_stats
 from passes.compress import CompressConfig, compress, main
 

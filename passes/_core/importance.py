@@ -1,0 +1,254 @@
+"""Unit importance, in one place: weight norms for every kind of unit, BatchNorm scales for conv channels, and the
+damage a cut does to the output, measured on calibration images.
+
+**Weight norms.** Unit ``u`` of a group scores ``L1 = sum |w|`` or ``L2 = sqrt(sum w^2)`` over its slices of the
+group's weights (:func:`norms`): for heads, head channels, neurons and widths (:func:`unit_scores`) the weights
+that produce and consume the unit (q/k/v columns and projection rows of a head, fc1's column and fc2's row of a
+neuron); for a conv channel group (:func:`channel_scores`) every source filter of the channel. ``bn_scale`` scores a
+channel by ``|gamma|`` of the group's BatchNormalization nodes, falling back to L2 where the exporter folded BN into
+the conv (:func:`channel_group_scores` says so in a note).
+
+**Measured damage** (``compress --importance sensitivity``). Norms rank the units *within* a layer well, but they do
+not say whether the last quarter of a transformer's width costs more accuracy than half of a decoder conv: LAMP
+scores are comparable across layers only in the sense that each layer's largest unit scores 1. A latency knapsack
+(HALP) needs a saliency in one currency for every layer, and HALP itself uses a loss estimate (first-order Taylor).
+An ONNX file has no gradients, so :func:`measure` measures the loss side directly, forward only (as NetAdapt and
+sensitivity analysis do):
+
+1. run the uncut model on a few calibration images and keep its outputs;
+2. for each layer and each of a few kept fractions (:data:`FRACTIONS`, and the layer's floor), cut that layer
+   alone (its lowest-norm units, the ones the budget removes first), run the images again, and record the output's
+   distortion: the mean per-pixel KL divergence of the class distribution from the uncut model's
+   (:func:`distortion`);
+3. interpolate each layer's distortion linearly in the number of units removed and make it non-decreasing
+   (:func:`damage_curve`); the budget then values the next cut of a layer by the distortion it adds.
+
+Layers are measured one at a time, so interactions between layers are ignored (the usual additive assumption of
+sensitivity analysis); the cost is ``layers x (len(FRACTIONS) + 1) + 1`` short onnxruntime runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from fileformat.errors import PassError
+from passes._core.budget import Layer
+
+if TYPE_CHECKING:
+    from passes._core.channels import ChannelAnalysis, ChannelGroup
+    from passes._core.units import PruneUnit
+
+log = logging.getLogger(__name__)
+
+NORMS = ("l1", "l2")
+CHANNEL_METHODS = (*NORMS, "bn_scale")
+
+
+def norms(blocks: Iterable[np.ndarray], count: int, norm: str = "l2") -> np.ndarray:
+    """Per-unit ``L1`` or ``L2`` norm over ``blocks``, each an array whose first axis is the ``count`` units (the
+    unit's slice of one weight); the norm is taken over all of a unit's slices together."""
+    if norm not in NORMS:
+        raise PassError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
+    total = np.zeros(count, dtype=np.float64)
+    for b in blocks:
+        b = np.asarray(b, dtype=np.float64).reshape(count, -1)
+        total += np.abs(b).sum(axis=1) if norm == "l1" else np.square(b).sum(axis=1)
+    return total if norm == "l1" else np.sqrt(total)
+
+
+def unit_scores(model: onnx.ModelProto, unit: PruneUnit, norm: str = "l2") -> np.ndarray:
+    """Per-unit weight norm of a head, head-channel, neuron or width group over its producing and consuming
+    weights."""
+    from passes._core.units import tensor_value
+
+    if unit.group is None:
+        raise PassError(f"{unit.id} was skipped ({unit.skip_reason}); it has no importance")
+    g = unit.group
+    src = unit.view.model if unit.view is not None else model  # the (canonical) model the unit was found on
+
+    def blocks() -> Iterable[np.ndarray]:
+        for name in g.sources + g.sinks:
+            ts = g.slices[name]
+            arr = np.moveaxis(tensor_value(src, name), ts.axis, 0)
+            sizes = [s for s, _ in ts.layout]
+            u = next(k for k, (_, unit_) in enumerate(ts.layout) if unit_)
+            yield np.moveaxis(arr.reshape(sizes + list(arr.shape[1:])), u, 0)
+
+    return norms(blocks(), g.count, norm)
+
+
+def importance(model: onnx.ModelProto, units: Sequence[PruneUnit], norm: str = "l2") -> dict[str, np.ndarray]:
+    """``{unit id: scores}`` for every prunable unit."""
+    return {u.id: unit_scores(model, u, norm) for u in units if u.prunable}
+
+
+def channel_scores(analysis: ChannelAnalysis, group: ChannelGroup, method: str = "l2") -> np.ndarray:
+    """Per-channel importance of a conv channel group: the norm of every source filter of the channel (over all the
+    group's sources), or ``|gamma|`` of its BatchNormalization nodes (``bn_scale``; ValueError where it has none)."""
+    n = group.size
+    if method == "bn_scale":
+        acc, found = np.zeros(n), False
+        for t in group.touches:
+            node = analysis.graph.node[t.node]
+            if t.role == "carried" and node.op_type == "BatchNormalization" and t.input == 1:
+                gamma = analysis.consts.value(node.input[1])
+                if gamma is not None:
+                    acc += np.abs(gamma.astype(np.float64).reshape(-1)[t.offset : t.offset + n])
+                    found = True
+        if not found:
+            raise ValueError(f"group {group.name} has no BatchNormalization (folded into the conv?)")
+        return acc
+
+    def blocks() -> Iterable[np.ndarray]:
+        for t in group.touches:
+            if t.role != "out" or t.input != 1:
+                continue
+            w = analysis.consts.value(analysis.graph.node[t.node].input[1])
+            if w is not None:
+                yield np.moveaxis(w, t.axis, 0)[t.offset * t.inner : (t.offset + n) * t.inner]
+
+    if method not in NORMS:
+        raise ValueError(f"unknown importance {method!r}; use {', '.join(CHANNEL_METHODS)}")
+    return norms(blocks(), n, method)
+
+
+def channel_group_scores(
+    analysis: ChannelAnalysis, groups: Sequence[ChannelGroup], method: str, notes: list[str]
+) -> dict[int, np.ndarray]:
+    """Importance per channel of each group; ``bn_scale`` falls back to ``l2`` where a group has no BN node."""
+    out: dict[int, np.ndarray] = {}
+    fallback = []
+    for g in groups:
+        try:
+            out[g.gid] = channel_scores(analysis, g, method)
+        except ValueError:
+            if method != "bn_scale":
+                raise
+            fallback.append(g.name)
+            out[g.gid] = channel_scores(analysis, g, "l2")
+    if fallback:
+        notes.append(
+            f"importance bn_scale: {len(fallback)} group(s) have no BatchNormalization node (the exporter folded BN "
+            f"into the conv), used the l2 filter norm instead: {', '.join(fallback[:6])}"
+            + (" ..." if len(fallback) > 6 else "")
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- measured damage
+#: kept fractions each layer is measured at (besides its floor)
+FRACTIONS = (0.75, 0.5, 0.25)
+
+
+def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    z = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def distortion(reference: Sequence[np.ndarray], output: Sequence[np.ndarray]) -> float:
+    """The mean per-pixel KL divergence ``KL(p_ref || p_out)`` of class scores on axis 1 (``N x C x H x W`` logits),
+    averaged over the images; an output of another rank counts its mean squared change over the reference's mean
+    square."""
+    total = 0.0
+    for ref, out in zip(reference, output, strict=True):
+        ref = np.asarray(ref, dtype=np.float64)
+        out = np.asarray(out, dtype=np.float64)
+        if ref.shape != out.shape:
+            raise PassError(f"a cut changed the output's shape from {ref.shape} to {out.shape}")
+        if ref.ndim == 4 and ref.shape[1] > 1:
+            p, q = _softmax(ref, 1), _softmax(out, 1)
+            kl = (p * (np.log(np.clip(p, 1e-12, None)) - np.log(np.clip(q, 1e-12, None)))).sum(axis=1)
+            total += float(kl.mean())
+        else:
+            total += float(((out - ref) ** 2).mean() / max(float((ref**2).mean()), 1e-12))
+    return total / max(1, len(reference))
+
+
+def removal_points(layer: Layer, floor: int) -> list[int]:
+    """How many units of ``layer`` are removed at each measured point: :data:`FRACTIONS` of it kept (rounded up to
+    its step, never under ``floor``) and the floor itself, ascending, without repeats or zero."""
+    size, step = layer.size, max(1, layer.step)
+    kept = set()
+    for r in (*FRACTIONS, 0.0):
+        k = max(floor, step * int(np.ceil(r * size / step - 1e-9)))
+        if k % step and k < size:  # a floor that is not a multiple of the step: the next multiple above it
+            k = step * int(np.ceil(k / step))
+        kept.add(min(size, k))
+    return sorted(size - k for k in kept if size - k > 0)
+
+
+def damage_curve(size: int, measured: Mapping[int, float]) -> np.ndarray:
+    """``curve[j]``: the distortion with the ``j`` lowest units removed, for ``j = 0 .. size``: 0 at ``j = 0``,
+    linear between measured points, the last slope beyond the last one, and non-decreasing (a measured drop is
+    noise: removing more never helps in expectation)."""
+    xs = [0, *sorted(measured)]
+    ys = [0.0, *(max(0.0, float(measured[j])) for j in sorted(measured))]
+    j = np.arange(size + 1, dtype=np.float64)
+    curve = np.interp(j, xs, ys)
+    if len(xs) >= 2 and xs[-1] < size:
+        slope = (ys[-1] - ys[-2]) / max(1, xs[-1] - xs[-2])
+        tail = j > xs[-1]
+        curve[tail] = ys[-1] + max(0.0, slope) * (j[tail] - xs[-1])
+    return np.maximum.accumulate(curve)
+
+
+def measure(
+    model: onnx.ModelProto,
+    layers: Sequence[Layer],
+    floors: Mapping[str, int],
+    cut: Callable[[Layer, list[int]], onnx.ModelProto],
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    threads: int = 2,
+) -> tuple[dict[str, np.ndarray], dict[str, dict[int, float]]]:
+    """Damage curves of every layer (see the module docstring), and the measured points ``{layer: {removed:
+    distortion}}``.
+
+    ``cut(layer, kept)`` returns a copy of ``model`` with only ``layer`` cut to the unit indices ``kept``. A cut the
+    passes refuse (:class:`PassError`) makes that amount of removal, and any more, unaffordable (infinite damage).
+    """
+    from tqdm import tqdm
+
+    from passes._core.latency import _session
+
+    if not feeds:
+        raise PassError("measured sensitivity needs at least one calibration image")
+
+    def run(m: onnx.ModelProto) -> list[np.ndarray]:
+        sess = _session(m, threads, profile=False)
+        return [sess.run(None, dict(f))[0] for f in feeds]
+
+    start = time.perf_counter()
+    reference = run(model)
+    curves: dict[str, np.ndarray] = {}
+    points: dict[str, dict[int, float]] = {}
+    for ly in tqdm(layers, desc="sensitivity", unit="layer", leave=False, disable=None):
+        order = np.argsort(np.asarray(ly.scores, dtype=np.float64), kind="stable")  # lowest first: removed first
+        measured: dict[int, float] = {}
+        for removed in removal_points(ly, floors[ly.name]):
+            kept = sorted(int(i) for i in order[removed:])
+            try:
+                measured[removed] = distortion(reference, run(cut(ly, kept)))
+            except PassError as exc:
+                log.warning("sensitivity: %s cannot lose %d units (%s); it keeps them", ly.name, removed, exc)
+                measured[removed] = float("inf")
+                break
+        finite = {j: d for j, d in measured.items() if np.isfinite(d)}
+        curve = damage_curve(ly.size, finite)
+        blocked = [j for j, d in measured.items() if not np.isfinite(d)]
+        if blocked:
+            curve[min(blocked) :] = np.inf
+        curves[ly.name], points[ly.name] = curve, measured
+    log.info(
+        "sensitivity: %d layers measured on %d image(s) in %.1f s",
+        len(layers),
+        len(feeds),
+        time.perf_counter() - start,
+    )
+    return curves, points
