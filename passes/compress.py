@@ -46,7 +46,7 @@ from passes._core.canonical import canonicalize
 from passes._core.channels import ChannelAnalysis
 from passes._core.cli import make_parser, run_pass_cli
 from passes._core.graph import GraphView
-from passes._core.importance import channel_group_scores, importance
+from passes._core.importance import channel_group_scores, importance, measure_damage
 from passes._core.report import PassReport
 from passes._core.stats import graph_stats
 from passes._core.units import PruneUnit, UnitPruneConfig, find_units, prune_units, select_top
@@ -431,8 +431,6 @@ def _plan_of(problem: _Problem, keep: dict[str, list[int]]) -> CompressPlan:
 
 def _measure_sensitivity(problem: _Problem, config: CompressConfig, budget: BudgetConfig) -> None:
     """Give every layer its measured damage curve (:mod:`passes._core.importance`)."""
-    from passes._core import importance as sensitivity
-
     floors = {ly.name: min(ly.size, max(ly.floor, budget.floor_of(ly.size))) for ly in problem.layers}
 
     def cut(ly: Layer, kept: list[int]) -> onnx.ModelProto:
@@ -440,7 +438,7 @@ def _measure_sensitivity(problem: _Problem, config: CompressConfig, budget: Budg
         return _apply(problem.model, _unit_configs(plan), _channels_config(plan))[0]
 
     start = time.perf_counter()
-    curves, points = sensitivity.measure(problem.model, problem.layers, floors, cut, config.calib or [], config.threads)
+    curves, points = measure_damage(problem.model, problem.layers, floors, cut, config.calib or [], config.threads)
     for ly in problem.layers:
         ly.damage = curves[ly.name]
     problem.notes.append(
@@ -741,7 +739,7 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
         config.validate()  # says what to give
     try:
         with calibration_feeds(
-            model, args.calib, split=args.calib_split, count=args.calib_count, desc="sensitivity"
+            model, args.calib, split=args.calib_split, count=args.calib_count, desc="calibration images"
         ) as feeds:
             config.calib = list(feeds)
     except CalibrationDataError as exc:

@@ -12,7 +12,7 @@ the conv (:func:`channel_group_scores` says so in a note).
 not say whether the last quarter of a transformer's width costs more accuracy than half of a decoder conv: LAMP
 scores are comparable across layers only in the sense that each layer's largest unit scores 1. A latency knapsack
 (HALP) needs a saliency in one currency for every layer, and HALP itself uses a loss estimate (first-order Taylor).
-An ONNX file has no gradients, so :func:`measure` measures the loss side directly, forward only (as NetAdapt and
+An ONNX file has no gradients, so :func:`measure_damage` measures the loss side directly, forward only (as NetAdapt and
 sensitivity analysis do):
 
 1. run the uncut model on a few calibration images and keep its outputs;
@@ -199,7 +199,7 @@ def damage_curve(size: int, measured: Mapping[int, float]) -> np.ndarray:
     return np.maximum.accumulate(curve)
 
 
-def measure(
+def measure_damage(
     model: onnx.ModelProto,
     layers: Sequence[Layer],
     floors: Mapping[str, int],

@@ -142,6 +142,14 @@ def test_training_stages_show_progress_and_no_teacher_cache(tmp_path: Path) -> N
     assert "--cache-teacher" in _stage(cached, "distill").cmd
 
 
+def test_compress_measures_damage_on_the_training_images_unless_told_otherwise(tmp_path: Path) -> None:
+    cmd = _stage(Pipeline(PipelineConfig(run=str(tmp_path), **TINY)), "compress").cmd
+    at = cmd.index("--importance")
+    assert cmd[at + 1] == "sensitivity" and Path(cmd[cmd.index("--calib") + 1]) == tmp_path / "data"
+    plain = Pipeline(PipelineConfig(run=str(tmp_path), **{**TINY, "importance": "l2"}))
+    assert "--importance" not in _stage(plain, "compress").cmd and "--calib" not in _stage(plain, "compress").cmd
+
+
 def test_tee_keeps_lines_and_thins_progress_redraws() -> None:
     """Everything goes to the terminal as is; the log gets every line and, of the carriage-return redraws of a
     progress bar, one per interval (here: the first) and the final state that ends in a newline."""
