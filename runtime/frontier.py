@@ -89,6 +89,7 @@ class FrontierConfig:
     ablation_seeds: int = 1
     match_tolerance: float = 0.10
     calib_count: int = 8  # training images on which compress measures each cut's damage
+    importance: str = "sensitivity"  # how compress values a cut (l2: weight norms, as the magnitude ablation does)
     bench_runs: int = 30
     threads: int = 2
     latency_threads: int | None = 1  # onnxruntime threads of the latency measurements (None: threads)
@@ -112,6 +113,7 @@ class FrontierConfig:
             teacher_steps=4,
             batch_size=2,
             ablations=("ce", "units_heads"),
+            importance="l2",  # measuring every cut costs a minute per compress stage; its own tests cover it
             bench_runs=5,
             threads=1,  # models of ~2 ms: with 2 threads the spinning thread pool makes CPU-time ratios noise
             checkpoint_every=2,
@@ -207,7 +209,7 @@ class Frontier(StageRunner):
         extra: list[object] = []
         if variant == "uniform":
             extra = ["--allocation", "uniform"]
-        elif variant != "magnitude":  # the main recipe values each cut by its measured damage to the output
+        elif variant != "magnitude" and self.cfg.importance == "sensitivity":  # each cut valued by its damage
             extra = ["--importance", "sensitivity", "--calib", self.data, "--calib-count", self.cfg.calib_count]
         if variant.startswith("units_"):
             extra += ["--units", variant.removeprefix("units_")]
@@ -572,8 +574,13 @@ def format_markdown(report: dict[str, Any]) -> str:
         f"training on {c['device']}.",
         f"Steps: references {c['steps'] + c['distill_steps']}, student {c['steps']} + {c['distill_steps']} "
         f"distillation (teacher {c['teacher']}, {c['teacher_steps']} steps). Compression: a latency knapsack "
-        f"(HALP) over heads, head channels, neurons, widths and channels, each cut valued by the damage it does to "
-        f"the output on {c.get('calib_count', 8)} training images. Latency: {report['latency']}.",
+        f"(HALP) over heads, head channels, neurons, widths and channels, each cut valued by "
+        + (
+            f"the damage it does to the output on {c.get('calib_count', 8)} training images"
+            if c.get("importance", "sensitivity") == "sensitivity"
+            else "LAMP-normalised weight norms"
+        )
+        + f". Latency: {report['latency']}.",
         "",
         "| model | role | seeds | mIoU % (mean ± std) | CPU ms | wall ms | x reference (paired) | params (M) |",
         "|---|---|---|---|---|---|---|---|",
@@ -731,6 +738,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help=f"teacher configuration (default {d.teacher}; swin_t_upernet512 with cuda)")
     p.add_argument("--references", help=f"comma-separated smaller models (default {','.join(d.references)})")
     p.add_argument("--ablations", help=f"comma-separated, or 'none' (default all: {','.join(ABLATIONS)})")
+    p.add_argument(
+        "--importance",
+        choices=("sensitivity", "l2"),
+        help=f"how compress values a cut: measured damage or weight norms (default {d.importance}; l2 with --tiny)",
+    )
     p.add_argument(
         "--report-only",
         action="store_true",

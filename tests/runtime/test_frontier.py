@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.frontier import FrontierConfig, main, summarize
+from runtime.frontier import Frontier, FrontierConfig, main, summarize
 
 TINY_ARGS = ["--tiny", "--teacher-steps", "400", "-q"]  # a teacher long enough to be killed in the middle
 
@@ -127,6 +127,17 @@ def _rec(role: str, seed: int, miou: float, ratio: float | None = None, ref: str
         "failed": None,
         "matched": None if ratio is None else abs(ratio - 1) <= 0.1,
     }
+
+
+def test_the_main_recipe_measures_each_cut_and_the_magnitude_ablation_does_not(tmp_path: Path) -> None:
+    stages = {s.name: s.cmd for s in Frontier(FrontierConfig(run=str(tmp_path), seeds=1)).stages()}
+    at = "compress_paper_at_mobilevit_xxs_upernet64_s0"
+    for name in (at, f"{at}_units_heads"):
+        cmd = stages[name]
+        assert cmd[cmd.index("--importance") + 1] == "sensitivity" and "--calib" in cmd, name
+    for name in (f"{at}_magnitude", f"{at}_uniform"):
+        assert "--importance" not in stages[name] and "--calib" not in stages[name], name
+    assert "--allocation" in stages[f"{at}_uniform"]
 
 
 def test_goal_needs_three_seeds_two_points_and_matched_latency() -> None:

@@ -32,6 +32,7 @@ TINY = dict(
     calib_count=4,
     bench_runs=3,
     threads=2,
+    importance="l2",  # measuring every cut costs a minute; test_compress_measures_damage... checks the command
 )
 
 
@@ -143,10 +144,12 @@ def test_training_stages_show_progress_and_no_teacher_cache(tmp_path: Path) -> N
 
 
 def test_compress_measures_damage_on_the_training_images_unless_told_otherwise(tmp_path: Path) -> None:
-    cmd = _stage(Pipeline(PipelineConfig(run=str(tmp_path), **TINY)), "compress").cmd
+    assert PipelineConfig().importance == "sensitivity"
+    measured = Pipeline(PipelineConfig(run=str(tmp_path), **{**TINY, "importance": "sensitivity"}))
+    cmd = _stage(measured, "compress").cmd
     at = cmd.index("--importance")
     assert cmd[at + 1] == "sensitivity" and Path(cmd[cmd.index("--calib") + 1]) == tmp_path / "data"
-    plain = Pipeline(PipelineConfig(run=str(tmp_path), **{**TINY, "importance": "l2"}))
+    plain = Pipeline(PipelineConfig(run=str(tmp_path), **TINY))
     assert "--importance" not in _stage(plain, "compress").cmd and "--calib" not in _stage(plain, "compress").cmd
 
 
