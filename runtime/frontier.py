@@ -114,7 +114,7 @@ class FrontierConfig:
             batch_size=2,
             ablations=("ce", "units_heads"),
             importance="l2",  # measuring every cut costs a minute per compress stage; its own tests cover it
-            bench_runs=5,
+            bench_runs=60,  # models of ~2 ms: a handful of rounds leaves the paired ratio 10 % noisy
             threads=1,  # models of ~2 ms: with 2 threads the spinning thread pool makes CPU-time ratios noise
             checkpoint_every=2,
         )
@@ -307,6 +307,7 @@ class Frontier(StageRunner):
         js = self.run / "bench" / f"{ref}_s{seed}.json"
         files = [e.onnx for e in members]
         cmd = self._py("runtime.bench", *files, "--runs", self.cfg.bench_runs, "--threads", self._lat_threads)
+        cmd.append("--no-isolate")  # in one process, as compress times its cut (see runtime.bench on isolation)
         return Stage(f"bench_{ref}_s{seed}", [*cmd, "--json", str(js)], files, [js])
 
     # ------------------------------------------------------------------ running

@@ -572,7 +572,7 @@ class Pipeline(StageRunner):
         # one benchmark run for every file, so that all latencies share the machine's state; ratios to the baseline
         bench_models = list(dict.fromkeys([*self.files.values(), *self.frontier.values(), self.teacher_onnx]))
         bench_cmd = self._py("runtime.bench", *bench_models, "--runs", c.bench_runs, "--threads", c.latency_threads)
-        bench_cmd += ["--json", str(rep / "bench.json")]
+        bench_cmd += ["--json", str(rep / "bench.json"), "--no-isolate"]  # as compress times (see runtime.bench)
         out.append(Stage("bench", bench_cmd, bench_models, [rep / "bench.json"]))
         out.append(
             Stage(

@@ -267,11 +267,18 @@ def save_table(table: LatencyTable, path: str | Path) -> None:
 
 
 def measure_pair(
-    a: onnx.ModelProto, b: onnx.ModelProto, threads: int = 2, rounds: int = 20, min_seconds: float = 0.0
+    a: onnx.ModelProto,
+    b: onnx.ModelProto,
+    threads: int = 2,
+    rounds: int = 20,
+    min_seconds: float = 0.0,
+    rewarm: int = 2,
 ) -> tuple[float, float, float]:
     """``(median wall ms of a, of b, median ratio of b's to a's process CPU time)``, timed interleaved (a, b, a,
-    b, ...) after warm-up: the CPU-time ratio holds on a loaded machine, where wall times drift. ``min_seconds``
-    raises the rounds for small models until the timed runs take at least that long."""
+    b, ...) after warm-up: the CPU-time ratio holds on a loaded machine, where wall times drift. Each timed run
+    follows ``rewarm`` untimed runs of the same model, so both are timed warm, as each runs deployed alone
+    (``runtime.bench`` measures the same way; its docstring has the figures). ``min_seconds`` raises the rounds for
+    small models until the measurement (re-warming runs included) takes at least that long."""
     sa, sb = _session(a, threads, False), _session(b, threads, False)
     fa, fb = _feed(sa), _feed(sb)
     t0 = time.perf_counter()
@@ -279,15 +286,20 @@ def measure_pair(
         sa.run(None, fa)
         sb.run(None, fb)
     per_round = (time.perf_counter() - t0) / 3
-    rounds = max(rounds, int(min_seconds / max(per_round, 1e-6)))
+    rounds = max(rounds, int(min_seconds / max(per_round * (1 + rewarm), 1e-6)))
+
+    def timed(sess: Any, feed: dict[str, np.ndarray]) -> tuple[float, float]:
+        for _ in range(rewarm):
+            sess.run(None, feed)
+        c0, t0 = time.process_time(), time.perf_counter()
+        sess.run(None, feed)
+        return time.perf_counter() - t0, time.process_time() - c0
+
     ta, tb, cpu = [], [], []
     for _ in range(rounds):
-        c0, t0 = time.process_time(), time.perf_counter()
-        sa.run(None, fa)
-        c1, t1 = time.process_time(), time.perf_counter()
-        sb.run(None, fb)
-        c2, t2 = time.process_time(), time.perf_counter()
-        ta.append((t1 - t0) * 1e3)
-        tb.append((t2 - t1) * 1e3)
-        cpu.append((c2 - c1) / max(c1 - c0, 1e-9))
+        wa, ca = timed(sa, fa)
+        wb, cb = timed(sb, fb)
+        ta.append(wa * 1e3)
+        tb.append(wb * 1e3)
+        cpu.append(cb / max(ca, 1e-9))
     return statistics.median(ta), statistics.median(tb), statistics.median(cpu)

@@ -24,6 +24,7 @@ from runtime.bench import (
     SCHEMA_VERSION,
     BenchConfig,
     BenchError,
+    InProcessRunner,
     benchmark,
     main,
     resolve_providers,
@@ -42,7 +43,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _check_schema(doc: dict) -> None:
     assert doc["schema_version"] == SCHEMA_VERSION == 1
     assert set(doc) == {"schema_version", "tool", "created", "machine", "config", "models"}
-    assert set(doc["config"]) == {"runs", "warmup", "threads", "providers", "batch", "seed", "isolate", "interleave"}
+    config_keys = {"runs", "warmup", "threads", "providers", "batch", "seed", "isolate", "interleave", "rewarm"}
+    assert set(doc["config"]) == config_keys
     assert set(doc["machine"]) == {"platform", "python", "onnxruntime", "cpu_count", "hostname"}
     for m in doc["models"]:
         assert set(m) == set(MODEL_KEYS)
@@ -222,3 +224,25 @@ def test_help_shows_every_default(capsys) -> None:
     for option in ("--runs", "--warmup", "--threads", "--providers", "--batch", "--seed", "--json", "--no-interleave"):
         assert option in text
     assert "(default: 50)" in text and "(default: 5)" in text and "(default: False)" in text
+
+
+@pytest.mark.parametrize(("interleave", "calls"), [(True, 3), (False, 1)])
+def test_each_interleaved_timed_run_follows_rewarm_untimed_runs(
+    tiny: dict[str, Path], interleave: bool, calls: int
+) -> None:
+    """Round robin re-warms a model before timing it (its weights back in cache, as when it runs alone); one model
+    timed run after run is warm already."""
+    runner = InProcessRunner(tiny["static"], BenchConfig(runs=1, warmup=0, rewarm=2, interleave=interleave))
+    runner.load()
+    real, seen = runner._session, []
+
+    class Counting:
+        def run(self, *args: object) -> object:
+            seen.append(1)
+            return real.run(*args)
+
+    runner._session = Counting()
+    wall, cpu = runner.run_once()
+    assert len(seen) == calls and wall > 0 and cpu >= 0
+    with pytest.raises(BenchError, match="rewarm"):
+        BenchConfig(rewarm=-1)
