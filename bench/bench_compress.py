@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 row["seconds"] = round(time.perf_counter() - start, 1)
                 row["estimate"] = report.extra["budget"]["estimated"]
+                # the loop's attempts: the table's prediction of each plan and compress's measurement of it
+                row["attempts"] = report.extra.get("latency_attempts", [])
                 row["agreement"] = _agreement(model, pruned, args.size)
                 path = out_dir / f"{name}_{args.size}_{budget}{target:g}.onnx"
                 save_model(pruned, path)
@@ -117,20 +119,22 @@ def table(doc: dict[str, Any]) -> str:
         "models timed interleaved; "
         "ratios to the unpruned model (paired per round), CPU = process CPU time",
         "",
-        "| model | budget | target | wall ms | wall | CPU | predicted | FLOPs | params (M) | params | agreement |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | budget | target | wall ms | wall | CPU | predicted | FLOPs | params (M) | params | agreement | "
+        "attempts: predicted / measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in doc["models"].items():
         for r in entry["rows"]:
             if "error" in r:
-                lines.append(f"| {name} | {r['budget']} | {r['target']:g} | not reachable: {r['error'][:80]} ||||||||")
+                lines.append(f"| {name} | {r['budget']} | {r['target']:g} | not reachable: {r['error'][:80]} |||||||||")
                 continue
             pred = f"{r['estimate']:.3f}x" if r["budget"] == "latency" else ""
             agree = f"{r['agreement']:.1%}" if "agreement" in r else ""
+            tries = ", ".join(f"{a['predicted']:.3f}/{a['measured']:.3f}" for a in r.get("attempts", []))
             lines.append(
                 f"| {name} | {r['budget']} | {r['target']:g} | {r['wall_ms']:.1f} | {r['wall_ratio']:.3f}x | "
                 f"{r['cpu_ratio']:.3f}x | {pred} | {r['flops_ratio']:.3f}x | {r['params'] / 1e6:.2f} | "
-                f"{r['params_ratio']:.3f}x | {agree} |"
+                f"{r['params_ratio']:.3f}x | {agree} | {tries} |"
             )
     return "\n".join(lines)
 

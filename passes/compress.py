@@ -306,6 +306,22 @@ def _tensor_factors(
     return factors
 
 
+def _fraction(
+    problem: _Problem, factors_of: Callable[[Sequence[str]], list[Factor]], counts: Mapping[str, int]
+) -> Callable[[Sequence[str]], float]:
+    """The kept fraction of a node's work (reading or writing ``tensors``) when each layer keeps ``counts``."""
+    sizes = {ly.name: ly.size for ly in problem.layers}
+
+    def fraction(tensors: Sequence[str]) -> float:
+        p = 1.0
+        for f in factors_of(tensors):
+            total = sum(n for _, n in f)
+            p *= sum(counts.get(name, sizes[name]) * n / sizes[name] if name else n for name, n in f) / total
+        return p
+
+    return fraction
+
+
 def _latency_table(
     problem: _Problem, config: CompressConfig, factors_of: Callable[[Sequence[str]], list[Factor]]
 ) -> latency_model.LatencyTable:
@@ -319,18 +335,9 @@ def _latency_table(
     variants = []
     for q in (0.5, 0.25):
         counts = {ly.name: min(ly.size, ly.step * max(1, math.ceil(q * ly.size / ly.step))) for ly in layers}
-        sizes = {ly.name: ly.size for ly in layers}
         plan = _plan_of(problem, {ly.name: select_top(ly.scores, counts[ly.name]) for ly in layers})
         cut, _ = _apply(model, _unit_configs(plan), _channels_config(plan))
-
-        def fraction(tensors: Sequence[str], counts: dict = counts, sizes: dict = sizes) -> float:
-            p = 1.0
-            for f in factors_of(tensors):
-                total = sum(n for _, n in f)
-                p *= sum(counts.get(name, n) * n / sizes[name] if name else n for name, n in f) / total
-            return p
-
-        variants.append((cut, fraction))
+        variants.append((cut, _fraction(problem, factors_of, counts)))
     start = time.perf_counter()
     table = latency_model.fit_table(model, variants, threads=config.threads)
     latency_model.save_table(table, path)
@@ -603,8 +610,10 @@ def _close_latency_loop(
     target or more than ``config.latency_tolerance`` under it, plan again for another asked target (at most
     ``config.latency_retries`` times). The table predicts each node's time; what it cannot see (memory layout
     changes, cache effects, thread synchronisation) is corrected with the measurement: the asked target is
-    interpolated between the closest attempts on either side of the band's middle (regula falsi), or scaled by
-    ``aim / measured`` until both sides are known. The closest attempt is kept, one under the target first.
+    interpolated between the table's estimates of the closest attempts on either side of the band's middle (regula
+    falsi), or the table's bias on the last cut (measured / estimated) is taken off the aim until both sides are
+    known. The closest attempt is kept, one under the target first; ``report.extra["latency_attempts"]`` lists
+    each attempt's estimate and measurement.
 
     With ``config.latency_reference`` each cut is timed against that model instead, and its ratio to the reference
     (scaled by the target, the reference's ratio to the input) is held to the band: what the user compares is the
@@ -630,26 +639,31 @@ def _close_latency_loop(
 
     timing = measure(current)
     best = (miss(timing[2]), chosen, current, steps, timing)
-    asked = target
-    below: tuple[float, float] | None = None  # (asked, measured) with measured < aim: the closest so far
+    history = report.extra.setdefault("latency_attempts", [])
+    # (the table's estimate, measured) of the closest attempts under and over the band's middle
+    below: tuple[float, float] | None = None
     above: tuple[float, float] | None = None
-    for attempt in range(config.latency_retries):
+    for attempt in range(config.latency_retries + 1):
         measured = timing[2]
-        if miss(measured) == 0.0:
+        predicted = chosen.allocation.achieved if chosen.allocation else target
+        history.append({"predicted": round(predicted, 4), "measured": round(measured, 4)})
+        if miss(measured) == 0.0 or attempt == config.latency_retries:
             break
         if measured < aim and (below is None or measured > below[1]):
-            below = (asked, measured)
+            below = (predicted, measured)
         if measured > aim and (above is None or measured < above[1]):
-            above = (asked, measured)
+            above = (predicted, measured)
         if below is not None and above is not None:
-            (a0, m0), (a1, m1) = below, above
-            asked = a0 + (aim - m0) * (a1 - a0) / (m1 - m0) if m1 != m0 else (a0 + a1) / 2
-            asked = min(max(asked, min(a0, a1) + 0.1 * abs(a1 - a0)), max(a0, a1) - 0.1 * abs(a1 - a0))
+            (x0, m0), (x1, m1) = below, above
+            asked = x0 + (aim - m0) * (x1 - x0) / (m1 - m0) if m1 != m0 else (x0 + x1) / 2
+            lo, hi = min(x0, x1), max(x0, x1)
+            asked = min(max(asked, lo + 0.1 * (hi - lo)), hi - 0.1 * (hi - lo))
         else:
-            asked = min(1.0, asked * aim / measured)
+            asked = predicted * aim / measured  # the table's bias on this cut, taken off the aim
+        asked = min(1.0, max(asked, 1e-3))
         report.notes.append(
-            f"latency: measured {measured:.3f}x CPU time against a target of {target:.3f}x; planning again for "
-            f"{asked:.3f}x (correction {attempt + 1} of {config.latency_retries})"
+            f"latency: predicted {predicted:.3f}x, measured {measured:.3f}x CPU time against a target of "
+            f"{target:.3f}x; planning again for {asked:.3f}x (correction {attempt + 1} of {config.latency_retries})"
         )
         chosen = _allocate(problem, replace(config, target_latency=asked))
         current, steps = _apply(model, _unit_configs(chosen), _channels_config(chosen))
