@@ -35,7 +35,7 @@ each model what the others evicted, a bias that grows with its weights and matte
 ``paper`` compressed to MobileViT-XXS's time at 64 px (about 1 ms, 1 thread; five models in the rotation): timed
 alone (``--no-interleave``) it takes 0.96x the reference's CPU time; round robin without re-warming said 1.02-1.03x
 in one process and 1.03-1.07x isolated; with one re-warming run 1.00-1.03x; with two 0.964-0.968x in one process
-(0.98x isolated). At tens of milliseconds per run the cache no longer matters: ``--rewarm 0`` saves the time.
+(0.98x isolated). ``--rewarm 0`` gives the cold round robin back, in a third of the time.
 
 Providers: ``cuda`` is used when onnxruntime offers it (``CUDAExecutionProvider``), otherwise a warning and CPU; the
 providers the session really used are recorded. Never required.
@@ -641,8 +641,8 @@ def _parser() -> argparse.ArgumentParser:
         "--rewarm",
         type=int,
         default=2,
-        help="untimed runs of a model before each of its timed runs when interleaved, so it is timed warm (0 for "
-        "models of tens of ms)",
+        help="untimed runs of a model before each of its timed runs when interleaved, so it is timed warm (0: the "
+        "cold round robin, a third of the time)",
     )
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (None: all cores)")
     p.add_argument(
@@ -710,7 +710,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         parser.error(str(exc))
     providers = tuple(p.strip() for p in args.providers.split(",") if p.strip()) if args.providers else None
-    if args.runs < 1 or args.warmup < 0 or args.rewarm < 0 or args.batch < 1 or (args.threads or 1) < 1:
+    threads_bad = args.threads is not None and args.threads < 1
+    if args.runs < 1 or args.warmup < 0 or args.rewarm < 0 or args.batch < 1 or threads_bad:
         parser.error("--runs, --batch and --threads must be >= 1, --warmup and --rewarm >= 0")
     try:
         cfg = BenchConfig(

@@ -7,10 +7,11 @@ For every seed the run trains the reference models (``--references``, by default
 paper's UPerNet-64 decoder) with cross-entropy for ``steps + distill_steps`` steps, and the ``--student``
 configuration (``paper``: MobileViT-S + UPerNet-64) for ``steps``. The student is then compressed to the measured
 latency of each reference (``passes.compress --target-latency-of REF.onnx``: a latency budget measured here, with
-the measured result corrected until it lands within 5 %) and distilled from the teacher for ``distill_steps``, so
-every model of the comparison had the same number of optimiser steps. Every model is scored on its ONNX file
-(``runtime.evaluate``) and timed against its reference in one interleaved benchmark (``runtime.bench``, process
-CPU time, paired ratios), which decides whether the latencies match within ``--match-tolerance`` (10 %).
+each cut timed against the reference and corrected until it lands within 5 % under it) and distilled from the
+teacher for ``distill_steps``, so every model of the comparison had the same number of optimiser steps. Every
+model is scored on its ONNX file (``runtime.evaluate``) and timed against its reference in one interleaved
+benchmark (``runtime.bench``, process CPU time, paired ratios), which decides whether the latencies match within
+``--match-tolerance`` (10 %).
 
 Ablations (``--ablations``, on the smallest reference, for the first ``--ablation-seeds`` seeds), each at the same
 latency target and the same steps as the main recipe (logit KD with MSE, the paper's):
@@ -114,7 +115,7 @@ class FrontierConfig:
             batch_size=2,
             ablations=("ce", "units_heads"),
             importance="l2",  # measuring every cut costs a minute per compress stage; its own tests cover it
-            bench_runs=60,  # models of ~2 ms: a handful of rounds leaves the paired ratio 10 % noisy
+            bench_runs=60,  # models of ~1 ms: a round costs little, and more rounds steady the paired median
             threads=1,  # models of ~2 ms: with 2 threads the spinning thread pool makes CPU-time ratios noise
             checkpoint_every=2,
         )

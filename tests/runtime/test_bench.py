@@ -114,7 +114,14 @@ def test_bad_inputs(tiny: dict[str, Path], tmp_path: Path, capsys) -> None:
     assert "no such file" in capsys.readouterr().err
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     assert main([str(tmp_path / "junk.onnx"), "--runs", "1"]) == 1
-    for argv in ([], [str(tiny["static"]), "--runs", "0"], [str(tiny["static"]), "--json", "/no/such/dir/x.json"]):
+    static = str(tiny["static"])
+    for argv in (
+        [],
+        [static, "--runs", "0"],
+        [static, "--rewarm", "-1"],
+        [static, "--threads", "0"],
+        [static, "--json", "/no/such/dir/x.json"],
+    ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2
