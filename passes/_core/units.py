@@ -469,7 +469,9 @@ def _trace_seeds(
                 raise TraceError("no weight produces or consumes the width (it reaches a model input or output?)")
             if not width and not group.sinks and len(group.sources) < 2:
                 raise TraceError("no weight consumes the head channels")
-            unit.id = uid or _unit_id(view, group, seed)
+            if width:  # named after the group, not the seed: an earlier cut must not rename the width
+                unit.anchor = _width_anchor(view, group, seed)
+            unit.id = uid or _unit_id(view, group, unit.anchor)
             _finish(unit, group)
         except TraceError as exc:
             unit.skip_reason = str(exc)
@@ -477,6 +479,19 @@ def _trace_seeds(
             unit.skip_reason = f"one {'channel' if width else 'channel per head'}: nothing to remove"
         out.append(unit)
     return out
+
+
+def _width_anchor(view: GraphView, group: DimGroup, seed: str) -> str:
+    """The tensor a width is named after: the first of its group, in graph order, that a MatMul or Gemm reads as
+    its data operand (the first block's q/k/v input). The seeds come from the blocks that can be cut in their own
+    kind, so a block cut to one head by an earlier pass would otherwise move the name to its MLP's input."""
+    order = {t: i for i, ref in enumerate(view.nodes) for t in ref.node.output}
+    read = [
+        t
+        for t in group.dims
+        if any(c.node.op_type in ("MatMul", "Gemm") and c.node.input[0] == t for c in view.consumer_nodes(t))
+    ]
+    return min(read, key=lambda t: (order.get(t, -1), t)) if read else seed
 
 
 def find_widths(model: onnx.ModelProto, view: GraphView | None = None) -> list[PruneUnit]:

@@ -76,3 +76,22 @@ def test_cli_kinds(exported, tmp_path: Path, capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit) as exc:
         main([str(src), "--ratio", "0.25", "--kind", "depth"])
     assert exc.value.code == 2
+
+
+def test_a_width_keeps_its_name_when_an_earlier_cut_leaves_one_head(exported) -> None:
+    """A file without our weight map (a plain ``torch.onnx.export``) names a width after a graph tensor. Compress
+    cuts heads before widths, and a block left with one head no longer seeds the width search: the width must keep
+    its name, or the plan's width entry no longer fits (found on transformers' MobileViT, latency budget)."""
+    from fileformat.metadata import PREFIX
+    from passes._core.units import UnitPruneConfig, find_attention_blocks, prune_units
+
+    model = onnx.load(str(exported("mobilevit_xxs", size=64)))
+    kept_props = [p for p in model.metadata_props if p.key != f"{PREFIX}weight_map"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept_props)
+    before = {u.id: u.count for u in find_widths(model) if u.prunable}
+    assert len(before) == 3 and all(uid.startswith("graph:") for uid in before)
+    one_head = {b.id: [0] for b in find_attention_blocks(model) if b.prunable}
+    cut, _ = prune_units(model, "heads", UnitPruneConfig(keep_sets=one_head), "test")
+    assert not any(b.prunable for b in find_attention_blocks(cut))
+    assert {u.id: u.count for u in find_widths(cut) if u.prunable} == before
