@@ -485,13 +485,12 @@ def _width_anchor(view: GraphView, group: DimGroup, seed: str) -> str:
     """The tensor a width is named after: the first of its group, in graph order, that a MatMul or Gemm reads as
     its data operand (the first block's q/k/v input). The seeds come from the blocks that can be cut in their own
     kind, so a block cut to one head by an earlier pass would otherwise move the name to its MLP's input."""
-    order = {t: i for i, ref in enumerate(view.nodes) for t in ref.node.output}
     read = [
         t
         for t in group.dims
         if any(c.node.op_type in ("MatMul", "Gemm") and c.node.input[0] == t for c in view.consumer_nodes(t))
     ]
-    return min(read, key=lambda t: (order.get(t, -1), t)) if read else seed
+    return min(read, key=lambda t: (view.producer[t].index if t in view.producer else -1, t)) if read else seed
 
 
 def find_widths(model: onnx.ModelProto, view: GraphView | None = None) -> list[PruneUnit]:
