@@ -19,6 +19,17 @@ pixel shares are imbalanced like real disaster scenes (background largest; peopl
 Reproducibility: image ``i`` of a split is drawn from ``numpy.random.default_rng([seed, split_id, i])`` only, and
 PNGs are written by PIL with fixed settings and no metadata, so the same seed gives byte-identical files (and the
 first images of a larger set equal those of a smaller one).
+
+Generator versions (``--generator-version``; the marker and every report built on the data state it):
+
+* **1** scales every object with the frame, so at 128 px a person is a disc of 1-2 pixels and a crack a 1-pixel line:
+  no model learns them (0 IoU at any schedule), and colour alone separates most classes.
+* **2** (default) keeps small things learnable and makes the look-alikes need context: people, vehicles and cracks
+  have a floor in pixels (a person at least 3 px across, a vehicle 6x3 px with a dark windscreen, cracks 2 px
+  wide, branching and more frequent), with person-sized bushes and stones as background distractors; debris and
+  rubble share one texture per scene (only the shape, a flow or a building footprint, tells them apart), the
+  pyroclastic flow takes the road's grey (lane marks and straight edges tell a road), ice takes the snow's
+  colour, lava's glow takes the fire's colours, and drifting cloud shadows change the light across a scene.
 """
 
 from __future__ import annotations
@@ -44,12 +55,13 @@ from fileformat.errors import PassError
 from fileformat.io import check_replaceable, write_manifest
 from models.constants import CLASS_NAMES, NUM_CLASSES
 
-__all__ = ["MARKER", "GENERATOR_VERSION", "generate", "render_scene", "main"]
+__all__ = ["MARKER", "GENERATOR_VERSION", "GENERATOR_VERSIONS", "generate", "render_scene", "main"]
 
 logger = logging.getLogger(__name__)
 
 MARKER = "SYNTHETIC.json"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
+GENERATOR_VERSIONS = (1, 2)
 SPLIT_IDS = {"train": 0, "val": 1}
 
 # class ids (see models.constants.CLASS_NAMES)
@@ -192,6 +204,36 @@ def _tex_rubble(rng: np.random.Generator, h: int, w: int) -> Array:
     return img
 
 
+def _tex_lava_v2(rng: np.random.Generator, h: int, w: int) -> Array:
+    """Version 2: dark crust cracked by veins that glow in the fire's own colours (only shape tells them apart)."""
+    n = _fbm(rng, h, w, 6)
+    vein = np.clip(1.0 - np.abs(n - 0.5) / 0.12, 0, 1)
+    glow = _mix((200, 40, 10), (255, 225, 90), _smooth(rng, h, w, 20))
+    crust = np.zeros((h, w, 3), np.float32) + np.asarray(_jitter(rng, (60, 32, 26), 10), np.float32)
+    img = crust * (1.0 - vein[..., None]) + glow * vein[..., None]
+    img += 10.0 * _grain(rng, h, w)[..., None]
+    return img
+
+
+def _tex_ice_v2(rng: np.random.Generator, h: int, w: int) -> Array:
+    """Version 2: plates in the snow's colour; only their darker seams and the river they float on differ."""
+    n = _smooth(rng, h, w, 14)
+    plates = np.floor(n * 5.0) / 5.0
+    edges = np.clip(1.0 - np.abs(n * 5.0 - np.round(n * 5.0)) / 0.12, 0, 1)
+    img = _mix(_jitter(rng, (236, 238, 242), 6), (205, 214, 224), plates)
+    img = img * (1 - 0.35 * edges[..., None]) + 0.35 * edges[..., None] * np.asarray((150, 165, 180), np.float32)
+    img += 3.0 * _grain(rng, h, w)[..., None]
+    return img
+
+
+def _tex_pyro_v2(rng: np.random.Generator, h: int, w: int) -> Array:
+    """Version 2: the road's grey, mottled; a road is told by its lane marks and straight edges."""
+    n = _fbm(rng, h, w, 5, octaves=4)
+    img = _mix(_jitter(rng, (88, 88, 92), 10), (128, 126, 124), n)
+    img += 5.0 * _grain(rng, h, w)[..., None]
+    return img
+
+
 ROOF_COLOURS = ((170, 70, 55), (120, 120, 125), (70, 95, 140), (200, 185, 150), (90, 70, 60))
 
 
@@ -246,12 +288,24 @@ def _rect(cx: float, cy: float, rw: float, rh: float, angle: float) -> list[tupl
 class _Canvas:
     """The image being painted and its label map."""
 
-    def __init__(self, rng: np.random.Generator, size: int) -> None:
+    def __init__(self, rng: np.random.Generator, size: int, version: int = GENERATOR_VERSION) -> None:
         self.rng = rng
+        self.version = version
         self.h = self.w = size
         self.u = size / 256.0  # scale of object sizes relative to a 256-pixel frame
         self.img = _tex_terrain(rng, size, size)
         self.mask = np.zeros((size, size), np.uint8)
+        self._rubble: Array | None = None
+
+    def px(self, size: float, floor: float) -> float:
+        """An object size given for a 256-pixel frame, in pixels of this one; version 2 keeps it >= ``floor``."""
+        return size * self.u if self.version < 2 else max(size * self.u, floor)
+
+    def rubble(self) -> Array:
+        """The scene's rubble texture, made once (version 2 paints debris flows with it as well)."""
+        if self._rubble is None:
+            self._rubble = _tex_rubble(self.rng, self.h, self.w)
+        return self._rubble
 
     def paint(self, where: Array, cls: int, texture: Array | Sequence[float]) -> None:
         if not where.any():
@@ -286,6 +340,7 @@ _THEMES: dict[str, list[tuple[int, float, tuple[float, float], str]]] = {
     "winter": [(AVALANCHE, 0.9, (0.12, 0.35), "band"), (ICE, 0.7, (0.06, 0.2), "band")],
     "earthquake": [(DEBRIS, 0.5, (0.03, 0.1), "blob")],
 }
+_REGION_TEXTURES_V2 = {**_REGION_TEXTURES, LAVA: _tex_lava_v2, ICE: _tex_ice_v2, PYRO: _tex_pyro_v2}
 _THEME_NAMES = tuple(_THEMES)
 _THEME_P = np.array([0.22, 0.12, 0.14, 0.12, 0.12, 0.12, 0.16])
 
@@ -300,7 +355,10 @@ def _regions(cv: _Canvas, theme: str) -> None:
             where = _blob(rng, h, w, frac, cells=int(rng.integers(2, 5)))
         else:
             where = _band(rng, h, w, width=frac * w * 1.2)
-        cv.paint(where, cls, _REGION_TEXTURES[cls](rng, h, w))
+        if cv.version < 2:
+            cv.paint(where, cls, _REGION_TEXTURES[cls](rng, h, w))
+        else:
+            cv.paint(where, cls, cv.rubble() if cls == DEBRIS else _REGION_TEXTURES_V2[cls](rng, h, w))
 
 
 def _roads(cv: _Canvas, n: int) -> list[list[tuple[float, float]]]:
@@ -334,7 +392,7 @@ def _buildings(cv: _Canvas, n: int, damaged_share: float) -> list[tuple[float, f
             pts = [(x + rng.normal(0, 3 * u), y + rng.normal(0, 3 * u)) for x, y in _rect(cx, cy, bw, bh, angle)]
             where = _draw(h, w, lambda d, p=pts: d.polygon(p, fill=255))
             if rubble is None:
-                rubble = _tex_rubble(rng, h, w)
+                rubble = _tex_rubble(rng, h, w) if cv.version < 2 else cv.rubble()
                 standing = _smooth(rng, h, w, max(6, w // 10)) > 0.65  # fragments of roof left standing
             colours = rubble[where]
             keep = standing[where]  # type: ignore[index]
@@ -352,24 +410,39 @@ def _buildings(cv: _Canvas, n: int, damaged_share: float) -> list[tuple[float, f
     return centres
 
 
+def _walk(cv: _Canvas, x: float, y: float, heading: float, steps: int) -> list[tuple[float, float]]:
+    """A random walk of ``steps`` segments from ``(x, y)``: the centre line of a crack."""
+    pts = [(float(x), float(y))]
+    for _ in range(steps):
+        heading += cv.rng.normal(0, 0.45)
+        step = cv.px(cv.rng.uniform(3, 7), 2.0)
+        x, y = x + step * np.cos(heading), y + step * np.sin(heading)
+        pts.append((float(x), float(y)))
+    return pts
+
+
 def _cracks(cv: _Canvas, n: int) -> None:
     rng, h, w, u = cv.rng, cv.h, cv.w, cv.u
     for _ in range(n):
         x, y = rng.uniform(0, w), rng.uniform(0, h)
-        heading = rng.uniform(0, 2 * np.pi)
-        pts = [(float(x), float(y))]
-        for _ in range(int(rng.integers(8, 20))):
-            heading += rng.normal(0, 0.45)
-            step = rng.uniform(3, 7) * u
-            x, y = x + step * np.cos(heading), y + step * np.sin(heading)
-            pts.append((float(x), float(y)))
-        width = max(1, int(round(rng.uniform(1, 3) * u)))
-        where = _draw(h, w, lambda d, p=pts, wd=width: d.line(p, fill=255, width=wd))
-        cv.paint(where, CRACK, _jitter(rng, (45, 38, 32), 10))
+        lines = [_walk(cv, x, y, rng.uniform(0, 2 * np.pi), int(rng.integers(8, 20)))]
+        if cv.version < 2:
+            width = max(1, int(round(rng.uniform(1, 3) * u)))
+        else:
+            width = max(2, int(round(rng.uniform(1, 3) * u)))
+            for _ in range(int(rng.integers(0, 3))):  # branches from a point of the main line
+                bx, by = lines[0][int(rng.integers(1, len(lines[0])))]
+                lines.append(_walk(cv, bx, by, rng.uniform(0, 2 * np.pi), int(rng.integers(4, 10))))
+
+        def stroke(d: ImageDraw.ImageDraw, lines: list = lines, wd: int = width) -> None:
+            for p in lines:
+                d.line(p, fill=255, width=wd)
+
+        cv.paint(_draw(h, w, stroke), CRACK, _jitter(rng, (45, 38, 32), 10))
 
 
 def _vehicles(cv: _Canvas, n: int, roads: list[list[tuple[float, float]]]) -> None:
-    rng, h, w, u = cv.rng, cv.h, cv.w, cv.u
+    rng, h, w = cv.rng, cv.h, cv.w
     for _ in range(n):
         if roads and rng.random() < 0.8:
             pts = roads[int(rng.integers(len(roads)))]
@@ -383,8 +456,13 @@ def _vehicles(cv: _Canvas, n: int, roads: list[list[tuple[float, float]]]) -> No
         colour = _jitter(
             rng, ((230, 230, 230), (200, 30, 30), (30, 30, 35), (40, 80, 180), (220, 200, 40))[int(rng.integers(5))], 15
         )
-        pts_v = _rect(cx, cy, rng.uniform(5, 8) * u, rng.uniform(2.5, 4) * u, angle)
+        length, width = cv.px(rng.uniform(5, 8), 6.0), cv.px(rng.uniform(2.5, 4), 3.0)
+        pts_v = _rect(cx, cy, length, width, angle)
         cv.paint(_draw(h, w, lambda d, p=pts_v: d.polygon(p, fill=255)), VEHICLE, colour)
+        if cv.version >= 2:  # a dark windscreen across the front third
+            fx, fy = cx + 0.25 * length * np.cos(angle), cy + 0.25 * length * np.sin(angle)
+            screen = _draw(h, w, lambda d, p=_rect(fx, fy, length / 4, width, angle): d.polygon(p, fill=255))
+            cv.paint(screen & (cv.mask == VEHICLE), VEHICLE, _jitter(rng, (35, 40, 50), 8))
 
 
 def _people(cv: _Canvas, n: int, anchors: list[tuple[float, float]]) -> None:
@@ -395,14 +473,33 @@ def _people(cv: _Canvas, n: int, anchors: list[tuple[float, float]]) -> None:
             cx, cy = ax + rng.normal(0, 18 * u), ay + rng.normal(0, 18 * u)
         else:
             cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-        r = rng.uniform(1.0, 2.0) * u
+        r = cv.px(rng.uniform(1.0, 2.0), 1.5)
         colour = _jitter(rng, ((250, 90, 20), (240, 240, 60), (30, 120, 230), (220, 40, 120))[int(rng.integers(4))], 20)
         cv.paint(_draw(h, w, lambda d, b=(cx - r, cy - r, cx + r, cy + r): d.ellipse(b, fill=255)), PERSON, colour)
 
 
-def render_scene(rng: np.random.Generator, size: int = 256) -> tuple[Array, Array]:
-    """Paint one scene: returns ``(image HxWx3 uint8, mask HxW uint8)`` with ``H = W = size``."""
-    cv = _Canvas(rng, size)
+def _distractors(cv: _Canvas, n: int) -> None:
+    """Version 2: person-sized bushes and stones on open ground, labelled background."""
+    rng, h, w = cv.rng, cv.h, cv.w
+    for _ in range(n):
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), cv.px(rng.uniform(1.0, 2.5), 1.5)
+        colour = _jitter(rng, ((40, 72, 30), (128, 124, 118), (95, 70, 45))[int(rng.integers(3))], 15)
+        where = _draw(h, w, lambda d, b=(cx - r, cy - r, cx + r, cy + r): d.ellipse(b, fill=255))
+        cv.paint(where & (cv.mask == BG), BG, colour)
+
+
+def _check_version(version: int) -> None:
+    if version not in GENERATOR_VERSIONS:
+        raise ValueError(f"unknown generator version {version}; known: {', '.join(map(str, GENERATOR_VERSIONS))}")
+
+
+def render_scene(rng: np.random.Generator, size: int = 256, version: int = GENERATOR_VERSION) -> tuple[Array, Array]:
+    """Paint one scene: returns ``(image HxWx3 uint8, mask HxW uint8)`` with ``H = W = size``.
+
+    ``version`` selects the generator (see the module's notes); version 1 stays byte-identical to what it wrote.
+    """
+    _check_version(version)
+    cv = _Canvas(rng, size, version)
     theme = _THEME_NAMES[int(rng.choice(len(_THEME_NAMES), p=_THEME_P))]
     roads_first = rng.random() < 0.5
     roads: list[list[tuple[float, float]]] = []
@@ -415,8 +512,15 @@ def render_scene(rng: np.random.Generator, size: int = 256) -> tuple[Array, Arra
     damaged = {"earthquake": 0.7, "landslide": 0.4, "flood": 0.25, "volcano": 0.3, "wildfire": 0.35}.get(theme, 0.1)
     n_build = int(rng.integers(1, 12 if theme == "earthquake" else 8))
     anchors = _buildings(cv, n_build, damaged)
-    n_cracks = int(rng.integers(2, 6)) if theme == "earthquake" else int(rng.random() < 0.2)
+    if version < 2:
+        n_cracks = int(rng.integers(2, 6)) if theme == "earthquake" else int(rng.random() < 0.2)
+    else:
+        n_cracks = {"earthquake": int(rng.integers(3, 8)), "landslide": int(rng.integers(1, 4))}.get(
+            theme, int(rng.random() < 0.4)
+        )
     _cracks(cv, n_cracks)
+    if version >= 2:
+        _distractors(cv, int(rng.integers(2, 10)))
     _vehicles(cv, int(rng.integers(0, 5)), roads)
     _people(cv, int(rng.integers(0, 7)), anchors)
     # acquisition: illumination ramp, colour cast, sensor noise
@@ -424,6 +528,8 @@ def render_scene(rng: np.random.Generator, size: int = 256) -> tuple[Array, Arra
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) / size
     gx, gy = rng.uniform(-0.15, 0.15, 2)
     light = 1.0 + gx * (xx - 0.5) + gy * (yy - 0.5)
+    if version >= 2:  # cloud shadows
+        light = light * (1.0 - 0.3 * np.clip((_smooth(rng, h, w, 3) - 0.55) * 4.0, 0.0, 1.0))
     cast = 1.0 + rng.uniform(-0.06, 0.06, 3).astype(np.float32)
     img = cv.img * light[..., None] * cast + rng.uniform(2, 6) * _grain(rng, h, w)[..., None]
     return np.clip(img + 0.5, 0, 255).astype(np.uint8), cv.mask
@@ -436,11 +542,11 @@ def _save_png(arr: Array, path: Path) -> None:
     Image.fromarray(arr).save(path, format="PNG", compress_level=1, optimize=False)
 
 
-def _render_and_save(args: tuple[Path, str, int, int, int, str]) -> np.ndarray:
+def _render_and_save(args: tuple[Path, str, int, int, int, str, int]) -> np.ndarray:
     """Worker: render image ``i`` of a split and write its PNGs; return its class pixel counts."""
-    root, split, i, size, seed, mask_dir = args
+    root, split, i, size, seed, mask_dir, version = args
     rng = np.random.default_rng([seed, SPLIT_IDS[split], i])
-    image, mask = render_scene(rng, size)
+    image, mask = render_scene(rng, size, version)
     name = f"syn_{split}_{i:05d}.png"
     _save_png(image, root / "IMG" / split / name)
     _save_png(mask, root / mask_dir / split / name)
@@ -448,11 +554,11 @@ def _render_and_save(args: tuple[Path, str, int, int, int, str]) -> np.ndarray:
 
 
 def _write_split(
-    root: Path, split: str, count: int, size: int, seed: int, mask_dir: str, pool: Executor | None
+    root: Path, split: str, count: int, size: int, seed: int, mask_dir: str, version: int, pool: Executor | None
 ) -> np.ndarray:
     (root / "IMG" / split).mkdir(parents=True)
     (root / mask_dir / split).mkdir(parents=True)
-    jobs = [(root, split, i, size, seed, mask_dir) for i in range(count)]
+    jobs = [(root, split, i, size, seed, mask_dir, version) for i in range(count)]
     if pool is None:
         counts = map(_render_and_save, jobs)
     else:
@@ -473,6 +579,7 @@ def generate(
     force: bool = False,
     mask_dir: str = "GT",
     workers: int | None = None,
+    version: int = GENERATOR_VERSION,
 ) -> dict:
     """Write a synthetic set to ``root`` and return the marker's content.
 
@@ -480,13 +587,14 @@ def generate(
     half-written. An existing non-empty ``root`` is an error (``FileExistsError``) unless ``force``, which replaces
     it. ``mask_dir`` may be ``"GT"`` or ``"GT_Updated"`` (the official archive's name). ``workers`` processes
     render in parallel (default: the CPU count for sets of 64 images or more, else 1); the output does not depend
-    on it.
+    on it. ``version`` selects the generator (1 or 2, see the module's notes).
     """
     root = Path(root)
     if size < 32:
         raise ValueError(f"size must be at least 32 pixels, got {size}")
     if n_train < 0 or n_val < 0:
         raise ValueError("image counts must be non-negative")
+    _check_version(version)
     if mask_dir not in ("GT", "GT_Updated"):
         raise ValueError(f"mask_dir must be 'GT' or 'GT_Updated', got {mask_dir!r}")
     if root.exists() and not root.is_dir():
@@ -505,7 +613,7 @@ def generate(
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
         try:
             pixel_counts = {
-                split: _write_split(tmp, split, count, size, seed, mask_dir, pool)
+                split: _write_split(tmp, split, count, size, seed, mask_dir, version, pool)
                 for split, count in (("train", n_train), ("val", n_val))
             }
         finally:
@@ -520,7 +628,7 @@ def generate(
             }
         marker = {
             "generator": "models.synthetic",
-            "version": GENERATOR_VERSION,
+            "version": version,
             "seed": seed,
             "size": [size, size],
             "mask_dir": mask_dir,
@@ -569,6 +677,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mask-dir", choices=("GT", "GT_Updated"), default="GT", help="name of the mask folder")
     parser.add_argument("--force", action="store_true", help="replace a non-empty ROOT this tool wrote")
     parser.add_argument("--workers", type=int, default=None, help="render processes (none given: the CPU count)")
+    parser.add_argument(
+        "--generator-version",
+        type=int,
+        choices=GENERATOR_VERSIONS,
+        default=GENERATOR_VERSION,
+        help="scene generator: 2 keeps people, vehicles and cracks learnable at small sizes and makes look-alike "
+        "classes need context; 1 reproduces data written before it",
+    )
     return parser
 
 
@@ -592,12 +708,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             force=args.force,
             mask_dir=args.mask_dir,
             workers=args.workers,
+            version=args.generator_version,
         )
     except (FileExistsError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     share = marker["splits"]["train" if args.train else "val"]["class_pixel_share"]
-    print(f"wrote synthetic LPCV layout to {args.root} ({args.train} train, {args.val} val, {args.size}px)")
+    print(
+        f"wrote synthetic LPCV layout to {args.root} ({args.train} train, {args.val} val, {args.size}px, "
+        f"generator version {args.generator_version})"
+    )
     print("class pixel share: " + ", ".join(f"{k} {v:.2%}" for k, v in share.items()))
     return 0
 

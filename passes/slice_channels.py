@@ -123,7 +123,7 @@ def channel_terms(
     param_terms = []
     counted = 0
     for base_name, axes in analysis.param_factors().items():
-        init = analysis.consts.inits.get(base_name)
+        init = analysis.view.initializers.get(base_name)
         if init is None or init.data_type not in _WEIGHT_TYPES:
             continue
         numel = int(np.prod(init.dims)) if len(init.dims) else 1

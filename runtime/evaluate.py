@@ -250,12 +250,17 @@ def _fmt(x: float | None, pct: bool = True) -> str:
     return f"{100 * x:6.2f}" if pct else f"{x:.4g}"
 
 
+def _version(data: dict[str, Any]) -> str:
+    version = (data.get("generator") or {}).get("version")
+    return f" (generator version {version})" if version is not None else ""
+
+
 def format_table(result: dict[str, Any]) -> str:
     """Per-class table and summary lines of one evaluation, as text."""
     data = result["data"]
     lines = [
         f"model {result['model']['name']} on {data['root']} [{data['split']}], {result['num_images']} images"
-        + ("  ** SYNTHETIC DATA **" if data.get("synthetic") else ""),
+        + (f"  ** SYNTHETIC DATA{_version(data)} **" if data.get("synthetic") else ""),
         f"{'class':<28} {'IoU %':>7} {'Dice %':>7} {'GT px':>11} {'pred px':>11}",
     ]
     for c in result["per_class"]:

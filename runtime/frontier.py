@@ -52,6 +52,7 @@ from typing import IO, Any
 
 from fileformat.cli import HelpFormatter, cli_main
 from fileformat.io import atomic_write_text
+from models.synthetic import GENERATOR_VERSION, GENERATOR_VERSIONS
 from runtime.pipeline import Stage, StageFailed, StageRunner
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class FrontierConfig:
     size: int = 128
     n_train: int = 300
     n_val: int = 60
+    generator_version: int = GENERATOR_VERSION  # of the synthetic scenes (models.synthetic)
     seeds: int = 3
     student: str = "paper"
     references: tuple[str, ...] = ("mobilevit_xs_upernet64", "mobilevit_xxs_upernet64")
@@ -239,7 +241,7 @@ class Frontier(StageRunner):
         if c.data is None:
             cmd = self._py(
                 "models.synthetic", self.data, "--train", c.n_train, "--val", c.n_val, "--size", c.size,
-                "--seed", 0, "--force",
+                "--seed", 0, "--generator-version", c.generator_version, "--force",
             )  # fmt: skip
             out.append(Stage("data", cmd, [], [self.marker]))
 
@@ -528,7 +530,7 @@ def write_frontier_report(frontier: Frontier) -> dict[str, Any]:
     """``RUN/frontier.json``, ``RUN/frontier.md`` and ``RUN/frontier.png`` from the stages' outputs."""
     import onnxruntime
 
-    from models.synthetic import GENERATOR_VERSION, MARKER
+    from models.synthetic import MARKER
 
     c = frontier.cfg
     records = collect(frontier)
@@ -543,7 +545,7 @@ def write_frontier_report(frontier: Frontier) -> dict[str, Any]:
             "onnxruntime": onnxruntime.__version__,
         },
         "data": (
-            {"synthetic": True, "generator_version": (synthetic or {}).get("version", GENERATOR_VERSION)}
+            {"synthetic": True, "generator_version": (synthetic or {}).get("version", c.generator_version)}
             if synthetic is not None or c.data is None
             else {"synthetic": False, "root": str(frontier.data)}
         ),
@@ -736,6 +738,12 @@ def _parser() -> argparse.ArgumentParser:
         ("calib_count", int, "training images on which compress measures the damage of each cut"),
     ):
         p.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{text} (default {getattr(d, name)})")
+    p.add_argument(
+        "--generator-version",
+        type=int,
+        choices=GENERATOR_VERSIONS,
+        help=f"synthetic scene generator (default {d.generator_version}; 1 reproduces runs made before version 2)",
+    )
     p.add_argument("--student", help=f"configuration compressed and distilled (default {d.student})")
     p.add_argument("--teacher", help=f"teacher configuration (default {d.teacher}; swin_t_upernet512 with cuda)")
     p.add_argument("--references", help=f"comma-separated smaller models (default {','.join(d.references)})")

@@ -55,6 +55,7 @@ from typing import IO, Any
 
 from fileformat.cli import HelpFormatter, cli_main
 from fileformat.io import atomic_write_text
+from models.synthetic import GENERATOR_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +385,8 @@ class Pipeline(StageRunner):
                         c.size,
                         "--seed",
                         c.seed,
+                        "--generator-version",
+                        GENERATOR_VERSION,
                         "--force",
                     ),
                     [],

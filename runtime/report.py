@@ -116,6 +116,7 @@ def write_report(pipeline: Pipeline) -> dict[str, Any]:
         "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
         "python": platform.python_version(),
         "data": "synthetic" if synthetic else str(pipeline.data),
+        "generator_version": (data_doc.get("data") or {}).get("generator", {}).get("version") if synthetic else None,
         "config": {k: v for k, v in vars(pipeline.cfg).items() if k != "extra_env"},
         "stages": rows,
         "frontier": frontier,
@@ -175,7 +176,8 @@ def format_markdown(report: dict[str, Any]) -> str:
     match = cfg.get("match_latency_of")
     budget = f"compressed to the measured latency of `{match}`" if match else f"FLOPs target {cfg['target_flops']}"
     parts = [
-        f"# Compression report ({report['data']} data)",
+        f"# Compression report ({report['data']} data"
+        + (f", generator version {report['generator_version']})" if report.get("generator_version") else ")"),
         "",
         f"{report['date']} on {report['machine']} (Python {report['python']}); student `{cfg['student']}`, teacher "
         f"`{cfg['teacher']}`, input {cfg['size']}x{cfg['size']}, {budget}, "

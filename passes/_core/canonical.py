@@ -26,10 +26,10 @@ import logging
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from fileformat.metadata import merge_sources, read_metadata, write_metadata
-from passes._core.graph import GraphView
+from passes._core.graph import GraphView, constant_node_value
 
 log = logging.getLogger(__name__)
 
@@ -92,25 +92,11 @@ def _unique(base: str, taken: set[str]) -> str:
     return name
 
 
-def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
-    """The value of a ``Constant`` node (dense tensor or scalar/list attribute), else ``None``."""
-    if len(node.attribute) != 1:
-        return None
-    a = node.attribute[0]
-    if a.name == "value":
-        return numpy_helper.to_array(a.t)
-    if a.name in ("value_float", "value_floats"):
-        return np.asarray(helper.get_attribute_value(a), dtype=np.float32)
-    if a.name in ("value_int", "value_ints"):
-        return np.asarray(helper.get_attribute_value(a), dtype=np.int64)
-    return None  # sparse and string constants stay nodes
-
-
 def _constant_nodes_to_initializers(graph: onnx.GraphProto) -> int:
     """Turn every ``Constant`` node of the main graph into an initializer of the same name; return the count."""
     keep: list[onnx.NodeProto] = []
     for n in graph.node:
-        value = _constant_value(n) if n.op_type == "Constant" and n.domain in ("", "ai.onnx") else None
+        value = constant_node_value(n) if n.op_type == "Constant" and n.domain in ("", "ai.onnx") else None
         if value is None:
             keep.append(n)
         else:

@@ -181,75 +181,6 @@ class _UnionFind:
             self.reasons[r].append(reason)
 
 
-class Constants:
-    """Constant tensors of a graph (initializers, Constant nodes, Identity aliases of either) and their readers."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        g = model.graph
-        self.inits = {i.name: i for i in g.initializer}
-        self.const_nodes: dict[str, onnx.NodeProto] = {}
-        alias: dict[str, str] = {}
-        for node in g.node:
-            if node.op_type == "Constant" and node.output:
-                self.const_nodes[node.output[0]] = node
-            elif node.op_type == "Identity" and node.input and node.output:
-                alias[node.output[0]] = node.input[0]
-        self._alias = alias
-        self._cache: dict[str, np.ndarray] = {}
-        self.readers: dict[str, int] = {}
-        for node in g.node:
-            if node.op_type == "Identity":
-                continue
-            for name in node.input:
-                base = self.base(name)
-                if base is not None:
-                    self.readers[base] = self.readers.get(base, 0) + 1
-        for out in g.output:
-            base = self.base(out.name)
-            if base is not None:
-                self.readers[base] = self.readers.get(base, 0) + 1
-
-    def base(self, name: str) -> str | None:
-        """The initializer / Constant output that ``name`` is (through Identity aliases), or None."""
-        seen = 0
-        while name in self._alias and seen < 64:
-            name, seen = self._alias[name], seen + 1
-        if name in self.inits or name in self.const_nodes:
-            return name
-        return None
-
-    def value(self, name: str) -> np.ndarray | None:
-        base = self.base(name) if name else None
-        if base is None:
-            return None
-        if base not in self._cache:
-            if base in self.inits:
-                self._cache[base] = numpy_helper.to_array(self.inits[base])
-            else:
-                node = self.const_nodes[base]
-                arr = None
-                for a in node.attribute:
-                    if a.name == "value":
-                        arr = numpy_helper.to_array(a.t)
-                    elif a.name in ("value_int", "value_float"):
-                        arr = np.array(helper.get_attribute_value(a))
-                    elif a.name in ("value_ints", "value_floats"):
-                        arr = np.array(helper.get_attribute_value(a))
-                if arr is None:
-                    return None
-                self._cache[base] = arr
-        return self._cache[base]
-
-    def shape(self, name: str) -> tuple[int, ...] | None:
-        base = self.base(name) if name else None
-        if base is None:
-            return None
-        if base in self.inits:
-            return tuple(int(d) for d in self.inits[base].dims)
-        v = self.value(base)
-        return None if v is None else tuple(v.shape)
-
-
 def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
     for a in node.attribute:
         if a.name == name:
@@ -267,7 +198,6 @@ class ChannelAnalysis:
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
         self.graph = model.graph
-        self.consts = Constants(model)
         self.weight_map: dict[str, dict] = dict(read_metadata(model).get("weight_map") or {})
         self.view = GraphView(model)  # shapes (static where they are, partial where a dimension is symbolic)
         self.uf = _UnionFind()
@@ -290,7 +220,7 @@ class ChannelAnalysis:
         dims = self.view.dims(name)
         if dims is not None:
             return dims
-        s = self.consts.shape(name)
+        s = self.view.constant_shape(name)
         return None if s is None else list(s)
 
     def _block_info(self, info: ChanAxis, reason: str) -> None:
@@ -306,13 +236,13 @@ class ChannelAnalysis:
             self.touches.append(Touch(seg.space, role, node, inp, axis, off, info.inner))
 
     def _is_const(self, name: str) -> bool:
-        return bool(name) and self.consts.base(name) is not None
+        return bool(name) and self.view.constant_base(name) is not None
 
     def module_path(self, idx: int) -> str:
         """Torch module path of layer node ``idx`` (weight_map, then dynamo metadata), else ``graph:<node>``."""
         node = self.graph.node[idx]
         if len(node.input) > 1:
-            base = self.consts.base(node.input[1])
+            base = self.view.constant_base(node.input[1])
             # a weight the exporter stored once for several layers (all zeros) is told apart by the node's scope
             src = pick_source(self.weight_map.get(base or ""), node_scope(node) or base or "")
             if src is not None:
@@ -404,9 +334,9 @@ class ChannelAnalysis:
         if op in _SHAPE_MOVERS and 0 in elems_in:
             out = elems_in[0]
         elif op == "Slice" and 0 in elems_in and len(elems_in) == 1:
-            out = self._slice_list(elems_in[0], [self.consts.value(t) if t else None for t in node.input[1:5]])
+            out = self._slice_list(elems_in[0], [self.view.constant(t) if t else None for t in node.input[1:5]])
         elif op == "Gather" and 0 in elems_in and len(elems_in) == 1:
-            ind = self.consts.value(node.input[1])
+            ind = self.view.constant(node.input[1])
             lst = elems_in[0]
             if lst is None or ind is None:
                 out = None
@@ -492,7 +422,7 @@ class ChannelAnalysis:
             return
         x = tracked.get(0)
         w = node.input[1]
-        wshape = self.consts.shape(w)
+        wshape = self.view.constant_shape(w)
         group = int(_attr(node, "group", 1))
         has_bias = len(node.input) > 2 and bool(node.input[2])
         if wshape is None or (has_bias and not self._is_const(node.input[2])):
@@ -531,7 +461,7 @@ class ChannelAnalysis:
             self._block_inputs(tracked, f"{label} reads channels as a parameter or transposed")
             return
         trans_b = int(_attr(node, "transB", 0))
-        bshape = self.consts.shape(node.input[1])
+        bshape = self.view.constant_shape(node.input[1])
         has_c = len(node.input) > 2 and bool(node.input[2])
         if bshape is None or len(bshape) != 2 or (has_c and not self._is_const(node.input[2])):
             self._block_inputs(tracked, f"{label} has run-time weights")
@@ -547,7 +477,7 @@ class ChannelAnalysis:
         s = self._new_space(feats, idx)
         self.touches.append(Touch(s, "out", idx, 1, 0 if trans_b else 1))
         if has_c:
-            cshape = self.consts.shape(node.input[2]) or ()
+            cshape = self.view.constant_shape(node.input[2]) or ()
             if len(cshape) == 1 and cshape[0] == feats:
                 self.touches.append(Touch(s, "out", idx, 2, 0))
             elif len(cshape) == 2 and cshape[1] == feats and cshape[0] == 1:
@@ -565,7 +495,7 @@ class ChannelAnalysis:
             return
         out_shape = self.shape(node.output[0])
         if a is not None:
-            bshape = self.consts.shape(node.input[1]) if b_const else None
+            bshape = self.view.constant_shape(node.input[1]) if b_const else None
             if bshape is None:
                 self._block_info(a, f"{label} multiplies by a run-time operand")
                 return
@@ -581,7 +511,7 @@ class ChannelAnalysis:
             self._block_info(a, f"{label} contracts the channel axis of a rank-{a.rank} tensor")
             return
         if b is not None:
-            ashape = self.consts.shape(node.input[0]) if a_const else None
+            ashape = self.view.constant_shape(node.input[0]) if a_const else None
             if ashape is not None and b.rank >= 4 and len(ashape) <= 2:
                 # [h, H] @ [N, C, H, W]: contracts H, keeps channels (the UPerNet pyramid pooling)
                 self.chan[node.output[0]] = ChanAxis(b.segments, len(out_shape) if out_shape else b.rank, 1)
@@ -589,7 +519,7 @@ class ChannelAnalysis:
             self._block_info(b, f"{label} contracts or mixes the channel axis")
             return
         ashape = self.shape(node.input[0])
-        bshape = self.consts.shape(node.input[1]) if b_const else None
+        bshape = self.view.constant_shape(node.input[1]) if b_const else None
         if bshape is not None and len(bshape) == 2 and ashape is not None and len(ashape) == 2:
             self._linear_source(idx, node, int(bshape[1]))
 
@@ -737,7 +667,7 @@ class ChannelAnalysis:
         if len(node.input) > 3 and node.input[3]:
             sizes = node.input[3]
             if self._is_const(sizes):
-                v = self.consts.value(sizes)
+                v = self.view.constant(sizes)
                 if v is None or v.reshape(-1).shape[0] != x.rank:
                     self._block_info(x, f"{label}: unreadable sizes")
                     return
@@ -746,7 +676,7 @@ class ChannelAnalysis:
                 self._block_info(x, f"{label}: sizes computed at run time from an untracked tensor")
                 return
         elif len(node.input) > 2 and node.input[2] and self._is_const(node.input[2]):
-            scales = self.consts.value(node.input[2])
+            scales = self.view.constant(node.input[2])
             if scales is not None and scales.size == x.rank and float(scales.reshape(-1)[CHANNEL_AXIS]) != 1.0:
                 self._block_info(x, f"{label} rescales the channel axis")
                 return
@@ -764,7 +694,7 @@ class ChannelAnalysis:
         label = _node_label(node, idx)
         axes = _attr(node, "axes", None)
         if axes is None and len(node.input) > 1 and node.input[1]:
-            v = self.consts.value(node.input[1])
+            v = self.view.constant(node.input[1])
             axes = None if v is None else [int(a) for a in v.reshape(-1)]
             if v is None:
                 self._block_info(x, f"{label}: axes computed at run time")
@@ -786,9 +716,9 @@ class ChannelAnalysis:
         label = _node_label(node, idx)
         pads = _attr(node, "pads", None)
         if pads is None and len(node.input) > 1 and node.input[1]:
-            v = self.consts.value(node.input[1])
+            v = self.view.constant(node.input[1])
             pads = None if v is None else [int(p) for p in v.reshape(-1)]
-        axes_v = self.consts.value(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+        axes_v = self.view.constant(node.input[3]) if len(node.input) > 3 and node.input[3] else None
         if pads is None or len(tracked) > 1:
             self._block_info(x, f"{label}: pads computed at run time")
             return
@@ -806,7 +736,7 @@ class ChannelAnalysis:
         if x is None:
             return
         label = _node_label(node, idx)
-        vals = [self.consts.value(t) if t else None for t in node.input[1:]]
+        vals = [self.view.constant(t) if t else None for t in node.input[1:]]
         if len(tracked) > 1 or any(v is None for v in vals[:2]):
             self._block_info(x, f"{label}: slice bounds computed at run time")
             return
@@ -854,7 +784,7 @@ class ChannelAnalysis:
             return
         shape_in = node.input[1]
         if self._is_const(shape_in):
-            v = self.consts.value(shape_in)
+            v = self.view.constant(shape_in)
             if v is not None and v.reshape(-1).shape[0] > CHANNEL_AXIS and int(v.reshape(-1)[CHANNEL_AXIS]) > 0:
                 self.shape_rewrites.append(ShapeRewrite(idx, 1, CHANNEL_AXIS, node.input[0], mult))
         elif shape_in not in self._shape_elems:
@@ -868,7 +798,7 @@ class ChannelAnalysis:
     def _axes(self, node: onnx.NodeProto) -> list[int] | None:
         axes = _attr(node, "axes", None)
         if axes is None and len(node.input) > 1 and node.input[1]:
-            v = self.consts.value(node.input[1])
+            v = self.view.constant(node.input[1])
             return None if v is None else [int(a) for a in v.reshape(-1)]
         return None if axes is None else [int(a) for a in axes]
 
@@ -929,8 +859,8 @@ class ChannelAnalysis:
             roots.setdefault(self.uf.find(s), []).append(s)
         for t in self.touches:
             node = self.graph.node[t.node]
-            base = self.consts.base(node.input[t.input])
-            if base is not None and self.consts.readers.get(base, 0) > 1:
+            base = self.view.constant_base(node.input[t.input])
+            if base is not None and self.view.constant_readers.get(base, 0) > 1:
                 self.uf.block(t.space, f"{base!r} of {_node_label(node, t.node)} is also read by another node")
         by_root: dict[int, list[Touch]] = {}
         for t in self.touches:
@@ -971,7 +901,7 @@ class ChannelAnalysis:
         n = 0
         for g in self.groups:
             for t in g.touches:
-                base = self.consts.base(self.graph.node[t.node].input[t.input])
+                base = self.view.constant_base(self.graph.node[t.node].input[t.input])
                 owner = claimed.get((base or "", t.axis))
                 if owner is not None:
                     if g.prunable:
@@ -1012,7 +942,7 @@ class ChannelAnalysis:
         """``{constant base name: [(axis, factor), ...]}`` for every constant some group's cut would slice."""
         per: dict[tuple[str, int], dict[int, tuple[int, int]]] = {}
         for t in self.touches:
-            base = self.consts.base(self.graph.node[t.node].input[t.input])
+            base = self.view.constant_base(self.graph.node[t.node].input[t.input])
             if base is None:
                 continue
             per.setdefault((base, t.axis), {})[t.offset] = (self.uf.find(t.space), self.uf.size[self.uf.find(t.space)])
@@ -1066,7 +996,7 @@ def apply_channel_cuts(
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    consts = analysis.consts
+    view = analysis.view
     result = CutResult()
     removed: dict[tuple[int, int], dict[int, set[int]]] = {}
     for t in analysis.touches:
@@ -1088,7 +1018,7 @@ def apply_channel_cuts(
     for (nidx, inp), axes in sorted(removed.items()):
         node = graph.node[nidx]
         name = node.input[inp]
-        value = consts.value(name)
+        value = view.constant(name)
         if value is None:
             raise ValueError(f"{_node_label(node, nidx)} input {inp} is not a constant")
         kept_axes: dict[int, list[int]] = {}
@@ -1099,10 +1029,10 @@ def apply_channel_cuts(
             kept_axes[axis] = [p for p in range(length) if p not in rem]
             value = np.take(value, kept_axes[axis], axis=axis)
         result.kept[(nidx, inp)] = kept_axes
-        base = consts.base(name)
+        base = view.constant_base(name)
         assert base is not None
         new_t = numpy_helper.from_array(np.ascontiguousarray(value), name)
-        if base == name and base in inits and consts.readers.get(base, 0) == 1:
+        if base == name and base in inits and view.constant_readers.get(base, 0) == 1:
             inits[base].CopyFrom(new_t)
             new_name = base
         else:
@@ -1116,7 +1046,7 @@ def apply_channel_cuts(
         entry = pick_source(analysis.weight_map.get(base), analysis.module_path(nidx))
         if entry is not None:
             claimed[new_name] = entry
-        orig_shape = consts.shape(name) or ()
+        orig_shape = view.constant_shape(name) or ()
         for axis, kept in kept_axes.items():
             if entry and isinstance(entry.get("param"), str):
                 torch_axis = (len(orig_shape) - 1 - axis) if entry.get("transposed") and len(orig_shape) == 2 else axis
@@ -1133,12 +1063,12 @@ def apply_channel_cuts(
         if new_c is None:
             continue
         node = graph.node[rw.node]
-        v = consts.value(node.input[rw.input])
+        v = view.constant(node.input[rw.input])
         assert v is not None
         v = np.array(v, copy=True)
         flat = v.reshape(-1)
         flat[rw.position] = new_c * rw.mult
-        base = consts.base(node.input[rw.input]) or "shape"
+        base = view.constant_base(node.input[rw.input]) or "shape"
         new_name = _unique(names, f"{base}_ch")
         graph.initializer.append(numpy_helper.from_array(flat.reshape(v.shape).astype(v.dtype), new_name))
         node.input[rw.input] = new_name

@@ -61,9 +61,20 @@ class GraphView:
                     self.consumers.setdefault(i, []).append((ref, k))
         self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in self.graph.initializer}
         self.constant_nodes: dict[str, NodeRef] = {}
+        self._aliases: dict[str, str] = {}  # Identity output -> its input
         for ref in self.nodes:
-            if ref.node.op_type == "Constant" and any(a.name == "value" for a in ref.node.attribute):
+            if ref.node.op_type == "Constant" and ref.node.output and constant_node_value(ref.node) is not None:
                 self.constant_nodes[ref.node.output[0]] = ref
+            elif ref.node.op_type == "Identity" and ref.node.input and ref.node.output:
+                self._aliases[ref.node.output[0]] = ref.node.input[0]
+        #: readers of each constant, through Identity aliases (graph outputs count; the Identity itself does not)
+        self.constant_readers: dict[str, int] = {}
+        for name in [i for ref in self.nodes if ref.node.op_type != "Identity" for i in ref.node.input] + [
+            o.name for o in self.graph.output
+        ]:
+            base = self.constant_base(name)
+            if base is not None:
+                self.constant_readers[base] = self.constant_readers.get(base, 0) + 1
         self.graph_inputs = {i.name for i in self.graph.input} - set(self.initializers)
         self.graph_outputs = {o.name for o in self.graph.output}
         self.symbolic_inputs = any(
@@ -194,12 +205,36 @@ class GraphView:
         return name in self.initializers or name in self.constant_nodes
 
     def constant(self, name: str) -> np.ndarray | None:
-        """The value of an initializer or ``Constant`` node output, else ``None``."""
+        """The value of an initializer or ``Constant`` node output (through ``Identity`` aliases), else ``None``."""
+        name = self.constant_base(name) or ""
         if name in self.initializers:
             return numpy_helper.to_array(self.initializers[name])
         if name in self.constant_nodes:
-            return numpy_helper.to_array(self.constant_nodes[name].node.attribute[0].t)
+            return constant_node_value(self.constant_nodes[name].node)
         return None
+
+    def constant_base(self, name: str) -> str | None:
+        """The initializer or ``Constant`` output that ``name`` is, through ``Identity`` aliases; else ``None``.
+
+        In the canonical form (:mod:`passes._core.canonical`) there are no aliases and every constant has one
+        reader; the view also serves models as users saved them."""
+        for _ in range(64):
+            if not name or self.is_constant(name):
+                return name or None
+            if name not in self._aliases:
+                return None
+            name = self._aliases[name]
+        return None
+
+    def constant_shape(self, name: str) -> tuple[int, ...] | None:
+        """The shape of the constant ``name`` is (through aliases), read from the initializer without its data."""
+        base = self.constant_base(name)
+        if base is None:
+            return None
+        if base in self.initializers:
+            return tuple(int(d) for d in self.initializers[base].dims)
+        value = self.constant(base)
+        return None if value is None else tuple(value.shape)
 
     def value(self, name: str) -> np.ndarray | None:
         """The value of a constant or of an integer tensor computable from constants and static shapes.
@@ -388,6 +423,20 @@ class GraphView:
         for ref, _ in self.consumers.get(name, []):
             seen[ref.index] = ref
         return list(seen.values())
+
+
+def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """The value of a ``Constant`` node (dense tensor or scalar/list attribute), else ``None``."""
+    if len(node.attribute) != 1:
+        return None
+    a = node.attribute[0]
+    if a.name == "value":
+        return numpy_helper.to_array(a.t)
+    if a.name in ("value_float", "value_floats"):
+        return np.asarray(helper.get_attribute_value(a), dtype=np.float32)
+    if a.name in ("value_int", "value_ints"):
+        return np.asarray(helper.get_attribute_value(a), dtype=np.int64)
+    return None  # sparse and string constants stay nodes
 
 
 def _join_scopes(scopes: list[str]) -> str:

@@ -97,7 +97,7 @@ def channel_scores(analysis: ChannelAnalysis, group: ChannelGroup, method: str =
         for t in group.touches:
             node = analysis.graph.node[t.node]
             if t.role == "carried" and node.op_type == "BatchNormalization" and t.input == 1:
-                gamma = analysis.consts.value(node.input[1])
+                gamma = analysis.view.constant(node.input[1])
                 if gamma is not None:
                     acc += np.abs(gamma.astype(np.float64).reshape(-1)[t.offset : t.offset + n])
                     found = True
@@ -109,7 +109,7 @@ def channel_scores(analysis: ChannelAnalysis, group: ChannelGroup, method: str =
         for t in group.touches:
             if t.role != "out" or t.input != 1:
                 continue
-            w = analysis.consts.value(analysis.graph.node[t.node].input[1])
+            w = analysis.view.constant(analysis.graph.node[t.node].input[1])
             if w is not None:
                 yield np.moveaxis(w, t.axis, 0)[t.offset * t.inner : (t.offset + n) * t.inner]
 

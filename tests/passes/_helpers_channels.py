@@ -61,7 +61,7 @@ def analysis_oracle(model: onnx.ModelProto, analysis: object, keep: Mapping[int,
             continue
         kept = set(keep[root])
         size = analysis.by_gid[root].size  # type: ignore[attr-defined]
-        name = analysis.consts.base(analysis.graph.node[t.node].input[t.input])  # type: ignore[attr-defined]
+        name = analysis.view.constant_base(analysis.graph.node[t.node].input[t.input])
         pos = [(t.offset + c) * t.inner + j for c in range(size) if c not in kept for j in range(t.inner)]
         cuts.setdefault(name, []).append((t.axis, pos))
     return zero_columns(model, cuts)

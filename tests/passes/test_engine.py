@@ -210,6 +210,36 @@ def test_graph_view_evaluates_runtime_shapes() -> None:
     assert dyn.value("b0_shape5") is None  # a symbolic batch cannot be folded
 
 
+def test_graph_view_resolves_constants_through_aliases() -> None:
+    """One constants table for every analysis: Identity aliases of an initializer, scalar and list Constant nodes,
+    and how many nodes read each constant (the channel analysis refuses to cut a weight read twice)."""
+    w = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "w")
+    nodes = [
+        helper.make_node("Identity", ["w"], ["w_alias"]),
+        helper.make_node("Constant", [], ["shape"], value_ints=[3, 2]),
+        helper.make_node("Constant", [], ["eps"], value_float=1e-5),
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+        helper.make_node("MatMul", ["x", "w_alias"], ["z"]),
+        helper.make_node("Add", ["y", "z"], ["s"]),
+        helper.make_node("Reshape", ["s", "shape"], ["r"]),
+        helper.make_node("Add", ["r", "eps"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [3, 1])],
+        [w],
+    )
+    view = GraphView(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert view.constant_base("w_alias") == "w" and view.constant_base("y") is None
+    assert np.array_equal(view.constant("w_alias"), numpy_helper.to_array(w))
+    assert view.constant_shape("w_alias") == (2, 3)
+    assert view.constant("shape").tolist() == [3, 2] and view.constant("shape").dtype == np.int64
+    assert view.constant("eps").dtype == np.float32 and view.is_constant("eps")
+    assert view.constant_readers == {"w": 2, "shape": 1, "eps": 1}
+
+
 def test_selection_helpers() -> None:
     assert select_top(np.array([1.0, 3.0, 3.0, 2.0]), 2) == [1, 2]
     assert select_top(np.array([5.0, 5.0, 5.0]), 1) == [0]  # ties to the lower index

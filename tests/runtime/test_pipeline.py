@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from models.synthetic import GENERATOR_VERSION
 from runtime.pipeline import Pipeline, PipelineConfig, Stage, StageFailed, shown_command, tee_output
 
 TINY = dict(
@@ -55,7 +56,8 @@ def test_every_stage_has_numbers_and_plots(run_dir: Path) -> None:
             assert 0.0 <= row["agreement"] <= 1.0
     base, pruned = report["stages"][0], report["stages"][1]
     assert pruned["flops"] < 0.7 * base["flops"]  # cut to the latency of a model about half as fast
-    assert report["data"] == "synthetic"
+    assert report["data"] == "synthetic" and report["generator_version"] == GENERATOR_VERSION
+    assert f"synthetic data, generator version {GENERATOR_VERSION})" in (run_dir / "report.md").read_text()
     frontier = ["paper (uncompressed)", "mobilevit_xxs_upernet64 (uncompressed)"]
     assert [r["stage"] for r in report["frontier"]] == frontier
     eq = report["equal_latency"]  # the demo's question: the compressed student beside the model at its latency
