@@ -162,14 +162,22 @@ def _tex_debris(rng: np.random.Generator, h: int, w: int) -> Array:
     return img
 
 
-def _tex_ice(rng: np.random.Generator, h: int, w: int) -> Array:
+def _ice_plates(
+    rng: np.random.Generator, h: int, w: int, colours: tuple[tuple, float, tuple, tuple], seam: float, grain: float
+) -> Array:
+    """Floating plates: ``colours`` = (light colour, its jitter, dark plate colour, seam colour)."""
+    light, jitter, dark, seam_colour = colours
     n = _smooth(rng, h, w, 14)
     plates = np.floor(n * 5.0) / 5.0
     edges = np.clip(1.0 - np.abs(n * 5.0 - np.round(n * 5.0)) / 0.12, 0, 1)
-    img = _mix(_jitter(rng, (200, 222, 232), 10), (150, 180, 200), plates)
-    img = img * (1 - 0.5 * edges[..., None]) + 0.5 * edges[..., None] * np.asarray((60, 80, 100), np.float32)
-    img += 4.0 * _grain(rng, h, w)[..., None]
+    img = _mix(_jitter(rng, light, jitter), dark, plates)
+    img = img * (1 - seam * edges[..., None]) + seam * edges[..., None] * np.asarray(seam_colour, np.float32)
+    img += grain * _grain(rng, h, w)[..., None]
     return img
+
+
+def _tex_ice(rng: np.random.Generator, h: int, w: int) -> Array:
+    return _ice_plates(rng, h, w, ((200, 222, 232), 10, (150, 180, 200), (60, 80, 100)), 0.5, 4.0)
 
 
 def _tex_snow(rng: np.random.Generator, h: int, w: int) -> Array:
@@ -217,13 +225,7 @@ def _tex_lava_v2(rng: np.random.Generator, h: int, w: int) -> Array:
 
 def _tex_ice_v2(rng: np.random.Generator, h: int, w: int) -> Array:
     """Version 2: plates in the snow's colour; only their darker seams and the river they float on differ."""
-    n = _smooth(rng, h, w, 14)
-    plates = np.floor(n * 5.0) / 5.0
-    edges = np.clip(1.0 - np.abs(n * 5.0 - np.round(n * 5.0)) / 0.12, 0, 1)
-    img = _mix(_jitter(rng, (236, 238, 242), 6), (205, 214, 224), plates)
-    img = img * (1 - 0.35 * edges[..., None]) + 0.35 * edges[..., None] * np.asarray((150, 165, 180), np.float32)
-    img += 3.0 * _grain(rng, h, w)[..., None]
-    return img
+    return _ice_plates(rng, h, w, ((236, 238, 242), 6, (205, 214, 224), (150, 165, 180)), 0.35, 3.0)
 
 
 def _tex_pyro_v2(rng: np.random.Generator, h: int, w: int) -> Array:
