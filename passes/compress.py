@@ -43,13 +43,13 @@ from fileformat.metadata import append_history
 from passes._core import latency as latency_model
 from passes._core.budget import Allocation, BudgetConfig, CostModel, Factor, Layer, Term, allocate
 from passes._core.canonical import canonicalize
-from passes._core.channels import ChannelAnalysis
+from passes._core.channels import ChannelAnalysis, apply_channel_cuts
 from passes._core.cli import make_parser, run_pass_cli
 from passes._core.graph import GraphView
 from passes._core.importance import channel_group_scores, importance, measure_damage
 from passes._core.report import PassReport
 from passes._core.stats import graph_stats
-from passes._core.units import PruneUnit, UnitPruneConfig, find_units, prune_units, select_top
+from passes._core.units import PruneUnit, UnitPruneConfig, apply_units, find_units, prune_units, select_top
 from passes.slice_channels import (
     IMPORTANCES,
     SCOPES,
@@ -355,6 +355,8 @@ class _Problem:
     model: onnx.ModelProto  # the canonical form the plan's unit ids and groups refer to
     layers: list[Layer]
     channel_groups: dict[str, Any]  # budget layer name -> channel group
+    units: dict[str, PruneUnit]  # budget layer name -> unit (heads, head channels, neurons, widths)
+    analysis: ChannelAnalysis  # the channel groups' analysis of ``model``
     skipped: list[tuple[str, str]]
     flops: CostModel
     params: CostModel
@@ -404,8 +406,8 @@ def _discover(model: onnx.ModelProto, config: CompressConfig) -> _Problem:
         )
     sizes = {ly.name: ly.size for ly in layers}
     problem = _Problem(
-        model, layers, {names[g.gid]: g for g in groups}, skipped, CostModel(flop_terms, sizes),
-        CostModel(param_terms, sizes), None, notes,
+        model, layers, {names[g.gid]: g for g in groups}, dict(units), analysis, skipped,
+        CostModel(flop_terms, sizes), CostModel(param_terms, sizes), None, notes,
     )  # fmt: skip
     if metric == "latency":
         factors_of = _tensor_factors(analysis, names, units)
@@ -439,13 +441,26 @@ def _plan_of(problem: _Problem, keep: dict[str, list[int]]) -> CompressPlan:
     return out
 
 
+def cut_one_layer(problem: _Problem, name: str, kept: list[int]) -> onnx.ModelProto:
+    """The model with budget layer ``name`` alone cut to ``kept``, for measuring its damage: the layer's group is
+    rewritten on the canonical model where it was found, by the rewrite the passes use, without finding every group
+    again or checking the result (the final plan still goes through the passes). 3-4x faster per cut than applying
+    a one-layer plan with the passes, and the same model (tests/passes/test_importance.py)."""
+    if name in problem.channel_groups:
+        out = apply_channel_cuts(problem.model, problem.analysis, {problem.channel_groups[name].gid: kept})[0]
+    else:
+        unit = problem.units[name]
+        out = apply_units(problem.model, [unit], {unit.id: kept})[0]
+    del out.graph.value_info[:]  # the cut tensors' shapes changed: onnxruntime infers them
+    return out
+
+
 def _measure_sensitivity(problem: _Problem, config: CompressConfig, budget: BudgetConfig) -> None:
     """Give every layer its measured damage curve (:mod:`passes._core.importance`)."""
     floors = {ly.name: min(ly.size, max(ly.floor, budget.floor_of(ly.size))) for ly in problem.layers}
 
     def cut(ly: Layer, kept: list[int]) -> onnx.ModelProto:
-        plan = _plan_of(problem, {ly.name: kept})
-        return _apply(problem.model, _unit_configs(plan), _channels_config(plan))[0]
+        return cut_one_layer(problem, ly.name, kept)
 
     start = time.perf_counter()
     curves, points = measure_damage(problem.model, problem.layers, floors, cut, config.calib or [], config.threads)

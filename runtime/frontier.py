@@ -119,6 +119,7 @@ class FrontierConfig:
             importance="l2",  # measuring every cut costs a minute per compress stage; its own tests cover it
             bench_runs=60,  # models of ~1 ms: a round costs little, and more rounds steady the paired median
             threads=1,  # models of ~2 ms: with 2 threads the spinning thread pool makes CPU-time ratios noise
+            jobs=2,  # one thread each: two stages fill two cores (compress and bench still run alone)
             checkpoint_every=2,
         )
         base.update(kw)

@@ -17,7 +17,7 @@ from passes._core.importance import damage_curve, distortion, removal_points
 from passes._core.stats import graph_stats
 from passes.compress import CompressConfig, compress, main
 
-from _helpers_channels import analysis_oracle, image  # isort: skip
+from _helpers_channels import analysis_oracle, image, run  # isort: skip
 
 
 def test_damage_curve_interpolates_extrapolates_and_never_decreases() -> None:
@@ -73,6 +73,27 @@ def test_halp_follows_the_measured_damage_whatever_the_magnitudes() -> None:
 @pytest.fixture(scope="module")
 def xxs(exported) -> Path:
     return exported("mobilevit_xxs", size=64, opset=17, exporter="legacy")
+
+
+def test_the_measured_cut_is_the_cut_the_passes_write(xxs: Path) -> None:
+    """Sensitivity rewrites one layer's group directly on the canonical model (no second discovery, no checks); for
+    a layer of every kind that gives the model the passes write for the same one-layer plan, to the bit."""
+    from passes.compress import _apply, _channels_config, _discover, _plan_of, _unit_configs, cut_one_layer
+
+    problem = _discover(onnx.load(str(xxs)), CompressConfig(target_flops=0.5))
+    x = image(64, seed=2)
+    kinds = set()
+    for ly in problem.layers:
+        if ly.kind in kinds:
+            continue
+        kinds.add(ly.kind)
+        kept = list(range(0, ly.size, 2))  # every other unit: not a prefix, so the indices matter
+        plan = _plan_of(problem, {ly.name: kept})
+        written = _apply(problem.model, _unit_configs(plan), _channels_config(plan))[0]
+        measured = cut_one_layer(problem, ly.name, kept)
+        assert np.array_equal(run(measured, x), run(written, x)), ly.name
+        assert not np.allclose(run(measured, x), run(problem.model, x)), ly.name  # the cut did change the output
+    assert kinds == {"heads", "head_dim", "neurons", "width", "channels"}
 
 
 def test_a_group_the_output_ignores_is_cut_first_whatever_its_norms(xxs: Path) -> None:

@@ -103,6 +103,7 @@ def test_trtexec_profile_import(tmp_path: Path) -> None:
         latency.load_table(other, model)
 
 
+@pytest.mark.timing
 def test_compress_target_latency(exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = str(exported("mobilevit_xxs", size=64, opset=17, exporter="legacy"))
     table = tmp_path / "table.json"
@@ -139,6 +140,7 @@ def test_profiled_nodes_map_to_the_graph(exported) -> None:
     assert wall > 0 and overhead >= 0 and sum(times.values()) > 0
 
 
+@pytest.mark.timing
 def test_compress_to_the_latency_of_another_model(exported, tmp_path: Path) -> None:
     """``--target-latency-of``: the paper's student cut to the measured speed of MobileViT-XXS with the same
     decoder, measured here and corrected until it lands within the tolerance; the cut round-trips to torch."""

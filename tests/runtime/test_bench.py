@@ -59,6 +59,7 @@ def _check_schema(doc: dict) -> None:
     assert json.loads(json.dumps(doc)) == doc  # plain JSON types only
 
 
+@pytest.mark.timing
 def test_model_against_itself_is_one_within_noise(exported) -> None:
     path = exported(opset=17)
     doc = benchmark([path, path], BenchConfig(runs=20, warmup=3, threads=1))
@@ -83,6 +84,7 @@ def test_model_against_itself_is_one_within_noise(exported) -> None:
     assert a["providers"] == ["CPUExecutionProvider"] or "CUDAExecutionProvider" in a["providers"]
 
 
+@pytest.mark.timing
 def test_ratios_between_different_models(tiny: dict[str, Path], exported) -> None:
     cfg = BenchConfig(runs=5, warmup=1, threads=1, isolate=False, interleave=False)
     doc = benchmark([exported(opset=17), tiny["static"]], cfg)

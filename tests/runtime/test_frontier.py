@@ -17,7 +17,10 @@ import pytest
 from models.synthetic import GENERATOR_VERSION
 from runtime.frontier import Frontier, FrontierConfig, main, summarize
 
-TINY_ARGS = ["--tiny", "--teacher-steps", "400", "-q"]  # a teacher long enough to be killed in the middle
+TEACHER_STEPS = 120  # a teacher long enough to be killed in the middle (it checkpoints every 2 steps)
+TINY_ARGS = ["--tiny", "--teacher-steps", str(TEACHER_STEPS), "-q"]
+
+pytestmark = pytest.mark.timing  # compress and the benchmark time the students against their reference
 
 
 def _start(run: Path) -> subprocess.Popen[bytes]:
@@ -56,7 +59,7 @@ def test_a_killed_run_resumes_from_the_checkpoint(killed_and_resumed: tuple[Path
     assert log_after.startswith(log_before)  # the log is continued, not replaced
     assert "--resume" in log_after and "resumed from" in log_after
     resumed_at = int(log_after.split("resumed from", 1)[1].split("at step", 1)[1].split()[0])
-    assert 0 < resumed_at <= 400
+    assert 0 < resumed_at <= TEACHER_STEPS
     assert not list((run / "stages").glob("*.started.json"))  # every stage finished
 
 
@@ -113,7 +116,7 @@ def test_a_rerun_skips_every_stage(killed_and_resumed: tuple[Path, str, str]) ->
     run, _, _ = killed_and_resumed
     from runtime.frontier import Frontier
 
-    cfg = FrontierConfig.tiny(run=str(run), teacher_steps=400)
+    cfg = FrontierConfig.tiny(run=str(run), teacher_steps=TEACHER_STEPS)
     frontier = Frontier(cfg)
     frontier.run_all()
     ran = [r.name for r in frontier.results if r.status == "ran"]

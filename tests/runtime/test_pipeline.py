@@ -36,6 +36,8 @@ TINY = dict(
     importance="l2",  # measuring every cut costs a minute; test_compress_measures_damage... checks the command
 )
 
+pytestmark = pytest.mark.timing  # the student is compressed to the measured latency of another model
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
