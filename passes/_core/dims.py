@@ -179,9 +179,10 @@ ELEMENTWISE = _UNARY | _BROADCAST | {"Dropout"}
 
 
 class _Tracer:
-    def __init__(self, view: GraphView, seed: str, count: int, width: bool = False) -> None:
+    def __init__(self, view: GraphView, seed: str, count: int, width: bool = False, sums: bool = False) -> None:
         self.view = view
         self.width = width  # a transformer's embedding dim: LayerNorm statistics over it are allowed (inexact)
+        self.sums = sums  # sums over the unit axis are allowed (see trace)
         self.group = DimGroup(seed=seed, count=count)
         self.queue: deque[str] = deque()
         self.none_claims: dict[str, str] = {}
@@ -295,15 +296,20 @@ class _Tracer:
                     (g.sources if carried_out else g.sinks).append(w)
 
 
-def trace(view: GraphView, name: str, dim: Dim, *, width: bool = False) -> DimGroup:
+def trace(view: GraphView, name: str, dim: Dim, *, width: bool = False, sums: bool = False) -> DimGroup:
     """Follow the unit axis ``dim`` of tensor ``name`` through the whole graph; raise :class:`TraceError`.
 
     ``width``: the axis is a transformer's embedding dimension, which LayerNorm normalises over. Such a group may
     pass LayerNormalization (its scale and bias are sliced) and the ReduceMean of a decomposed LayerNorm; after the
     cut the statistics are taken over the kept channels, as in a torch model built with the smaller width, so the
-    group is not exact against zeroing and says why in ``inexact``."""
+    group is not exact against zeroing and says why in ``inexact``.
+
+    ``sums``: the group's oracle zeroes its units in every tensor that carries them (head channels, widths), so a
+    reduction to which a 0 adds nothing (:data:`ZERO_NEUTRAL_REDUCE`) over the unit axis equals the reduction over
+    the kept units: SwinV2's L2 norm of q and k over head_dim. (The heads' and neurons' oracles zero only the
+    consuming weights, which such a reduction would not see.)"""
     count = unit_count(canonical(dim.layout))
-    return _Tracer(view, name, count, width).run(name, dim)
+    return _Tracer(view, name, count, width, sums).run(name, dim)
 
 
 # --------------------------------------------------------------------------------------------------------- rules
@@ -800,6 +806,10 @@ def _layernorm(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim
     return out
 
 
+#: reductions to which an entry of 0 adds nothing: over the unit axis they are exact against the zeroing oracle
+ZERO_NEUTRAL_REDUCE = {"ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare"}
+
+
 def _reduce(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
     n = ref.node
     x, y = n.input[0], n.output[0]
@@ -821,6 +831,9 @@ def _reduce(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | 
         if dim.axis in axes and tr.width and n.op_type == "ReduceMean" and axes == [dim.axis] and keepdims:
             tr.note_inexact(ref)  # the mean (or variance) of a decomposed LayerNorm: over the kept channels
             out.update({x: dim, y: None})
+            return out
+        if dim.axis in axes and tr.sums and n.op_type in ZERO_NEUTRAL_REDUCE:
+            out.update({x: dim, y: None})  # the sum over the kept units; the output no longer has the unit axis
             return out
         if dim.axis in axes:
             raise tr.fail(ref, "reduces over the unit axis")

@@ -412,6 +412,39 @@ def _scores_matmul(view: GraphView, block: AttentionBlock) -> NodeRef | None:
     return None
 
 
+def _one_head_seeds(view: GraphView, block: AttentionBlock) -> list[tuple[str, Dim]]:
+    """``q`` of the ``q @ k^T`` MatMul and ``v`` of the ``softmax @ v`` MatMul of a block with one head (SegFormer's
+    first stage, EfficientViT's cascaded heads), found by walking from the Softmax through ops with one computed
+    input (a scale, a constant bias); their last axis is the head's channels."""
+    soft = next(r for r in view.nodes if r.name == block.anchor)
+    found: list[str] = []
+
+    def computed(node: onnx.NodeProto) -> list[str]:
+        return [i for i in node.input if i and not view.is_constant(i)]
+
+    t = soft.node.input[0]
+    for _ in range(12):
+        ref = view.producer.get(t)
+        if ref is None or len(computed(ref.node)) != (2 if ref.node.op_type == "MatMul" else 1):
+            break
+        if ref.node.op_type == "MatMul":
+            found.append(ref.node.input[0])
+            break
+        t = computed(ref.node)[0]
+    t = soft.node.output[0]
+    for _ in range(12):
+        users = view.consumer_nodes(t)
+        if len(users) != 1 or len(computed(users[0].node)) != (2 if users[0].node.op_type == "MatMul" else 1):
+            break
+        if users[0].node.op_type == "MatMul":
+            if users[0].node.input[0] == t:
+                found.append(users[0].node.input[1])
+            break
+        t = users[0].node.output[0]
+    shapes = {name: view.shape(name) for name in found}
+    return [(name, Dim(len(shape) - 1, ((shape[-1], True),))) for name, shape in shapes.items() if shape]
+
+
 def _new_unit(kind: str, view: GraphView, anchor: str, count: int, unit_size: int) -> PruneUnit:
     return PruneUnit(id=f"graph:{anchor}", kind=kind, anchor=anchor, count=count, unit_size=unit_size, view=view)
 
@@ -423,12 +456,16 @@ def find_head_dims(model: onnx.ModelProto, view: GraphView | None = None) -> lis
     from ``q`` at the ``q @ k^T`` MatMul. With a fused qkv projection one group holds q, k and v (q and k meet in
     the scores, v in the context; the three come out of one tensor); with separate projections the q/k channels
     and the v channels are two groups. Zeroing a unit's consuming weights (the projection rows, or the k columns)
-    gives the pruned output exactly; the scale ``1/sqrt(head_dim)`` stays that of the original model.
+    gives the pruned output exactly; the scale ``1/sqrt(head_dim)`` stays that of the original model. A block with
+    one head has no head axis to trace: its groups are seeded at ``q`` and ``v`` (:func:`_one_head_seeds`).
     """
     view = view or GraphView(canonicalize(model))
     out: list[PruneUnit] = []
     for block in find_attention_blocks(model, view):
-        if not block.prunable:  # (a one-head block's channels are not followed: cut them before its heads)
+        if block.count == 1 and block.group is None:  # no head axis to follow: seed q and v themselves
+            out += _trace_seeds("head_dim", view, [(t, dim, 1, None) for t, dim in _one_head_seeds(view, block)], out)
+            continue
+        if not block.prunable:
             continue
         g = block.group
         assert g is not None
@@ -464,7 +501,7 @@ def _trace_seeds(
             continue
         unit = _new_unit(kind, view, seed, unit_count(dim.layout), size)
         try:
-            group = trace(view, seed, dim, width=width)
+            group = trace(view, seed, dim, width=width, sums=True)
             if width and not (group.sources and group.sinks):
                 raise TraceError("no weight produces or consumes the width (it reaches a model input or output?)")
             if not width and not group.sinks and len(group.sources) < 2:

@@ -2,9 +2,10 @@
 
 Small torch modules written the way their libraries write them (FastViT / EfficientFormer 1x1-conv MLPs with a
 BatchNorm, SegFormer's MixFFN, LeViT's BatchNorm inside qkv and the MLP, SwinV2's cosine attention with a per-head
-logit scale, torch's ``nn.MultiheadAttention``), exported by both torch exporters, with fresh (untouched) and
-perturbed weights. Every test checks that units are found and cut, and that the cut model equals the unpruned
-model with the removed units' consuming weights zeroed, while a shifted choice of units does not.
+logit scale, torch's ``nn.MultiheadAttention``, SegFormer's one-head first stage), exported by both torch
+exporters, with fresh (untouched) and perturbed weights. Every test checks that units are found and cut, and that
+the cut model equals the unpruned model with the removed units zeroed (the consuming weights of heads and neurons;
+every weight slice of head channels), while a shifted choice of units does not.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from _helpers_prune import run_ort
 from _shared import perturb_
 from torch import nn
 
-from passes._core.units import find_units
+from passes._core.units import UnitPruneConfig, find_units, prune_units, zero_units
 from passes.prune_heads import PruneHeadsConfig, prune_heads, zero_heads
 from passes.slice_neurons import SliceNeuronsConfig, slice_neurons, zero_neurons
 
@@ -106,6 +107,25 @@ class CosineAttention(nn.Module):
         return x + self.proj(y)
 
 
+class OneHeadAttention(nn.Module):
+    """SegFormer's first stage (PVTv2 alike): one head, q and a fused kv projection, keys and values from a strided
+    conv with a LayerNorm (spatial reduction); no head axis to follow, so q and v seed the head channels."""
+
+    def __init__(self, c: int = DIM) -> None:
+        super().__init__()
+        self.q, self.kv, self.proj = nn.Linear(c, c), nn.Linear(c, 2 * c), nn.Linear(c, c)
+        self.sr, self.norm = nn.Conv2d(c, c, 2, stride=2), nn.LayerNorm(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        side = math.isqrt(n)
+        q = self.q(x).reshape(b, n, 1, c).permute(0, 2, 1, 3)  # [B, 1, N, c]
+        r = self.norm(self.sr(x.transpose(1, 2).reshape(b, c, side, side)).reshape(b, c, -1).transpose(1, 2))
+        k, v = self.kv(r).reshape(b, -1, 2, 1, c).permute(2, 0, 3, 1, 4).unbind(0)  # [B, 1, M, c] each
+        attn = ((q @ k.transpose(-2, -1)) * c**-0.5).softmax(-1)
+        return x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
 class TorchMha(nn.Module):
     """torch's nn.MultiheadAttention (fused in_proj) followed by an MLP, as torchvision's ViT encoder block."""
 
@@ -132,8 +152,10 @@ PATTERNS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], dict[str, in
     "conv_mlp": (_image_net, (1, 3, 8, 8), {"neurons": 2}),
     "mixffn": (_tokens(MixFfn), (2, TOKENS, DIM), {"neurons": 2}),
     "levit": (_tokens(LevitAttention), (2, TOKENS, DIM), {"heads": 2, "neurons": 2}),
-    "swinv2_cosine": (_tokens(CosineAttention), (2, TOKENS, DIM), {"heads": 2}),
+    # head channels pass the L2 norms of q and k: a removed channel is 0 in the oracle and adds nothing to them
+    "swinv2_cosine": (_tokens(CosineAttention), (2, TOKENS, DIM), {"heads": 2, "head_dim": 2}),
     "torch_mha": (_tokens(TorchMha), (2, TOKENS, DIM), {"heads": 2, "neurons": 2}),
+    "one_head": (_tokens(OneHeadAttention), (2, TOKENS, DIM), {"head_dim": 2}),
 }
 
 
@@ -185,9 +207,13 @@ def test_pattern_is_cut_exactly(name: str, exporter: str, variant: str) -> None:
         assert len(prunable) == expected, [(u.id, u.skip_reason) for u in units]
         keep = {u.id: list(range(0, u.count, 2)) for u in prunable}  # every other unit
         shifted = {u.id: list(range(1, u.count, 2)) for u in prunable}
-        run, zero = (prune_heads, zero_heads) if kind == "heads" else (slice_neurons, zero_neurons)
-        cfg = (PruneHeadsConfig if kind == "heads" else SliceNeuronsConfig)(keep_sets=keep)
-        pruned, report = run(model, cfg)
+        if kind == "head_dim":
+            pruned, report = prune_units(model, kind, UnitPruneConfig(keep_sets=keep), kind)
+            zero: Callable = zero_units
+        else:
+            run, zero = (prune_heads, zero_heads) if kind == "heads" else (slice_neurons, zero_neurons)
+            cfg = (PruneHeadsConfig if kind == "heads" else SliceNeuronsConfig)(keep_sets=keep)
+            pruned, report = run(model, cfg)
         assert report.modified and report.params_after < report.params_before
         zeroed, control = model, model
         for u in prunable:
