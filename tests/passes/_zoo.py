@@ -93,6 +93,33 @@ def timm_swin() -> nn.Module:
     )
 
 
+def timm_swinv2() -> nn.Module:
+    """timm SwinV2-CR (cosine attention: q and k L2-normalised over head_dim, a per-head logit scale; post-norm):
+    64x64, 4x4 windows, two stages of 2 blocks (2 and 4 heads).
+
+    Its residual branches end in a LayerNorm that timm initialises to scale 0, so every fresh block is an identity
+    and no oracle could tell which units were cut; the scales are set to 1, as a trained model's are not 0."""
+    import timm
+
+    net = timm.create_model(
+        "swinv2_cr_tiny_ns_224", pretrained=False, num_classes=5, img_size=64, window_size=4, embed_dim=32,
+        depths=(2, 2), num_heads=(2, 4),
+    )  # fmt: skip
+    for block in net.modules():
+        if type(block).__name__ == "SwinTransformerV2CrBlock":
+            nn.init.ones_(block.norm1.weight)
+            nn.init.ones_(block.norm2.weight)
+    return net
+
+
+def timm_pvt_v2() -> nn.Module:
+    """timm PVTv2-B0 (SegFormer's encoder: spatial-reduction attention, a depthwise conv inside each MLP) at 64x64;
+    1/2/5/8 heads in its four stages of 2 blocks."""
+    import timm
+
+    return timm.create_model("pvt_v2_b0", pretrained=False, num_classes=5)
+
+
 def tv_vit() -> nn.Module:
     """torchvision ViT (nn.MultiheadAttention): 32x32, 8x8 patches, 2 layers of 4 heads x 16, MLP 128.
 
@@ -159,6 +186,8 @@ MODELS: dict[str, ZooModel] = {
         ),
         ZooModel("timm_swin", timm_swin, (1, 3, 32, 32), heads=4, mlps=4, channels=False),
         ZooModel("timm_mobilevit", timm_mobilevit, (1, 3, 64, 64), heads=9, mlps=9, channels=True),
+        ZooModel("timm_swinv2", timm_swinv2, (1, 3, 64, 64), heads=4, mlps=4, channels=False),
+        ZooModel("timm_pvt_v2", timm_pvt_v2, (1, 3, 64, 64), heads=6, mlps=8, channels=False),  # stage 1: one head
         ZooModel("tiny_cnn", tiny_cnn, (1, 3, 16, 16), heads=0, mlps=1, channels=True),
         ZooModel(
             "hf_mobilevit",

@@ -44,7 +44,7 @@ RTOL = 1e-4  # max abs difference over the reference output's max abs
 # transformer widths slice_width can cut (tv_vit's identity head makes its width the model output; the transformers
 # models concatenate one stage's width with other channels, which keeps that stage whole)
 WIDTHS = {"timm_vit": 1, "tv_vit": 0, "timm_swin": 2, "timm_mobilevit": 3, "tiny_cnn": 0, "hf_mobilevit": 3,
-          "hf_segformer": 4}  # fmt: skip
+          "hf_segformer": 4, "timm_swinv2": 1, "timm_pvt_v2": 4}  # fmt: skip
 CONTROL = 100 * RTOL  # zeroing other units must differ by at least this much
 
 # The default run: small models, the default legacy export and the dynamo file, both weight variants. The rest
