@@ -444,7 +444,7 @@ def _plan_of(problem: _Problem, keep: dict[str, list[int]]) -> CompressPlan:
 def cut_one_layer(problem: _Problem, name: str, kept: list[int]) -> onnx.ModelProto:
     """The model with budget layer ``name`` alone cut to ``kept``, for measuring its damage: the layer's group is
     rewritten on the canonical model where it was found, by the rewrite the passes use, without finding every group
-    again or checking the result (the final plan still goes through the passes). 3-4x faster per cut than applying
+    again or checking the result (the final plan still goes through the passes). About 3x faster per cut than applying
     a one-layer plan with the passes, and the same model (tests/passes/test_importance.py)."""
     if name in problem.channel_groups:
         out = apply_channel_cuts(problem.model, problem.analysis, {problem.channel_groups[name].gid: kept})[0]

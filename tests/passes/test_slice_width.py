@@ -65,6 +65,26 @@ def test_head_dim_oracle_and_round_trip(exported, tmp_path: Path, opset: int, ex
     assert rt.ok, rt.format()
 
 
+def test_a_block_cut_to_one_head_keeps_its_head_channels(exported, tmp_path: Path) -> None:
+    """A block left with one head has no head axis to follow; its channels are found from q and v, cut exactly,
+    and the torch side rebuilds the result."""
+    model = onnx.load(str(exported("mobilevit_xxs", size=64, opset=17, exporter="legacy")))
+    first = find_head_dims(model)[0].id
+    one, _ = prune_heads(model, PruneHeadsConfig(keep_sets={first: [2]}))
+    units = find_head_dims(one)
+    assert len(units) == 9 and all(u.prunable for u in units)
+    out, _ = slice_width(one, SliceWidthConfig(keep_sets={first: list(range(0, 16, 2))}, kind="head_dim"))
+    assert read_plan(out)["head_dim"][first]["total"] == 16
+    keep = {first: list(range(0, 16, 2))}
+    scale = float(np.abs(run_ort(one, input_for(one))).max())
+    assert oracle_error(one, out, units, keep, zero_units) <= 1e-4 * scale
+    assert oracle_error(one, out, units, {first: list(range(1, 16, 2))}, zero_units) > 1e-2 * scale
+    target = tmp_path / "one_head.onnx"
+    onnx.save(out, str(target))
+    rt = check_roundtrip(target)
+    assert rt.ok, rt.format()
+
+
 def test_cli_kinds(exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = exported("mobilevit_xxs", size=64, opset=17, exporter="legacy")
     out = tmp_path / "w.onnx"
