@@ -417,32 +417,34 @@ def _one_head_seeds(view: GraphView, block: AttentionBlock) -> list[tuple[str, D
     first stage, EfficientViT's cascaded heads), found by walking from the Softmax through ops with one computed
     input (a scale, a constant bias); their last axis is the head's channels."""
     soft = next(r for r in view.nodes if r.name == block.anchor)
-    found: list[str] = []
-
-    def computed(node: onnx.NodeProto) -> list[str]:
-        return [i for i in node.input if i and not view.is_constant(i)]
-
-    t = soft.node.input[0]
-    for _ in range(12):
-        ref = view.producer.get(t)
-        if ref is None or len(computed(ref.node)) != (2 if ref.node.op_type == "MatMul" else 1):
-            break
-        if ref.node.op_type == "MatMul":
-            found.append(ref.node.input[0])
-            break
-        t = computed(ref.node)[0]
-    t = soft.node.output[0]
-    for _ in range(12):
-        users = view.consumer_nodes(t)
-        if len(users) != 1 or len(computed(users[0].node)) != (2 if users[0].node.op_type == "MatMul" else 1):
-            break
-        if users[0].node.op_type == "MatMul":
-            if users[0].node.input[0] == t:
-                found.append(users[0].node.input[1])
-            break
-        t = users[0].node.output[0]
+    scores, t_scores = _walk_to_matmul(view, soft.node.input[0], up=True)
+    context, t_context = _walk_to_matmul(view, soft.node.output[0], up=False)
+    found = [scores.node.input[0]] if scores is not None else []
+    if context is not None and context.node.input[0] == t_context:
+        found.append(context.node.input[1])
     shapes = {name: view.shape(name) for name in found}
     return [(name, Dim(len(shape) - 1, ((shape[-1], True),))) for name, shape in shapes.items() if shape]
+
+
+def _walk_to_matmul(view: GraphView, t: str, up: bool) -> tuple[NodeRef | None, str]:
+    """The MatMul of two computed operands reached from tensor ``t`` (through its producers if ``up``, else its
+    only consumers) across ops with one computed input, and the tensor it reads on that path; ``None`` if the path
+    branches or ends first."""
+    for _ in range(12):
+        if up:
+            refs = [view.producer[t]] if t in view.producer else []
+        else:
+            refs = view.consumer_nodes(t)
+        if len(refs) != 1:
+            break
+        node = refs[0].node
+        computed = [i for i in node.input if i and not view.is_constant(i)]
+        if node.op_type == "MatMul":
+            return (refs[0], t) if len(computed) == 2 else (None, t)
+        if len(computed) != 1:
+            break
+        t = computed[0] if up else node.output[0]
+    return None, t
 
 
 def _new_unit(kind: str, view: GraphView, anchor: str, count: int, unit_size: int) -> PruneUnit:
