@@ -2,7 +2,8 @@
 
 ``python bench/check_user_files.py model.onnx [other.onnx ...]``
 
-Per file: heads, MLP neurons and head channels (ratio 0.5) against the zeroing oracle; the transformer width (0.5)
+Per file: heads, MLP neurons and head channels (ratio 0.5) against the zeroing oracle, with how much the cut
+changed the output (the oracle proves little where that is ~0); the transformer width (0.5)
 must run with the original output shape (its oracle is the torch model built narrower, in the tests);
 ``slice_channels`` (0.5) against the channel oracle; ``compress`` to half the FLOPs over the exact kinds against the
 combined oracle. Prints one line per file: what was cut and the oracle error relative to the output's scale. The
@@ -45,19 +46,30 @@ def check(label: str, model) -> str:  # noqa: ANN001 - an onnx.ModelProto
             row.append(f"width: {len(plan)} cut, runs {run_ort(out, x).shape == ref.shape}")
         else:
             keep = {uid: e["kept"] for uid, e in plan.items()}
-            row.append(
-                f"{kind}: {len(plan)} cut, oracle {oracle_error(model, out, units, keep, zero_units) / scale:.1e}"
-            )
+            err = oracle_error(model, out, units, keep, zero_units) / scale
+            row.append(f"{kind}: {len(plan)} cut, oracle {err:.1e}, change {_change(out, x, ref) / scale:.1e}")
     out, _ = slice_channels(model, SliceChannelsConfig(ratio=0.5))
     analysis = ChannelAnalysis(model)
     gid = {g.name: g.gid for g in analysis.groups}
     keep = {gid[n]: e["kept"] for n, e in read_plan(out)["channels"].items() if n in gid}
     err = float(np.abs(run_ort(out, x) - run_ort(analysis_oracle(model, analysis, keep), x)).max()) / scale
-    row.append(f"channels: {len(keep)} groups cut, oracle {err:.1e}")
+    row.append(f"channels: {len(keep)} groups cut, oracle {err:.1e}, change {_change(out, x, ref) / scale:.1e}")
     out, rep = compress(model, CompressConfig(target_flops=0.5, units=EXACT))
     err = float(np.abs(run_ort(out, x) - run_ort(_combined_oracle(model, read_plan(out)), x)).max()) / scale
-    row.append(f"compress: FLOPs {rep.flops_after / rep.flops_before:.2f}x, oracle {err:.1e}")
+    row.append(
+        f"compress: FLOPs {rep.flops_after / rep.flops_before:.2f}x, oracle {err:.1e}, "
+        f"change {_change(out, x, ref) / scale:.1e}"
+    )
     return " | ".join(row)
+
+
+def _change(out, x, ref) -> float:  # noqa: ANN001 - a model, its input and the uncut output
+    """How much the cut moved the output (an oracle error means little where this is ~0: a block that starts as an
+    identity, as timm's layer scales and zero-initialised branch norms make it)."""
+    import numpy as np
+    from _helpers_prune import run_ort
+
+    return float(np.abs(run_ort(out, x) - ref).max())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,7 @@ from passes._core.budget import Allocation, BudgetConfig, CostModel, Factor, Lay
 from passes._core.canonical import canonicalize
 from passes._core.channels import ChannelAnalysis, apply_channel_cuts
 from passes._core.cli import make_parser, run_pass_cli
+from passes._core.dims import Dim, Parts, part_size
 from passes._core.graph import GraphView
 from passes._core.importance import channel_group_scores, importance, measure_damage
 from passes._core.report import PassReport
@@ -154,6 +155,56 @@ _KIND_WORDS = {"heads": "attention blocks", "head_dim": "head-channel groups", "
                "width": "transformer widths", "channels": "channel groups"}  # fmt: skip
 
 
+Carried = dict[str, list[tuple[str, int, Dim]]]
+
+
+def _carried(units: Sequence[tuple[str, PruneUnit]]) -> Carried:
+    """``{tensor: [(layer name, unit count, unit axis)]}``: the unit groups each tensor or weight carries."""
+    out: Carried = {}
+    for name, u in units:
+        g = u.group
+        assert g is not None
+        for tensor, dim in g.dims.items():
+            out.setdefault(tensor, []).append((name, u.count, dim))
+    return out
+
+
+def axis_factors(entries: Sequence[tuple[str, int, Dim]]) -> list[Factor]:
+    """The cost factors of the unit groups one tensor carries.
+
+    A group that owns its axis (or a factor of it: heads x head channels) scales it alone: ``((name, count),)``.
+    Groups whose layouts are :class:`Parts` of one axis (LeViT's per-head ``[q | k | v]``: q/k channels and v
+    channels) share one factor with a segment per part, so the axis scales as ``(2 k_qk + k_v) / 64`` and not as a
+    product; a part no group cuts is a constant segment."""
+    out: list[Factor] = []
+    parts: dict[int, list[tuple[str, int, Parts]]] = {}
+    for name, count, dim in entries:
+        held = [u for _, u in dim.layout if isinstance(u, Parts)]
+        if held:
+            parts.setdefault(dim.axis, []).append((name, count, held[0]))
+        else:
+            out.append(((name, count),))
+    for group in parts.values():
+        shapes = {tuple(part_size(p) for p in h.parts) for _, _, h in group}
+        n = len(group[0][2].parts)
+        if len(shapes) == 1 and all(sum(not isinstance(h.parts[i], int) for _, _, h in group) <= 1 for i in range(n)):
+            out.append(_parts_factor(group))
+        else:  # parts that do not partition the axis alike: each group on its own
+            out += [_parts_factor([g]) for g in group]
+    return out
+
+
+def _parts_factor(group: Sequence[tuple[str, int, Parts]]) -> Factor:
+    """One factor for groups whose :class:`Parts` split one axis alike, each part cut by at most one of them: a
+    part of ``m`` entries cut by a group of ``count`` units is ``m / count`` segments of that group."""
+    factor: list[tuple[str | None, int]] = []
+    for i, part in enumerate(group[0][2].parts):
+        owner = next(((name, count) for name, count, h in group if not isinstance(h.parts[i], int)), None)
+        size = part_size(part)
+        factor += [owner] * (size // owner[1]) if owner else [(None, size)]
+    return tuple(factor)
+
+
 def unit_factors(view: GraphView, units: Sequence[tuple[str, PruneUnit]]) -> Callable[[int], list[Factor]]:
     """``factors(node index)``: the unit-group factors of a node's cost (see :mod:`passes._core.budget`).
 
@@ -161,16 +212,11 @@ def unit_factors(view: GraphView, units: Sequence[tuple[str, PruneUnit]]) -> Cal
     group on its contracted axis: the q/k/v MatMul with the width (rows) and the heads and head channels (columns),
     the output projection with the heads and head channels (rows) and the width (columns).
     """
-    carried: dict[str, list[tuple[str, int, int]]] = {}
-    for name, u in units:
-        g = u.group
-        assert g is not None
-        for tensor, dim in g.dims.items():
-            carried.setdefault(tensor, []).append((name, u.count, dim.axis))
+    carried = _carried(units)
 
     def factors(idx: int) -> list[Factor]:
         node = view.nodes[idx].node
-        out: list[Factor] = [((name, n),) for o in node.output[:1] for name, n, _ in carried.get(o, [])]
+        out: list[Factor] = [f for o in node.output[:1] for f in axis_factors(carried.get(o, []))]
         if node.op_type in _CONTRACTIONS and len(node.input) > 1:
             if node.op_type == "Conv" and int(view.attrs(node).get("group", 1)) != 1:
                 return out
@@ -182,7 +228,7 @@ def unit_factors(view: GraphView, units: Sequence[tuple[str, PruneUnit]]) -> Cal
                 axis = 0 if int(view.attrs(node).get("transA", 0)) else 1
             else:
                 axis = 1
-            out += [((name, n),) for name, n, a in carried.get(x, []) if a == axis]
+            out += axis_factors([e for e in carried.get(x, []) if e[2].axis == axis])
         return out
 
     return factors
@@ -212,9 +258,12 @@ def cost_terms(
     weight_factors: dict[str, list[Factor]] = {}
     for base_name, axes in analysis.param_factors().items():
         weight_factors.setdefault(base_name, []).extend(named(f) for _, f in axes)
+    slices: Carried = {}
     for name, u in units:
-        for t in u.group.slices:  # type: ignore[union-attr]
-            weight_factors.setdefault(t, []).append(((name, u.count),))
+        for t, ts in u.group.slices.items():  # type: ignore[union-attr]
+            slices.setdefault(t, []).append((name, u.count, Dim(ts.axis, ts.layout)))
+    for t, entries in slices.items():
+        weight_factors.setdefault(t, []).extend(axis_factors(entries))
     param_terms, counted = [], 0
     inits = {t.name: t for t in model.graph.initializer}
     for t, factors in weight_factors.items():
@@ -286,15 +335,12 @@ def _tensor_factors(
     analysis: ChannelAnalysis, channel_names: dict[int, str], units: Sequence[tuple[str, PruneUnit]]
 ) -> Callable[[Sequence[str]], list[Factor]]:
     """``factors(tensors)``: the distinct unit and channel groups carried by any of ``tensors`` (a profiled node)."""
-    carried: dict[str, list[Factor]] = {}
-    for name, u in units:
-        for t in u.group.dims:  # type: ignore[union-attr]
-            carried.setdefault(t, []).append(((name, u.count),))
+    carried = _carried(units)
 
     def factors(tensors: Sequence[str]) -> list[Factor]:
         out: list[Factor] = []
         for t in tensors:
-            found = list(carried.get(t, []))
+            found = axis_factors(carried.get(t, []))
             f = analysis.factor(t)
             if f is not None:
                 named = tuple((channel_names.get(gid) if gid is not None else None, n) for gid, n in f)

@@ -38,7 +38,27 @@ from passes._core.graph import GraphView, NodeRef
 
 log = logging.getLogger(__name__)
 
-Factor = tuple[int, bool]
+
+@dataclass(frozen=True)
+class Parts:
+    """An axis factor made of consecutive parts of unequal sizes (LeViT's fused ``[q | k | v]`` per head, split
+    16/16/32): a part is a layout that holds the unit (its own copy of it), or an ``int``, a run of entries that the
+    unit does not touch and that stay whole. As a factor it is ``(size, Parts(...))``: it holds the unit, so a
+    reshape never splits it."""
+
+    parts: tuple[Layout | int, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(part_size(p) for p in self.parts)
+
+
+def part_size(part: Layout | int) -> int:
+    """Entries of one part of a :class:`Parts` factor."""
+    return part if isinstance(part, int) else layout_size(part)
+
+
+Factor = tuple[int, "bool | Parts"]
 Layout = tuple[Factor, ...]
 
 
@@ -48,7 +68,7 @@ class TraceError(Exception):
 
 # ------------------------------------------------------------------------------------------------------ layouts
 def canonical(layout: Sequence[Factor]) -> Layout:
-    """Merge adjacent carried factors and drop carried factors of size 1 (the unit factor is kept as is)."""
+    """Merge adjacent carried factors and drop carried factors of size 1 (unit factors are kept as they are)."""
     out: list[Factor] = []
     for size, unit in layout:
         if not unit and size == 1:
@@ -56,17 +76,41 @@ def canonical(layout: Sequence[Factor]) -> Layout:
         if out and not unit and not out[-1][1]:
             out[-1] = (out[-1][0] * size, False)
         else:
-            out.append((int(size), bool(unit)))
+            out.append((int(size), unit if isinstance(unit, Parts) else bool(unit)))
     return tuple(out)
+
+
+def _factor_size(size: int, unit: bool | Parts, kept: int | None) -> int:
+    if kept is None or not unit:
+        return int(size)
+    if isinstance(unit, Parts):
+        return sum(p if isinstance(p, int) else layout_size(p, kept) for p in unit.parts)
+    return kept
 
 
 def layout_size(layout: Layout, kept: int | None = None) -> int:
     """Size of an axis with this layout; with ``kept``, the size after keeping ``kept`` units."""
-    return int(np.prod([kept if (unit and kept is not None) else s for s, unit in layout]))
+    return int(np.prod([_factor_size(s, unit, kept) for s, unit in layout]))
+
+
+def unit_share(layout: Layout) -> float:
+    """The fraction of the axis that belongs to some unit (1 unless a :class:`Parts` holds untouched runs)."""
+    return 1.0 - layout_size(layout, 0) / layout_size(layout)
 
 
 def unit_count(layout: Layout) -> int:
-    return next(s for s, unit in layout if unit)
+    s, unit = next(f for f in layout if f[1])
+    if isinstance(unit, Parts):
+        return unit_count(next(p for p in unit.parts if not isinstance(p, int)))
+    return s
+
+
+def unit_copies(layout: Layout) -> int:
+    """How many parts of the axis hold a copy of the unit (2 for LeViT's fused q and k; else 1)."""
+    unit = next(u for _, u in layout if u)
+    if isinstance(unit, Parts):
+        return sum(unit_copies(p) for p in unit.parts if not isinstance(p, int))
+    return 1
 
 
 def unit_inner(layout: Layout) -> int:
@@ -75,12 +119,37 @@ def unit_inner(layout: Layout) -> int:
     return int(np.prod([s for s, _ in layout[i + 1 :]])) if i + 1 < len(layout) else 1
 
 
+def _positions(layout: Layout, units: Sequence[int], whole: bool) -> np.ndarray:
+    """Row-major indices along an axis of ``layout`` of the entries of ``units`` (in that order); with ``whole``,
+    also the entries of every :class:`Parts` run that no unit touches."""
+    idx = np.zeros(1, dtype=np.int64)
+    for size, unit in layout:
+        if not unit:
+            local = np.arange(size, dtype=np.int64)
+        elif isinstance(unit, Parts):
+            chunks, offset = [], 0
+            for p in unit.parts:
+                n = part_size(p)
+                if not isinstance(p, int):
+                    chunks.append(offset + _positions(p, units, whole))
+                elif whole:
+                    chunks.append(offset + np.arange(n, dtype=np.int64))
+                offset += n
+            local = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
+        else:
+            local = np.asarray(list(units), dtype=np.int64)
+        idx = (idx[:, None] * size + local[None, :]).reshape(-1)
+    return idx
+
+
 def kept_positions(layout: Layout, kept: Sequence[int]) -> np.ndarray:
-    """Indices along an axis of this layout whose unit coordinate is in ``kept`` (in order)."""
-    sizes = [s for s, _ in layout]
-    u = next(k for k, (_, unit) in enumerate(layout) if unit)
-    idx = np.arange(int(np.prod(sizes))).reshape(sizes)  # [f0, ..., count, ..., fn]
-    return np.take(idx, np.asarray(list(kept), dtype=np.int64), axis=u).reshape(-1)
+    """Indices along an axis of this layout that remain when the units ``kept`` are kept (in order)."""
+    return _positions(layout, kept, whole=True)
+
+
+def unit_positions(layout: Layout, units: Sequence[int]) -> np.ndarray:
+    """Indices along an axis of this layout that belong to ``units`` (what zeroing them zeroes)."""
+    return _positions(layout, units, whole=False)
 
 
 @dataclass(frozen=True)
@@ -131,6 +200,21 @@ class SplitEdit:
 
 
 @dataclass(frozen=True)
+class SliceEdit:
+    """A Slice (opset >= 10) of ``[start, end)`` along the unit axis of its input, whose layout there is ``layout``:
+    entry ``position`` of its starts and ends vectors (inputs 1 and 2, ``starts`` and ``ends``) follows the kept
+    units."""
+
+    node: int
+    position: int
+    layout: Layout
+    start: int
+    end: int
+    starts: tuple[int, ...]
+    ends: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class GroupEdit:
     """A depthwise Conv on the unit axis: its ``group`` attribute is the axis size."""
 
@@ -149,17 +233,26 @@ class DimGroup:
     slices: dict[str, TensorSlice] = field(default_factory=dict)
     shape_edits: list[ShapeEdit] = field(default_factory=list)
     split_edits: list[SplitEdit] = field(default_factory=list)
+    slice_edits: list[SliceEdit] = field(default_factory=list)
     group_edits: list[GroupEdit] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # weights whose OUTPUT axis is the unit axis
     sinks: list[str] = field(default_factory=list)  # weights whose CONTRACTION axis is the unit axis
-    flops: int = 0  # FLOPs of the contraction ops in the group (all of it scales with the unit count)
+    #: FLOPs of the contraction ops in the group that scale with the unit count (the unit's share of the axis)
+    flops: int = 0
     #: why cutting this group is not exact against zeroing (a width group normalised by LayerNorm); empty: exact
     inexact: list[str] = field(default_factory=list)
 
     @property
     def params(self) -> int:
-        """Elements of the float constants the group slices (all of them scale with the unit count)."""
-        return sum(int(np.prod(self._shapes[t])) for t in self.slices if self._float.get(t, False))
+        """Elements of the float constants the group slices that scale with the unit count (the unit's share of each
+        sliced axis: all of it, unless a :class:`Parts` holds untouched runs)."""
+        return round(
+            sum(
+                int(np.prod(self._shapes[t])) * unit_share(ts.layout)
+                for t, ts in self.slices.items()
+                if self._float.get(t, False)
+            )
+        )
 
     _shapes: dict[str, list[int]] = field(default_factory=dict, repr=False)
     _float: dict[str, bool] = field(default_factory=dict, repr=False)
@@ -286,7 +379,8 @@ class _Tracer:
         for ref in (self.view.nodes[i] for i in sorted(g.nodes)):
             if ref.node.op_type not in ("MatMul", "Gemm", "Conv"):
                 continue
-            g.flops += self.view.node_flops(ref)
+            carried = [g.dims[t] for t in (ref.node.output[0], *ref.node.input[:2]) if t in g.dims]
+            g.flops += round(self.view.node_flops(ref) * (unit_share(carried[0].layout) if carried else 1.0))
             if ref.node.op_type == "Conv" and int(self.view.attrs(ref.node).get("group", 1)) != 1:
                 continue  # a depthwise filter goes with its channel: neither makes nor consumes the unit
             for pos in (0, 1):
@@ -524,9 +618,16 @@ def _split(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | N
         out[x] = dim
         out.update({o: dim for o in outs if o})
         return out
-    sizes = [tr.shape(ref, o)[axis] if o else None for o in outs]
-    if None in sizes or len(set(sizes)) != 1:
-        raise tr.fail(ref, "splits the unit axis into unequal or unused parts")
+    vector = tr.view.value(n.input[1]) if from_input else attrs.get("split")
+    if all(outs):
+        sizes = [tr.shape(ref, o)[axis] for o in outs]
+    elif vector is not None:
+        sizes = [int(v) for v in np.asarray(vector).reshape(-1)]
+    else:
+        raise tr.fail(ref, "splits the unit axis into parts of unknown sizes")
+    edit = from_input or attrs.get("split") is not None
+    if len(set(sizes)) != 1:
+        return _split_parts(tr, ref, known, dim, sizes, (edit, from_input), out)
     k = len(outs)
     if known == x:
         first = dim.layout[0]
@@ -539,12 +640,80 @@ def _split(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | N
         xd = Dim(axis, canonical(((k, False),) + each))
     out[x] = xd
     out.update({o: Dim(axis, each) for o in outs})
-    if from_input or attrs.get("split") is not None:
+    if edit:
         tr.group.split_edits.append(SplitEdit(ref.index, tuple(each for _ in outs), from_input))
     return out
 
 
+def _split_parts(
+    tr: _Tracer,
+    ref: NodeRef,
+    known: str,
+    dim: Dim,
+    sizes: list[int],
+    edit: tuple[bool, bool],
+    out: dict[str, Dim | None],
+) -> dict[str, Dim | None]:
+    """A Split of the unit axis into parts of unequal sizes (LeViT's ``[q | k | v]``): the input's layout there is
+    one :class:`Parts` factor. Coming from an output, the parts of that output's size carry the same layout (q and
+    k meet in the scores anyway) and the others are untouched runs; coming from the input, its parts must line up
+    with the split."""
+    n = ref.node
+    x, outs = n.input[0], list(n.output)
+    if not edit[0]:  # opset 18's num_outputs: the sizes after the cut would not follow the parts
+        raise tr.fail(ref, "splits the unit axis into unequal parts by its output count")
+    if known == x:
+        if len(dim.layout) != 1 or not isinstance(dim.layout[0][1], Parts):
+            raise tr.fail(ref, "splits the unit axis into unequal parts that do not follow its layout")
+        parts = list(dim.layout[0][1].parts)
+        got = [part_size(p) for p in parts]
+        if got != sizes:
+            raise tr.fail(ref, f"splits the unit axis as {sizes}, its parts are {got}")
+    else:
+        j = outs.index(known)
+        parts = [dim.layout if s == sizes[j] else s for s in sizes]
+        out[x] = Dim(dim.axis, ((sum(sizes), Parts(tuple(parts))),))
+    layouts: list[Layout] = []
+    for o, part, size in zip(outs, parts, sizes, strict=True):
+        if isinstance(part, int):
+            layouts.append(((size, False),))
+            if o:
+                out[o] = None
+        else:
+            layouts.append(part)
+            if o:
+                out[o] = Dim(dim.axis, part)
+    tr.group.split_edits.append(SplitEdit(ref.index, tuple(layouts), edit[1]))
+    return out
+
+
+def _slice_ranges(view: GraphView, node: onnx.NodeProto, rank: int) -> list[tuple[int, int, int, int]] | None:
+    """``(position, axis, start, end)`` per sliced axis of a Slice (opset >= 10) with constant bounds and step 1
+    on each axis, bounds clamped as numpy does; ``None`` when they are computed at run time or a step is not 1."""
+    if view.opset < 10:
+        return None
+    vals = [view.value(i) if i else None for i in node.input[1:5]]
+    if any(v is None for v, i in zip(vals, node.input[1:5], strict=False) if i) or len(vals) < 2:
+        return None
+    starts, ends = vals[0].reshape(-1).tolist(), vals[1].reshape(-1).tolist()  # type: ignore[union-attr]
+    axes = vals[2].reshape(-1).tolist() if len(vals) > 2 and vals[2] is not None else list(range(len(starts)))
+    steps = vals[3].reshape(-1).tolist() if len(vals) > 3 and vals[3] is not None else [1] * len(starts)
+    shape = view.shape(node.input[0])
+    if shape is None or any(int(st) != 1 for st in steps):
+        return None
+    out = []
+    for k, (a, b, e) in enumerate(zip(axes, starts, ends, strict=True)):
+        a = _norm(int(a), rank)
+        lo, hi, _ = slice(int(b), int(e)).indices(shape[a])
+        out.append((k, a, lo, max(lo, hi)))
+    return out
+
+
 def _slice(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    """Slice on other axes passes the unit axis. Along it (the halves of a packed gated MLP, LeViT's q/k/v taken by
+    slicing), each slice must take whole parts of a :class:`Parts` layout: coming from a slice's output, the input's
+    layout is built from every constant step-1 slice of that axis that reads it (ranges of the output's size carry
+    its layout, the rest stay whole, as in :func:`_split_parts`)."""
     n = ref.node
     x, y = n.input[0], n.output[0]
     r = len(tr.shape(ref, x))
@@ -560,10 +729,50 @@ def _slice(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | N
         if v is None:
             raise tr.fail(ref, "slice starts computed at run time")
         axes = list(range(v.size))
-    if dim.axis in [_norm(int(a), r) for a in axes]:  # type: ignore[union-attr]
+    out: dict[str, Dim | None] = {i: None for i in n.input[1:] if i}
+    if dim.axis not in [_norm(int(a), r) for a in axes]:  # type: ignore[union-attr]
+        out.update({x: dim, y: dim})
+        return out
+    ranges = _slice_ranges(tr.view, n, r)
+    if ranges is None:
+        raise tr.fail(ref, "slices along the unit axis with bounds computed at run time, a step, or opset < 10")
+    pos, _, lo, hi = next(e for e in ranges if e[1] == dim.axis)
+    if known == y:
+        cuts = []
+        for sib, _ in tr.view.consumers.get(x, []):
+            if sib.node.op_type != "Slice" or sib.node.input[0] != x:
+                continue
+            sib_ranges = _slice_ranges(tr.view, sib.node, r) or []
+            cuts += [(b, e) for _, a, b, e in sib_ranges if a == dim.axis]
+        cuts = sorted(set(cuts))
+        if any(b < e0 for (_, e0), (b, _) in zip(cuts, cuts[1:])):
+            raise tr.fail(ref, f"slices of the unit axis overlap ({cuts})")
+        parts: list[Layout | int] = []
+        at = 0
+        for b, e in cuts:
+            if b > at:
+                parts.append(b - at)
+            parts.append(dim.layout if e - b == hi - lo else e - b)
+            at = e
+        if at < tr.shape(ref, x)[dim.axis]:
+            parts.append(tr.shape(ref, x)[dim.axis] - at)
+        xd = Dim(dim.axis, ((sum(part_size(p) for p in parts), Parts(tuple(parts))),))
+        out[x] = xd
+    else:
+        xd = dim
+    if len(xd.layout) != 1 or not isinstance(xd.layout[0][1], Parts):
         raise tr.fail(ref, "slices along the unit axis")
-    out: dict[str, Dim | None] = {x: dim, y: dim}
-    out.update({i: None for i in n.input[1:] if i})
+    offset, part = 0, None
+    for p in xd.layout[0][1].parts:
+        if offset == lo and offset + part_size(p) == hi:
+            part = p
+        offset += part_size(p)
+    if part is None:
+        raise tr.fail(ref, f"slices [{lo}, {hi}) of the unit axis across its parts")
+    out[y] = None if isinstance(part, int) else Dim(dim.axis, part)
+    starts = tuple(int(v) for v in tr.view.value(n.input[1]).reshape(-1))  # type: ignore[union-attr]
+    ends = tuple(int(v) for v in tr.view.value(n.input[2]).reshape(-1))  # type: ignore[union-attr]
+    tr.group.slice_edits.append(SliceEdit(ref.index, pos, xd.layout, lo, hi, starts, ends))
     return out
 
 
@@ -946,6 +1155,13 @@ def _unique(base: str, taken: set[str]) -> str:
     return name
 
 
+def _keep(masks: dict, key: object, layout: Layout, kept: list[int]) -> None:
+    """AND the keep mask of ``kept`` units over an axis of ``layout`` into ``masks[key]``."""
+    mask = np.zeros(layout_size(layout), dtype=bool)
+    mask[kept_positions(layout, kept)] = True
+    masks[key] = masks[key] & mask if key in masks else mask
+
+
 def apply_groups(
     model: onnx.ModelProto, view: GraphView, chosen: Sequence[tuple[DimGroup, Sequence[int]]]
 ) -> onnx.ModelProto:
@@ -961,37 +1177,62 @@ def apply_groups(
     inits = {t.name: t for t in graph.initializer}
     consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
     taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
-    # several groups may cut one tensor (Swin's patch merging: the rows belong to one stage's width, the columns
-    # to the next) or one shape vector (at other positions): both are composed over all groups before writing
-    arrays: dict[str, np.ndarray] = {}
-    per_input: dict[tuple[int, int], list[int]] = {}
+    # several groups may cut one axis (LeViT's q/k and v channels share the fused projection's axis), one tensor
+    # on two axes (Swin's patch merging: the rows belong to one stage's width, the columns to the next), or one
+    # shape vector, split or group: each is composed as the AND of every group's keep mask over the original axis
+    tensors: dict[tuple[str, int], np.ndarray] = {}
+    shapes: dict[tuple[int, int, int], np.ndarray] = {}
+    groups: dict[int, np.ndarray] = {}
+    splits: dict[tuple[int, int], np.ndarray] = {}
+    vectors: dict[tuple[int, int], list[int]] = {}
+    split_nodes: dict[int, tuple[bool, int]] = {}  # node -> (sizes from its input, number of outputs)
+    sliced: dict[tuple[int, int], np.ndarray] = {}
+    slice_nodes: dict[tuple[int, int], SliceEdit] = {}
     for group, kept in chosen:
-        kept = list(kept)
+        kept = sorted(kept)
         if len(kept) == group.count:
             continue
         for ts in group.slices.values():
-            arr = arrays.get(ts.tensor)
-            arr = view.constant(ts.tensor) if arr is None else arr
-            assert arr is not None
-            arrays[ts.tensor] = np.ascontiguousarray(np.take(arr, kept_positions(ts.layout, kept), axis=ts.axis))
+            _keep(tensors, (ts.tensor, ts.axis), ts.layout, kept)
         for e in group.shape_edits:
-            vec = per_input.setdefault((e.node, e.input), list(e.value))
-            vec[e.position] = layout_size(e.layout, len(kept))
-        for e in group.group_edits:
-            for a in graph.node[e.node].attribute:
-                if a.name == "group":
-                    a.i = layout_size(e.layout, len(kept))
-        for s in group.split_edits:
-            node = graph.node[s.node]
-            sizes = [layout_size(lay, len(kept)) for lay in s.layouts]
-            if s.from_input:
-                name = _unique(node.input[1], taken)
-                graph.initializer.append(numpy_helper.from_array(np.array(sizes, dtype=np.int64), name))
-                node.input[1] = name
-            else:
-                keep_attrs = [a for a in node.attribute if a.name != "split"]
-                del node.attribute[:]
-                node.attribute.extend(keep_attrs + [helper.make_attribute("split", sizes)])
+            _keep(shapes, (e.node, e.input, e.position), e.layout, kept)
+            vectors.setdefault((e.node, e.input), list(e.value))
+        for g in group.group_edits:
+            _keep(groups, g.node, g.layout, kept)
+        for sp in group.split_edits:
+            split_nodes[sp.node] = (sp.from_input, len(sp.layouts))
+            for j, lay in enumerate(sp.layouts):
+                _keep(splits, (sp.node, j), lay, kept)
+        for se in group.slice_edits:
+            slice_nodes[(se.node, se.position)] = se
+            _keep(sliced, (se.node, se.position), se.layout, kept)
+    arrays: dict[str, np.ndarray] = {}
+    for (name, axis), mask in tensors.items():
+        arr = arrays.get(name)
+        arr = view.constant(name) if arr is None else arr
+        assert arr is not None
+        arrays[name] = np.ascontiguousarray(np.compress(mask, arr, axis=axis))
+    for (idx, k, pos), mask in shapes.items():
+        vectors[(idx, k)][pos] = int(mask.sum())
+    for (idx, pos), mask in sliced.items():  # the slice keeps what remains of its range
+        se = slice_nodes[(idx, pos)]
+        vectors.setdefault((idx, 1), list(se.starts))[pos] = int(mask[: se.start].sum())
+        vectors.setdefault((idx, 2), list(se.ends))[pos] = int(mask[: se.end].sum())
+    for idx, mask in groups.items():
+        for a in graph.node[idx].attribute:
+            if a.name == "group":
+                a.i = int(mask.sum())
+    for idx, (from_input, n) in split_nodes.items():
+        node = graph.node[idx]
+        sizes = [int(splits[(idx, j)].sum()) for j in range(n)]
+        if from_input:
+            name = _unique(node.input[1], taken)
+            graph.initializer.append(numpy_helper.from_array(np.array(sizes, dtype=np.int64), name))
+            node.input[1] = name
+        else:
+            keep_attrs = [a for a in node.attribute if a.name != "split"]
+            del node.attribute[:]
+            node.attribute.extend(keep_attrs + [helper.make_attribute("split", sizes)])
     for name, arr in arrays.items():
         tensor = numpy_helper.from_array(arr, name)
         if name in inits:
@@ -1000,7 +1241,7 @@ def apply_groups(
             for a in consts[name].attribute:
                 if a.name == "value":
                     a.t.CopyFrom(tensor)
-    for (idx, k), vec in per_input.items():
+    for (idx, k), vec in vectors.items():
         node = graph.node[idx]
         name = _unique(node.input[k] or f"{node.name}_shape", taken)
         graph.initializer.append(numpy_helper.from_array(np.array(vec, dtype=np.int64), name))

@@ -88,6 +88,7 @@ class GraphView:
         self._types: dict[str, int] = {}
         self._values: dict[str, np.ndarray] = {}
         self._busy: set[str] = set()
+        self._no_value: set[str] = set()
         self._pinned: GraphView | None = None
         #: units found on this view, by kind (``passes._core.units``): one discovery serves every kind built on it
         self.found: dict[str, list[Any]] = {}
@@ -245,7 +246,7 @@ class GraphView:
         """
         if name in self._values:
             return self._values[name]
-        if name in self._busy:  # a cycle (never in a valid graph)
+        if name in self._busy or name in self._no_value:  # (a cycle is never in a valid graph)
             return None
         self._busy.add(name)
         try:
@@ -259,6 +260,8 @@ class GraphView:
             self._busy.discard(name)
         if out is not None:
             self._values[name] = out
+        else:  # remembered: a data tensor's whole ancestry would be walked again at every question
+            self._no_value.add(name)
         return out
 
     def _evaluate(self, node: onnx.NodeProto, name: str) -> np.ndarray | None:

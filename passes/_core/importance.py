@@ -39,6 +39,7 @@ import onnx
 
 from fileformat.errors import PassError
 from passes._core.budget import Layer
+from passes._core.dims import unit_positions
 
 if TYPE_CHECKING:
     from passes._core.channels import ChannelAnalysis, ChannelGroup
@@ -75,10 +76,8 @@ def unit_scores(model: onnx.ModelProto, unit: PruneUnit, norm: str = "l2") -> np
     def blocks() -> Iterable[np.ndarray]:
         for name in g.sources + g.sinks:
             ts = g.slices[name]
-            arr = np.moveaxis(tensor_value(src, name), ts.axis, 0)
-            sizes = [s for s, _ in ts.layout]
-            u = next(k for k, (_, unit_) in enumerate(ts.layout) if unit_)
-            yield np.moveaxis(arr.reshape(sizes + list(arr.shape[1:])), u, 0)
+            each = np.stack([unit_positions(ts.layout, [u]) for u in range(g.count)])  # [count, entries of one]
+            yield np.take(tensor_value(src, name), each, axis=ts.axis).swapaxes(0, ts.axis)
 
     return norms(blocks(), g.count, norm)
 

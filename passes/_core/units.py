@@ -55,8 +55,10 @@ from passes._core.dims import (
     apply_groups,
     kept_positions,
     trace,
+    unit_copies,
     unit_count,
     unit_inner,
+    unit_positions,
 )
 from passes._core.finalize import finalize
 from passes._core.graph import GraphView, NodeRef, metadata_scopes, node_scope
@@ -270,9 +272,10 @@ def _linear_weight(view: GraphView, ref: NodeRef) -> tuple[str, int] | None:
     return w, shape[0] if trans_b else shape[1]
 
 
-# ops an MLP's hidden activations may pass between fc1 and fc2 (besides elementwise ones): layout changes and
-# per-channel ops (LeViT's BatchNorm, SegFormer's depthwise conv in MixFFN); the tracer checks each exactly
-_MLP_PATH = {"BatchNormalization", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+# ops an MLP's hidden activations may pass between fc1 and fc2 (besides elementwise ones): layout changes,
+# per-channel ops (LeViT's BatchNorm, SegFormer's depthwise conv in MixFFN) and the halving of a packed gated MLP
+# (SwiGLU: fc1 -> Split or two Slices -> silu(a) * b -> fc2); the tracer checks each exactly
+_MLP_PATH = {"BatchNormalization", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Split", "Slice"}
 
 
 def _on_mlp_path(view: GraphView, ref: NodeRef, depthwise: bool) -> bool:
@@ -285,10 +288,12 @@ def _on_mlp_path(view: GraphView, ref: NodeRef, depthwise: bool) -> bool:
     return False
 
 
-def _mlp_sink(view: GraphView, start: str, limit: int = 64, depthwise: bool = False) -> tuple[NodeRef | None, str]:
-    """The one linear layer that ``start`` reaches through elementwise and layout ops only, or ``None`` and why
-    not. ``depthwise``: ``start`` is a token-wise linear's output, which may pass a depthwise conv (MixFFN) and must
-    reach a MatMul/Gemm; otherwise a 1x1 conv's, which must reach a 1x1 conv."""
+def _mlp_sink(view: GraphView, fc1: NodeRef, limit: int = 64) -> tuple[NodeRef | None, str]:
+    """The one linear layer (fc2) that linear layer ``fc1``'s output reaches through elementwise and layout ops
+    only, or ``None`` and why not. A token-wise linear's output may pass a depthwise conv (MixFFN) and must reach a
+    MatMul/Gemm; a 1x1 conv's must reach a 1x1 conv. The only other computed tensors the path may meet are gates:
+    outputs of linear layers that read fc1's input (SwiGLU's ``silu(fc1_g(x)) * fc1_x(x)``)."""
+    start, depthwise = fc1.node.output[0], fc1.node.op_type != "Conv"
     closure = {start}
     frontier = [start]
     sinks: dict[int, NodeRef] = {}
@@ -314,11 +319,34 @@ def _mlp_sink(view: GraphView, start: str, limit: int = 64, depthwise: bool = Fa
         for ref, _ in view.consumers.get(t, []):
             if ref.index in sinks:
                 continue
-            if any(i and i not in closure and not view.is_constant(i) for i in ref.node.input):
+            others = [i for i in ref.node.input if i and i not in closure and not view.is_constant(i)]
+            if any(not _is_gate(view, i, fc1) for i in others):
                 return None, f"{ref.node.op_type} {ref.name!r} mixes it with another computed tensor"
     if len(sinks) != 1:
         return None, f"its output reaches {len(sinks)} linear layers, not one fc2"
     return next(iter(sinks.values())), ""
+
+
+def _is_gate(view: GraphView, t: str, fc1: NodeRef) -> bool:
+    """Whether ``t`` is computed, through elementwise ops only, from linear layers of ``fc1``'s kind that read
+    ``fc1``'s input (the other branch of a gated MLP)."""
+    frontier, seen, found = [t], {t}, False
+    while frontier:
+        ref = view.producer.get(frontier.pop())
+        if ref is None:
+            return False
+        if _linear_weight(view, ref) is not None and ref.node.op_type == fc1.node.op_type:
+            if ref.node.input[0] != fc1.node.input[0]:
+                return False
+            found = True
+            continue
+        if ref.node.op_type not in ELEMENTWISE or len(seen) > 16:
+            return False
+        for i in ref.node.input:
+            if i and i not in seen and not view.is_constant(i):
+                seen.add(i)
+                frontier.append(i)
+    return found
 
 
 def not_mlps(model: onnx.ModelProto, view: GraphView | None = None) -> list[tuple[str, str]]:
@@ -327,33 +355,37 @@ def not_mlps(model: onnx.ModelProto, view: GraphView | None = None) -> list[tupl
     out = []
     for ref in view.nodes:
         if _linear_weight(view, ref) is not None:
-            sink, why = _mlp_sink(view, ref.node.output[0], depthwise=ref.node.op_type != "Conv")
+            sink, why = _mlp_sink(view, ref)
             if sink is None:
                 out.append((node_scope(ref.node) or ref.name, why))
     return out
 
 
 def find_mlps(model: onnx.ModelProto, view: GraphView | None = None) -> list[Mlp]:
-    """Every transformer MLP of ``model`` (fc1 -> elementwise activation -> fc2), skipped ones with a reason; found
-    on the canonical form of ``model`` unless ``view`` is given (as :func:`find_attention_blocks`)."""
+    """Every transformer MLP of ``model`` (fc1 -> elementwise activation -> fc2, or a gated one: fc2(act(fc1_g(x))
+    * fc1_x(x)), with two fc1 or one halved), skipped ones with a reason; found on the canonical form of ``model``
+    unless ``view`` is given (as :func:`find_attention_blocks`). The neurons are traced from fc2's input."""
     view = view or GraphView(canonicalize(model))
     if "neurons" in view.found:
         return list(view.found["neurons"])
     mlps: list[Mlp] = []
+    seen_fc2: set[int] = set()
     for ref in view.nodes:
-        lin = _linear_weight(view, ref)
-        if lin is None:
+        if _linear_weight(view, ref) is None:
             continue
-        w, hidden = lin
         # a depthwise conv between two token-wise linears is SegFormer's MixFFN; between two 1x1 convs it is a
         # MobileNet inverted residual, whose channels slice_channels cuts
-        if _mlp_sink(view, ref.node.output[0], depthwise=ref.node.op_type != "Conv")[0] is None:
+        fc2 = _mlp_sink(view, ref)[0]
+        if fc2 is None or fc2.index in seen_fc2:  # (a gated MLP's second fc1 reaches the fc2 of the first)
             continue
-        y = ref.node.output[0]
-        shape = view.shape(y)
+        seen_fc2.add(fc2.index)
+        w2 = _linear_weight(view, fc2)[0]  # type: ignore[index]
+        x2 = fc2.node.input[0]  # the hidden activations, traced from fc2's side: a packed fc1 holds them twice
+        shape, axis = view.shape(x2), _contraction_axis(view, fc2, x2)
+        hidden = shape[axis] if shape is not None and axis is not None else 0
         mlp = Mlp(id=f"graph:{ref.name}", kind="neurons", anchor=ref.name, count=hidden, view=view)
-        if shape is None:
-            mlp.skip_reason = "the fc1 output has no static shape"
+        if shape is None or axis is None:
+            mlp.skip_reason = "the fc2 input has no static shape"
             mlps.append(mlp)
             continue
         if hidden < 2:
@@ -361,9 +393,11 @@ def find_mlps(model: onnx.ModelProto, view: GraphView | None = None) -> list[Mlp
             mlps.append(mlp)
             continue
         try:
-            axis = 1 if ref.node.op_type == "Conv" else len(shape) - 1
-            group = trace(view, y, Dim(axis, ((hidden, True),)))
-            if group.sources != [w] or len(group.sinks) != 1:
+            group = trace(view, x2, Dim(axis, ((hidden, True),)))
+            w1 = _linear_weight(view, ref)[0]  # type: ignore[index]
+            # fc1 (and a gated MLP's second fc1, which reads the same input) makes the hidden axis; fc2 consumes it
+            made_by = [view.consumer_nodes(t)[0].node.input[0] for t in group.sources]
+            if group.sinks != [w2] or w1 not in group.sources or set(made_by) != {ref.node.input[0]}:
                 raise TraceError("the hidden axis reaches more than fc1 and one fc2")
             mlp.id = _unit_id(view, group, ref.name)
             _finish(mlp, group)
@@ -405,7 +439,8 @@ def _scores_matmul(view: GraphView, block: AttentionBlock) -> NodeRef | None:
             return None
         if ref.node.op_type == "MatMul":
             return ref
-        carried = [i for i in ref.node.input if i and i in block.group.dims and not view.is_constant(i)]  # type: ignore[union-attr]
+        # (a bias computed from constants alone, as LeViT's gathered attention biases, is not the path)
+        carried = [i for i in ref.node.input if i and i in block.group.dims and view.value(i) is None]  # type: ignore[union-attr]
         if len(carried) != 1:
             return None
         t = carried[0]
@@ -438,7 +473,7 @@ def _walk_to_matmul(view: GraphView, t: str, up: bool) -> tuple[NodeRef | None, 
         if len(refs) != 1:
             break
         node = refs[0].node
-        computed = [i for i in node.input if i and not view.is_constant(i)]
+        computed = [i for i in node.input if i and view.value(i) is None]  # (a bias from constants is not data)
         if node.op_type == "MatMul":
             return (refs[0], t) if len(computed) == 2 else (None, t)
         if len(computed) != 1:
@@ -506,7 +541,7 @@ def _trace_seeds(
             group = trace(view, seed, dim, width=width, sums=True)
             if width and not (group.sources and group.sinks):
                 raise TraceError("no weight produces or consumes the width (it reaches a model input or output?)")
-            if not width and not group.sinks and len(group.sources) < 2:
+            if not width and not group.sinks and sum(unit_copies(group.slices[w].layout) for w in group.sources) < 2:
                 raise TraceError("no weight consumes the head channels")
             if width:  # named after the group, not the seed: an earlier cut must not rename the width
                 unit.anchor = _width_anchor(view, group, seed)
@@ -838,7 +873,7 @@ def zero_units(model: onnx.ModelProto, unit: PruneUnit, removed: Sequence[int]) 
     for name in unit.group.sinks if unit.kind in ("heads", "neurons") else list(unit.group.slices):
         ts = unit.group.slices[name]
         arr = tensor_value(out, name).copy()
-        idx = kept_positions(ts.layout, list(removed))
+        idx = unit_positions(ts.layout, list(removed))
         sl: list[Any] = [slice(None)] * arr.ndim
         sl[ts.axis] = idx
         arr[tuple(sl)] = 0

@@ -120,6 +120,21 @@ def timm_pvt_v2() -> nn.Module:
     return timm.create_model("pvt_v2_b0", pretrained=False, num_classes=5)
 
 
+def timm_levit() -> nn.Module:
+    """timm LeViT-128S at 64x64: BatchNorm after every linear layer; per head a fused ``[q 16 | k 16 | v 32]``
+    projection split into unequal parts (64 values per head in the downsampling attention); 11 attention blocks.
+
+    Each residual branch ends in a BatchNorm that timm initialises to scale 0 (as SwinV2-CR's LayerNorms), so a
+    fresh block is an identity; those scales are set to 1."""
+    import timm
+
+    net = timm.create_model("levit_128s", pretrained=False, num_classes=5, img_size=64)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm1d) and not m.weight.any():
+            nn.init.ones_(m.weight)
+    return net
+
+
 def tv_vit() -> nn.Module:
     """torchvision ViT (nn.MultiheadAttention): 32x32, 8x8 patches, 2 layers of 4 heads x 16, MLP 128.
 
@@ -188,6 +203,7 @@ MODELS: dict[str, ZooModel] = {
         ZooModel("timm_mobilevit", timm_mobilevit, (1, 3, 64, 64), heads=9, mlps=9, channels=True),
         ZooModel("timm_swinv2", timm_swinv2, (1, 3, 64, 64), heads=4, mlps=4, channels=False),
         ZooModel("timm_pvt_v2", timm_pvt_v2, (1, 3, 64, 64), heads=6, mlps=8, channels=False),  # stage 1: one head
+        ZooModel("timm_levit", timm_levit, (1, 3, 64, 64), heads=11, mlps=11, channels=True),
         ZooModel("tiny_cnn", tiny_cnn, (1, 3, 16, 16), heads=0, mlps=1, channels=True),
         ZooModel(
             "hf_mobilevit",

@@ -8,7 +8,21 @@ import pytest
 from _helpers_prune import mha_model, run_ort
 from onnx import TensorProto, helper, numpy_helper
 
-from passes._core.dims import Dim, TraceError, apply_groups, canonical, kept_positions, map_reshape, trace
+from passes._core.dims import (
+    Dim,
+    Parts,
+    TraceError,
+    apply_groups,
+    canonical,
+    kept_positions,
+    layout_size,
+    map_reshape,
+    trace,
+    unit_copies,
+    unit_count,
+    unit_positions,
+    unit_share,
+)
 from passes._core.finalize import finalize
 from passes._core.graph import GraphView
 from passes._core.units import find_attention_blocks, find_mlps, keep_count, select_top
@@ -359,3 +373,20 @@ def test_gemm_with_transposed_weights_mlp() -> None:
     x = np.random.default_rng(5).standard_normal((3, 6)).astype(np.float32)
     ref = run_ort(zero_neurons(model, mlp, [i for i in range(12) if i not in keep]), x)
     assert np.abs(run_ort(pruned, x) - ref).max() <= 1e-5
+
+
+def test_positions_and_sizes_of_unequal_parts() -> None:
+    # LeViT's fused projection: 2 heads x [q(2) | k(2) | v(4)]; the q/k channels are one unit axis of 2 units
+    qk = ((2, False), (8, Parts((((2, True),), ((2, True),), 4))))
+    v = ((2, False), (8, Parts((2, 2, ((4, True),)))))
+    assert unit_count(qk) == 2 and unit_copies(qk) == 2 and unit_count(v) == 4 and unit_copies(v) == 1
+    assert layout_size(qk) == 16 and layout_size(qk, 1) == 12 and layout_size(v, 1) == 10
+    assert unit_share(qk) == 0.5 and unit_share(v) == 0.5
+    # keeping q/k channel 1: the v runs stay whole; zeroing channel 0 touches q and k only
+    assert kept_positions(qk, [1]).tolist() == [1, 3, 4, 5, 6, 7, 9, 11, 12, 13, 14, 15]
+    assert unit_positions(qk, [0]).tolist() == [0, 2, 8, 10]
+    assert kept_positions(v, [0, 3]).tolist() == [0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 15]
+    # a reshape may move the parts as a whole, never split them
+    assert map_reshape([3, 16], 1, qk, [3, 2, 8]) == Dim(2, ((8, Parts((((2, True),), ((2, True),), 4))),))
+    with pytest.raises(TraceError, match="splits the unit axis"):
+        map_reshape([3, 16], 1, qk, [3, 4, 4])

@@ -2,7 +2,8 @@
 
 Small torch modules written the way their libraries write them (FastViT / EfficientFormer 1x1-conv MLPs with a
 BatchNorm, SegFormer's MixFFN, LeViT's BatchNorm inside qkv and the MLP, SwinV2's cosine attention with a per-head
-logit scale, torch's ``nn.MultiheadAttention``, SegFormer's one-head first stage), exported by both torch
+logit scale, torch's ``nn.MultiheadAttention``, SegFormer's one-head first stage, gated SwiGLU MLPs with one fc1
+or two), exported by both torch
 exporters, with fresh (untouched) and perturbed weights. Every test checks that units are found and cut, and that
 the cut model equals the unpruned model with the removed units zeroed (the consuming weights of heads and neurons;
 every weight slice of head channels), while a shifted choice of units does not.
@@ -24,6 +25,7 @@ from _shared import perturb_
 from torch import nn
 
 from passes._core.units import UnitPruneConfig, find_units, prune_units, zero_units
+from passes.compress import CompressConfig, compress
 from passes.prune_heads import PruneHeadsConfig, prune_heads, zero_heads
 from passes.slice_neurons import SliceNeuronsConfig, slice_neurons, zero_neurons
 
@@ -67,22 +69,27 @@ class MixFfn(nn.Module):
 
 
 class LevitAttention(nn.Module):
-    """LeViT: qkv Linear + BatchNorm1d (per-head [q k v] layout), Hardswish before the projection; BN MLP."""
+    """LeViT: qkv Linear + BatchNorm1d (per-head [q k v] layout, values ``v_ratio`` times wider than the keys, as
+    timm's ``attn_ratio``), Hardswish before the projection; BN MLP."""
 
-    def __init__(self, c: int = DIM, heads: int = 4, d: int = 8) -> None:
+    def __init__(self, c: int = DIM, heads: int = 4, d: int = 8, v_ratio: int = 1, sliced: bool = False) -> None:
         super().__init__()
-        self.heads, self.d = heads, d
-        self.qkv, self.qkv_bn = nn.Linear(c, heads * 3 * d, bias=False), nn.BatchNorm1d(heads * 3 * d)
-        self.proj = nn.Linear(heads * d, c)
+        self.heads, self.d, self.dv, self.sliced = heads, d, d * v_ratio, sliced
+        width = heads * (2 * d + self.dv)
+        self.qkv, self.qkv_bn = nn.Linear(c, width, bias=False), nn.BatchNorm1d(width)
+        self.proj = nn.Linear(heads * self.dv, c)
         self.fc1, self.mlp_bn, self.fc2 = nn.Linear(c, 2 * c, bias=False), nn.BatchNorm1d(2 * c), nn.Linear(2 * c, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
-        qkv = self.qkv_bn(self.qkv(x).flatten(0, 1)).reshape(b, n, self.heads, 3 * self.d)  # [B, N, H, 3d]
-        q, k, v = qkv.split([self.d, self.d, self.d], dim=3)
+        qkv = self.qkv_bn(self.qkv(x).flatten(0, 1)).reshape(b, n, self.heads, -1)  # [B, N, H, 2d + dv]
+        if self.sliced:  # indexing instead of split: three Slice nodes in the ONNX graph
+            q, k, v = qkv[..., : self.d], qkv[..., self.d : 2 * self.d], qkv[..., 2 * self.d :]
+        else:
+            q, k, v = qkv.split([self.d, self.d, self.dv], dim=3)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, N, d]
         attn = ((q @ k.transpose(-2, -1)) * self.d**-0.5).softmax(-1)
-        y = (attn @ v).transpose(1, 2).reshape(b, n, self.heads * self.d)
+        y = (attn @ v).transpose(1, 2).reshape(b, n, self.heads * self.dv)
         x = x + self.proj(F.hardswish(y))
         h = F.hardswish(self.mlp_bn(self.fc1(x).flatten(0, 1))).reshape(b, n, -1)
         return x + self.fc2(h)
@@ -126,6 +133,27 @@ class OneHeadAttention(nn.Module):
         return x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
 
 
+class SwiGlu(nn.Module):
+    """A gated MLP (timm's SwiGLU, EVA-02, DINOv2-g): ``fc2(silu(fc1_g(x)) * fc1_x(x))``; ``packed``: one fc1 of
+    twice the width, halved by ``chunk`` (timm's GluMlp / SwiGLUPacked)."""
+
+    def __init__(self, c: int = DIM, hidden: int = 2 * DIM, packed: bool = False) -> None:
+        super().__init__()
+        self.packed = packed
+        if packed:
+            self.fc1 = nn.Linear(c, 2 * hidden)
+        else:
+            self.fc1_g, self.fc1_x = nn.Linear(c, hidden), nn.Linear(c, hidden)
+        self.fc2 = nn.Linear(hidden, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            g, v = self.fc1(x).chunk(2, dim=-1)
+        else:
+            g, v = self.fc1_g(x), self.fc1_x(x)
+        return x + self.fc2(F.silu(g) * v)
+
+
 class TorchMha(nn.Module):
     """torch's nn.MultiheadAttention (fused in_proj) followed by an MLP, as torchvision's ViT encoder block."""
 
@@ -151,10 +179,19 @@ def _tokens(block: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
 PATTERNS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], dict[str, int]]] = {
     "conv_mlp": (_image_net, (1, 3, 8, 8), {"neurons": 2}),
     "mixffn": (_tokens(MixFfn), (2, TOKENS, DIM), {"neurons": 2}),
-    "levit": (_tokens(LevitAttention), (2, TOKENS, DIM), {"heads": 2, "neurons": 2}),
+    "levit": (_tokens(LevitAttention), (2, TOKENS, DIM), {"heads": 2, "neurons": 2, "head_dim": 2}),
+    # values twice as wide as the keys: one Split into unequal parts; the q/k and the v channels are two groups
+    "levit_wide_v": (_tokens(lambda: LevitAttention(v_ratio=2)), (2, TOKENS, DIM), {"heads": 2, "head_dim": 4}),
+    "levit_sliced": (
+        _tokens(lambda: LevitAttention(v_ratio=2, sliced=True)),
+        (2, TOKENS, DIM),
+        {"heads": 2, "head_dim": 4, "neurons": 2},
+    ),
     # head channels pass the L2 norms of q and k: a removed channel is 0 in the oracle and adds nothing to them
     "swinv2_cosine": (_tokens(CosineAttention), (2, TOKENS, DIM), {"heads": 2, "head_dim": 2}),
     "torch_mha": (_tokens(TorchMha), (2, TOKENS, DIM), {"heads": 2, "neurons": 2}),
+    "swiglu": (_tokens(SwiGlu), (2, TOKENS, DIM), {"neurons": 2}),
+    "swiglu_packed": (_tokens(lambda: SwiGlu(packed=True)), (2, TOKENS, DIM), {"neurons": 2}),
     "one_head": (_tokens(OneHeadAttention), (2, TOKENS, DIM), {"head_dim": 2}),
 }
 
@@ -222,3 +259,14 @@ def test_pattern_is_cut_exactly(name: str, exporter: str, variant: str) -> None:
         got = run_ort(pruned, x)
         assert np.abs(got - run_ort(zeroed, x)).max() <= 1e-4 * max(scale, 1.0), kind
         assert np.abs(got - run_ort(control, x)).max() > 1e-3 * max(scale, 1.0), kind
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_unequal_parts_cost_what_the_written_model_counts(exporter: str) -> None:
+    # the fused projection's axis is [q | k | v] per head: cutting q/k channels and v channels scales it as
+    # (2 k_qk + k_v) / (2 d + dv), one sum, not a product of two fractions; the budget's estimate is exact
+    model = _model("levit_wide_v", exporter, "perturbed")
+    _, report = compress(model, CompressConfig(target_flops=0.8, units=("head_dim",)))
+    budget = report.extra["budget"]
+    assert budget["achieved"] < 0.85
+    assert abs(budget["estimated"] - budget["achieved"]) < 1e-9, budget
