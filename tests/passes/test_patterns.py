@@ -24,7 +24,7 @@ from _helpers_prune import run_ort
 from _shared import perturb_
 from torch import nn
 
-from passes._core.units import UnitPruneConfig, find_units, prune_units, zero_units
+from passes._core.units import UnitPruneConfig, find_mlps, find_units, not_mlps, prune_units, zero_units
 from passes.compress import CompressConfig, compress
 from passes.prune_heads import PruneHeadsConfig, prune_heads, zero_heads
 from passes.slice_neurons import SliceNeuronsConfig, slice_neurons, zero_neurons
@@ -270,3 +270,23 @@ def test_unequal_parts_cost_what_the_written_model_counts(exporter: str) -> None
     budget = report.extra["budget"]
     assert budget["achieved"] < 0.85
     assert abs(budget["estimated"] - budget["achieved"]) < 1e-9, budget
+
+
+class GatedByInput(nn.Module):
+    """``fc2(silu(fc1(x)) * x)``: the hidden activations are gated by the block's input, not by a linear layer."""
+
+    def __init__(self, c: int = DIM) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(c, c), nn.Linear(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(F.silu(self.fc1(x)) * x)
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_a_gate_that_is_no_linear_layer_is_not_an_mlp(exporter: str) -> None:
+    # cutting the hidden axis would cut the block's input (the residual stream) too: not an MLP's neurons
+    torch.manual_seed(0)
+    model = _export(GatedByInput().eval(), (2, TOKENS, DIM), exporter)
+    assert find_mlps(model) == []
+    assert any("mixes it with another computed tensor" in why for _, why in not_mlps(model))
