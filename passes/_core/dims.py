@@ -931,6 +931,18 @@ def _expand(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | 
     return out
 
 
+def _tile(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    """Tile (constant repeats) passes the unit axis when that axis is repeated once (XCiT's positional encoding,
+    tiled over the batch in the legacy export)."""
+    n = ref.node
+    repeats = tr.view.value(n.input[1])
+    if repeats is None:
+        raise tr.fail(ref, "tile repeats computed at run time")
+    if int(np.asarray(repeats).reshape(-1)[dim.axis]) != 1:
+        raise tr.fail(ref, "tiles the unit axis")
+    return {n.input[0]: dim, n.output[0]: dim, n.input[1]: None}
+
+
 def _shape(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
     """``Shape`` of a pruned tensor: allowed only when what is read from it excludes the unit axis."""
     n = ref.node
@@ -1129,6 +1141,7 @@ _RULES: dict[str, Rule] = {
     "Unsqueeze": _unsqueeze,
     "Split": _split,
     "Slice": _slice,
+    "Tile": _tile,
     "Gather": _gather,
     "Concat": _concat,
     "MatMul": _matmul,

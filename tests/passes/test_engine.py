@@ -390,3 +390,32 @@ def test_positions_and_sizes_of_unequal_parts() -> None:
     assert map_reshape([3, 16], 1, qk, [3, 2, 8]) == Dim(2, ((8, Parts((((2, True),), ((2, True),), 4))),))
     with pytest.raises(TraceError, match="splits the unit axis"):
         map_reshape([3, 16], 1, qk, [3, 4, 4])
+
+
+def test_tile_passes_the_unit_axis_only_when_it_is_not_repeated() -> None:
+    # y = x @ w1 (16 hidden units) -> Tile -> @ w2: repeating the batch axis carries the units; repeating them not
+    def model(repeats: list[int]) -> onnx.ModelProto:
+        rng = np.random.default_rng(0)
+        inits = [
+            numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1"),
+            numpy_helper.from_array(rng.standard_normal((16 * repeats[2], 8)).astype(np.float32), "w2"),
+            numpy_helper.from_array(np.array(repeats, dtype=np.int64), "repeats"),
+        ]
+        nodes = [
+            helper.make_node("MatMul", ["x", "w1"], ["y"]),
+            helper.make_node("Tile", ["y", "repeats"], ["t"]),
+            helper.make_node("MatMul", ["t", "w2"], ["z"]),
+        ]
+        graph = helper.make_graph(
+            nodes,
+            "tile",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+            [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+            inits,
+        )
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    group = trace(GraphView(model([2, 1, 1])), "y", Dim(2, ((16, True),)))
+    assert group.sources == ["w1"] and group.sinks == ["w2"] and group.dims["t"] == Dim(2, ((16, True),))
+    with pytest.raises(TraceError, match="tiles the unit axis"):
+        trace(GraphView(model([1, 1, 2])), "y", Dim(2, ((16, True),)))
