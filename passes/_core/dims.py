@@ -48,10 +48,6 @@ class Parts:
 
     parts: tuple[Layout | int, ...]
 
-    @property
-    def size(self) -> int:
-        return sum(part_size(p) for p in self.parts)
-
 
 def part_size(part: Layout | int) -> int:
     """Entries of one part of a :class:`Parts` factor."""

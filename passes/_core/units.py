@@ -371,7 +371,8 @@ def find_mlps(model: onnx.ModelProto, view: GraphView | None = None) -> list[Mlp
     mlps: list[Mlp] = []
     seen_fc2: set[int] = set()
     for ref in view.nodes:
-        if _linear_weight(view, ref) is None:
+        fc1 = _linear_weight(view, ref)
+        if fc1 is None:
             continue
         # a depthwise conv between two token-wise linears is SegFormer's MixFFN; between two 1x1 convs it is a
         # MobileNet inverted residual, whose channels slice_channels cuts
@@ -394,7 +395,7 @@ def find_mlps(model: onnx.ModelProto, view: GraphView | None = None) -> list[Mlp
             continue
         try:
             group = trace(view, x2, Dim(axis, ((hidden, True),)))
-            w1 = _linear_weight(view, ref)[0]  # type: ignore[index]
+            w1 = fc1[0]
             # fc1 (and a gated MLP's second fc1, which reads the same input) makes the hidden axis; fc2 consumes it
             made_by = [view.consumer_nodes(t)[0].node.input[0] for t in group.sources]
             if group.sinks != [w2] or w1 not in group.sources or set(made_by) != {ref.node.input[0]}:
