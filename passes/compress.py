@@ -41,11 +41,11 @@ from fileformat.errors import PassError, UsageError
 from fileformat.io import load_model
 from fileformat.metadata import append_history
 from passes._core import latency as latency_model
-from passes._core.budget import Allocation, BudgetConfig, CostModel, Factor, Layer, Term, allocate
+from passes._core.budget import Allocation, BudgetConfig, CostModel, Factor, Layer, allocate
 from passes._core.canonical import canonicalize
-from passes._core.channels import ChannelAnalysis, apply_channel_cuts
+from passes._core.channels import ChannelAnalysis, ChannelGroup, apply_channel_cuts
 from passes._core.cli import make_parser, run_pass_cli
-from passes._core.dims import Dim, Parts, part_size
+from passes._core.cost import cost_terms, tensor_factors
 from passes._core.graph import GraphView
 from passes._core.importance import channel_group_scores, importance, measure_damage
 from passes._core.report import PassReport
@@ -150,136 +150,8 @@ def _unit_axes(units: Sequence[tuple[str, PruneUnit]]) -> dict[tuple[str, int], 
     return out
 
 
-_CONTRACTIONS = ("MatMul", "Gemm", "Conv")
 _KIND_WORDS = {"heads": "attention blocks", "head_dim": "head-channel groups", "neurons": "MLPs",
                "width": "transformer widths", "channels": "channel groups"}  # fmt: skip
-
-
-Carried = dict[str, list[tuple[str, int, Dim]]]
-
-
-def _carried(units: Sequence[tuple[str, PruneUnit]]) -> Carried:
-    """``{tensor: [(layer name, unit count, unit axis)]}``: the unit groups each tensor or weight carries."""
-    out: Carried = {}
-    for name, u in units:
-        g = u.group
-        assert g is not None
-        for tensor, dim in g.dims.items():
-            out.setdefault(tensor, []).append((name, u.count, dim))
-    return out
-
-
-def axis_factors(entries: Sequence[tuple[str, int, Dim]]) -> list[Factor]:
-    """The cost factors of the unit groups one tensor carries.
-
-    A group that owns its axis (or a factor of it: heads x head channels) scales it alone: ``((name, count),)``.
-    Groups whose layouts are :class:`Parts` of one axis (LeViT's per-head ``[q | k | v]``: q/k channels and v
-    channels) share one factor with a segment per part, so the axis scales as ``(2 k_qk + k_v) / 64`` and not as a
-    product; a part no group cuts is a constant segment."""
-    out: list[Factor] = []
-    parts: dict[int, list[tuple[str, int, Parts]]] = {}
-    for name, count, dim in entries:
-        held = [u for _, u in dim.layout if isinstance(u, Parts)]
-        if held:
-            parts.setdefault(dim.axis, []).append((name, count, held[0]))
-        else:
-            out.append(((name, count),))
-    for group in parts.values():
-        shapes = {tuple(part_size(p) for p in h.parts) for _, _, h in group}
-        n = len(group[0][2].parts)
-        if len(shapes) == 1 and all(sum(not isinstance(h.parts[i], int) for _, _, h in group) <= 1 for i in range(n)):
-            out.append(_parts_factor(group))
-        else:  # parts that do not partition the axis alike: each group on its own
-            out += [_parts_factor([g]) for g in group]
-    return out
-
-
-def _parts_factor(group: Sequence[tuple[str, int, Parts]]) -> Factor:
-    """One factor for groups whose :class:`Parts` split one axis alike, each part cut by at most one of them: a
-    part of ``m`` entries cut by a group of ``count`` units is ``m / count`` segments of that group."""
-    factor: list[tuple[str | None, int]] = []
-    for i, part in enumerate(group[0][2].parts):
-        owner = next(((name, count) for name, count, h in group if not isinstance(h.parts[i], int)), None)
-        size = part_size(part)
-        factor += [owner] * (size // owner[1]) if owner else [(None, size)]
-    return tuple(factor)
-
-
-def unit_factors(view: GraphView, units: Sequence[tuple[str, PruneUnit]]) -> Callable[[int], list[Factor]]:
-    """``factors(node index)``: the unit-group factors of a node's cost (see :mod:`passes._core.budget`).
-
-    A node scales with each group its output carries, and a contraction (MatMul, Gemm, group-1 Conv) also with the
-    group on its contracted axis: the q/k/v MatMul with the width (rows) and the heads and head channels (columns),
-    the output projection with the heads and head channels (rows) and the width (columns).
-    """
-    carried = _carried(units)
-
-    def factors(idx: int) -> list[Factor]:
-        node = view.nodes[idx].node
-        out: list[Factor] = [f for o in node.output[:1] for f in axis_factors(carried.get(o, []))]
-        if node.op_type in _CONTRACTIONS and len(node.input) > 1:
-            if node.op_type == "Conv" and int(view.attrs(node).get("group", 1)) != 1:
-                return out
-            x = node.input[0]
-            rank = view.rank(x) or 0
-            if node.op_type == "MatMul":
-                axis = rank - 1
-            elif node.op_type == "Gemm":
-                axis = 0 if int(view.attrs(node).get("transA", 0)) else 1
-            else:
-                axis = 1
-            out += axis_factors([e for e in carried.get(x, []) if e[2].axis == axis])
-        return out
-
-    return factors
-
-
-def cost_terms(
-    model: onnx.ModelProto,
-    view: GraphView,
-    analysis: ChannelAnalysis,
-    channel_names: dict[int, str],
-    units: Sequence[tuple[str, PruneUnit]],
-    stats: Any,
-) -> tuple[list[Term], list[Term]]:
-    """FLOPs and parameter terms of every node and weight, with the factors of every unit group and channel group
-    that scales it (one cost model for all kinds); they sum to ``stats.flops`` and ``stats.params``."""
-
-    def named(f: tuple[tuple[int | None, int], ...]) -> Factor:
-        return tuple((channel_names.get(gid) if gid is not None else None, n) for gid, n in f)
-
-    node_units = unit_factors(view, units)
-    flop_terms = []
-    for i, node in enumerate(model.graph.node):
-        base = stats.node_flops.get(node.name or f"{node.op_type}_{i}", 0)
-        if base:
-            factors = [named(f) for f in analysis.flop_factors(i)] + node_units(i)
-            flop_terms.append(Term(float(base), tuple(factors)))
-    weight_factors: dict[str, list[Factor]] = {}
-    for base_name, axes in analysis.param_factors().items():
-        weight_factors.setdefault(base_name, []).extend(named(f) for _, f in axes)
-    slices: Carried = {}
-    for name, u in units:
-        for t, ts in u.group.slices.items():  # type: ignore[union-attr]
-            slices.setdefault(t, []).append((name, u.count, Dim(ts.axis, ts.layout)))
-    for t, entries in slices.items():
-        weight_factors.setdefault(t, []).extend(axis_factors(entries))
-    param_terms, counted = [], 0
-    inits = {t.name: t for t in model.graph.initializer}
-    for t, factors in weight_factors.items():
-        init = inits.get(t)
-        if init is None or init.data_type not in _FLOAT_TYPES:
-            continue
-        numel = int(np.prod(init.dims)) if len(init.dims) else 1
-        if numel <= 1:
-            continue
-        counted += numel
-        param_terms.append(Term(float(numel), tuple(factors)))
-    param_terms.append(Term(float(stats.params - counted)))
-    return flop_terms, param_terms
-
-
-_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
 
 
 def _unit_layers(
@@ -331,27 +203,6 @@ def _apply(
     return current, steps
 
 
-def _tensor_factors(
-    analysis: ChannelAnalysis, channel_names: dict[int, str], units: Sequence[tuple[str, PruneUnit]]
-) -> Callable[[Sequence[str]], list[Factor]]:
-    """``factors(tensors)``: the distinct unit and channel groups carried by any of ``tensors`` (a profiled node)."""
-    carried = _carried(units)
-
-    def factors(tensors: Sequence[str]) -> list[Factor]:
-        out: list[Factor] = []
-        for t in tensors:
-            found = axis_factors(carried.get(t, []))
-            f = analysis.factor(t)
-            if f is not None:
-                named = tuple((channel_names.get(gid) if gid is not None else None, n) for gid, n in f)
-                if any(name is not None for name, _ in named):
-                    found.append(named)
-            out += [f for f in found if f not in out]
-        return out
-
-    return factors
-
-
 def _fraction(
     problem: _Problem, factors_of: Callable[[Sequence[str]], list[Factor]], counts: Mapping[str, int]
 ) -> Callable[[Sequence[str]], float]:
@@ -400,7 +251,7 @@ class _Problem:
 
     model: onnx.ModelProto  # the canonical form the plan's unit ids and groups refer to
     layers: list[Layer]
-    channel_groups: dict[str, Any]  # budget layer name -> channel group
+    channel_groups: dict[str, ChannelGroup]  # budget layer name -> channel group
     units: dict[str, PruneUnit]  # budget layer name -> unit (heads, head channels, neurons, widths)
     analysis: ChannelAnalysis  # the channel groups' analysis of ``model``
     skipped: list[tuple[str, str]]
@@ -429,14 +280,12 @@ def _discover(model: onnx.ModelProto, config: CompressConfig) -> _Problem:
             layers += ly
             units += named
             skipped += sk
-    analysis = ChannelAnalysis(model)
-    if units and "channels" in config.units:
-        analysis.block_axes(_unit_axes(units))  # one owner per weight axis
+    analysis = ChannelAnalysis(model, view, _unit_axes(units))  # one owner per weight axis
     names: dict[int, str] = {}
     groups = analysis.prunable(config.scope) if "channels" in config.units else []
     if groups:
         norm = "l2" if config.importance == "sensitivity" else config.importance
-        scores = channel_group_scores(analysis, groups, norm, notes)
+        scores = channel_group_scores(groups, norm, notes)
         for g in groups:
             names[g.gid] = f"channels:{g.name}"
             floor, step = budget.floor_of(g.size), _step(g.size, config.round_to)
@@ -444,7 +293,8 @@ def _discover(model: onnx.ModelProto, config: CompressConfig) -> _Problem:
     for g in analysis.groups:
         if g.blocked and "channels" in config.units:
             skipped.append((g.name, "; ".join(g.blocked)))
-    flop_terms, param_terms = cost_terms(model, view, analysis, names, units, stats)
+    channel_units = [(names[g.gid], g) for g in groups]
+    flop_terms, param_terms = cost_terms(model, view, [*units, *channel_units], stats)
     if not layers:
         raise PassError(
             "nothing to compress: the model has no prunable heads, head channels, neurons, widths or conv channels "
@@ -456,7 +306,7 @@ def _discover(model: onnx.ModelProto, config: CompressConfig) -> _Problem:
         CostModel(flop_terms, sizes), CostModel(param_terms, sizes), None, notes,
     )  # fmt: skip
     if metric == "latency":
-        factors_of = _tensor_factors(analysis, names, units)
+        factors_of = tensor_factors([*units, *channel_units])
         problem.latency_table = _latency_table(problem, config, factors_of)
         problem.latency = CostModel(problem.latency_table.terms(factors_of), sizes)
     if config.importance == "sensitivity":

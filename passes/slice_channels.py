@@ -36,10 +36,12 @@ from fileformat.cli import cli_main
 from fileformat.errors import PassError, UsageError
 from fileformat.metadata import append_history
 from fileformat.plan import check_indices, read_plan, write_plan
-from passes._core.budget import Allocation, BudgetConfig, CostModel, Layer, Term, allocate
+from passes._core.budget import Allocation, BudgetConfig, CostModel, Layer, allocate
 from passes._core.canonical import canonicalize, merge_constants
 from passes._core.channels import ChannelAnalysis, ChannelGroup, CutResult, apply_channel_cuts, keep_top
 from passes._core.cli import make_parser, run_pass_cli
+from passes._core.cost import cost_terms
+from passes._core.dims import unit_positions
 from passes._core.finalize import finalize
 from passes._core.importance import CHANNEL_METHODS, channel_group_scores
 from passes._core.report import PassReport
@@ -50,7 +52,6 @@ log = logging.getLogger(__name__)
 PASS_NAME = "slice_channels"
 SCOPES = ("all", "decoder", "backbone")
 IMPORTANCES = CHANNEL_METHODS
-_WEIGHT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
 
 
 @dataclass
@@ -106,78 +107,59 @@ def channel_layers(
     ]
 
 
-def channel_terms(
-    model: onnx.ModelProto, analysis: ChannelAnalysis, names: Mapping[int, str], stats: GraphStats
-) -> tuple[list[Term], list[Term]]:
-    """FLOPs and parameter terms of ``model`` (see :mod:`passes._core.budget`) with channel group ``gid`` named
-    ``names[gid]``; groups not named never change. The terms sum to ``stats.flops`` and ``stats.params``."""
-
-    def named(f: tuple[tuple[int | None, int], ...]) -> tuple[tuple[str | None, int], ...]:
-        return tuple((names.get(gid) if gid is not None else None, n) for gid, n in f)
-
-    flop_terms = []
-    for i, node in enumerate(model.graph.node):
-        base = stats.node_flops.get(node.name or f"{node.op_type}_{i}", 0)
-        if base:
-            flop_terms.append(Term(float(base), tuple(named(f) for f in analysis.flop_factors(i))))
-    param_terms = []
-    counted = 0
-    for base_name, axes in analysis.param_factors().items():
-        init = analysis.view.initializers.get(base_name)
-        if init is None or init.data_type not in _WEIGHT_TYPES:
-            continue
-        numel = int(np.prod(init.dims)) if len(init.dims) else 1
-        if numel <= 1:
-            continue
-        counted += numel
-        param_terms.append(Term(float(numel), tuple(named(f) for _, f in axes)))
-    param_terms.append(Term(float(stats.params - counted)))
-    return flop_terms, param_terms
-
-
 def plan_keep(analysis: ChannelAnalysis, plan: Mapping[str, Any]) -> dict[int, list[int]]:
     """Kept channels per group from a plan's ``channels`` section (indices relative to the analysed model).
 
-    Raises :class:`PassError` for a layer the model does not have, a total that differs, indices out of range, a
-    layer whose group cannot be cut, or two layers of one group (a residual sum) that disagree.
+    An entry names a group (by its name: kept channel indices of the group), or any conv or linear layer the group
+    carries (kept output positions of that layer, ``total`` its output channels; a layer at a concatenation's
+    input may hold several groups). Raises :class:`PassError` for a layer the model does not have, a total that
+    differs, indices out of range, a layer whose group cannot be cut, or two layers of one group (a residual sum)
+    that disagree.
     """
     entries = dict(plan.get("channels") or {})
     if not entries:
         raise PassError("the plan has no 'channels' entries; nothing to apply (expected {'channels': {...}}).")
-    index: dict[str, tuple[ChannelGroup, int]] = {}
-    for g in analysis.groups:
-        for path in g.layers:
-            index[path] = (g, g.size)
-        for nidx, tensor in analysis.depthwise.items():
-            info = analysis.chan.get(tensor)
-            if info is not None and len(info.segments) == 1 and analysis.uf.find(info.segments[0].space) == g.gid:
-                index.setdefault(analysis.module_path(nidx), (g, g.size))
+    layers = analysis.layer_index()
+    names = {g.name: g for g in analysis.groups}
     keep: dict[int, list[int]] = {}
     origin: dict[int, str] = {}
     for path, entry in entries.items():
-        if path not in index:
-            known = ", ".join(sorted(index)[:8])
+        if path in names:
+            g = names[path]
+            places = [(g, None, None)]
+            size = g.size
+        elif path in layers:
+            places = layers[path]  # type: ignore[assignment]
+            g0, tensor, axis = places[0]
+            size = analysis.view.shape(tensor)[axis]  # type: ignore[index]
+        else:
+            known = ", ".join(sorted(layers)[:8])
             raise PassError(
                 f"plan/model mismatch: the plan cuts layer {path!r}, which this model has no conv group for "
                 f"(layers here include: {known} ...). Was the plan made for another model?"
             )
-        g, size = index[path]
         total = int(entry.get("total", size))
         if total != size:
             raise PassError(
                 f"plan/model mismatch: layer {path!r} has {size} channels here but the plan says {total}. "
                 "Apply the plan to the model it was made for (indices are relative to the input model)."
             )
-        kept = check_indices(f"plan: layer {path!r}", entry.get("kept", []), size, "distinct channel indices")
-        if g.blocked:
-            raise PassError(f"plan: layer {path!r} cannot be cut: {'; '.join(g.blocked)}.")
-        kept = sorted(kept)
-        if g.gid in keep and keep[g.gid] != kept:
-            raise PassError(
-                f"plan: layers {origin[g.gid]!r} and {path!r} feed one residual sum and must keep the same channels."
-            )
-        keep[g.gid] = kept
-        origin[g.gid] = path
+        kept = set(check_indices(f"plan: layer {path!r}", entry.get("kept", []), size, "distinct channel indices"))
+        for g, tensor, _ in places:
+            if g.blocked:
+                raise PassError(f"plan: layer {path!r} cannot be cut: {'; '.join(g.blocked)}.")
+            if tensor is None:
+                units = sorted(kept)
+            else:  # the group's units whose positions in this layer are all kept
+                layout = g.group.slices[tensor].layout  # type: ignore[union-attr]
+                units = [u for u in range(g.size) if set(unit_positions(layout, [u]).tolist()) <= kept]
+            if g.gid in keep and keep[g.gid] != units:
+                raise PassError(
+                    f"plan: layers {origin[g.gid]!r} and {path!r} feed one residual sum and must keep the same "
+                    "channels."
+                )
+            keep[g.gid] = units
+            origin[g.gid] = path
     return keep
 
 
@@ -224,7 +206,7 @@ def decide_channels(model: onnx.ModelProto, config: SliceChannelsConfig, stats: 
     if not groups:
         notes.append(f"no prunable channel group in scope {config.scope!r}")
         return ChannelDecision(analysis, [], {}, None, notes)
-    scores = channel_group_scores(analysis, groups, config.importance, notes)
+    scores = channel_group_scores(groups, config.importance, notes)
     if config.ratio is not None:
         keep = {}
         for g in groups:
@@ -239,8 +221,7 @@ def decide_channels(model: onnx.ModelProto, config: SliceChannelsConfig, stats: 
         floor=config.floor,
     )
     layers = channel_layers(groups, scores, budget)
-    names = {g.gid: g.name for g in groups}
-    flop_terms, param_terms = channel_terms(model, analysis, names, stats)
+    flop_terms, param_terms = cost_terms(model, analysis.view, [(g.name, g) for g in groups], stats)
     sizes = {ly.name: ly.size for ly in layers}
     alloc = allocate(layers, CostModel(flop_terms, sizes), CostModel(param_terms, sizes), budget)
     by_name = {g.name: g.gid for g in groups}
@@ -264,7 +245,7 @@ def slice_channels(
         if g.blocked and (config.scope == "all" or g.scope == config.scope):
             report.skip(g.name, "; ".join(g.blocked))
     cut = {gid: kept for gid, kept in decision.keep.items() if len(kept) < decision.analysis.by_gid[gid].size}
-    out, result = _apply(model, decision.analysis, cut) if cut else (_copy(original), CutResult())
+    out, result = _apply(decision.analysis, cut) if cut else (_copy(original), CutResult())
     after = graph_stats(out) if cut else stats
     report.modified = bool(cut)
     report.params_after, report.flops_after = after.params, after.flops
@@ -293,11 +274,9 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _apply(
-    model: onnx.ModelProto, analysis: ChannelAnalysis, cut: Mapping[int, list[int]]
-) -> tuple[onnx.ModelProto, CutResult]:
-    """Cut, merge the plan into the model's ``vitseg.plan``, finalize."""
-    out, result = apply_channel_cuts(model, analysis, cut)
+def _apply(analysis: ChannelAnalysis, cut: Mapping[int, list[int]]) -> tuple[onnx.ModelProto, CutResult]:
+    """Cut the analysed model, merge the plan into its ``vitseg.plan``, finalize."""
+    out, result = apply_channel_cuts(analysis.model, analysis, cut)
     write_plan(out, {"channels": result.channels, "slices": result.slices})
     return finalize(merge_constants(out)), result
 
@@ -306,7 +285,7 @@ def _rows(decision: ChannelDecision, before: GraphStats, after: GraphStats) -> l
     """Per group: channels before/after and the measured FLOPs of its source layers (by node name)."""
     rows = []
     at_floor = set(decision.allocation.at_floor) if decision.allocation else set()
-    nodes = decision.analysis.graph.node
+    nodes = decision.analysis.model.graph.node
     for g in decision.groups:
         kept = len(decision.keep.get(g.gid, range(g.size)))
         names = [nodes[i].name for i in g.source_nodes]
@@ -315,7 +294,7 @@ def _rows(decision: ChannelDecision, before: GraphStats, after: GraphStats) -> l
         rows.append(
             {
                 "layer": g.name + (f" (+{len(g.layers) - 1})" if len(g.layers) > 1 else ""),
-                "kind": g.kind,
+                "kind": g.role,
                 "scope": g.scope,
                 "channels": g.size,
                 "kept": kept if g.name not in at_floor else f"{kept} (floor)",

@@ -59,7 +59,10 @@ Layout = tuple[Factor, ...]
 
 
 class TraceError(Exception):
-    """The axis cannot be followed safely; the message names the node and the reason."""
+    """The axis cannot be followed safely; the message names the node and the reason. ``reached``: the tensors
+    the walk had found to carry the axis when it stopped (part of the group it could not finish)."""
+
+    reached: set[str] = set()
 
 
 # ------------------------------------------------------------------------------------------------------ layouts
@@ -268,10 +271,13 @@ ELEMENTWISE = _UNARY | _BROADCAST | {"Dropout"}
 
 
 class _Tracer:
-    def __init__(self, view: GraphView, seed: str, count: int, width: bool = False, sums: bool = False) -> None:
+    def __init__(
+        self, view: GraphView, seed: str, count: int, width: bool = False, sums: bool = False, channels: bool = False
+    ) -> None:
         self.view = view
         self.width = width  # a transformer's embedding dim: LayerNorm statistics over it are allowed (inexact)
         self.sums = sums  # sums over the unit axis are allowed (see trace)
+        self.channels = channels  # conv channels: a Concat along the axis lays its inputs side by side (see trace)
         self.group = DimGroup(seed=seed, count=count)
         self.queue: deque[str] = deque()
         self.none_claims: dict[str, str] = {}
@@ -326,6 +332,13 @@ class _Tracer:
 
     # the walk ---------------------------------------------------------------------------------------------
     def run(self, name: str, dim: Dim) -> DimGroup:
+        try:
+            return self._walk(name, dim)
+        except TraceError as exc:
+            exc.reached = set(self.group.dims)
+            raise
+
+    def _walk(self, name: str, dim: Dim) -> DimGroup:
         self.assign(name, dim, None)
         visited: set[int] = set()
         while self.queue:
@@ -386,7 +399,9 @@ class _Tracer:
                     (g.sources if carried_out else g.sinks).append(w)
 
 
-def trace(view: GraphView, name: str, dim: Dim, *, width: bool = False, sums: bool = False) -> DimGroup:
+def trace(
+    view: GraphView, name: str, dim: Dim, *, width: bool = False, sums: bool = False, channels: bool = False
+) -> DimGroup:
     """Follow the unit axis ``dim`` of tensor ``name`` through the whole graph; raise :class:`TraceError`.
 
     ``width``: the axis is a transformer's embedding dimension, which LayerNorm normalises over. Such a group may
@@ -397,9 +412,14 @@ def trace(view: GraphView, name: str, dim: Dim, *, width: bool = False, sums: bo
     ``sums``: the group's oracle zeroes its units in every tensor that carries them (head channels, widths), so a
     reduction to which a 0 adds nothing (:data:`ZERO_NEUTRAL_REDUCE`) over the unit axis equals the reduction over
     the kept units: SwinV2's L2 norm of q and k over head_dim. (The heads' and neurons' oracles zero only the
-    consuming weights, which such a reduction would not see.)"""
+    consuming weights, which such a reduction would not see.)
+
+    ``channels``: the axis is a layer's output channels. A Concat along it puts the other inputs beside the unit
+    (a :class:`Parts` layout: UPerNet's fused pyramid levels are separate groups, each cut on its own part of the
+    next conv's input); otherwise a Concat of equal parts carries the unit in every input (Swin's patch merging of
+    four strided views of one tensor)."""
     count = unit_count(canonical(dim.layout))
-    return _Tracer(view, name, count, width, sums).run(name, dim)
+    return _Tracer(view, name, count, width, sums, channels).run(name, dim)
 
 
 # --------------------------------------------------------------------------------------------------------- rules
@@ -799,6 +819,8 @@ def _concat(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | 
     r = len(tr.shape(ref, known))
     axis = _norm(int(tr.view.attrs(n)["axis"]), r)  # type: ignore[arg-type]
     inputs = [i for i in n.input if i]
+    if axis == dim.axis and tr.channels:
+        return _concat_parts(tr, ref, known, dim, inputs)
     if axis == dim.axis:  # equal parts that all carry the axis (Swin's patch merging): ((parts, -), *layout)
         sizes = {tr.shape(ref, i)[axis] for i in inputs}
         if len(sizes) != 1:
@@ -813,6 +835,62 @@ def _concat(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | 
         return {**{i: dim for i in inputs}, n.output[0]: Dim(axis, canonical(((parts, False), *dim.layout)))}
     out: dict[str, Dim | None] = {i: dim for i in n.input if i}
     out[n.output[0]] = dim
+    return out
+
+
+def _concat_parts(tr: _Tracer, ref: NodeRef, known: str, dim: Dim, inputs: list[str]) -> dict[str, Dim | None]:
+    """A Concat along the unit axis of conv channels: the output's layout is one :class:`Parts` factor, a part per
+    input, holding the unit where that input carries it (every input the group knows when the node is visited)
+    and an untouched run elsewhere; coming from the output, its parts must line up with the inputs."""
+    n = ref.node
+    y = n.output[0]
+    sizes = [tr.shape(ref, i)[dim.axis] for i in inputs]
+    out: dict[str, Dim | None] = {}
+    if known == y:
+        held = dim.layout[0][1] if len(dim.layout) == 1 else None
+        if not isinstance(held, Parts) or [part_size(p) for p in held.parts] != sizes:
+            raise tr.fail(ref, "concatenates along the unit axis, whose units span several inputs")
+        parts = list(held.parts)
+    else:
+        parts = []
+        for i, size in zip(inputs, sizes, strict=True):
+            d = tr.group.dims.get(i)
+            if d is not None and d.axis != dim.axis:
+                raise tr.fail(ref, f"{i!r} carries the unit on another axis than the concatenation's")
+            parts.append(d.layout if d is not None else size)
+        out[y] = Dim(dim.axis, ((sum(sizes), Parts(tuple(parts))),))
+    for i, part in zip(inputs, parts, strict=True):
+        out[i] = None if isinstance(part, int) else Dim(dim.axis, part)
+    out[y] = out.get(y, dim)
+    return out
+
+
+def _pool(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    """Pooling (local or global) works per channel: the channel and batch axes pass, a spatial axis does not."""
+    if dim.axis > 1:
+        raise tr.fail(ref, "pools over the unit axis")
+    out: dict[str, Dim | None] = {ref.node.input[0]: dim, ref.node.output[0]: dim}
+    out.update({o: None for o in ref.node.output[1:] if o})  # MaxPool's indices
+    return out
+
+
+def _resize(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    """Resize / Upsample keep an axis whose scale is 1; a ``sizes`` entry for it follows the kept units."""
+    n = ref.node
+    x, y = n.input[0], n.output[0]
+    if known not in (x, y):
+        raise tr.fail(ref, "the unit axis is in the resize parameters")
+    if tr.shape(ref, x)[dim.axis] != tr.shape(ref, y)[dim.axis]:
+        raise tr.fail(ref, "resizes the unit axis")
+    out: dict[str, Dim | None] = {x: dim, y: dim}
+    out.update({i: None for i in n.input[1:] if i})
+    sizes = n.input[3] if n.op_type == "Resize" and len(n.input) > 3 and n.input[3] else None
+    if sizes is not None:
+        value, folded = _shape_vector(tr, ref, 3)
+        r = len(tr.shape(ref, x))
+        axes = [_norm(int(a), r) for a in tr.view.attrs(n).get("axes", range(r))]  # type: ignore[union-attr]
+        if dim.axis in axes:  # opset 18's ``axes``: sizes holds only those axes
+            tr.group.shape_edits.append(ShapeEdit(ref.index, 3, axes.index(dim.axis), dim.layout, value, folded))
     return out
 
 
@@ -1100,10 +1178,11 @@ def _conv(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | No
 
 
 def _batchnorm(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
-    """BatchNormalization: the channel axis (1) passes through; scale, bias, mean and variance go with it."""
+    """BatchNormalization (InstanceNormalization): the channel axis (1) passes through; scale, bias, mean and
+    variance (scale and bias) go with it. Instance statistics are taken per channel over the spatial axes."""
     n = ref.node
     x, y = n.input[0], n.output[0]
-    params = [i for i in n.input[1:5] if i]
+    params = [i for i in n.input[1 : 5 if n.op_type == "BatchNormalization" else 3] if i]
     if any(o for o in n.output[1:] if tr.view.consumers.get(o)):
         raise tr.fail(ref, "uses the running-statistics outputs (training mode)")
     if known in params:
@@ -1123,6 +1202,15 @@ def _batchnorm(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim
 _RULES: dict[str, Rule] = {
     "Conv": _conv,
     "BatchNormalization": _batchnorm,
+    "InstanceNormalization": _batchnorm,
+    "MaxPool": _pool,
+    "AveragePool": _pool,
+    "LpPool": _pool,
+    "GlobalAveragePool": _pool,
+    "GlobalMaxPool": _pool,
+    "GlobalLpPool": _pool,
+    "Resize": _resize,
+    "Upsample": _resize,
     "ReduceL2": _reduce,
     "ReduceL1": _reduce,
     "ReduceSumSquare": _reduce,

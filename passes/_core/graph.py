@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from fileformat.metadata import read_metadata
+
 log = logging.getLogger(__name__)
 
 # Initializers above this many elements are shown to shape inference as typed inputs (no data copy).
@@ -90,9 +92,17 @@ class GraphView:
         self._busy: set[str] = set()
         self._no_value: set[str] = set()
         self._pinned: GraphView | None = None
+        self._weight_map: dict[str, Any] | None = None
         #: units found on this view, by kind (``passes._core.units``): one discovery serves every kind built on it
         self.found: dict[str, list[Any]] = {}
         self._infer_shapes()
+
+    @property
+    def weight_map(self) -> dict[str, Any]:
+        """The exporter's weight map stored in the model's metadata (read once; empty when there is none)."""
+        if self._weight_map is None:
+            self._weight_map = dict(read_metadata(self.model).get("weight_map") or {})
+        return self._weight_map
 
     # ----------------------------------------------------------------------------------------------- shapes
     def _infer_shapes(self) -> dict[str, list[int] | None]:

@@ -42,7 +42,7 @@ from passes._core.budget import Layer
 from passes._core.dims import unit_positions
 
 if TYPE_CHECKING:
-    from passes._core.channels import ChannelAnalysis, ChannelGroup
+    from passes._core.channels import ChannelGroup
     from passes._core.units import PruneUnit
 
 log = logging.getLogger(__name__)
@@ -87,50 +87,33 @@ def importance(model: onnx.ModelProto, units: Sequence[PruneUnit], norm: str = "
     return {u.id: unit_scores(model, u, norm) for u in units if u.prunable}
 
 
-def channel_scores(analysis: ChannelAnalysis, group: ChannelGroup, method: str = "l2") -> np.ndarray:
+def channel_scores(group: ChannelGroup, method: str = "l2") -> np.ndarray:
     """Per-channel importance of a conv channel group: the norm of every source filter of the channel (over all the
     group's sources), or ``|gamma|`` of its BatchNormalization nodes (``bn_scale``; ValueError where it has none)."""
-    n = group.size
+    from passes._core.channels import channel_norms
+
     if method == "bn_scale":
-        acc, found = np.zeros(n), False
-        for t in group.touches:
-            node = analysis.graph.node[t.node]
-            if t.role == "carried" and node.op_type == "BatchNormalization" and t.input == 1:
-                gamma = analysis.view.constant(node.input[1])
-                if gamma is not None:
-                    acc += np.abs(gamma.astype(np.float64).reshape(-1)[t.offset : t.offset + n])
-                    found = True
-        if not found:
+        blocks = list(channel_norms(group, method))
+        if not blocks:
             raise ValueError(f"group {group.name} has no BatchNormalization (folded into the conv?)")
-        return acc
-
-    def blocks() -> Iterable[np.ndarray]:
-        for t in group.touches:
-            if t.role != "out" or t.input != 1:
-                continue
-            w = analysis.view.constant(analysis.graph.node[t.node].input[1])
-            if w is not None:
-                yield np.moveaxis(w, t.axis, 0)[t.offset * t.inner : (t.offset + n) * t.inner]
-
+        return norms(blocks, group.size, "l1")
     if method not in NORMS:
         raise ValueError(f"unknown importance {method!r}; use {', '.join(CHANNEL_METHODS)}")
-    return norms(blocks(), n, method)
+    return norms(channel_norms(group, method), group.size, method)
 
 
-def channel_group_scores(
-    analysis: ChannelAnalysis, groups: Sequence[ChannelGroup], method: str, notes: list[str]
-) -> dict[int, np.ndarray]:
+def channel_group_scores(groups: Sequence[ChannelGroup], method: str, notes: list[str]) -> dict[int, np.ndarray]:
     """Importance per channel of each group; ``bn_scale`` falls back to ``l2`` where a group has no BN node."""
     out: dict[int, np.ndarray] = {}
     fallback = []
     for g in groups:
         try:
-            out[g.gid] = channel_scores(analysis, g, method)
+            out[g.gid] = channel_scores(g, method)
         except ValueError:
             if method != "bn_scale":
                 raise
             fallback.append(g.name)
-            out[g.gid] = channel_scores(analysis, g, "l2")
+            out[g.gid] = channel_scores(g, "l2")
     if fallback:
         notes.append(
             f"importance bn_scale: {len(fallback)} group(s) have no BatchNormalization node (the exporter folded BN "

@@ -67,9 +67,10 @@ from passes._core.report import PassReport
 
 log = logging.getLogger(__name__)
 
-SECTION = {"heads": "heads", "neurons": "neurons", "width": "width", "head_dim": "head_dim"}
+SECTION = {"heads": "heads", "neurons": "neurons", "width": "width", "head_dim": "head_dim", "channels": "channels"}
 #: what one unit of each kind is, for messages
-UNIT_NAMES = {"heads": "heads", "neurons": "neurons", "width": "channels", "head_dim": "head channels"}
+UNIT_NAMES = {"heads": "heads", "neurons": "neurons", "width": "channels", "head_dim": "head channels",
+              "channels": "channels"}  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------------------------- units
@@ -146,7 +147,7 @@ class Mlp(PruneUnit):
 
 # ---------------------------------------------------------------------------------------------------- unit ids
 def _module_paths(view: GraphView, group: DimGroup) -> list[str]:
-    wmap = read_metadata(view.model).get("weight_map") or {}
+    wmap = view.weight_map
     paths = []
     for name in group.slices:
         sources = weight_sources(wmap.get(name))
@@ -607,6 +608,10 @@ def find_units(model: onnx.ModelProto, kind: str, view: GraphView | None = None)
         return find_widths(model, view)
     if kind == "head_dim":
         return find_head_dims(model, view)
+    if kind == "channels":
+        from passes._core.channels import find_channels
+
+        return list(find_channels(model, view or GraphView(canonicalize(model))))
     raise ValueError(f"unknown unit kind {kind!r}")
 
 
@@ -781,7 +786,7 @@ def torch_slices(
     A tensor the exporter stored once for several torch tensors is the one of this unit's module
     (:func:`_reader_module`, :func:`fileformat.metadata.ranked_sources`); ``sources`` receives
     ``{initializer: that source}``."""
-    wmap = read_metadata(view.model).get("weight_map") or {}
+    wmap = view.weight_map
     out: dict[str, dict[str, list[int]]] = {}
     assert unit.group is not None
     taken: set[str] = set()
@@ -798,8 +803,23 @@ def torch_slices(
             sources[name] = src
         ndim = len(unit.group._shapes[name])
         axis = (ndim - 1 - ts.axis) if (src.get("transposed") and ndim == 2) else ts.axis
-        out[str(src["param"])] = {str(axis): [int(i) for i in kept_positions(ts.layout, kept)]}
+        positions = [int(i) for i in kept_positions(ts.layout, kept)]
+        merge_slices(out, {str(src["param"]): {str(axis): positions}})
+        if src.get("folded_bn") and axis == 0:  # the BatchNorm the exporter folded into this conv goes with it
+            merge_slices(out, {f"{src['folded_bn']}.{t}": {"0": positions} for t in _BN_TENSORS})
     return out
+
+
+_BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
+
+
+def merge_slices(into: dict[str, dict[str, list[int]]], more: Mapping[str, Mapping[str, Sequence[int]]]) -> None:
+    """Add ``more`` to the plan slices ``into``; an axis both cut keeps what both keep (several groups cut one axis:
+    the q/k and v channels of LeViT's fused projection, the parts of a concatenation)."""
+    for param, axes in more.items():
+        have = into.setdefault(param, {})
+        for axis, kept in axes.items():
+            have[axis] = sorted(set(have[axis]) & set(kept)) if axis in have else [int(i) for i in kept]
 
 
 def _reader_module(view: GraphView, name: str, wmap: dict[str, Any]) -> str | None:
@@ -843,7 +863,7 @@ def apply_units(
         view = u.view
         chosen.append((u.group, list(kept)))
         plan[SECTION[u.kind]][u.id] = {"kept": [int(i) for i in kept], "total": u.count}
-        plan["slices"].update(torch_slices(u.view, u, kept, sources))
+        merge_slices(plan["slices"], torch_slices(u.view, u, kept, sources))
     if view is None:
         out = onnx.ModelProto()
         out.CopyFrom(model)
@@ -859,26 +879,34 @@ def apply_units(
 
 
 def zero_units(model: onnx.ModelProto, unit: PruneUnit, removed: Sequence[int]) -> onnx.ModelProto:
-    """The zeroing oracle (docs/architecture.md): a copy where the consuming weights of ``removed`` units are 0.
+    """The zeroing oracle (docs/architecture.md) of one unit group: :func:`zero_groups`."""
+    return zero_groups(model, [(unit, removed)])
 
-    For heads these are the output-projection rows of the heads, for neurons fc2's rows; the result must equal
-    the pruned model's output. Head channels are zeroed in every tensor that carries them (q and k channels meet
-    in the scores, so zeroing the projection rows alone would not remove them). A width group has no zeroing
-    oracle (its LayerNorms normalise over the kept channels; :attr:`DimGroup.inexact`).
+
+def zero_groups(model: onnx.ModelProto, cuts: Sequence[tuple[PruneUnit, Sequence[int]]]) -> onnx.ModelProto:
+    """The zeroing oracle (docs/architecture.md): a copy of ``model`` (canonical form, whose names the groups use)
+    where the consuming weights of each ``(unit, removed units)`` are 0.
+
+    For heads these are the output-projection rows of the heads, for neurons fc2's rows, for conv channels the next
+    layers' input channels; the result must equal the pruned model's output. Head channels are zeroed in every
+    tensor that carries them (q and k channels meet in the scores, so zeroing the projection rows alone would not
+    remove them). A width group has no zeroing oracle (its LayerNorms normalise over the kept channels;
+    :attr:`DimGroup.inexact`).
     """
-    assert unit.group is not None
-    if unit.group.inexact:
-        raise PassError(f"{unit.id}: no zeroing oracle, {unit.group.inexact[0]}")
     out = canonicalize(model)  # the unit's tensor names are those of the canonical form
     inits = {t.name: t for t in out.graph.initializer}
-    for name in unit.group.sinks if unit.kind in ("heads", "neurons") else list(unit.group.slices):
-        ts = unit.group.slices[name]
-        arr = tensor_value(out, name).copy()
-        idx = unit_positions(ts.layout, list(removed))
-        sl: list[Any] = [slice(None)] * arr.ndim
-        sl[ts.axis] = idx
-        arr[tuple(sl)] = 0
-        inits[name].CopyFrom(numpy_helper.from_array(arr, name))
+    for unit, removed in cuts:
+        assert unit.group is not None
+        if unit.group.inexact:
+            raise PassError(f"{unit.id}: no zeroing oracle, {unit.group.inexact[0]}")
+        consumers = unit.kind in ("heads", "neurons", "channels")
+        for name in unit.group.sinks if consumers else list(unit.group.slices):
+            ts = unit.group.slices[name]
+            arr = numpy_helper.to_array(inits[name]).copy()
+            sl: list[Any] = [slice(None)] * arr.ndim
+            sl[ts.axis] = unit_positions(ts.layout, list(removed))
+            arr[tuple(sl)] = 0
+            inits[name].CopyFrom(numpy_helper.from_array(arr, name))
     return out
 
 

@@ -52,21 +52,6 @@ def zero_columns(model: onnx.ModelProto, cuts: Mapping[str, Sequence[tuple[int, 
     return out
 
 
-def analysis_oracle(model: onnx.ModelProto, analysis: object, keep: Mapping[int, Sequence[int]]) -> onnx.ModelProto:
-    """The zeroing oracle from the analysis' consumer list: every consumer's input channels not kept are zeroed."""
-    cuts: dict[str, list[tuple[int, list[int]]]] = {}
-    for t in analysis.touches:  # type: ignore[attr-defined]
-        root = analysis.uf.find(t.space)  # type: ignore[attr-defined]
-        if t.role != "in" or root not in keep:
-            continue
-        kept = set(keep[root])
-        size = analysis.by_gid[root].size  # type: ignore[attr-defined]
-        name = analysis.view.constant_base(analysis.graph.node[t.node].input[t.input])
-        pos = [(t.offset + c) * t.inner + j for c in range(size) if c not in kept for j in range(t.inner)]
-        cuts.setdefault(name, []).append((t.axis, pos))
-    return zero_columns(model, cuts)
-
-
 class TinyCNN(nn.Module):
     """Conv-BN-ReLU stem, a residual inverted block with a depthwise conv, an SE-free second stage, a 2x2 pooled
     map flattened into a two-layer Linear head (so channel c feeds 4 features of fc1)."""

@@ -10,13 +10,13 @@ import onnx
 import pytest
 
 from fileformat.plan import read_plan
-from passes._core.channels import ChannelAnalysis
+from passes._core.channels import ChannelAnalysis, zero_channels
 from passes._core.stats import graph_stats
 from passes._core.units import find_units, zero_units
 from passes.compress import CompressConfig, compress, main
 from passes.slice_channels import SliceChannelsConfig, slice_channels
 
-from _helpers_channels import analysis_oracle, image, run  # isort: skip
+from _helpers_channels import image, run  # isort: skip
 
 TOL = 1e-4
 EXACT = ("heads", "head_dim", "neurons", "channels")  # the kinds with a zeroing oracle
@@ -51,7 +51,7 @@ def _combined_oracle(model: onnx.ModelProto, plan: dict) -> onnx.ModelProto:
     analysis = ChannelAnalysis(model)
     by_name = {g.name: g.gid for g in analysis.groups}
     keep = {by_name[name]: e["kept"] for name, e in plan["channels"].items() if name in by_name}
-    return analysis_oracle(oracle, analysis, keep)
+    return zero_channels(oracle, analysis, keep)
 
 
 def test_uniform_budget_cuts_all_three_kinds_and_matches_the_oracle(exported) -> None:

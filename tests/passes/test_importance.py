@@ -12,12 +12,12 @@ import pytest
 
 from fileformat.plan import read_plan
 from passes._core.budget import BudgetConfig, CostModel, Layer, Term, allocate
-from passes._core.channels import ChannelAnalysis
+from passes._core.channels import ChannelAnalysis, zero_channels
 from passes._core.importance import damage_curve, distortion, removal_points
 from passes._core.stats import graph_stats
 from passes.compress import CompressConfig, compress, main
 
-from _helpers_channels import analysis_oracle, image, run  # isort: skip
+from _helpers_channels import image, run  # isort: skip
 
 
 def test_damage_curve_interpolates_extrapolates_and_never_decreases() -> None:
@@ -103,7 +103,7 @@ def test_a_group_the_output_ignores_is_cut_first_whatever_its_norms(xxs: Path) -
     model = onnx.load(str(xxs))
     analysis = ChannelAnalysis(model)
     group = next(g for g in analysis.groups if g.name == "decoder.fpn_convs.0.0")
-    dead = analysis_oracle(model, analysis, {group.gid: []})
+    dead = zero_channels(model, analysis, {group.gid: []})
     calib = [{model.graph.input[0].name: image(64, seed=s)} for s in range(3)]
     measured, rep = compress(dead, CompressConfig(target_flops=0.4, importance="sensitivity", calib=calib))
     magnitude, _ = compress(dead, CompressConfig(target_flops=0.4, allocation="halp"))

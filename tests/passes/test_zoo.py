@@ -25,14 +25,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from _helpers_channels import analysis_oracle
 from _helpers_prune import input_for, oracle_error, run_ort
 from _zoo import EXPORTS, MODELS, VARIANTS, exported
 from test_compress import EXACT, _combined_oracle
 
 from fileformat.errors import PassError
 from fileformat.plan import read_plan
-from passes._core.channels import ChannelAnalysis
+from passes._core.channels import ChannelAnalysis, zero_channels
 from passes._core.units import find_head_dims, find_widths, zero_units
 from passes.compress import CompressConfig, compress
 from passes.prune_heads import PruneHeadsConfig, find_attention_blocks, prune_heads, zero_heads
@@ -44,7 +43,10 @@ RTOL = 1e-4  # max abs difference over the reference output's max abs
 # transformer widths slice_width can cut (tv_vit's identity head makes its width the model output; the transformers
 # models concatenate one stage's width with other channels, which keeps that stage whole)
 WIDTHS = {"timm_vit": 1, "tv_vit": 0, "timm_swin": 2, "timm_mobilevit": 3, "tiny_cnn": 0, "hf_mobilevit": 3,
-          "hf_segformer": 4, "timm_swinv2": 1, "timm_pvt_v2": 4, "timm_levit": 3}  # fmt: skip
+          "hf_segformer": 4, "timm_swinv2": 2, "timm_pvt_v2": 4, "timm_levit": 3}  # fmt: skip
+# widths an export form stops: SwinV2-CR's last stage reaches the classifier through the head's global pooling,
+# which dynamo writes as an as_strided Gather along the width
+WIDTHS_STOPPED = {("timm_swinv2", "dynamo"): 1}
 CONTROL = 100 * RTOL  # zeroing other units must differ by at least this much
 
 # The default run: small models, the default legacy export and the dynamo file, both weight variants. The rest
@@ -155,7 +157,7 @@ def test_slice_channels(zoo_root: Path, model: str, export_id: str, variant: str
         by_name = {g.name: g.gid for g in analysis.groups}
         keep = {by_name[name]: e["kept"] for name, e in read_plan(out)["channels"].items() if name in by_name}
         x = input_for(proto)
-        want = run_ort(analysis_oracle(proto, analysis, keep), x)
+        want = run_ort(zero_channels(proto, analysis, keep), x)
         err = float(np.abs(run_ort(out, x) - want).max()) / float(np.abs(want).max())
         assert err <= RTOL, f"cut model != zeroing oracle: relative error {err:.3g}"
 
@@ -192,11 +194,12 @@ def test_head_dim(zoo_root: Path, model: str, export_id: str, variant: str) -> N
 def test_width(zoo_root: Path, model: str, export_id: str, variant: str) -> None:
     proto = _load(zoo_root, model, export_id, variant)
     widths = [u for u in find_widths(proto) if u.prunable]
-    assert len(widths) == WIDTHS[model], [u.skip_reason for u in find_widths(proto)]
+    want = WIDTHS[model] - WIDTHS_STOPPED.get((model, EXPORTS[export_id][0]), 0)
+    assert len(widths) == want, [u.skip_reason for u in find_widths(proto)]
     out, report = slice_width(proto, SliceWidthConfig(ratio=0.5, kind="width"))
-    assert report.modified == bool(WIDTHS[model])
+    assert report.modified == bool(want)
     if report.modified:
-        assert len(read_plan(out)["width"]) == WIDTHS[model]
+        assert len(read_plan(out)["width"]) == want
         assert report.params_after < report.params_before
         _check_runs(proto, out)
         if any(u.group.inexact for u in widths):  # LayerNorm over the width: the torch model built narrower instead
