@@ -43,6 +43,7 @@ from passes._core.cli import make_parser, run_pass_cli
 from passes._core.cost import cost_terms
 from passes._core.dims import unit_positions
 from passes._core.finalize import finalize
+from passes._core.graph import GraphView
 from passes._core.importance import CHANNEL_METHODS, channel_group_scores
 from passes._core.report import PassReport
 from passes._core.stats import GraphStats, graph_stats
@@ -130,7 +131,7 @@ def plan_keep(analysis: ChannelAnalysis, plan: Mapping[str, Any]) -> dict[int, l
             size = g.size
         elif path in layers:
             places = layers[path]  # type: ignore[assignment]
-            g0, tensor, axis = places[0]
+            _, tensor, axis = places[0]
             size = analysis.view.shape(tensor)[axis]  # type: ignore[index]
         else:
             known = ", ".join(sorted(layers)[:8])
@@ -195,9 +196,10 @@ class ChannelDecision:
 
 
 def decide_channels(model: onnx.ModelProto, config: SliceChannelsConfig, stats: GraphStats) -> ChannelDecision:
-    """Analyse ``model`` and choose the kept channels of every group in scope (no graph change yet)."""
+    """Analyse ``model`` (in canonical form) and choose the kept channels of every group in scope (no graph change
+    yet)."""
     config.validate()
-    analysis = ChannelAnalysis(model)
+    analysis = ChannelAnalysis(model, GraphView(model))
     notes: list[str] = []
     if config.plan is not None:
         keep = plan_keep(analysis, config.plan)

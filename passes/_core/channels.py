@@ -44,7 +44,8 @@ _LAYERS = ("Conv", "Gemm", "MatMul")
 @dataclass
 class ChannelGroup(PruneUnit):
     """One set of channels cut together: the output channels of ``layers`` (their torch module paths; more than
-    one where a residual sum ties them), ``count`` of them. ``id`` is the first layer's path."""
+    one where a residual sum ties them), ``count`` of them. ``id`` is the path of the layer it was traced from, the
+    first in graph order whose output channels are the group's alone."""
 
     gid: int = 0
     layers: list[str] = field(default_factory=list)
@@ -282,7 +283,7 @@ def zero_channels(
 ) -> onnx.ModelProto:
     """The zeroing oracle of channel groups ``{gid: kept channels}`` (a group may keep none):
     :func:`passes._core.units.zero_groups`."""
-    cuts = [(g, [c for c in range(g.size) if c not in set(kept)]) for g, kept in _checked(analysis.by_gid, keep, True)]
+    cuts = [(g, sorted(set(range(g.size)) - set(kept))) for g, kept in _checked(analysis.by_gid, keep, True)]
     return zero_groups(model, cuts)
 
 

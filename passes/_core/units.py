@@ -67,10 +67,9 @@ from passes._core.report import PassReport
 
 log = logging.getLogger(__name__)
 
-SECTION = {"heads": "heads", "neurons": "neurons", "width": "width", "head_dim": "head_dim", "channels": "channels"}
+SECTION = {"heads": "heads", "neurons": "neurons", "width": "width", "head_dim": "head_dim"}
 #: what one unit of each kind is, for messages
-UNIT_NAMES = {"heads": "heads", "neurons": "neurons", "width": "channels", "head_dim": "head channels",
-              "channels": "channels"}  # fmt: skip
+UNIT_NAMES = {"heads": "heads", "neurons": "neurons", "width": "channels", "head_dim": "head channels"}
 
 
 # -------------------------------------------------------------------------------------------------------- units
@@ -608,10 +607,6 @@ def find_units(model: onnx.ModelProto, kind: str, view: GraphView | None = None)
         return find_widths(model, view)
     if kind == "head_dim":
         return find_head_dims(model, view)
-    if kind == "channels":
-        from passes._core.channels import find_channels
-
-        return list(find_channels(model, view or GraphView(canonicalize(model))))
     raise ValueError(f"unknown unit kind {kind!r}")
 
 
