@@ -8,12 +8,18 @@ Format (version 1)::
       "neurons":  {"<mlp module path>":       {"kept": [...],  "total": 288}},
       "channels": {"<conv module path>":      {"kept": [...],  "total": 128}},
       "width":    {"<module path>":           {"kept": [...],  "total": 144}},   # a transformer's embedding dim
-      "head_dim": {"<attention module path>": {"kept": [...],  "total": 32}},    # q/k/v channels of every head
+      "head_dim": {"<attention module path>": {"kept": [...],  "total": 32},     # v (and q/k) channels per head
+                   "<attention module path>#qk": {"kept": [...], "total": 32}},  # q/k channels, when cut apart
       "slices":   {"<torch parameter or buffer name>": {"<axis>": [kept indices]}},
       "low_rank": {"<Linear or 1x1 Conv2d module path>": {"kind": "linear", "in": 64, "out": 192, "rank": 32}},
       "fingerprint": {"heads": {"<attention module path>": [heads in the original model, head size]},
                       "neurons": {"<mlp module path>": [neurons in the original model, 1]}}
     }
+
+``head_dim``: where an attention block's q/k channels are a group apart from its v channels (every block whose
+graph lets them differ, fused qkv included), ``<attention>`` keeps the v channels and ``<attention>#qk`` the q and k
+channels, and a pass that cuts one writes both. An entry without its ``#qk`` partner keeps q, k and v alike (as
+every plan did before the two were apart).
 
 ``fingerprint`` records every prunable unit of the model a pass ran on, so that a plan applied to another model
 (MobileViT-S's heads plan on XXS: same block names, other head sizes) is refused with the difference named.
@@ -48,6 +54,8 @@ from fileformat.metadata import read_metadata, write_metadata
 
 PLAN_VERSION = 1
 SECTIONS = ("heads", "neurons", "channels", "width", "head_dim")
+#: the ``head_dim`` key suffix of an attention block's q/k channels when a pass cut them apart from its v channels
+QK_SUFFIX = "#qk"
 LOW_RANK = "low_rank"  # not a SECTION: no kept indices (see the module docstring)
 
 

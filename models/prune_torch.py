@@ -9,8 +9,10 @@ module replays that plan on the torch model built from the recorded configuratio
   a depthwise conv keeps ``groups = in = out``), ``nn.BatchNorm2d`` (``num_features``; timm's ``BatchNormAct2d``
   too) and ``nn.LayerNorm`` (``normalized_shape``). Attention modules named in ``plan["heads"]`` get
   ``num_heads = len(kept)`` (and ``attn_dim``); ``head_dim`` and ``scale`` stay, so ``softmax(q k^T * scale)`` is
-  the same function per kept head. The module objects are kept (their timm subclasses and hooks survive); only their
-  tensors and width attributes change.
+  the same function per kept head. ``plan["head_dim"]`` sets ``head_dim`` (the v channels, and q/k's with them) and,
+  under ``<attention>#qk``, the q/k channels where they were cut apart; such a block becomes a
+  :class:`QkSplitAttention` (its fused qkv output split by sizes). The module objects are kept (their timm
+  subclasses and hooks survive); only their tensors and width attributes change, and that one class.
 * :func:`student_from_onnx` builds the model of the file's ``vitseg.config``, applies its plan and loads the file's
   weights through the exporter's ``vitseg.weight_map``. Linear weights are stored ``[in, out]`` in ONNX and are
   transposed back. The legacy exporter folds BatchNorm into the Conv before it (``W' = W * g / sqrt(v + eps)``,
@@ -47,11 +49,12 @@ import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
+from timm.layers import Attention
 from torch import nn
 
 from fileformat.cli import cli_main
 from fileformat.metadata import weight_sources
-from fileformat.plan import check_indices
+from fileformat.plan import QK_SUFFIX, check_indices
 from fileformat.plan import normalize_plan as _normalize_plan
 from models.registry import ModelConfig, Segmentor
 
@@ -165,10 +168,11 @@ def _collect_slices(model: nn.Module, plan: dict[str, Any]) -> tuple[Slices, dic
             raise PlanError(f"plan heads {path}: the plan says {entry['total']} heads, the model has {total}.")
         kept = _indices(f"plan heads {path}", entry["kept"], total)
         heads[path] = kept
-        dims = _head_dims(plan, path, head_dim)
+        dims, qk_dims = _head_dims(plan, path, head_dim), _head_dims(plan, path + QK_SUFFIX, head_dim, path)
         # fused qkv rows are [3, heads, head_dim] flattened: row = part * total * head_dim + h * head_dim + d
         cols = [h * head_dim + d for h in kept for d in dims]
-        rows = [p * total * head_dim + c for p in range(3) for c in cols]
+        qk = [h * head_dim + d for h in kept for d in qk_dims]
+        rows = [p * total * head_dim + c for p, part in ((0, qk), (1, qk), (2, cols)) for c in part]
         src = f"plan heads {path} (kept {kept} of {total})"
         _merge_derived(slices, f"{path}.qkv.weight", 0, rows, src)
         if qkv.bias is not None:
@@ -214,11 +218,13 @@ def _collect_slices(model: nn.Module, plan: dict[str, Any]) -> tuple[Slices, dic
     return slices, heads
 
 
-def _head_dims(plan: dict[str, Any], path: str, head_dim: int) -> list[int]:
-    """The channels each head of attention ``path`` keeps (``plan["head_dim"]``; all when not cut)."""
+def _head_dims(plan: dict[str, Any], path: str, head_dim: int, default: str | None = None) -> list[int]:
+    """The channels each head of attention ``path`` keeps (``plan["head_dim"]``; those of entry ``default`` when
+    there is none for ``path``, and all when there is neither). ``<attention>`` names the v channels (and the q/k
+    channels with them), ``<attention>#qk`` the q/k channels where a pass cut them apart from v."""
     entry = plan["head_dim"].get(path)
     if entry is None:
-        return list(range(head_dim))
+        return _head_dims(plan, default, head_dim) if default is not None else list(range(head_dim))
     if not isinstance(entry, dict) or "kept" not in entry or int(entry.get("total", head_dim)) != head_dim:
         raise PlanError(f"plan head_dim {path}: expected {{'kept': [...], 'total': {head_dim}}}, got {entry!r}.")
     return _indices(f"plan head_dim {path}", entry["kept"], head_dim)
@@ -391,9 +397,9 @@ def apply_plan(model: Segmentor, plan: dict[str, Any]) -> Segmentor:
         attn.num_heads = len(kept)  # head_dim and scale (head_dim ** -0.5) are unchanged
         if hasattr(attn, "attn_dim"):
             attn.attn_dim = len(kept) * head_dim
-    for path in plan["head_dim"]:
+    for path in {p.removesuffix(QK_SUFFIX) for p in plan["head_dim"]}:
         attn, _, _, heads_now, head_dim = _attention_parts(new_model, path)
-        dims = _head_dims(plan, path, head_dim)
+        dims, qk_dims = _head_dims(plan, path, head_dim), _head_dims(plan, path + QK_SUFFIX, head_dim, path)
         # fewer channels per head; the scale stays the original 1/sqrt(head_dim), as in the ONNX graph, so the
         # attention is computed explicitly (fused SDPA would take 1/sqrt of the new head_dim)
         attn.head_dim = len(dims)
@@ -401,14 +407,17 @@ def apply_plan(model: Segmentor, plan: dict[str, Any]) -> Segmentor:
             attn.attn_dim = heads_now * len(dims)
         if hasattr(attn, "fused_attn"):
             attn.fused_attn = False
+        if len(qk_dims) != len(dims):
+            _split_qk(path, attn, len(qk_dims))
     for path, mod in new_model.named_modules():  # every attention must agree with its projections
         qkv = getattr(mod, "qkv", None)
         if hasattr(mod, "num_heads") and isinstance(qkv, nn.Linear) and hasattr(mod, "head_dim"):
-            want = 3 * int(mod.num_heads) * int(mod.head_dim)
+            qk_dim = int(getattr(mod, "qk_dim", mod.head_dim))
+            want = int(mod.num_heads) * (2 * qk_dim + int(mod.head_dim))
             if qkv.out_features != want:
                 raise PlanError(
-                    f"{path}: qkv keeps {qkv.out_features} outputs but {mod.num_heads} heads x head_dim "
-                    f"{mod.head_dim} x 3 = {want}; cut whole heads through a 'heads' entry."
+                    f"{path}: qkv keeps {qkv.out_features} outputs but {mod.num_heads} heads x (q/k {qk_dim} x 2 + "
+                    f"v {mod.head_dim}) = {want}; cut whole heads through a 'heads' entry."
                 )
     _apply_low_rank(new_model, plan)  # after the cuts: a factored layer has its cut widths
     size = _probe_size(model.config)
@@ -433,6 +442,43 @@ def apply_plan(model: Segmentor, plan: dict[str, Any]) -> Segmentor:
     n_after = sum(p.numel() for p in new_model.parameters())
     log.info("applied plan: %d tensors cut, %d -> %d parameters", len(slices), n_before, n_after)
     return new_model
+
+
+class QkSplitAttention(Attention):
+    """timm's ``Attention`` whose q and k keep ``qk_dim`` channels per head and v keeps ``head_dim`` (a plan that
+    cut the q/k head channels apart from the v ones): the fused qkv output is split by sizes instead of reshaped
+    into three equal parts. The scale stays the original ``1/sqrt(head_dim)`` (``self.scale``), as in the graph."""
+
+    qk_dim: int
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal:
+            raise NotImplementedError("QkSplitAttention has no attention mask")
+        b, n, _ = x.shape
+        h, dq, dv = self.num_heads, self.qk_dim, self.head_dim
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        q, k, v = self.qkv(x).split([h * dq, h * dq, h * dv], dim=-1)
+        q, k = q.reshape(b, n, h, dq).transpose(1, 2), k.reshape(b, n, h, dq).transpose(1, 2)
+        v = v.reshape(b, n, h, dv).transpose(1, 2)
+        attn = self.attn_drop(((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1))
+        x = self.norm((attn @ v).transpose(1, 2).reshape(b, n, h * dv))
+        if gate is not None:
+            x = x * gate
+        return self.proj_drop(self.proj(x))
+
+
+def _split_qk(path: str, attn: nn.Module, qk_dim: int) -> None:
+    """Give attention ``path`` q/k head channels of their own count (:class:`QkSplitAttention`)."""
+    plain = type(attn) is Attention and all(
+        isinstance(getattr(attn, m, None), nn.Identity) for m in ("q_norm", "k_norm")
+    )
+    if not plain:
+        raise PlanError(
+            f"plan head_dim {path}{QK_SUFFIX}: q/k keep another channel count than v, which only timm's plain "
+            f"Attention (no q/k norm) is rebuilt with; {path} is a {type(attn).__name__}."
+        )
+    attn.__class__ = QkSplitAttention
+    attn.qk_dim = qk_dim
 
 
 # ------------------------------------------------------------------------------------- low-rank factorisations

@@ -11,10 +11,11 @@ decoder's lateral convs). LayerNorm then takes its mean and variance over the ke
 model built with the smaller width does: this cut is checked against that torch model (``models.prune_torch``
 round trip), not by zeroing.
 
-``--kind head_dim``: channel ``j`` of every head of an attention block at once (q, k and v together when one
-projection makes all three). Removing it equals zeroing those channels; ``softmax(q k^T * scale)`` keeps the
-original ``scale = 1/sqrt(head_dim)``. A reduction over the head channels (SwinV2's cosine attention) makes a block
-skipped, with the reason.
+``--kind head_dim``: channel ``j`` of every head of an attention block at once; q/k and v are two groups (q and k
+meet in the scores, v in the context), also where one fused projection makes all three. Removing a channel equals
+zeroing it; ``softmax(q k^T * scale)`` keeps the original ``scale = 1/sqrt(head_dim)``. A reduction over the head
+channels passes where a removed (zero) channel adds nothing to it (SwinV2's L2 norms of q and k); any other makes
+the block skipped, with the reason.
 """
 
 from __future__ import annotations

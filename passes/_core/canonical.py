@@ -218,6 +218,137 @@ def _fold_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     return model, folded
 
 
+def _picks(view: GraphView, t: str, axis: int) -> dict[str, int] | None:
+    """The tensors that take one entry ``i`` of ``t`` along ``axis`` with that axis removed (``Gather`` of a scalar
+    index; ``Split`` into ones or ``Slice [i, i+1)``, each followed only by ``Squeeze`` of the axis), mapped to
+    ``i``; ``None`` when any reader of ``t`` does something else."""
+    rank = view.rank(t)
+    shape = view.shape(t)
+    if rank is None or shape is None or t in view.graph_outputs:
+        return None
+
+    def squeezed(x: str, i: int, out: dict[str, int]) -> bool:
+        users = view.consumer_nodes(x)
+        if not users or x in view.graph_outputs:
+            return False
+        for ref in users:
+            n = ref.node
+            axes = view.value(n.input[1]) if len(n.input) > 1 and n.input[1] else view.attrs(n).get("axes")
+            if n.op_type != "Squeeze" or axes is None or [int(a) % rank for a in np.ravel(axes)] != [axis]:
+                return False
+            out[n.output[0]] = i
+        return True
+
+    out: dict[str, int] = {}
+    for ref in view.consumer_nodes(t):
+        n, attrs = ref.node, view.attrs(ref.node)
+        if n.input[0] != t:
+            return None
+        if n.op_type == "Gather" and int(attrs.get("axis", 0)) % rank == axis:
+            idx = view.value(n.input[1])
+            if idx is None or idx.ndim != 0:
+                return None
+            out[n.output[0]] = int(idx) % shape[axis]
+        elif n.op_type == "Split" and int(attrs.get("axis", 0)) % rank == axis and len(n.output) == shape[axis]:
+            sizes = view.value(n.input[1]) if len(n.input) > 1 and n.input[1] else attrs.get("split")
+            if sizes is not None and list(np.ravel(sizes)) != [1] * shape[axis]:
+                return None
+            if not all(squeezed(o, i, out) for i, o in enumerate(n.output) if o):
+                return None
+        elif n.op_type == "Slice":
+            bounds = [view.value(i) if i else None for i in n.input[1:5]]
+            if len(bounds) < 3 or any(b is None for b in bounds[:3]) or bounds[2].size != 1:  # type: ignore[union-attr]
+                return None
+            start, end, ax = (int(np.ravel(b)[0]) for b in bounds[:3])  # type: ignore[arg-type]
+            step = int(np.ravel(bounds[3])[0]) if len(bounds) > 3 and bounds[3] is not None else 1
+            start = start % shape[axis] if start < 0 else start
+            if ax % rank != axis or step != 1 or min(end, shape[axis]) != start + 1:
+                return None
+            if not squeezed(n.output[0], start, out):
+                return None
+        else:
+            return None
+    return out
+
+
+def _split_fused_projections(model: onnx.ModelProto) -> int:
+    """Take apart a fused projection's parts on its own output axis: ``Reshape [..., P, heads, head_dim] ->
+    Transpose -> pick each of the P parts`` (timm's ``qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)
+    .unbind(0)``, and ``kv``) becomes ``Split`` of the last axis into P equal parts, each reshaped and transposed
+    the same way. The function is the same; q, k and v are then separate tensors from the projection on, so the
+    head channels of q and k can be cut apart from those of v (they meet in different products). Returns the
+    number of projections split."""
+    view = GraphView(model)
+    graph = model.graph
+    taken = _taken_names(graph)
+    new_inits: list[onnx.TensorProto] = []
+    inserts: list[tuple[int, list[onnx.NodeProto]]] = []
+    renames: dict[str, str] = {}
+    for ref in view.nodes:
+        n = ref.node
+        if n.op_type != "Reshape" or len(n.input) < 2:
+            continue
+        x, target = n.input[0], view.constant(n.input[1])
+        s_in, s_out = view.shape(x), view.shape(n.output[0])
+        if target is None or s_in is None or s_out is None or len(s_in) < 2:
+            continue
+        k = len(s_in) - 1
+        parts = s_out[k] if len(s_out) > k + 1 else 0
+        if (
+            parts < 2
+            or s_out[:k] != s_in[:k]
+            or parts * int(np.prod(s_out[k + 1 :])) != s_in[k]
+            or len(target) != len(s_out)
+            or int(target[k]) != parts
+            or any(int(v) == 0 for v in target[k:])
+        ):
+            continue
+        users = view.consumer_nodes(n.output[0])
+        if len(users) != 1 or users[0].node.op_type != "Transpose" or n.output[0] in view.graph_outputs:
+            continue
+        tr = users[0].node
+        perm = [int(p) for p in view.attrs(tr).get("perm", list(range(len(s_out)))[::-1])]
+        picks = _picks(view, tr.output[0], perm.index(k))
+        if not picks or any(t in view.graph_outputs for t in picks):
+            continue
+        base = _unique(f"{n.name or x}_parts".lstrip("/"), taken)
+        outs = [f"{base}_{i}" for i in range(parts)]
+        size = s_in[k] // parts
+        split = onnx.helper.make_node("Split", [x], outs, name=base, axis=k)
+        if view.opset >= 13:
+            sizes = _unique(f"{base}_sizes", taken)
+            new_inits.append(numpy_helper.from_array(np.array([size] * parts, dtype=np.int64), sizes))
+            split.input.append(sizes)
+        else:
+            split.attribute.append(onnx.helper.make_attribute("split", [size] * parts))
+        shape = _unique(f"{base}_shape", taken)
+        new_inits.append(numpy_helper.from_array(np.delete(np.asarray(target, dtype=np.int64), k), shape))
+        new_perm = [p - (p > k) for p in perm if p != k]
+        nodes = [split]
+        for i in sorted(set(picks.values())):
+            r_out, t_out = f"{base}_{i}_reshaped", f"{base}_{i}_out"
+            nodes.append(onnx.helper.make_node("Reshape", [outs[i], shape], [r_out], name=f"{base}_reshape_{i}"))
+            nodes.append(
+                onnx.helper.make_node("Transpose", [r_out], [t_out], name=f"{base}_transpose_{i}", perm=new_perm)
+            )
+            renames.update({t: t_out for t, j in picks.items() if j == i})
+        inserts.append((ref.index, nodes))
+    if inserts:  # an unnamed node is known by its position (NodeRef.name): keep the name it had before the insert
+        for index, node in enumerate(graph.node):
+            node.name = node.name or f"{node.op_type}_{index}"
+    for index, nodes in reversed(inserts):
+        for j, node in enumerate(nodes):
+            graph.node.insert(index + j, node)
+    for node in graph.node:
+        for j, name in enumerate(node.input):
+            if name in renames:
+                node.input[j] = renames[name]
+    graph.initializer.extend(new_inits)
+    if inserts:
+        _remove_dead(graph)
+    return len(inserts)
+
+
 _SHAPE_MATH = {
     "Shape", "Gather", "Slice", "Cast", "Sqrt", "Div", "Mul", "Reciprocal", "Pow", "Squeeze", "Unsqueeze", "Concat",
     "Add", "Sub", "Floor", "Ceil", "Reshape",
@@ -287,16 +418,19 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     aliases = _drop_identity_aliases(graph)
     _remove_dead(graph)
     out, folded = _fold_shapes(out)
+    fused = _split_fused_projections(out)
     copies = _unshare(out.graph, weight_map)
     if copies and "weight_map" in meta:
         write_metadata(out, {"weight_map": weight_map})
-    if moved or aliases or folded or copies:
+    if moved or aliases or folded or copies or fused:
         log.info(
             "canonical form: %d Constant node(s) as initializers, %d Identity alias(es) removed, %d shape input(s) "
-            "folded, %d shared initializer(s) given one copy per reader",
+            "folded, %d fused projection(s) split into their parts, %d shared initializer(s) given one copy per "
+            "reader",
             moved,
             aliases,
             folded,
+            fused,
             copies,
         )
     return out

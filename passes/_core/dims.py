@@ -65,6 +65,15 @@ class TraceError(Exception):
     reached: set[str] = set()
 
 
+class _Widen(Exception):
+    """A walk reached output ``part`` of Split node ``node`` (with ``dim``) after that Split had left it out of the
+    group: the trace starts again with the part carried (:func:`trace`)."""
+
+    def __init__(self, node: int, part: int, dim: Dim) -> None:
+        super().__init__(node, part, dim)
+        self.node, self.part, self.dim = node, part, dim
+
+
 # ------------------------------------------------------------------------------------------------------ layouts
 def canonical(layout: Sequence[Factor]) -> Layout:
     """Merge adjacent carried factors and drop carried factors of size 1 (unit factors are kept as they are)."""
@@ -281,6 +290,10 @@ class _Tracer:
         self.group = DimGroup(seed=seed, count=count)
         self.queue: deque[str] = deque()
         self.none_claims: dict[str, str] = {}
+        #: Split node -> its outputs known to carry the unit, with their Dims (grown by :class:`_Widen` restarts);
+        #: an output left out is recorded in ``left_out`` as (node, part)
+        self.carried_parts: dict[int, dict[int, Dim]] = {}
+        self.left_out: dict[str, tuple[int, int]] = {}
 
     # bookkeeping ------------------------------------------------------------------------------------------
     def fail(self, ref: NodeRef | None, reason: str) -> TraceError:
@@ -295,6 +308,8 @@ class _Tracer:
 
     def assign(self, name: str, dim: Dim, ref: NodeRef | None) -> None:
         dim = Dim(dim.axis, canonical(dim.layout))
+        if name in self.left_out:
+            raise _Widen(*self.left_out[name], dim)
         if name in self.none_claims:
             raise self.fail(ref, f"{name!r} carries the unit axis but {self.none_claims[name]} does not pass it on")
         old = self.group.dims.get(name)
@@ -419,7 +434,14 @@ def trace(
     next conv's input); otherwise a Concat of equal parts carries the unit in every input (Swin's patch merging of
     four strided views of one tensor)."""
     count = unit_count(canonical(dim.layout))
-    return _Tracer(view, name, count, width, sums, channels).run(name, dim)
+    carried: dict[int, dict[int, Dim]] = {}
+    while True:
+        tracer = _Tracer(view, name, count, width, sums, channels)
+        tracer.carried_parts = {k: dict(v) for k, v in carried.items()}
+        try:
+            return tracer.run(name, dim)
+        except _Widen as w:  # a part of a Split turned out to carry the unit too: again, with it carried
+            carried.setdefault(w.node, {})[w.part] = w.dim
 
 
 # --------------------------------------------------------------------------------------------------------- rules
@@ -642,7 +664,16 @@ def _split(tr: _Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | N
     else:
         raise tr.fail(ref, "splits the unit axis into parts of unknown sizes")
     edit = from_input or attrs.get("split") is not None
-    if len(set(sizes)) != 1:
+    if known == x and len(dim.layout) == 1 and isinstance(dim.layout[0][1], Parts):
+        return _split_parts(tr, ref, known, dim, sizes, (edit, from_input), out)
+    if known != x:
+        carry = dict(tr.carried_parts.get(ref.index, {}))
+        carry.update({i: tr.group.dims[o] for i, o in enumerate(outs) if o in tr.group.dims})
+        if len(carry) < len(outs) and not edit and len(set(sizes)) == 1:
+            carry = {i: dim for i in range(len(outs))}  # num_outputs: the sizes cannot differ after the cut
+        if len(set(sizes)) != 1 or len(carry) < len(outs) or any(d != dim for d in carry.values()):
+            return _split_parts(tr, ref, known, dim, sizes, (edit, from_input), out, carry)
+    elif len(set(sizes)) != 1:
         return _split_parts(tr, ref, known, dim, sizes, (edit, from_input), out)
     k = len(outs)
     if known == x:
@@ -669,11 +700,14 @@ def _split_parts(
     sizes: list[int],
     edit: tuple[bool, bool],
     out: dict[str, Dim | None],
+    carry: dict[int, Dim] | None = None,
 ) -> dict[str, Dim | None]:
-    """A Split of the unit axis into parts of unequal sizes (LeViT's ``[q | k | v]``): the input's layout there is
-    one :class:`Parts` factor. Coming from an output, the parts of that output's size carry the same layout (q and
-    k meet in the scores anyway) and the others are untouched runs; coming from the input, its parts must line up
-    with the split."""
+    """A Split of the unit axis into parts that do not all carry it alike (LeViT's ``[q | k | v]``, a fused qkv
+    split by :func:`passes._core.canonical.canonicalize`): the input's layout there is one :class:`Parts` factor.
+    Coming from an output, the parts in ``carry`` (that output, and those the walk has reached: q and k meet in the
+    scores, v only in the context) carry its layout and the others are untouched runs; a walk that reaches a left
+    out part later restarts the trace with it carried. Coming from the input, its parts must line up with the
+    split."""
     n = ref.node
     x, outs = n.input[0], list(n.output)
     if not edit[0]:  # opset 18's num_outputs: the sizes after the cut would not follow the parts
@@ -686,8 +720,13 @@ def _split_parts(
         if got != sizes:
             raise tr.fail(ref, f"splits the unit axis as {sizes}, its parts are {got}")
     else:
-        j = outs.index(known)
-        parts = [dim.layout if s == sizes[j] else s for s in sizes]
+        assert carry is not None
+        if any(d.axis != dim.axis or unit_count(d.layout) != unit_count(dim.layout) for d in carry.values()):
+            raise tr.fail(ref, "its outputs carry the unit on different axes or in different counts")
+        parts = [carry[i].layout if i in carry else size for i, size in enumerate(sizes)]
+        for i, o in enumerate(outs):
+            if o and i not in carry:
+                tr.left_out[o] = (ref.index, i)
         out[x] = Dim(dim.axis, ((sum(sizes), Parts(tuple(parts))),))
     layouts: list[Layout] = []
     for o, part, size in zip(outs, parts, sizes, strict=True):

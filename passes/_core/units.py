@@ -45,7 +45,7 @@ from fileformat.metadata import (
     write_metadata,
 )
 from fileformat.params import count_params
-from fileformat.plan import check_indices, empty_plan, read_plan, write_plan
+from fileformat.plan import QK_SUFFIX, check_indices, empty_plan, read_plan, write_plan
 from passes._core.canonical import canonicalize, merge_constants
 from passes._core.dims import (
     ELEMENTWISE,
@@ -431,6 +431,16 @@ def _contraction_axis(view: GraphView, ref: NodeRef, data: str) -> int | None:
     return rank - 1 if data == ref.node.input[0] else rank - 2
 
 
+def _from_constants(view: GraphView, t: str, depth: int = 6) -> bool:
+    """Whether ``t`` is a constant or computed from constants alone (within ``depth`` ops)."""
+    if view.value(t) is not None:
+        return True
+    ref = view.producer.get(t)
+    if ref is None or depth == 0:
+        return False
+    return all(_from_constants(view, i, depth - 1) for i in ref.node.input if i)
+
+
 def _scores_matmul(view: GraphView, block: AttentionBlock) -> NodeRef | None:
     """The ``q @ k^T`` MatMul whose output reaches the block's Softmax through elementwise/layout ops."""
     t = view.nodes[next(i for i in block.group.nodes if view.nodes[i].name == block.anchor)].node.input[0]  # type: ignore[union-attr]
@@ -440,8 +450,9 @@ def _scores_matmul(view: GraphView, block: AttentionBlock) -> NodeRef | None:
             return None
         if ref.node.op_type == "MatMul":
             return ref
-        # (a bias computed from constants alone, as LeViT's gathered attention biases, is not the path)
-        carried = [i for i in ref.node.input if i and i in block.group.dims and view.value(i) is None]  # type: ignore[union-attr]
+        # (a bias computed from constants alone, as LeViT's gathered attention biases or SwinV2's exp(clamp(logit
+        # scale)), is not the path)
+        carried = [i for i in ref.node.input if i and i in block.group.dims and not _from_constants(view, i)]  # type: ignore[union-attr]
         if len(carried) != 1:
             return None
         t = carried[0]
@@ -491,17 +502,21 @@ def find_head_dims(model: onnx.ModelProto, view: GraphView | None = None) -> lis
     """The per-head channel groups of every attention block: channel ``j`` of every head at once.
 
     Seeded from the output projection's input (layout ``(heads, head_dim)``, the unit is the inner factor) and
-    from ``q`` at the ``q @ k^T`` MatMul. With a fused qkv projection one group holds q, k and v (q and k meet in
-    the scores, v in the context; the three come out of one tensor); with separate projections the q/k channels
-    and the v channels are two groups. Zeroing a unit's consuming weights (the projection rows, or the k columns)
+    from ``q`` at the ``q @ k^T`` MatMul: the q/k channels (q and k meet in the scores) and the v channels (v
+    meets the softmax in the context) are two groups, named ``<block>#qk`` and ``<block>``. A fused qkv projection
+    is split into its parts by the canonical form, so this holds for it too; q and v stay one group only where the
+    graph ties them. Zeroing a unit's consuming weights (the projection rows, or the k columns)
     gives the pruned output exactly; the scale ``1/sqrt(head_dim)`` stays that of the original model. A block with
     one head has no head axis to trace: its groups are seeded at ``q`` and ``v`` (:func:`_one_head_seeds`).
     """
     view = view or GraphView(canonicalize(model))
     out: list[PruneUnit] = []
     for block in find_attention_blocks(model, view):
-        if block.count == 1 and block.group is None:  # no head axis to follow: seed q and v themselves
-            out += _trace_seeds("head_dim", view, [(t, dim, 1, None) for t, dim in _one_head_seeds(view, block)], out)
+        if block.count == 1 and block.group is None:  # no head axis to follow: seed v and q themselves
+            pair = _trace_seeds("head_dim", view, [(t, d, 1, None) for t, d in _one_head_seeds(view, block)[::-1]], out)
+            if len(pair) == 2:  # v's channels, and q/k's apart from them: named like a block with heads
+                pair[1].id = pair[0].id + QK_SUFFIX
+            out += pair
             continue
         if not block.prunable:
             continue
@@ -516,13 +531,15 @@ def find_head_dims(model: onnx.ModelProto, view: GraphView | None = None) -> lis
             i = next(k for k, (_, u) in enumerate(d.layout) if u)
             if i + 1 < len(d.layout):
                 seeds.append((hit[1], Dim(d.axis, tuple((s, k == i + 1) for k, (s, _) in enumerate(d.layout)))))
+        ids = [block.id] * len(seeds)
         scores = _scores_matmul(view, block)
         if scores is not None:
             q = scores.node.input[0]
             rank = view.rank(q)
             if rank and q in g.dims and g.dims[q].axis != rank - 1:
                 seeds.append((q, Dim(rank - 1, ((view.shape(q)[rank - 1], True),))))  # type: ignore[index]
-        out += _trace_seeds("head_dim", view, [(t, dim, block.count, block.id) for t, dim in seeds], out)
+                ids.append(block.id + QK_SUFFIX if ids else block.id)  # q/k's own group when v's is apart
+        out += _trace_seeds("head_dim", view, [(t, d, block.count, i) for (t, d), i in zip(seeds, ids)], out)
     _dedupe_ids(out)
     return out
 
@@ -760,6 +777,11 @@ def resolve_keep_sets(
         dict(config.keep_sets) if config.keep_sets is not None else plan_to_keep_sets(model, config.plan or {}, what)
     )
     by_id = {u.id: u for u in units}
+    if config.plan is not None and what == "head_dim":  # a plan made before q/k were apart from v named all three
+        for uid in [u for u in requested if not u.endswith(QK_SUFFIX) and u + QK_SUFFIX not in requested]:
+            qk, v = by_id.get(uid + QK_SUFFIX), by_id.get(uid)
+            if qk is not None and v is not None and qk.count == v.count:
+                requested[qk.id] = list(requested[uid])
     out = {u.id: list(range(u.count)) for u in prunable}
     for uid, kept in requested.items():
         if uid not in by_id:
@@ -859,6 +881,11 @@ def apply_units(
         chosen.append((u.group, list(kept)))
         plan[SECTION[u.kind]][u.id] = {"kept": [int(i) for i in kept], "total": u.count}
         merge_slices(plan["slices"], torch_slices(u.view, u, kept, sources))
+    apart = {u.id: u for u in units if u.kind == "head_dim" and u.id.endswith(QK_SUFFIX)}
+    for uid in list(plan["head_dim"]):  # an entry for v alone would read as q/k/v (older plans): q/k says itself
+        qk = apart.get(uid + QK_SUFFIX)
+        if qk is not None and qk.id not in plan["head_dim"]:
+            plan["head_dim"][qk.id] = {"kept": list(range(qk.count)), "total": qk.count}
     if view is None:
         out = onnx.ModelProto()
         out.CopyFrom(model)

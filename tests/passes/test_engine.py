@@ -77,7 +77,7 @@ def test_apply_groups_equals_zeroed_projection_and_leaves_input_alone() -> None:
     assert [b.num_heads for b in blocks] == [4, 4] and all(b.prunable for b in blocks)
     keep = {blocks[0].id: [0, 2], blocks[1].id: [3]}
     view = blocks[0].view
-    pruned = finalize(apply_groups(model, view, [(b.group, keep[b.id]) for b in blocks]))
+    pruned = finalize(apply_groups(view.model, view, [(b.group, keep[b.id]) for b in blocks]))
     assert model.SerializeToString() == before
     zeroed = onnx.ModelProto()
     zeroed.CopyFrom(model)
@@ -419,3 +419,35 @@ def test_tile_passes_the_unit_axis_only_when_it_is_not_repeated() -> None:
     assert group.sources == ["w1"] and group.sinks == ["w2"] and group.dims["t"] == Dim(2, ((16, True),))
     with pytest.raises(TraceError, match="tiles the unit axis"):
         trace(GraphView(model([1, 1, 2])), "y", Dim(2, ((16, True),)))
+
+
+def test_fused_qkv_is_taken_apart_and_its_q_k_and_v_channels_are_two_groups() -> None:
+    """The canonical form turns ``Reshape [B, N, 3, H, d] -> Transpose -> Split -> Squeeze x3`` into a Split of the
+    projection's own axis (same function, one MatMul, idempotent); the trace of q's channels restarts when it
+    reaches k through the scores, so q/k form one group and v another, each exact against zeroing."""
+    from passes._core.canonical import canonicalize
+    from passes._core.units import UnitPruneConfig, find_head_dims, prune_units, zero_units
+
+    model = mha_model(blocks=2)
+    canon = canonicalize(model)
+    assert canonicalize(canon).SerializeToString() == canon.SerializeToString()
+    ops = [n.op_type for n in canon.graph.node]
+    assert "Squeeze" not in ops and ops.count("MatMul") == len([n for n in model.graph.node if n.op_type == "MatMul"])
+    view = GraphView(canon)
+    splits = [n for n in canon.graph.node if n.op_type == "Split"]
+    assert len(splits) == 2 and all(view.rank(n.input[0]) - 1 == view.attrs(n)["axis"] for n in splits)
+    x = np.random.default_rng(4).standard_normal((2, 5, 16)).astype(np.float32)
+    assert np.abs(run_ort(canon, x) - run_ort(model, x)).max() <= 1e-6
+    units = find_head_dims(model)
+    ids = sorted(u.id for u in units)
+    blocks = sorted(b.id for b in find_attention_blocks(model))
+    assert ids == sorted(blocks + [b + "#qk" for b in blocks]) and all(u.count == 4 for u in units)
+    keep = {u.id: [0, 3] if u.id.endswith("#qk") else [1, 2, 3] for u in units}
+    pruned, report = prune_units(model, "head_dim", UnitPruneConfig(keep_sets=keep), "head_dim")
+    assert report.modified
+    zeroed = model
+    for u in units:
+        zeroed = zero_units(zeroed, u, [i for i in range(4) if i not in keep[u.id]])
+    assert np.abs(run_ort(pruned, x) - run_ort(zeroed, x)).max() <= 1e-5
+    sizes = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    assert sizes["b0_wqkv"] == [16, 2 * 4 * 2 + 4 * 3] and sizes["b0_wproj"] == [4 * 3, 16]

@@ -114,6 +114,23 @@ class CosineAttention(nn.Module):
         return x + self.proj(y)
 
 
+class IndexedQkvAttention(nn.Module):
+    """A fused qkv whose parts are taken by indexing (``qkv[0]``, ``qkv[1]``, ``qkv[2]``: Gather in the graph), as
+    older timm and many hand-written blocks do."""
+
+    def __init__(self, c: int = DIM, heads: int = 4) -> None:
+        super().__init__()
+        self.heads, self.d = heads, c // heads
+        self.qkv, self.proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.d).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        y = (((q @ k.transpose(-2, -1)) * self.d**-0.5).softmax(-1) @ v).transpose(1, 2).reshape(b, n, c)
+        return x + self.proj(y)
+
+
 class OneHeadAttention(nn.Module):
     """SegFormer's first stage (PVTv2 alike): one head, q and a fused kv projection, keys and values from a strided
     conv with a LayerNorm (spatial reduction); no head axis to follow, so q and v seed the head channels."""
@@ -179,7 +196,7 @@ def _tokens(block: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
 PATTERNS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], dict[str, int]]] = {
     "conv_mlp": (_image_net, (1, 3, 8, 8), {"neurons": 2}),
     "mixffn": (_tokens(MixFfn), (2, TOKENS, DIM), {"neurons": 2}),
-    "levit": (_tokens(LevitAttention), (2, TOKENS, DIM), {"heads": 2, "neurons": 2, "head_dim": 2}),
+    "levit": (_tokens(LevitAttention), (2, TOKENS, DIM), {"heads": 2, "neurons": 2, "head_dim": 4}),
     # values twice as wide as the keys: one Split into unequal parts; the q/k and the v channels are two groups
     "levit_wide_v": (_tokens(lambda: LevitAttention(v_ratio=2)), (2, TOKENS, DIM), {"heads": 2, "head_dim": 4}),
     "levit_sliced": (
@@ -188,11 +205,13 @@ PATTERNS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], dict[str, in
         {"heads": 2, "head_dim": 4, "neurons": 2},
     ),
     # head channels pass the L2 norms of q and k: a removed channel is 0 in the oracle and adds nothing to them
-    "swinv2_cosine": (_tokens(CosineAttention), (2, TOKENS, DIM), {"heads": 2, "head_dim": 2}),
+    "swinv2_cosine": (_tokens(CosineAttention), (2, TOKENS, DIM), {"heads": 2, "head_dim": 4}),
+    # q/k channels apart from v's behind a fused qkv taken apart by indexing (the canonical form splits it)
+    "indexed_qkv": (_tokens(IndexedQkvAttention), (2, TOKENS, DIM), {"heads": 2, "head_dim": 4}),
     "torch_mha": (_tokens(TorchMha), (2, TOKENS, DIM), {"heads": 2, "neurons": 2}),
     "swiglu": (_tokens(SwiGlu), (2, TOKENS, DIM), {"neurons": 2}),
     "swiglu_packed": (_tokens(lambda: SwiGlu(packed=True)), (2, TOKENS, DIM), {"neurons": 2}),
-    "one_head": (_tokens(OneHeadAttention), (2, TOKENS, DIM), {"head_dim": 2}),
+    "one_head": (_tokens(OneHeadAttention), (2, TOKENS, DIM), {"head_dim": 4}),
 }
 
 

@@ -11,8 +11,8 @@ import pytest
 from _helpers_prune import input_for, oracle_error, run_ort
 
 from fileformat.errors import PassError
-from fileformat.plan import read_plan
-from models.prune_torch import check_roundtrip
+from fileformat.plan import QK_SUFFIX, read_plan
+from models.prune_torch import check_roundtrip, student_from_onnx
 from passes._core.units import find_head_dims, find_widths, zero_units
 from passes.prune_heads import PruneHeadsConfig, prune_heads
 from passes.slice_width import SliceWidthConfig, main, slice_width
@@ -47,15 +47,21 @@ def test_head_dim_oracle_and_round_trip(exported, tmp_path: Path, opset: int, ex
     path = exported("mobilevit_xxs", size=64, opset=opset, exporter=exporter)
     model = onnx.load(str(path))
     units = find_head_dims(model)
-    assert len(units) == 9 and all(u.prunable for u in units)
-    out, _ = slice_width(model, SliceWidthConfig(keep=5, kind="head_dim"))
-    keep = {uid: e["kept"] for uid, e in read_plan(out)["head_dim"].items()}
-    assert all(len(k) == 5 for k in keep.values())
+    # timm's fused qkv: the q/k channels of every head are a group apart from the v channels (they meet in the
+    # scores, v in the context), so each block has two
+    v_ids = [u.id for u in units if not u.id.endswith(QK_SUFFIX)]
+    assert len(v_ids) == 9 and sorted(u.id for u in units) == sorted(v_ids + [i + QK_SUFFIX for i in v_ids])
+    assert all(u.prunable for u in units) and {u.count for u in units} == {16, 20, 24}  # 4 heads of 64, 80, 96
+    count = {u.id: u.count for u in units}
+    keep = {u.id: [1, 5, 9, 14] if u.id.endswith(QK_SUFFIX) else list(range(0, u.count, 2)) for u in units}
+    out, _ = slice_width(model, SliceWidthConfig(keep_sets=keep, kind="head_dim"))
+    assert {uid: e["kept"] for uid, e in read_plan(out)["head_dim"].items()} == keep
     scale = float(np.abs(run_ort(model, input_for(model))).max())
     assert oracle_error(model, out, units, keep, zero_units) <= 1e-4 * scale
-    shifted = {uid: [(i + 1) % 16 for i in k] for uid, k in keep.items()}
+    shifted = {uid: [(i + 1) % count[uid] for i in k] for uid, k in keep.items()}
     assert oracle_error(model, out, units, shifted, zero_units) > 1e-2 * scale
-    # then whole heads of the cut blocks: the torch side rebuilds both (head_dim and scale kept apart)
+    # then whole heads of the cut blocks: the torch side rebuilds all three (q/k channels, v channels and heads;
+    # the scale stays that of the original head_dim)
     both, _ = prune_heads(out, PruneHeadsConfig(keep=2))
     plan = read_plan(both)
     assert plan["heads"] and plan["head_dim"]
@@ -63,6 +69,9 @@ def test_head_dim_oracle_and_round_trip(exported, tmp_path: Path, opset: int, ex
     onnx.save(both, str(target))
     rt = check_roundtrip(target)
     assert rt.ok, rt.format()
+    student, _, _ = student_from_onnx(target)
+    attn = student.get_submodule(v_ids[0])
+    assert (type(attn).__name__, attn.num_heads, attn.qk_dim, attn.head_dim) == ("QkSplitAttention", 2, 4, 8)
 
 
 def test_a_block_cut_to_one_head_keeps_its_head_channels(exported, tmp_path: Path) -> None:
@@ -72,7 +81,7 @@ def test_a_block_cut_to_one_head_keeps_its_head_channels(exported, tmp_path: Pat
     first = find_head_dims(model)[0].id
     one, _ = prune_heads(model, PruneHeadsConfig(keep_sets={first: [2]}))
     units = find_head_dims(one)
-    assert len(units) == 9 and all(u.prunable for u in units)
+    assert len(units) == 18 and all(u.prunable for u in units)
     out, _ = slice_width(one, SliceWidthConfig(keep_sets={first: list(range(0, 16, 2))}, kind="head_dim"))
     assert read_plan(out)["head_dim"][first]["total"] == 16
     keep = {first: list(range(0, 16, 2))}
@@ -115,3 +124,15 @@ def test_a_width_keeps_its_name_when_an_earlier_cut_leaves_one_head(exported) ->
     cut, _ = prune_units(model, "heads", UnitPruneConfig(keep_sets=one_head), "test")
     assert not any(b.prunable for b in find_attention_blocks(cut))
     assert {u.id: u.count for u in find_widths(cut) if u.prunable} == before
+
+
+def test_a_plan_naming_only_the_block_cuts_its_q_k_and_v_channels(exported) -> None:
+    """Plans written before q/k were a group apart from v have one ``head_dim`` entry per block, which meant all
+    three; such a plan still cuts all three, and the file's plan then says so with both entries."""
+    model = onnx.load(str(exported("mobilevit_xxs", size=64, opset=17, exporter="legacy")))
+    blocks = [u for u in find_head_dims(model) if not u.id.endswith(QK_SUFFIX)]
+    old = {"head_dim": {u.id: {"kept": list(range(0, u.count, 2)), "total": u.count} for u in blocks}}
+    out, _ = slice_width(model, SliceWidthConfig(kind="head_dim", plan=old))
+    plan = read_plan(out)["head_dim"]
+    assert sorted(plan) == sorted([u.id for u in blocks] + [u.id + QK_SUFFIX for u in blocks])
+    assert all(e["kept"] == list(range(0, e["total"], 2)) for e in plan.values())
