@@ -81,7 +81,9 @@ class CompressConfig:
     latency_table: str | None = None  # read (ours or a trtexec profile) if it exists, else measured and written
     threads: int = 2  # onnxruntime threads for measuring latency
     round_to: int = 8  # conv channels and widths are kept at multiples of this (1: any count)
-    latency_tolerance: float = 0.05  # measured latency must land in [target * (1 - this), target], else re-planned
+    # measured latency must land in [ceiling * (1 - this), ceiling], else re-planned; the ceiling is the target less
+    # twice the measurement's standard error (a --target-latency is a ceiling; a --target-latency-of is matched)
+    latency_tolerance: float = 0.05
     latency_retries: int = 4  # at most this many such corrections
     floor: float = 0.1
     scope: str = "all"
@@ -411,7 +413,7 @@ def compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[onnx.Model
         unit_cfgs = _unit_configs(chosen)
         channels_cfg = _channels_config(chosen)
     current, steps = _apply(model, unit_cfgs, channels_cfg)
-    timing: tuple[float, float, float] | None = None
+    timing: tuple[float, float, float, float] | None = None
     if chosen is not None and chosen.allocation is not None and chosen.allocation.metric == "latency":
         chosen, current, steps, timing = _close_latency_loop(model, problem, config, chosen, current, steps, report)
     if current is model:
@@ -436,15 +438,17 @@ def compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[onnx.Model
             )
         measured = after.flops / before.flops if alloc.metric == "flops" else after.params / before.params
         if timing is not None:  # the budget is held to the process-CPU-time ratio: it holds on a loaded machine
-            t_before, t_after, cpu = timing
+            t_before, t_after, cpu, se = timing
             measured = cpu
             report.extra["cpu_time_ratio"] = round(cpu, 4)
+            report.extra["cpu_time_ratio_se"] = round(se, 4)
             how = f"onnxruntime CPU, {config.threads} threads, interleaved"
             if config.latency_reference is None:
                 report.extra["latency_ms"] = {"before": round(t_before, 3), "after": round(t_after, 3)}
                 report.notes.append(
-                    f"latency: predicted {alloc.achieved:.3f}x, measured {cpu:.3f}x CPU time and "
-                    f"{t_after / t_before:.3f}x wall ({t_before:.1f} -> {t_after:.1f} ms; {how})"
+                    f"latency: predicted {alloc.achieved:.3f}x, measured {cpu:.3f}x CPU time (standard error "
+                    f"{se:.3f}; held under the target by twice that) and {t_after / t_before:.3f}x wall "
+                    f"({t_before:.1f} -> {t_after:.1f} ms; {how})"
                 )
             else:
                 of_ref = cpu / float(config.target_latency or 1.0)
@@ -524,41 +528,48 @@ def _close_latency_loop(
     interpolated between the table's estimates of the closest attempts on either side of the band's middle (regula
     falsi), or the table's bias on the last cut (measured / estimated) is taken off the aim until both sides are
     known. The closest attempt is kept, one under the target first; ``report.extra["latency_attempts"]`` lists
-    each attempt's estimate and measurement.
+    each attempt's estimate, measurement and its standard error.
+
+    A ``--target-latency`` is a ceiling: the band ends twice the measurement's standard error under it, so that
+    another measurement of the written file (a benchmark, the user's) lands under the target too. Without that
+    margin the loop settled within 1% of a 0.35 target on `paper` at 512, and the benchmark then read the same
+    file 2-4% over it (repeated measurements of one file spread by about 0.01).
 
     With ``config.latency_reference`` each cut is timed against that model instead, and its ratio to the reference
     (scaled by the target, the reference's ratio to the input) is held to the band: what the user compares is the
     cut against the reference, and a chain of two measured ratios misses it by more than the band. The returned
     timing is then ``(reference ms, cut ms, target * cut/reference CPU-time ratio)``."""
     target = float(config.target_latency or 1.0)
-    aim = target * (1.0 - config.latency_tolerance / 2)  # the middle of the accepted band
+    ceiling_se = 2.0 if config.latency_reference is None else 0.0  # standard errors kept under a ceiling
 
-    def miss(measured: float) -> float:
-        """0 inside the band [target * (1 - tolerance), target]; a time over the target counts more than under."""
-        if measured > target:
-            return measured / target  # >= 1: worse than any time under the target
-        return max(0.0, 1.0 - config.latency_tolerance - measured / target)
+    def miss(timing: tuple[float, float, float, float]) -> float:
+        """0 inside the band [ceiling * (1 - tolerance), ceiling]; a time over it counts more than one under."""
+        measured, ceiling = timing[2], target - ceiling_se * timing[3]
+        if measured > ceiling:
+            return measured / ceiling  # >= 1: worse than any time under the ceiling
+        return max(0.0, 1.0 - config.latency_tolerance - measured / ceiling)
 
     against = problem.model if config.latency_reference is None else canonicalize(config.latency_reference)
     scale = 1.0 if config.latency_reference is None else target
 
-    def measure(candidate: onnx.ModelProto) -> tuple[float, float, float]:
-        t_against, t_cut, ratio = latency_model.measure_pair(
+    def measure(candidate: onnx.ModelProto) -> tuple[float, float, float, float]:
+        t_against, t_cut, ratio, se = latency_model.measure_pair(
             against, candidate, threads=config.threads, min_seconds=1.0
         )
-        return t_against, t_cut, scale * ratio
+        return t_against, t_cut, scale * ratio, scale * se
 
     timing = measure(current)
-    best = (miss(timing[2]), chosen, current, steps, timing)
+    best = (miss(timing), chosen, current, steps, timing)
     history = report.extra.setdefault("latency_attempts", [])
     # (the table's estimate, measured) of the closest attempts under and over the band's middle
     below: tuple[float, float] | None = None
     above: tuple[float, float] | None = None
     for attempt in range(config.latency_retries + 1):
         measured = timing[2]
+        aim = (target - ceiling_se * timing[3]) * (1.0 - config.latency_tolerance / 2)  # the band's middle
         predicted = chosen.allocation.achieved if chosen.allocation else target
-        history.append({"predicted": round(predicted, 4), "measured": round(measured, 4)})
-        if miss(measured) == 0.0 or attempt == config.latency_retries:
+        history.append({"predicted": round(predicted, 4), "measured": round(measured, 4), "se": round(timing[3], 4)})
+        if miss(timing) == 0.0 or attempt == config.latency_retries:
             break
         if measured < aim and (below is None or measured > below[1]):
             below = (predicted, measured)
@@ -579,8 +590,8 @@ def _close_latency_loop(
         chosen = _allocate(problem, replace(config, target_latency=asked))
         current, steps = _apply(model, _unit_configs(chosen), _channels_config(chosen))
         timing = measure(current)
-        if miss(timing[2]) < best[0]:
-            best = (miss(timing[2]), chosen, current, steps, timing)
+        if miss(timing) < best[0]:
+            best = (miss(timing), chosen, current, steps, timing)
     _, chosen, current, steps, timing = best
     if chosen.allocation is not None:  # the budget is reported against what the user asked for, as measured
         chosen.allocation.target = target
@@ -643,7 +654,7 @@ def latency_of(model: onnx.ModelProto, reference: onnx.ModelProto | str | Path, 
     """The CPU-time ratio of ``reference`` to ``model``, measured here interleaved: a ``--target-latency`` that
     matches the reference's speed."""
     ref = reference if isinstance(reference, onnx.ModelProto) else load_model(reference)
-    _, _, ratio = latency_model.measure_pair(
+    _, _, ratio, _ = latency_model.measure_pair(
         canonicalize(model), canonicalize(ref), threads=threads, rounds=30, min_seconds=2.0
     )
     if not 0.0 < ratio < 1.0:
