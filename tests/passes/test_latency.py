@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -172,15 +173,11 @@ def test_target_latency_of_a_slower_model_is_refused(exported, tmp_path: Path, c
     assert compress_main([src, "-o", str(out), "--target-latency-of", slower, "--target-latency", "0.5"]) == 2
 
 
-def test_the_latency_loop_lands_in_its_band_against_the_reference(exported, tmp_path: Path, monkeypatch) -> None:
-    """What the table cannot predict is corrected by measurement, and the cut is timed against the reference
-    itself. A stand-in timer that the table does not know (FLOPs plus a fixed overhead) makes the loop re-plan
-    until the cut takes 0.95-1.0x the reference's time by that timer."""
+def _stand_in_timer(src: onnx.ModelProto, monkeypatch, se: float) -> tuple[Callable, list[float]]:
+    """A timer the latency table does not know (FLOPs plus a fixed overhead) in place of ``measure_pair``, with a
+    standard error ``se``: ``(cost of a model, the ratios it was asked for)``."""
     from passes._core.stats import graph_stats
-    from passes.compress import CompressConfig, compress
 
-    src = onnx.load(str(exported("paper", size=64)))
-    ref = onnx.load(str(exported("mobilevit_xxs_upernet64", size=64)))
     overhead = 0.4 * graph_stats(src).flops
 
     def cost(model: onnx.ModelProto) -> float:
@@ -190,9 +187,21 @@ def test_the_latency_loop_lands_in_its_band_against_the_reference(exported, tmp_
 
     def fake_pair(a, b, threads=2, rounds=20, min_seconds=0.0, rewarm=2):
         timed.append(cost(b) / cost(a))
-        return cost(a) / 1e6, cost(b) / 1e6, timed[-1], 0.01
+        return cost(a) / 1e6, cost(b) / 1e6, timed[-1], se
 
     monkeypatch.setattr(latency, "measure_pair", fake_pair)
+    return cost, timed
+
+
+def test_the_latency_loop_lands_in_its_band_against_the_reference(exported, tmp_path: Path, monkeypatch) -> None:
+    """What the table cannot predict is corrected by measurement, and the cut is timed against the reference
+    itself. A stand-in timer that the table does not know makes the loop re-plan until the cut takes 0.95-1.0x the
+    reference's time by that timer (a match: no margin for the timer's standard error)."""
+    from passes.compress import CompressConfig, compress
+
+    src = onnx.load(str(exported("paper", size=64)))
+    ref = onnx.load(str(exported("mobilevit_xxs_upernet64", size=64)))
+    cost, timed = _stand_in_timer(src, monkeypatch, 0.01)
     target = cost(ref) / cost(src)
     config = CompressConfig(
         target_latency=target, latency_reference=ref, latency_table=str(tmp_path / "t.json"), threads=1
@@ -207,24 +216,11 @@ def test_the_latency_loop_lands_in_its_band_against_the_reference(exported, tmp_
 
 def test_a_latency_target_is_a_ceiling_under_the_measurement_noise(exported, tmp_path: Path, monkeypatch) -> None:
     """``--target-latency`` is a ceiling: the loop settles twice the measurement's standard error under it, so a
-    second measurement of the file lands under the target too (the same stand-in timer as above, its standard
-    error 0.02)."""
-    from passes._core.stats import graph_stats
+    second measurement of the file lands under the target too (the stand-in timer, its standard error 0.02)."""
     from passes.compress import CompressConfig, compress
 
     src = onnx.load(str(exported("paper", size=64)))
-    overhead = 0.4 * graph_stats(src).flops
-
-    def cost(model: onnx.ModelProto) -> float:
-        return overhead + graph_stats(model).flops
-
-    timed: list[float] = []
-
-    def fake_pair(a, b, threads=2, rounds=20, min_seconds=0.0, rewarm=2):
-        timed.append(cost(b) / cost(a))
-        return cost(a) / 1e6, cost(b) / 1e6, timed[-1], 0.02
-
-    monkeypatch.setattr(latency, "measure_pair", fake_pair)
+    cost, timed = _stand_in_timer(src, monkeypatch, 0.02)
     out, report = compress(src, CompressConfig(target_latency=0.6, latency_table=str(tmp_path / "t.json"), threads=1))
     got = cost(out) / cost(src)
     assert (0.6 - 0.04) * 0.95 - 1e-6 <= got <= 0.6 - 0.04, (got, timed)
