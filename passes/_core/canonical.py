@@ -278,8 +278,22 @@ def _split_fused_projections(model: onnx.ModelProto) -> int:
     the same way. The function is the same; q, k and v are then separate tensors from the projection on, so the
     head channels of q and k can be cut apart from those of v (they meet in different products). Returns the
     number of projections split."""
-    view = GraphView(model)
     graph = model.graph
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+
+    def picked(n: onnx.NodeProto) -> bool:
+        users = readers.get(n.output[0], [])
+        if n.op_type != "Reshape" or len(users) != 1 or users[0].op_type != "Transpose":
+            return False
+        picks = readers.get(users[0].output[0], [])
+        return bool(picks) and all(p.op_type in ("Split", "Slice", "Gather") for p in picks)
+
+    if not any(picked(n) for n in graph.node):  # a canonical model, mostly: no view to build
+        return 0
+    view = GraphView(model)
     taken = _taken_names(graph)
     new_inits: list[onnx.TensorProto] = []
     inserts: list[tuple[int, list[onnx.NodeProto]]] = []

@@ -25,6 +25,7 @@ carried constant, shape vectors with ``count`` replaced by ``len(kept)``.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -150,14 +151,23 @@ def _positions(layout: Layout, units: Sequence[int], whole: bool) -> np.ndarray:
     return idx
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _positions_of(layout: Layout, units: tuple[int, ...], whole: bool) -> np.ndarray:
+    """:func:`_positions`, read-only and remembered: importance asks for every unit of every tensor of a group, on
+    each discovery of a model that many passes and latency attempts discover again."""
+    out = _positions(layout, units, whole)
+    out.setflags(write=False)
+    return out
+
+
 def kept_positions(layout: Layout, kept: Sequence[int]) -> np.ndarray:
-    """Indices along an axis of this layout that remain when the units ``kept`` are kept (in order)."""
-    return _positions(layout, kept, whole=True)
+    """Indices along an axis of this layout that remain when the units ``kept`` are kept (in order; read-only)."""
+    return _positions_of(layout, tuple(int(u) for u in kept), True)
 
 
 def unit_positions(layout: Layout, units: Sequence[int]) -> np.ndarray:
-    """Indices along an axis of this layout that belong to ``units`` (what zeroing them zeroes)."""
-    return _positions(layout, units, whole=False)
+    """Indices along an axis of this layout that belong to ``units`` (what zeroing them zeroes; read-only)."""
+    return _positions_of(layout, tuple(int(u) for u in units), False)
 
 
 @dataclass(frozen=True)
