@@ -50,6 +50,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 from timm.layers import Attention
+from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
 from torch import nn
 
 from fileformat.cli import cli_main
@@ -452,15 +453,15 @@ class QkSplitAttention(Attention):
     qk_dim: int
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        if attn_mask is not None or is_causal:
-            raise NotImplementedError("QkSplitAttention has no attention mask")
         b, n, _ = x.shape
         h, dq, dv = self.num_heads, self.qk_dim, self.head_dim
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         q, k, v = self.qkv(x).split([h * dq, h * dq, h * dv], dim=-1)
         q, k = q.reshape(b, n, h, dq).transpose(1, 2), k.reshape(b, n, h, dq).transpose(1, 2)
         v = v.reshape(b, n, h, dv).transpose(1, 2)
-        attn = self.attn_drop(((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1))
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        attn = maybe_add_mask(attn, resolve_self_attn_mask(n, attn, attn_mask, is_causal))  # as timm's forward
+        attn = self.attn_drop(attn.softmax(dim=-1))
         x = self.norm((attn @ v).transpose(1, 2).reshape(b, n, h * dv))
         if gate is not None:
             x = x * gate

@@ -517,3 +517,25 @@ def test_low_rank_roundtrip_dynamo(exported: Callable[..., Path], tmp_path: Path
     _low_rank_file(onnx.load(str(exported("mobilevit_xxs", size=64, exporter="dynamo"))), path, rank_ratio=0.25)
     rt = check_roundtrip(path)
     assert rt.ok, rt.format()
+
+
+@pytest.mark.parametrize("kw", [{}, {"is_causal": True}, {"attn_mask": "random"}])
+def test_qk_split_attention_equals_timm_attention_at_equal_sizes(kw: dict) -> None:
+    """With q/k as wide as v, the split forward is timm's own, masks included."""
+    import copy
+
+    from timm.layers import Attention
+
+    from models.prune_torch import QkSplitAttention
+
+    torch.manual_seed(0)
+    plain = Attention(32, num_heads=4).eval()
+    plain.fused_attn = False
+    split = copy.deepcopy(plain)
+    split.__class__ = QkSplitAttention
+    split.qk_dim = 8
+    if kw.get("attn_mask") == "random":
+        kw = {"attn_mask": torch.randn(5, 5)}
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        assert torch.allclose(plain(x, **kw), split(x, **kw), atol=1e-6)
