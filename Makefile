@@ -51,11 +51,12 @@ test: lint
 	$(VENV)/bin/pytest -q -n 2 -m 'not zoo and not timing'
 	$(VENV)/bin/pytest -q -m 'timing and not zoo'
 
-# The external-model zoo at every export and weight variant (about 8 minutes on 2 slow cores). transformers and its tokenizers
-# install beside the pinned torch without their dependencies: a plain install would pull a second torch.
+# The external-model zoo at every export and weight variant, and the exports of the built-in width variants (about
+# 11 minutes on 2 slow cores). transformers and its tokenizers install beside the pinned torch without their
+# dependencies: a plain install would pull a second torch.
 test-zoo: setup
 	$(PY) -m pip install --quiet --no-deps transformers tokenizers regex
-	$(VENV)/bin/pytest -q -m zoo tests/passes/test_zoo.py
+	$(VENV)/bin/pytest -q -n 2 -m zoo tests/passes/test_zoo.py tests/exporters/test_export.py
 
 export: setup
 	mkdir -p $(ARTIFACTS)

@@ -79,7 +79,7 @@ class CompressConfig:
     units: tuple[str, ...] = KINDS
     allocation: str | None = None  # lamp (FLOPs/params budgets) or halp (latency budgets) when not given
     latency_table: str | None = None  # read (ours or a trtexec profile) if it exists, else measured and written
-    threads: int = 2  # onnxruntime threads for measuring latency
+    threads: int = 2  # onnxruntime threads for measuring latency; cuts measured at once for sensitivity
     round_to: int = 8  # conv channels and widths are kept at multiples of this (1: any count)
     # measured latency must land in [ceiling * (1 - this), ceiling], else re-planned; the ceiling is the target less
     # twice the measurement's standard error (a --target-latency is a ceiling; a --target-latency-of is matched)
@@ -629,7 +629,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="plan again while the measured latency ratio is over the target or more than this (relative) under it",
     )
     parser.add_argument("--latency-retries", type=int, default=4, help="at most this many such corrections (0: none)")
-    parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads for latency (default 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="onnxruntime threads for latency, and cuts measured at once by --importance sensitivity (default 2)",
+    )
     parser.add_argument(
         "--round-to",
         type=int,

@@ -24,15 +24,19 @@ sensitivity analysis do):
    (:func:`damage_curve`); the budget then values the next cut of a layer by the distortion it adds.
 
 Layers are measured one at a time, so interactions between layers are ignored (the usual additive assumption of
-sensitivity analysis); the cost is ``layers x (len(FRACTIONS) + 1) + 1`` short onnxruntime runs.
+sensitivity analysis); the cost is ``layers x (len(FRACTIONS) + 1) + 1`` short onnxruntime runs. Building a
+session costs more than running it on a few small images, so these sessions do only onnxruntime's basic graph
+rewrites (half the build time; outputs equal to the fully optimised session's within 1e-6 of their scale).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -194,6 +198,7 @@ def measure_damage(
 
     ``cut(layer, kept)`` returns a copy of ``model`` with only ``layer`` cut to the unit indices ``kept``. A cut the
     passes refuse (:class:`PassError`) makes that amount of removal, and any more, unaffordable (infinite damage).
+    ``threads`` cuts are measured at once, each on one onnxruntime thread; the result does not depend on it.
     """
     from tqdm import tqdm
 
@@ -203,34 +208,63 @@ def measure_damage(
         raise PassError("measured sensitivity needs at least one calibration image")
 
     def run(m: onnx.ModelProto) -> list[np.ndarray]:
-        sess = _session(m, threads, profile=False)
+        sess = _session(m, 1, profile=False, basic=True)  # built once per cut and run on a few images
         return [sess.run(None, dict(f))[0] for f in feeds]
 
     start = time.perf_counter()
-    reference = run(model)
-    curves: dict[str, np.ndarray] = {}
-    points: dict[str, dict[int, float]] = {}
-    for ly in tqdm(layers, desc="sensitivity", unit="layer", leave=False, disable=None):
-        order = np.argsort(np.asarray(ly.scores, dtype=np.float64), kind="stable")  # lowest first: removed first
-        measured: dict[int, float] = {}
-        for removed in removal_points(ly, floors[ly.name]):
-            kept = sorted(int(i) for i in order[removed:])
+    jobs = [(ly, removal_points(ly, floors[ly.name])) for ly in layers]
+    measured: dict[str, dict[int, float]] = {ly.name: {} for ly in layers}
+    refused: dict[str, int] = {}  # layer: the least removal the passes refuse; no more of it is measured
+    pending: deque[tuple[str, int, Future[list[np.ndarray]]]] = deque()
+
+    def refuse(name: str, removed: int, exc: PassError) -> None:
+        log.warning("sensitivity: %s cannot lose %d units (%s); it keeps them", name, removed, exc)
+        refused[name] = min(removed, refused.get(name, removed))
+        measured[name] = {j: d for j, d in measured[name].items() if j < refused[name]}
+        measured[name][refused[name]] = float("inf")
+
+    def collect(bar: Any) -> None:
+        name, removed, job = pending.popleft()
+        bar.update(1)
+        if removed < refused.get(name, removed + 1):
             try:
-                measured[removed] = distortion(reference, run(cut(ly, kept)))
+                measured[name][removed] = distortion(reference, job.result())
             except PassError as exc:
-                log.warning("sensitivity: %s cannot lose %d units (%s); it keeps them", ly.name, removed, exc)
-                measured[removed] = float("inf")
-                break
-        finite = {j: d for j, d in measured.items() if np.isfinite(d)}
+                refuse(name, removed, exc)
+
+    # The cuts are built here, one after the other (graph edits hold the GIL); each is timed in a worker thread,
+    # one onnxruntime thread per session (building and running a session releases the GIL), so ``threads`` cuts
+    # are measured at once while the next ones are built.
+    with (
+        ThreadPoolExecutor(max(1, threads)) as pool,
+        tqdm(total=sum(len(r) for _, r in jobs), desc="sensitivity", unit="cut", leave=False, disable=None) as bar,
+    ):
+        reference = pool.submit(run, model).result()  # on one thread, as every cut: equal models read equal
+        for ly, removals in jobs:
+            order = np.argsort(np.asarray(ly.scores, dtype=np.float64), kind="stable")  # lowest first: removed first
+            for i, removed in enumerate(removals):
+                try:
+                    cut_model = cut(ly, sorted(int(u) for u in order[removed:]))
+                except PassError as exc:
+                    refuse(ly.name, removed, exc)
+                    bar.update(len(removals) - i)
+                    break
+                pending.append((ly.name, removed, pool.submit(run, cut_model)))
+                while len(pending) > 2 * max(1, threads):  # a bounded number of cut models in memory
+                    collect(bar)
+        while pending:
+            collect(bar)
+    curves: dict[str, np.ndarray] = {}
+    for ly in layers:
+        finite = {j: d for j, d in measured[ly.name].items() if np.isfinite(d)}
         curve = damage_curve(ly.size, finite)
-        blocked = [j for j, d in measured.items() if not np.isfinite(d)]
-        if blocked:
-            curve[min(blocked) :] = np.inf
-        curves[ly.name], points[ly.name] = curve, measured
+        if ly.name in refused:
+            curve[refused[ly.name] :] = np.inf
+        curves[ly.name] = curve
     log.info(
         "sensitivity: %d layers measured on %d image(s) in %.1f s",
         len(layers),
         len(feeds),
         time.perf_counter() - start,
     )
-    return curves, points
+    return curves, measured

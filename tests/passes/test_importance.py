@@ -10,10 +10,11 @@ import numpy as np
 import onnx
 import pytest
 
+from fileformat.errors import PassError
 from fileformat.plan import read_plan
 from passes._core.budget import BudgetConfig, CostModel, Layer, Term, allocate
 from passes._core.channels import ChannelAnalysis, zero_channels
-from passes._core.importance import damage_curve, distortion, removal_points
+from passes._core.importance import damage_curve, distortion, measure_damage, removal_points
 from passes._core.stats import graph_stats
 from passes.compress import CompressConfig, compress, main
 
@@ -44,6 +45,54 @@ def test_distortion_is_kl_of_the_class_distribution() -> None:
     out[:, 0] += 1.0
     q = np.exp(out) / np.exp(out).sum(1, keepdims=True)
     assert distortion([ref], [out]) == pytest.approx(float((p * np.log(p / q)).sum(1).mean()), rel=1e-6)
+
+
+def _scaled(weights: np.ndarray, channels: int = 4) -> onnx.ModelProto:
+    """``Y = X[:, :channels] * W``: a 4-class "segmentation" output whose channels the stand-in cuts below scale."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Slice", ["X", "starts", "ends", "axes"], ["S"]),
+        helper.make_node("Mul", ["S", "W"], ["Y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(v, dtype=np.int64), n)
+        for n, v in (("starts", [0]), ("ends", [channels]), ("axes", [1]))
+    ] + [numpy_helper.from_array(weights[:channels].reshape(1, -1, 1, 1).astype(np.float32), "W")]
+    graph = helper.make_graph(
+        nodes,
+        "scaled",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 4, 2, 2])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_measured_damage_stops_at_a_refused_cut_and_is_the_same_on_any_thread_count() -> None:
+    """Layer a's cuts scale the output's channels down (a real damage); the passes refuse to take it under 3
+    units. Layer b's cut under 3 units changes the output's shape. Either way that removal and any larger one cost
+    infinity, and nothing past it is measured, even when it was already submitted to a worker."""
+    layers = [Layer("a", np.array([1.0, 2.0, 3.0, 4.0])), Layer("b", np.array([4.0, 3.0, 2.0, 1.0]))]
+    built: list[tuple[str, int]] = []
+
+    def cut(ly: Layer, kept: list[int]) -> onnx.ModelProto:
+        built.append((ly.name, len(kept)))
+        if ly.name == "a" and len(kept) < 3:
+            raise PassError("a keeps 3 units at least")
+        w = np.full(4, 0.25)
+        w[kept] = 1.0
+        return _scaled(w, channels=4 if len(kept) >= 3 else 3)
+
+    feeds = [{"X": np.random.default_rng(s).normal(size=(1, 4, 2, 2)).astype(np.float32)} for s in range(2)]
+    by_threads = {t: measure_damage(_scaled(np.ones(4)), layers, {"a": 1, "b": 1}, cut, feeds, t) for t in (1, 2)}
+    curves, points = by_threads[2]
+    for name in "ab":  # measured up to the refusal, infinite from it on
+        assert sorted(points[name]) == [1, 2] and 0 < points[name][1] < np.inf == points[name][2]
+        assert np.isfinite(curves[name][:2]).all() and np.isinf(curves[name][2:]).all()
+    assert ("a", 1) not in built and ("b", 1) in built  # a's cuts stop at the refusal; b's 3rd was built, not read
+    assert by_threads[1][1] == points  # one worker or two: the same measurements
+    assert all(np.array_equal(by_threads[1][0][n], curves[n]) for n in curves)
 
 
 def _two_layers(damage_a: np.ndarray | None, damage_b: np.ndarray | None) -> tuple[dict[str, int], bool]:
