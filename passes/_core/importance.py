@@ -232,7 +232,7 @@ def measure_damage(
             except PassError as exc:
                 refuse(name, removed, exc)
 
-    # The cuts are built here, one after the other (graph edits hold the GIL); each is timed in a worker thread,
+    # The cuts are built here, one after the other (graph edits hold the GIL); each is run in a worker thread,
     # one onnxruntime thread per session (building and running a session releases the GIL), so ``threads`` cuts
     # are measured at once while the next ones are built.
     with (
