@@ -50,6 +50,7 @@ from fileformat.errors import PassError
 from fileformat.metadata import append_history, read_metadata
 from passes._core.cli import make_parser, run_pass_cli
 from passes._core.finalize import finalize
+from passes._core.graph import consumers as _consumers
 from passes._core.report import PassReport
 from passes._core.stats import graph_stats
 
@@ -161,15 +162,6 @@ def _name_nodes(model: onnx.ModelProto) -> None:
                 name += "_"
             node.name = name
             used.add(name)
-
-
-def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    out: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in model.graph.node:
-        for name in node.input:
-            if name:
-                out[name].append(node)
-    return out
 
 
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:

@@ -31,7 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 from fileformat.metadata import merge_sources, read_metadata, write_metadata
-from passes._core.graph import GraphView, constant_node_value
+from passes._core.graph import GraphView, constant_node_value, consumers
 
 log = logging.getLogger(__name__)
 
@@ -279,10 +279,7 @@ def _split_fused_projections(model: onnx.ModelProto) -> int:
     head channels of q and k can be cut apart from those of v (they meet in different products). Returns the
     number of projections split."""
     graph = model.graph
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for i in node.input:
-            readers.setdefault(i, []).append(node)
+    readers = consumers(model)
 
     def picked(n: onnx.NodeProto) -> bool:
         users = readers.get(n.output[0], [])

@@ -438,6 +438,17 @@ class GraphView:
         return list(seen.values())
 
 
+def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """The nodes that read each tensor of the main graph, in graph order: a cheap index for a pass that only needs
+    this (a :class:`GraphView` also infers shapes and folds constants)."""
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            if name:
+                out.setdefault(name, []).append(node)
+    return out
+
+
 def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     """The value of a ``Constant`` node (dense tensor or scalar/list attribute), else ``None``."""
     if len(node.attribute) != 1:
