@@ -151,7 +151,16 @@ def torch_to_onnx(
             verbose=False,
         )
         proto = program.model_proto
-    return to_opset(proto, opset) if opset < 18 else proto
+    if opset >= 18:
+        return proto
+    try:
+        return to_opset(proto, opset)
+    except Exception as exc:  # the graph traced; only its down-conversion failed, which no option above changes
+        raise ExportError(
+            f"the dynamo exporter builds opset 18, and onnx's version converter cannot take this graph down to opset "
+            f"{opset} ({type(exc).__name__}: {exc}). Export with --exporter legacy, which writes opset {opset} "
+            "directly, or at --opset 18 where the target allows it."
+        ) from exc
 
 
 def onnx_vs_torch(proto: onnx.ModelProto, model: nn.Module, example: torch.Tensor) -> float:

@@ -1,11 +1,17 @@
 """Opset down-conversion for the dynamo exporter, which always builds opset 18 graphs.
 
-onnx's version converter needs two helps on those graphs: it keeps ReduceMean-18's ``noop_with_empty_axes``
-attribute, which ReduceMean-17 does not know (dropped here when it holds the default 0), LayerNormalization
-(opset 17) has no earlier form, so below 17 it is first decomposed into primitive ops, and it has no 14 -> 13
-adapters for ops whose opset-14 versions only added types (Add, Sub, Mul, Div, Relu, Identity; Reshape and
-BatchNormalization in their inference form), so 13 is reached by converting to 14 and relabelling, after checking
-that every node keeps its opset-13 meaning; the full checker then validates the graph against the opset-13 schemas.
+onnx's version converter needs help on those graphs:
+
+- it keeps ReduceMean-18's ``noop_with_empty_axes`` attribute, which ReduceMean-17 does not know (dropped here when
+  it holds the default 0);
+- LayerNormalization (opset 17) has no earlier form, so below 17 it is first decomposed into primitive ops;
+- it has no 18 -> 17 adapters for Pad and Split, whose opset-18 forms only added an input (Pad's ``axes``) or an
+  attribute (Split's ``num_outputs``): those nodes are written in their opset-13 form and kept out of the conversion
+  (a model whose q/k head channels were cut apart from v splits its qkv projection by sizes: a Split-18);
+- it has no 14 -> 13 adapters for ops whose opset-14 versions only added types (Add, Sub, Mul, Div, Relu, Identity;
+  Reshape and BatchNormalization in their inference form), so 13 is reached by converting to 14 and relabelling,
+  after checking that every node keeps its opset-13 meaning; the full checker then validates the graph against the
+  opset-13 schemas.
 """
 
 from __future__ import annotations
@@ -32,9 +38,10 @@ def to_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
             keep = [a for a in node.attribute if not (a.name == "noop_with_empty_axes" and a.i == 0)]
             del node.attribute[:]
             node.attribute.extend(keep)
-    # Pad-18 only added an optional `axes` input: without it, the node means the same at opsets 13-17, but the
-    # converter has no adapter. Park such nodes in a private domain during conversion and bring them back.
-    parked = [n for n in src.graph.node if n.op_type == "Pad" and n.domain in ("", "ai.onnx") and _pad_is_13(n)]
+    # Ops whose opset-18 form means the same at opsets 13-17 (after a small rewrite) but that the converter has no
+    # adapter for: parked in a private domain during conversion and brought back. Pad-18 only added an optional
+    # `axes` input; Split-18 only added `num_outputs` (Split-13 takes the sizes as an input, as Split-18 can).
+    parked = [n for n in src.graph.node if n.domain in ("", "ai.onnx") and _parkable(n, src)]
     for node in parked:
         node.domain = _PARK
     if parked:
@@ -57,9 +64,54 @@ def to_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
 _PARK = "vitseg.parked"
 
 
-def _pad_is_13(node: onnx.NodeProto) -> bool:
-    mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"constant")
-    return (len(node.input) < 4 or not node.input[3]) and mode != b"wrap"
+def _parkable(node: onnx.NodeProto, model: onnx.ModelProto) -> bool:
+    """Whether ``node`` (opset 18) has an opset-13 form the converter lacks; a Split is rewritten to it here."""
+    if node.op_type == "Pad":
+        mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"constant")
+        return (len(node.input) < 4 or not node.input[3]) and mode != b"wrap"
+    if node.op_type == "Split":
+        _split_sizes_as_input(node, model)
+        return True
+    return False
+
+
+def _split_sizes_as_input(node: onnx.NodeProto, model: onnx.ModelProto) -> None:
+    """Rewrite a Split-18 ``num_outputs=n`` as Split-13 does it: equal parts need no sizes at all (Split-13 without
+    a ``split`` input divides the axis equally); unequal ones (Split-18 makes the last part smaller) get the sizes
+    as an int64 constant input, from the axis's static length (ValueError where it is not static)."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    parts = attrs.get("num_outputs")
+    if parts is None:
+        return  # the sizes are an input already, as at opset 13, or the parts are equal
+    keep = [a for a in node.attribute if a.name != "num_outputs"]
+    del node.attribute[:]
+    node.attribute.extend(keep)
+    length = _static_dim(model, node.input[0], int(attrs.get("axis", 0)))
+    if length is not None and length % parts == 0:
+        return
+    if length is None:
+        raise ValueError(
+            f"Split {node.name or node.output[0]}: num_outputs={parts} on an axis of unknown length has no opset-13 "
+            "form; export with a static input size or at opset 18."
+        )
+    chunk = -(-length // parts)  # Split-18: ceil-sized parts, the last one smaller
+    sizes = np.array([chunk] * (parts - 1) + [length - chunk * (parts - 1)], dtype=np.int64)
+    name = f"{node.name or node.output[0]}_split_sizes"
+    model.graph.initializer.append(numpy_helper.from_array(sizes, name))
+    node.input.append(name)
+
+
+def _static_dim(model: onnx.ModelProto, tensor: str, axis: int) -> int | None:
+    """The static length of ``tensor``'s ``axis`` by ONNX shape inference, or None."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    infos = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    for vi in infos:
+        if vi.name == tensor and vi.type.tensor_type.HasField("shape"):
+            dims = vi.type.tensor_type.shape.dim
+            d = dims[axis % len(dims)] if dims else None
+            return int(d.dim_value) if d is not None and d.HasField("dim_value") else None
+    init = next((i for i in model.graph.initializer if i.name == tensor), None)
+    return int(init.dims[axis % len(init.dims)]) if init is not None and init.dims else None
 
 
 def decompose_layernorm(model: onnx.ModelProto) -> onnx.ModelProto:
