@@ -27,7 +27,8 @@ def check(label: str, model) -> str:  # noqa: ANN001 - an onnx.ModelProto
 
     from fileformat.plan import read_plan
     from passes._core.channels import ChannelAnalysis, zero_channels
-    from passes._core.units import UnitPruneConfig, find_units, prune_units, zero_units
+    from passes._core.oracle import zero_units
+    from passes._core.units import UnitPruneConfig, find_units, prune_units
     from passes.compress import CompressConfig, compress
     from passes.slice_channels import SliceChannelsConfig, slice_channels
 

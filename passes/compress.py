@@ -12,13 +12,21 @@ every group the node carries (:func:`cost_terms`)::
 
     cost(k) = sum_nodes base_n * prod(kept fractions of the groups on the node's output and contracted axes)
 
-so the kinds interact as in the graph (a narrower width makes every head of its transformer cheaper). LAMP
-(default for FLOPs and parameters) ranks every unit of every kind on one scale and removes the lowest until the
-target is met; uniform keeps one fraction everywhere; HALP (default for latency) removes the unit with the least
-importance per millisecond saved (:mod:`passes._core.latency` measures the table). The cuts are then applied kind by
-kind (head channels, heads, neurons, widths, channels), each by its own pass, so the output holds one combined
-``vitseg.plan`` for the torch side to rebuild. ``--plan`` applies such a combined plan (from a JSON file or a model)
-instead. A latency target the floors cannot reach exits 1 and names the layers at their floor.
+so the kinds interact as in the graph (a narrower width makes every head of its transformer cheaper).
+
+**Valuation.** By default (``--importance auto``) a cut is valued by the damage it does to the model's output on the
+``--calib`` images (:mod:`passes._core.importance`: each layer cut alone at a few fractions, the KL divergence of
+the class scores from the uncut model's), and HALP removes the unit with the least damage per unit of cost saved.
+Without images, :data:`NO_IMAGES` says what is used (chosen by the accuracy race in ``bench/bench_accuracy.py``).
+``--importance l1|l2`` values units by weight norms instead: LAMP (default for FLOPs and parameters) ranks every unit
+of every kind on one scale and removes the lowest until the target is met; uniform keeps one fraction everywhere;
+HALP (default for latency) removes the unit with the least importance per millisecond saved
+(:mod:`passes._core.latency` measures the table, and the latency loop corrects the plan against measurement).
+
+The cuts are then applied kind by kind (head channels, heads, neurons, widths, channels), each by its own pass, so
+the output holds one combined ``vitseg.plan`` for the torch side to rebuild. ``--plan`` applies such a combined
+plan (from a JSON file or a model) instead. A latency target the floors cannot reach exits 1 and names the layers at
+their floor.
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ PASS_NAME = "compress"
 KINDS = ("head_dim", "heads", "neurons", "width", "channels")  # the order the cuts are applied in
 UNIT_KINDS = KINDS[:4]  # found by passes._core.units; channels by passes._core.channels
 COMPRESS_IMPORTANCES = (*IMPORTANCES, "sensitivity")
+CLI_IMPORTANCES = ("auto", *COMPRESS_IMPORTANCES)  # auto: resolved by the command line (_valuation_args)
 
 
 @dataclass
@@ -79,21 +88,27 @@ class CompressConfig:
     units: tuple[str, ...] = KINDS
     allocation: str | None = None  # lamp (FLOPs/params budgets) or halp (latency budgets) when not given
     latency_table: str | None = None  # read (ours or a trtexec profile) if it exists, else measured and written
-    threads: int = 2  # onnxruntime threads for measuring latency; cuts measured at once for sensitivity
+    threads: int = 2  # cuts measured at once for measured damage (one onnxruntime thread each)
+    # onnxruntime threads latency is timed and profiled with: one thread's CPU time moves least with the load
+    latency_threads: int = latency_model.LATENCY_THREADS
     round_to: int = 8  # conv channels and widths are kept at multiples of this (1: any count)
-    # measured latency must land in [ceiling * (1 - this), ceiling], else re-planned; the ceiling is the target less
-    # twice the measurement's standard error (a --target-latency is a ceiling; a --target-latency-of is matched)
-    latency_tolerance: float = 0.05
-    latency_retries: int = 4  # at most this many such corrections
+    # the measured latency must land in a band this wide (relative) under the target, else the plan is corrected
+    # (:func:`latency_band`); None: 0.1 for a --target-latency (a ceiling), 0.05 for a --target-latency-of (a match)
+    latency_tolerance: float | None = None
+    latency_retries: int = 6  # at most this many corrections
     floor: float = 0.1
     scope: str = "all"
-    importance: str = "l2"  # or "sensitivity": measured on ``calib`` (see passes._core.importance)
+    importance: str = "l2"  # or "sensitivity": measured on ``calib`` (see passes._core.importance); the CLI's "auto"
+    # picks sensitivity where images are given (_valuation_args)
     calib: Sequence[Mapping[str, np.ndarray]] | None = None  # feeds for --importance sensitivity
+    calib_source: str | None = None  # what the feeds are, in words, for the report ("8 images of runs/data")
     # --target-latency-of: the model whose speed is matched. The loop then times each cut against it directly
     # (interleaved pairs are not transitive: cut/input over reference/input misses cut/reference by several %)
     latency_reference: onnx.ModelProto | None = None
 
-    def validate(self) -> None:
+    def validate(self, images_pending: bool = False) -> None:
+        """:class:`UsageError` for a contradictory or out-of-range option (``images_pending``: the calibration
+        images are read later, once the rest is known to be valid)."""
         given = [n for n in ("target_flops", "target_params", "target_latency", "plan") if getattr(self, n) is not None]
         if len(given) != 1:
             raise UsageError("give exactly one of --target-flops, --target-params, --target-latency or --plan.")
@@ -114,7 +129,7 @@ class CompressConfig:
         if self.allocation is not None and self.allocation not in ("lamp", "uniform", "halp"):
             raise UsageError(f"--allocation {self.allocation!r}: use lamp, uniform or halp.")
         if self.importance == "sensitivity" and self.plan is None:
-            if not self.calib:
+            if not self.calib and not images_pending:
                 raise UsageError(
                     "--importance sensitivity measures the model's output on images: give --calib DATA (a folder "
                     "of images, an LPCV-layout root, or 'synthetic')."
@@ -226,7 +241,8 @@ def _latency_table(
 ) -> latency_model.LatencyTable:
     """The latency table of the model: from ``--latency-table`` or the cache, else profiled now (and saved)."""
     model, layers = problem.model, problem.layers
-    path = Path(config.latency_table) if config.latency_table else latency_model.cache_path(model, config.threads)
+    threads = config.latency_threads
+    path = Path(config.latency_table) if config.latency_table else latency_model.cache_path(model, threads)
     if path.exists():
         table = latency_model.load_table(path, model)
         problem.notes.append(f"latency table: {path} ({table.source}, {len(table.nodes)} nodes)")
@@ -238,11 +254,11 @@ def _latency_table(
         cut, _ = _apply(model, _unit_configs(plan), _channels_config(plan))
         variants.append((cut, _fraction(problem, factors_of, counts)))
     start = time.perf_counter()
-    table = latency_model.fit_table(model, variants, threads=config.threads)
+    table = latency_model.fit_table(model, variants, threads=threads)
     latency_model.save_table(table, path)
     problem.notes.append(
         f"latency table measured in {time.perf_counter() - start:.0f} s ({len(table.nodes)} onnxruntime nodes, "
-        f"{config.threads} threads, full model {table.wall_ms:.1f} ms), saved to {path}"
+        f"{threads} thread{'s' if threads != 1 else ''}, full model {table.wall_ms:.1f} ms), saved to {path}"
     )
     return table
 
@@ -361,7 +377,10 @@ def _measure_sensitivity(problem: _Problem, config: CompressConfig, budget: Budg
         return cut_one_layer(problem, ly.name, kept)
 
     start = time.perf_counter()
-    curves, points = measure_damage(problem.model, problem.layers, floors, cut, config.calib or [], config.threads)
+    units = {**problem.units, **problem.channel_groups}
+    curves, points = measure_damage(
+        problem.model, problem.layers, floors, cut, config.calib or [], config.threads, units
+    )
     for ly in problem.layers:
         ly.damage = curves[ly.name]
     problem.notes.append(
@@ -390,126 +409,270 @@ def plan_compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[Compr
     return _allocate(problem, config), problem.skipped
 
 
-def compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[onnx.ModelProto, PassReport]:
-    """Prune heads, then neurons, then channels of ``model`` to one budget (or a combined plan)."""
+@dataclass
+class CompressResult:
+    """What :func:`run_compress` did: the written model, the passes that wrote it, the plan and the units skipped
+    (none for a given ``--plan``), and for a latency budget every measured attempt, the one kept last."""
+
+    model: onnx.ModelProto
+    steps: list[PassReport]
+    before: Any  # graph_stats of the input
+    after: Any  # graph_stats of the output
+    plan: CompressPlan | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    attempts: list[_Attempt] = field(default_factory=list)  # in the order they were measured
+    latency: _Attempt | None = None  # the attempt kept
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def achieved(self) -> float:
+        """The budget's metric on the output: measured CPU-time ratio, or the graph's FLOPs / parameter ratio."""
+        alloc = self.plan.allocation if self.plan else None
+        if self.latency is not None:
+            return self.latency.ratio
+        if alloc is not None and alloc.metric == "flops":
+            return self.after.flops / self.before.flops
+        return self.after.params / self.before.params
+
+
+def run_compress(model: onnx.ModelProto, config: CompressConfig) -> CompressResult:
+    """Cut head channels, heads, neurons, widths and channels of ``model`` to one budget (or a combined plan).
+
+    A latency budget is a promise: :class:`PassError` when no measured cut reaches it (nothing is written)."""
     config.validate()
     before = graph_stats(model)
-    report = PassReport(PASS_NAME, params_before=before.params, flops_before=before.flops)
-    unit_cfgs: dict[str, UnitPruneConfig] = {}
     if config.plan is not None:
-        for kind in UNIT_KINDS:
-            if config.plan.get(kind):
-                unit_cfgs[kind] = UnitPruneConfig(plan=config.plan)
+        unit_cfgs = {k: UnitPruneConfig(plan=config.plan) for k in UNIT_KINDS if config.plan.get(k)}
         channels_cfg = SliceChannelsConfig(plan=config.plan) if config.plan.get("channels") else None
         if not unit_cfgs and channels_cfg is None:
             raise PassError("the plan has no heads, head_dim, neurons, width or channels entries; nothing to apply.")
-        chosen: CompressPlan | None = None
+        current, steps = _apply(model, unit_cfgs, channels_cfg)
+        result = CompressResult(current, steps, before, None)
     else:
         problem = _discover(model, config)
         chosen = _allocate(problem, config)
-        for where, reason in problem.skipped:
-            report.skip(where, reason)
-        report.notes.extend(chosen.notes)
-        unit_cfgs = _unit_configs(chosen)
-        channels_cfg = _channels_config(chosen)
-    current, steps = _apply(model, unit_cfgs, channels_cfg)
-    timing: tuple[float, float, float, float] | None = None
-    if chosen is not None and chosen.allocation is not None and chosen.allocation.metric == "latency":
-        chosen, current, steps, timing = _close_latency_loop(model, problem, config, chosen, current, steps, report)
-    if current is model:
-        current = onnx.ModelProto()
-        current.CopyFrom(model)
-    after = graph_stats(current) if steps else before
-    report.modified = any(r.modified for r in steps)
-    report.params_after, report.flops_after = after.params, after.flops
-    report.columns = ["layer", "kind", "units", "kept", "floor"]
-    if chosen is not None and chosen.allocation is not None:
-        alloc = chosen.allocation
-        for ly in chosen.layers:
-            kept = alloc.counts[ly.name]
-            report.rows.append(
-                {
-                    "layer": ly.name.partition(":")[2],
-                    "kind": ly.kind,
-                    "units": ly.size,
-                    "kept": kept,
-                    "floor": "yes" if ly.name in alloc.at_floor else "",
-                }
-            )
-        measured = after.flops / before.flops if alloc.metric == "flops" else after.params / before.params
-        if timing is not None:  # the budget is held to the process-CPU-time ratio: it holds on a loaded machine
-            t_before, t_after, cpu, se = timing
-            measured = cpu
-            report.extra["cpu_time_ratio"] = round(cpu, 4)
-            report.extra["cpu_time_ratio_se"] = round(se, 4)
-            how = f"onnxruntime CPU, {config.threads} threads, interleaved"
-            if config.latency_reference is None:
-                report.extra["latency_ms"] = {"before": round(t_before, 3), "after": round(t_after, 3)}
-                report.notes.append(
-                    f"latency: predicted {alloc.achieved:.3f}x, measured {cpu:.3f}x CPU time (standard error "
-                    f"{se:.3f}; held under the target by twice that) and {t_after / t_before:.3f}x wall "
-                    f"({t_before:.1f} -> {t_after:.1f} ms; {how})"
+        current, steps = _apply(model, _unit_configs(chosen), _channels_config(chosen))
+        result = CompressResult(current, steps, before, None, chosen, problem.skipped, notes=list(chosen.notes))
+        if chosen.allocation is not None and chosen.allocation.metric == "latency":
+            result.attempts = _close_latency_loop(model, problem, config, chosen, current, steps, result.notes)
+            best = result.latency = min(result.attempts, key=lambda a: a.miss())
+            result.plan, result.model, result.steps = best.plan, best.model, best.steps
+            if best.plan.allocation is not None:  # the budget is reported against what was asked, as measured
+                best.plan.allocation.target = float(config.target_latency or 1.0)
+                best.plan.allocation.reached = best.ratio <= best.band[1] if best.ceiling else best.inside
+            if not best.inside and best.ratio < best.band[0]:
+                result.notes.append(
+                    f"latency: no cut landed in [{best.band[0]:.3f}, {best.band[1]:.3f}] within "
+                    f"{config.latency_retries} corrections; kept the closest under the ceiling ({best.ratio:.3f}x): "
+                    "more was cut than asked"
                 )
-            else:
-                of_ref = cpu / float(config.target_latency or 1.0)
-                report.extra["latency_ms"] = {"reference": round(t_before, 3), "after": round(t_after, 3)}
-                report.extra["reference_cpu_time_ratio"] = round(of_ref, 4)
-                report.notes.append(
-                    f"latency: measured {of_ref:.3f}x the reference's CPU time and {t_after / t_before:.3f}x its wall "
-                    f"time ({t_before:.1f} vs {t_after:.1f} ms; {how}), i.e. {cpu:.3f}x the input's (predicted "
-                    f"{alloc.achieved:.3f}x)"
-                )
-        report.extra["budget"] = {
-            "metric": alloc.metric,
-            "method": alloc.method,
-            "target": alloc.target,
-            "estimated": alloc.achieved,
-            "achieved": measured,
-            "reached": alloc.reached,
-            "at_floor": alloc.at_floor,
-        }
-        by_kind = {k: sum(1 for ly in chosen.layers if ly.kind == k) for k in KINDS}
-        over = ", ".join(f"{n} {_KIND_WORDS[k]}" for k, n in by_kind.items() if n)
-        report.notes.append(
-            f"budget ({alloc.method}) over {over}: {alloc.metric} target {alloc.target:.3f}, achieved "
-            f"{measured:.3f} ({'measured CPU time' if timing else 'graph count'}; estimate {alloc.achieved:.3f})"
+    if result.model is model:
+        result.model = onnx.ModelProto()
+        result.model.CopyFrom(model)
+    result.after = graph_stats(result.model) if result.steps else before
+    alloc = result.plan.allocation if result.plan else None
+    if alloc is not None and not alloc.reached and alloc.metric == "latency":
+        raise PassError(
+            f"{_not_reached(result, config)}. The closest cut measured {result.achieved:.3f}x (the latency model "
+            f"predicted {alloc.achieved:.3f}x); what it cannot cut (the constant part of each node, the session "
+            "overhead) stays. Lower --floor, add --units, or ask for a larger --target-latency."
         )
-        if not alloc.reached:
-            floored = [n.replace(":", " ", 1) for n in alloc.at_floor]
-            more = f" and {len(floored) - 6} more" if len(floored) > 6 else ""
-            if floored or alloc.metric != "latency":
-                why = "target not reached: the per-layer floors stopped it; layers at their floor: " + (
-                    ", ".join(floored[:6]) + more if floored else "none (nothing left to cut)"
-                )
-            else:
-                why = f"target not reached after {config.latency_retries} corrections against measurement"
-            if alloc.metric == "latency":  # a time budget is a promise: nothing is written when it is missed
-                raise PassError(
-                    f"{why}. The closest cut measured {measured:.3f}x (the latency model predicted "
-                    f"{alloc.achieved:.3f}x); what it cannot cut (the constant part of each node, the session "
-                    "overhead) stays. Lower --floor, add --units, or ask for a larger --target-latency."
-                )
-            report.notes.append(why)
-    for r in steps:
-        report.notes.append(
-            f"{r.pass_name}: {'modified' if r.modified else 'unchanged'}, FLOPs {r.flops_before:,} -> {r.flops_after:,}"
-        )
-    report.extra["steps"] = [r.pass_name for r in steps]
-    if report.modified:
+    if any(r.modified for r in result.steps):
         append_history(
-            current,
+            result.model,
             {
                 "pass": PASS_NAME,
                 "target_flops": config.target_flops,
                 "target_params": config.target_params,
                 "target_latency": config.target_latency,
                 "allocation": config.allocation,
+                "importance": config.importance,
                 "units": list(config.units),
-                "flops": [before.flops, after.flops],
-                "params": [before.params, after.params],
+                "flops": [before.flops, result.after.flops],
+                "params": [before.params, result.after.params],
             },
         )
-    return current, report
+    return result
+
+
+def _not_reached(result: CompressResult, config: CompressConfig) -> str:
+    """Why the budget was not reached: the layers at their floor, or the corrections ran out."""
+    alloc = result.plan.allocation  # type: ignore[union-attr]
+    floored = [n.replace(":", " ", 1) for n in alloc.at_floor]
+    more = f" and {len(floored) - 6} more" if len(floored) > 6 else ""
+    if floored or alloc.metric != "latency":
+        return "target not reached: the per-layer floors stopped it; layers at their floor: " + (
+            ", ".join(floored[:6]) + more if floored else "none (nothing left to cut)"
+        )
+    return f"target not reached after {config.latency_retries} corrections against measurement"
+
+
+def describe(result: CompressResult, config: CompressConfig) -> PassReport:
+    """The report of a :func:`run_compress`: a row per budgeted layer, the budget and, for a latency budget, each
+    measured attempt."""
+    before, after = result.before, result.after
+    report = PassReport(PASS_NAME, params_before=before.params, flops_before=before.flops)
+    report.params_after, report.flops_after = after.params, after.flops
+    report.modified = any(r.modified for r in result.steps)
+    report.columns = ["layer", "kind", "units", "kept", "floor"]
+    for where, reason in result.skipped:
+        report.skip(where, reason)
+    report.notes.extend(result.notes)
+    alloc = result.plan.allocation if result.plan else None
+    if alloc is not None:
+        assert result.plan is not None
+        for ly in result.plan.layers:
+            floor = "yes" if ly.name in alloc.at_floor else ""
+            row = {"layer": ly.name.partition(":")[2], "kind": ly.kind, "units": ly.size}
+            report.rows.append({**row, "kept": alloc.counts[ly.name], "floor": floor})
+        report.extra["valuation"] = _valuation(config)
+        if result.latency is not None:
+            _describe_latency(report, result, config)
+        report.extra["budget"] = {
+            "metric": alloc.metric,
+            "method": alloc.method,
+            "importance": config.importance,
+            "target": alloc.target,
+            "estimated": alloc.achieved,
+            "achieved": result.achieved,
+            "reached": alloc.reached,
+            "at_floor": alloc.at_floor,
+        }
+        by_kind = {k: sum(1 for ly in result.plan.layers if ly.kind == k) for k in KINDS}
+        over = ", ".join(f"{n} {_KIND_WORDS[k]}" for k, n in by_kind.items() if n)
+        how = "measured CPU time" if result.latency else "graph count"
+        report.notes.append(
+            f"budget ({alloc.method}, valued by {report.extra['valuation']}) over {over}: {alloc.metric} target "
+            f"{alloc.target:.3f}, achieved {result.achieved:.3f} ({how}; estimate {alloc.achieved:.3f})"
+        )
+        if not alloc.reached:
+            report.notes.append(_not_reached(result, config))
+    for r in result.steps:
+        report.notes.append(
+            f"{r.pass_name}: {'modified' if r.modified else 'unchanged'}, FLOPs {r.flops_before:,} -> {r.flops_after:,}"
+        )
+    report.extra["steps"] = [r.pass_name for r in result.steps]
+    return report
+
+
+def _valuation(config: CompressConfig) -> str:
+    """In words, what valued the units: measured damage on which images, or which weight norm."""
+    if config.importance == "sensitivity":
+        return f"measured output damage on {config.calib_source or 'calibration images'}"
+    if config.importance == "bn_scale":
+        return "BatchNorm scales (L2 norms where folded)"
+    return f"{config.importance.upper()} weight norms"
+
+
+def _describe_latency(report: PassReport, result: CompressResult, config: CompressConfig) -> None:
+    best = result.latency
+    assert best is not None and result.plan is not None and result.plan.allocation is not None
+    t = best.timing
+    threads = config.latency_threads
+    how = f"onnxruntime CPU, {threads} thread{'s' if threads != 1 else ''}, interleaved, {t.rounds} rounds"
+    report.extra["latency_attempts"] = [a.row() for a in result.attempts]
+    report.extra["cpu_time_ratio"] = round(best.ratio, 4)
+    report.extra["cpu_time_ratio_se"] = round(best.se, 4)
+    report.extra["latency_band"] = [round(best.band[0], 4), round(best.band[1], 4)]
+    report.extra["first_prediction"] = result.attempts[0].row()["predicted"]
+    if config.latency_reference is None:
+        report.extra["latency_ms"] = {"before": round(t.a_ms, 3), "after": round(t.b_ms, 3)}
+        report.notes.append(
+            f"latency: predicted {result.plan.allocation.achieved:.3f}x, measured {best.ratio:.3f}x CPU time "
+            f"(standard error {best.se:.3f}; band [{best.band[0]:.3f}, {best.band[1]:.3f}]) and "
+            f"{t.b_ms / t.a_ms:.3f}x wall ({t.a_ms:.1f} -> {t.b_ms:.1f} ms; {how})"
+        )
+    else:
+        of_ref = best.timing.ratio
+        report.extra["latency_ms"] = {"reference": round(t.a_ms, 3), "after": round(t.b_ms, 3)}
+        report.extra["reference_cpu_time_ratio"] = round(of_ref, 4)
+        report.notes.append(
+            f"latency: measured {of_ref:.3f}x the reference's CPU time and {t.b_ms / t.a_ms:.3f}x its wall time "
+            f"({t.a_ms:.1f} vs {t.b_ms:.1f} ms; {how}), i.e. {best.ratio:.3f}x the input's (predicted "
+            f"{result.plan.allocation.achieved:.3f}x)"
+        )
+
+
+def compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[onnx.ModelProto, PassReport]:
+    """:func:`run_compress`, and its report (:func:`describe`)."""
+    result = run_compress(model, config)
+    return result.model, describe(result, config)
+
+
+def latency_band(target: float, se: float, tolerance: float, ceiling: bool) -> tuple[float, float]:
+    """The band ``[low, high]`` a measured latency ratio must land in.
+
+    A match (``--target-latency-of``) lands in ``[target * (1 - tolerance), target]``. A ``--target-latency`` is a
+    ceiling that another measurement of the written file (a benchmark, the user's) must find under it too, and a
+    cut far under it throws away accuracy the user asked to keep: the band keeps twice the measurement's standard
+    error from both ends, ``[target * (1 - tolerance) + 2 se, target - 2 se]``. Where the noise leaves that band
+    under 2% of the target, the low end gives way (never the ceiling)."""
+    if not ceiling:
+        return target * (1.0 - tolerance), target
+    high = target - 2.0 * se
+    low = target * (1.0 - tolerance) + 2.0 * se
+    if high - low < 0.02 * target:
+        low = min(target * (1.0 - tolerance), high - 0.02 * target)
+    return low, high
+
+
+@dataclass
+class _Attempt:
+    """One measured plan of the latency loop: the target it was planned for, the table's estimate, the measured
+    ratio and its standard error, and what it wrote."""
+
+    asked: float
+    plan: CompressPlan
+    model: onnx.ModelProto
+    steps: list[PassReport]
+    timing: latency_model.PairTiming
+    ratio: float  # measured, against the input (scaled by the target for a reference match)
+    se: float
+    band: tuple[float, float]
+    ceiling: bool  # a --target-latency (a ceiling), not a --target-latency-of (a match)
+
+    def row(self) -> dict[str, Any]:
+        """The attempt for the report: asked target, the table's estimate, measured ratio, its standard error,
+        band and rounds."""
+        predicted = self.plan.allocation.achieved if self.plan.allocation else self.asked
+        return {
+            "asked": round(self.asked, 4),
+            "predicted": round(predicted, 4),
+            "measured": round(self.ratio, 4),
+            "se": round(self.se, 4),
+            "band": [round(self.band[0], 4), round(self.band[1], 4)],
+            "rounds": self.timing.rounds,
+        }
+
+    @property
+    def inside(self) -> bool:
+        return self.band[0] <= self.ratio <= self.band[1]
+
+    def miss(self) -> float:
+        """0 inside the band; under it, how far (relative); over it, 1 + how far: any time under the ceiling is
+        better than one over it."""
+        low, high = self.band
+        if self.ratio > high:
+            return 1.0 + self.ratio / high - 1.0
+        return max(0.0, (low - self.ratio) / low)
+
+
+def _next_asked(attempts: Sequence[_Attempt]) -> float:
+    """The target to plan for next. Until measurements on both sides of the band are known, the table's bias on
+    the last cut is taken off the band's middle; then the bracket of asked targets (the largest whose cut measured
+    under the band, the smallest whose cut measured over it) is narrowed, by interpolation clamped to its middle
+    half, so it shrinks by at least a quarter every step (a bisection that uses the measurements' slope)."""
+    last = attempts[-1]
+    aim = sum(last.band) / 2
+    under = [a for a in attempts if a.ratio < a.band[0]]
+    over = [a for a in attempts if a.ratio > a.band[1]]
+    if under and over:
+        lo = max(under, key=lambda a: a.asked)
+        hi = min(over, key=lambda a: a.asked)
+        if hi.asked > lo.asked:
+            t = (aim - lo.ratio) / (hi.ratio - lo.ratio) if hi.ratio > lo.ratio else 0.5
+            return lo.asked + min(max(t, 0.25), 0.75) * (hi.asked - lo.asked)
+    return min(1.0, max(1e-3, last.asked * aim / max(last.ratio, 1e-6)))
 
 
 def _close_latency_loop(
@@ -519,84 +682,61 @@ def _close_latency_loop(
     chosen: CompressPlan,
     current: onnx.ModelProto,
     steps: list[PassReport],
-    report: PassReport,
-) -> tuple[CompressPlan, onnx.ModelProto, list[PassReport], tuple[float, float, float]]:
-    """Measure the cut model against the input (interleaved) and, while its process-CPU-time ratio is over the
-    target or more than ``config.latency_tolerance`` under it, plan again for another asked target (at most
-    ``config.latency_retries`` times). The table predicts each node's time; what it cannot see (memory layout
-    changes, cache effects, thread synchronisation) is corrected with the measurement: the asked target is
-    interpolated between the table's estimates of the closest attempts on either side of the band's middle (regula
-    falsi), or the table's bias on the last cut (measured / estimated) is taken off the aim until both sides are
-    known. The closest attempt is kept, one under the target first; ``report.extra["latency_attempts"]`` lists
-    each attempt's estimate, measurement and its standard error.
+    notes: list[str],
+) -> list[_Attempt]:
+    """Measure the cut model against the input (interleaved, CPU time at ``config.latency_threads``) and correct
+    the plan until the ratio lands in :func:`latency_band` (at most ``config.latency_retries`` corrections); return
+    every attempt in order. The table predicts each node's time; what it cannot see (memory layout changes, cache
+    effects) is corrected with measurement: the target the next plan is made for comes from :func:`_next_asked`, a
+    bracketing search over the asked target, so the loop lands from any first plan. The caller keeps the attempt
+    inside the band; else the closest under the ceiling; else the closest over it (:meth:`_Attempt.miss`).
 
-    A ``--target-latency`` is a ceiling: the band ends twice the measurement's standard error under it, so that
-    another measurement of the written file (a benchmark, the user's) lands under the target too. Without that
-    margin the loop settled within 1% of a 0.35 target on `paper` at 512, and the benchmark then read the same
-    file 2-4% over it (repeated measurements of one file spread by about 0.01).
-
-    With ``config.latency_reference`` each cut is timed against that model instead, and its ratio to the reference
-    (scaled by the target, the reference's ratio to the input) is held to the band: what the user compares is the
-    cut against the reference, and a chain of two measured ratios misses it by more than the band. The returned
-    timing is then ``(reference ms, cut ms, target * cut/reference CPU-time ratio)``."""
+    With ``config.latency_reference`` each cut is timed against that model instead, and its ratio to the
+    reference (scaled by the target, the reference's ratio to the input) is held to the band: what the user
+    compares is the cut against the reference, and a chain of two measured ratios misses it by more than the band.
+    """
     target = float(config.target_latency or 1.0)
-    ceiling_se = 2.0 if config.latency_reference is None else 0.0  # standard errors kept under a ceiling
-
-    def miss(timing: tuple[float, float, float, float]) -> float:
-        """0 inside the band [ceiling * (1 - tolerance), ceiling]; a time over it counts more than one under."""
-        measured, ceiling = timing[2], target - ceiling_se * timing[3]
-        if measured > ceiling:
-            return measured / ceiling  # >= 1: worse than any time under the ceiling
-        return max(0.0, 1.0 - config.latency_tolerance - measured / ceiling)
-
-    against = problem.model if config.latency_reference is None else canonicalize(config.latency_reference)
-    scale = 1.0 if config.latency_reference is None else target
-
-    def measure(candidate: onnx.ModelProto) -> tuple[float, float, float, float]:
-        t_against, t_cut, ratio, se = latency_model.measure_pair(
-            against, candidate, threads=config.threads, min_seconds=1.0
-        )
-        return t_against, t_cut, scale * ratio, scale * se
-
-    timing = measure(current)
-    best = (miss(timing), chosen, current, steps, timing)
-    history = report.extra.setdefault("latency_attempts", [])
-    # (the table's estimate, measured) of the closest attempts under and over the band's middle
-    below: tuple[float, float] | None = None
-    above: tuple[float, float] | None = None
+    ceiling = config.latency_reference is None
+    tolerance = config.latency_tolerance if config.latency_tolerance is not None else (0.1 if ceiling else 0.05)
+    against = problem.model if ceiling else canonicalize(config.latency_reference)  # type: ignore[arg-type]
+    scale = 1.0 if ceiling else target
+    measured: dict[tuple[tuple[str, int], ...], _Attempt] = {}
+    attempts: list[_Attempt] = []
+    asked = target
     for attempt in range(config.latency_retries + 1):
-        measured = timing[2]
-        aim = (target - ceiling_se * timing[3]) * (1.0 - config.latency_tolerance / 2)  # the band's middle
-        predicted = chosen.allocation.achieved if chosen.allocation else target
-        history.append({"predicted": round(predicted, 4), "measured": round(measured, 4), "se": round(timing[3], 4)})
-        if miss(timing) == 0.0 or attempt == config.latency_retries:
-            break
-        if measured < aim and (below is None or measured > below[1]):
-            below = (predicted, measured)
-        if measured > aim and (above is None or measured < above[1]):
-            above = (predicted, measured)
-        if below is not None and above is not None:
-            (x0, m0), (x1, m1) = below, above
-            asked = x0 + (aim - m0) * (x1 - x0) / (m1 - m0) if m1 != m0 else (x0 + x1) / 2
-            lo, hi = min(x0, x1), max(x0, x1)
-            asked = min(max(asked, lo + 0.1 * (hi - lo)), hi - 0.1 * (hi - lo))
+        if attempt:
+            asked = _next_asked(attempts)
+            chosen = _allocate(problem, replace(config, target_latency=asked))
+        assert chosen.allocation is not None
+        key = tuple(sorted(chosen.allocation.counts.items()))
+        if key in measured:  # the same cut again: its measurement stands (the bracket still narrows)
+            a = replace(measured[key], asked=asked)
         else:
-            asked = predicted * aim / measured  # the table's bias on this cut, taken off the aim
-        asked = min(1.0, max(asked, 1e-3))
-        report.notes.append(
-            f"latency: predicted {predicted:.3f}x, measured {measured:.3f}x CPU time against a target of "
-            f"{target:.3f}x; planning again for {asked:.3f}x (correction {attempt + 1} of {config.latency_retries})"
-        )
-        chosen = _allocate(problem, replace(config, target_latency=asked))
-        current, steps = _apply(model, _unit_configs(chosen), _channels_config(chosen))
-        timing = measure(current)
-        if miss(timing) < best[0]:
-            best = (miss(timing), chosen, current, steps, timing)
-    _, chosen, current, steps, timing = best
-    if chosen.allocation is not None:  # the budget is reported against what the user asked for, as measured
-        chosen.allocation.target = target
-        chosen.allocation.reached = timing[2] <= target * (1.0 + config.latency_tolerance)
-    return chosen, current, steps, timing
+            if attempt:
+                current, steps = _apply(model, _unit_configs(chosen), _channels_config(chosen))
+            timing = latency_model.measure_pair(
+                against,
+                current,
+                threads=config.latency_threads,
+                min_seconds=1.0,
+                desc=f"latency {attempt + 1}/{config.latency_retries + 1}: timing the cut"
+                + ("" if ceiling else " against the reference"),
+            )
+            ratio, se = scale * timing.ratio, scale * timing.se
+            band = latency_band(target, se, tolerance, ceiling)
+            a = measured[key] = _Attempt(asked, chosen, current, steps, timing, ratio, se, band, ceiling)
+        attempts.append(a)
+        row = a.row()
+        log.info("latency attempt %d: %s", attempt + 1, row)
+        if a.inside:
+            break
+        if attempt < config.latency_retries:
+            notes.append(
+                f"latency: planned for {asked:.3f}x (predicted {row['predicted']:.3f}x), measured {a.ratio:.3f}x CPU "
+                f"time, outside [{a.band[0]:.3f}, {a.band[1]:.3f}] for a target of {target:.3f}x; correcting "
+                f"({attempt + 1} of at most {config.latency_retries})"
+            )
+    return attempts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -625,15 +765,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--latency-tolerance",
         type=float,
-        default=0.05,
-        help="plan again while the measured latency ratio is over the target or more than this (relative) under it",
+        help="the measured latency ratio must land this far (relative) under the target, else the plan is corrected "
+        "(default 0.1 for --target-latency, 0.05 for --target-latency-of)",
     )
-    parser.add_argument("--latency-retries", type=int, default=4, help="at most this many such corrections (0: none)")
+    parser.add_argument("--latency-retries", type=int, default=6, help="at most this many corrections (0: none)")
     parser.add_argument(
-        "--threads",
+        "--latency-threads",
         type=int,
-        default=2,
-        help="onnxruntime threads for latency, and cuts measured at once by --importance sensitivity (default 2)",
+        default=latency_model.LATENCY_THREADS,
+        help="onnxruntime threads latency is measured with (one thread's CPU time moves least with the load)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=2, help="cuts measured at once for measured damage (one thread each)"
     )
     parser.add_argument(
         "--round-to",
@@ -644,24 +787,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scope", choices=SCOPES, default="all", help="which part may lose conv channels")
     parser.add_argument(
         "--importance",
-        choices=COMPRESS_IMPORTANCES,
-        default="l2",
-        help="unit importance: weight norms (bn_scale: channels by |BN gamma|), or sensitivity: each layer's cuts "
-        "valued by how far they move the output on --calib images (HALP allocation)",
+        choices=CLI_IMPORTANCES,
+        default="auto",
+        help="how units are valued. auto: the damage each cut does to the output on the --calib images, or without "
+        f"them {_in_words(NO_IMAGES)}; sensitivity: measured damage (needs --calib); l1/l2: weight norms; "
+        "bn_scale: channels by |BN gamma|",
     )
-    parser.add_argument("--calib", help="images for --importance sensitivity: a folder, an LPCV root, or 'synthetic'")
-    parser.add_argument("--calib-count", type=int, default=8, help="calibration images to use (default 8)")
+    parser.add_argument(
+        "--calib",
+        help="images that value the cuts: a folder, an LPCV root, 'synthetic' (generated scenes) or 'noise' "
+        "(random pixels)",
+    )
+    parser.add_argument(
+        "--calib-count",
+        type=int,
+        help="calibration images to use (default: 8 at 128x128, fewer at larger inputs, the same pixel count; at "
+        "least 1)",
+    )
     parser.add_argument("--calib-split", default="train", help="split of an LPCV-layout root (default train)")
     return parser
 
 
-def latency_of(model: onnx.ModelProto, reference: onnx.ModelProto | str | Path, threads: int = 2) -> float:
+def latency_of(
+    model: onnx.ModelProto, reference: onnx.ModelProto | str | Path, threads: int = latency_model.LATENCY_THREADS
+) -> float:
     """The CPU-time ratio of ``reference`` to ``model``, measured here interleaved: a ``--target-latency`` that
     matches the reference's speed."""
     ref = reference if isinstance(reference, onnx.ModelProto) else load_model(reference)
-    _, _, ratio, _ = latency_model.measure_pair(
-        canonicalize(model), canonicalize(ref), threads=threads, rounds=30, min_seconds=2.0
-    )
+    if latency_model.fingerprint(model) == latency_model.fingerprint(ref):
+        raise UsageError(
+            "--target-latency-of names a model with the same graph and weights as the input: there is nothing to "
+            "match; give the faster model whose speed you want."
+        )
+    timing = latency_model.measure_pair(
+        canonicalize(model), canonicalize(ref), threads=threads, min_rounds=10, min_seconds=2.0,
+        rel_se=0.005, desc="timing the reference",
+    )  # fmt: skip
+    ratio = timing.ratio
     if not 0.0 < ratio < 1.0:
         raise PassError(
             f"--target-latency-of: the reference takes {ratio:.3f}x the input's CPU time here, so there is nothing "
@@ -671,46 +833,81 @@ def latency_of(model: onnx.ModelProto, reference: onnx.ModelProto | str | Path, 
     return ratio
 
 
-def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelProto, PassReport]:
-    target_latency, reference = args.target_latency, None
-    if args.target_latency_of is not None:
-        if target_latency is not None:
-            raise UsageError("give --target-latency or --target-latency-of, not both.")
-        reference = load_model(args.target_latency_of)
-        target_latency = latency_of(model, reference, args.threads)
-    if args.latency_tolerance <= 0 or args.latency_retries < 0:
-        raise UsageError("--latency-tolerance must be > 0 and --latency-retries >= 0.")
-    if args.calib is not None and args.importance != "sensitivity":
-        raise UsageError("--calib is read by --importance sensitivity; add it, or drop --calib.")
-    if args.calib_count < 1:
+#: what ``--importance auto`` values units by when no images are given: (importance, calibration source)
+NO_IMAGES: tuple[str, str | None] = ("l2", None)
+
+
+def _in_words(choice: tuple[str, str | None]) -> str:
+    importance, source = choice
+    return f"measured damage on '{source}' images" if importance == "sensitivity" else f"{importance} weight norms"
+
+
+def default_calib_count(size: Sequence[int]) -> int:
+    """Calibration images at input size ``size``: 8 at 128x128, and as many pixels at other sizes (2 at 256, 1 at
+    512): measured damage costs one run per image and cut, and a larger image holds more pixels to judge by."""
+    h, w = (int(size[0]), int(size[1])) if len(size) >= 2 else (128, 128)
+    return max(1, min(8, round(8 * 128 * 128 / max(1, h * w))))
+
+
+def _valuation_args(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[str, str | None, int]:
+    """``(importance, calibration source, image count)`` after ``--importance auto``."""
+    importance, calib = args.importance, args.calib
+    if importance == "auto":
+        importance, calib = ("sensitivity", calib) if calib is not None else NO_IMAGES
+    elif calib is not None and importance != "sensitivity":
+        raise UsageError(f"--calib is read to measure damage; drop --importance {importance}, or drop --calib.")
+    if args.calib_count is not None and args.calib_count < 1:
         raise UsageError(f"--calib-count {args.calib_count}: give at least 1 image.")
+    count = args.calib_count
+    if count is None:
+        from runtime._calib import CalibrationDataError, input_spec
+
+        try:
+            count = default_calib_count(input_spec(model).size)
+        except CalibrationDataError:
+            count = 8
+    return importance, calib, count
+
+
+def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelProto, PassReport]:
+    if args.latency_tolerance is not None and not 0 < args.latency_tolerance < 1:
+        raise UsageError(f"--latency-tolerance {args.latency_tolerance}: give a fraction in (0, 1).")
+    if args.latency_retries < 0 or args.latency_threads < 1 or args.threads < 1:
+        raise UsageError("--latency-retries must be >= 0, --latency-threads and --threads >= 1.")
+    if args.target_latency_of is not None and args.target_latency is not None:
+        raise UsageError("give --target-latency or --target-latency-of, not both.")
+    importance, calib, count = _valuation_args(model, args)
     config = CompressConfig(
         target_flops=args.target_flops,
         target_params=args.target_params,
-        target_latency=target_latency,
+        target_latency=args.target_latency,
         latency_tolerance=args.latency_tolerance,
         latency_retries=args.latency_retries,
         latency_table=args.latency_table,
         threads=args.threads,
+        latency_threads=args.latency_threads,
         round_to=args.round_to,
         plan=load_plan_arg(args.plan) if args.plan else None,
         units=tuple(u.strip() for u in args.units.split(",") if u.strip()),
         allocation=args.allocation,
         floor=args.floor,
         scope=args.scope,
-        importance=args.importance,
-        latency_reference=reference,
-    )
-    if args.importance != "sensitivity" or config.plan is not None:
+        importance=importance,
+        calib_source=f"{count} {calib} image{'s' if count != 1 else ''}" if calib in ("noise", "synthetic") else
+        f"{count} image{'s' if count != 1 else ''} of {calib}",
+    )  # fmt: skip
+    if args.target_latency_of is not None:
+        config.target_latency = 0.5  # a stand-in while the arguments are checked: nothing is timed before
+    config.validate(images_pending=calib is not None)
+    if args.target_latency_of is not None:
+        config.latency_reference = load_model(args.target_latency_of)
+        config.target_latency = latency_of(model, config.latency_reference, args.latency_threads)
+    if importance != "sensitivity" or config.plan is not None:
         return compress(model, config)
     from runtime._calib import CalibrationDataError, calibration_feeds
 
-    if args.calib is None:
-        config.validate()  # says what to give
     try:
-        with calibration_feeds(
-            model, args.calib, split=args.calib_split, count=args.calib_count, desc="calibration images"
-        ) as feeds:
+        with calibration_feeds(model, calib, split=args.calib_split, count=count, desc="calibration images") as feeds:
             config.calib = list(feeds)
     except CalibrationDataError as exc:
         raise PassError(str(exc)) from None

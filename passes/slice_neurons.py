@@ -25,7 +25,8 @@ from fileformat.cli import cli_main
 from passes._core.cli import make_parser, run_pass_cli
 from passes._core.importance import importance
 from passes._core.report import PassReport
-from passes._core.units import Mlp, UnitPruneConfig, find_mlps, prune_units, zero_units
+from passes._core.oracle import zero_units
+from passes._core.units import Mlp, UnitPruneConfig, find_mlps, prune_units
 from passes.prune_heads import add_unit_arguments, config_from_args
 
 __all__ = ["Mlp", "SliceNeuronsConfig", "find_mlps", "main", "neuron_importance", "slice_neurons", "zero_neurons"]

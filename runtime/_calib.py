@@ -6,9 +6,10 @@ Each image (HxWx3 uint8 RGB, read with :func:`models.data.load_image`) goes thro
 with FP16 I/O). Size and normalisation come from the model's ``vitseg.*`` metadata, else from the input's static
 shape and the ImageNet statistics of :mod:`models.constants`.
 
-A data argument is either a folder in the LPCV layout (``ROOT/IMG/<split>/*.png``), a plain folder of images, or
-the word ``synthetic``, which renders a small synthetic set (:mod:`models.synthetic`) at the model's input size in a
-temporary folder; numbers measured on it are synthetic and must say so.
+A data argument is either a folder in the LPCV layout (``ROOT/IMG/<split>/*.png``), a plain folder of images, the
+word ``synthetic``, which renders a small synthetic set (:mod:`models.synthetic`) at the model's input size in a
+temporary folder (numbers measured on it are synthetic and must say so), or the word ``noise``: images of uniform
+random pixels (seeded), for a model whose data is not at hand.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from models.data import IMAGE_DIR, IMAGE_SUFFIXES, DataError, find_samples, load
 from runtime.session import resize_image
 
 __all__ = [
+    "NOISE",
     "SYNTHETIC",
     "CalibrationDataError",
     "InputSpec",
@@ -42,6 +44,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"
+NOISE = "noise"
 
 _ONNX_TO_NUMPY = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16}
 
@@ -198,5 +201,18 @@ def calibration_feeds(
     folder (or a temporary synthetic set, removed on exit), the first ``count`` images of ``split``.
     """
     spec = input_spec(model)
+    if str(data) == NOISE:
+        yield noise_feeds(spec, count or 1)
+        return
     with resolve_data(data, spec.size, count or 1) as root:
         yield image_feeds(list_images(root, split), spec, count=count, progress=progress, desc=desc)
+
+
+def noise_feeds(spec: InputSpec, count: int, seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """``count`` feeds of images whose pixels are uniform random in 0..255 (seeded), normalised as real ones."""
+    if count < 1:
+        raise CalibrationDataError(f"calibration count must be at least 1, got {count}")
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        image = rng.integers(0, 256, (*spec.size, 3), dtype=np.uint8)
+        yield {spec.name: spec.to_input(image)}

@@ -212,13 +212,15 @@ class Frontier(StageRunner):
         out, rep = self.run / "onnx" / f"{name}.pruned.onnx", self.run / "compress" / f"{name}.json"
         extra: list[object] = []
         if variant == "uniform":
-            extra = ["--allocation", "uniform"]
-        elif variant != "magnitude" and self.cfg.importance == "sensitivity":  # each cut valued by its damage
+            extra = ["--allocation", "uniform", "--importance", "l2"]
+        elif variant == "magnitude" or self.cfg.importance != "sensitivity":
+            extra = ["--importance", "l2"]
+        else:  # each cut valued by its damage
             extra = ["--importance", "sensitivity", "--calib", self.data, "--calib-count", self.cfg.calib_count]
         if variant.startswith("units_"):
             extra += ["--units", variant.removeprefix("units_")]
         cmd = self._py(
-            "passes.compress", base, "-o", out, "--target-latency-of", ref, "--threads", self._lat_threads,
+            "passes.compress", base, "-o", out, "--target-latency-of", ref, "--latency-threads", self._lat_threads,
             "--report", rep, *extra,
         )  # fmt: skip
         return Stage(f"compress_{name}", cmd, [base, ref, self.marker], [out, rep]), out, rep

@@ -34,7 +34,8 @@ from fileformat.metadata import claim_sources, pick_source, read_metadata, write
 from passes._core.canonical import canonicalize
 from passes._core.dims import Dim, DimGroup, TraceError, apply_groups, kept_positions, trace, unit_positions
 from passes._core.graph import GraphView, NodeRef, metadata_scopes, node_scope
-from passes._core.units import PruneUnit, merge_slices, torch_slices, zero_groups
+from passes._core.oracle import zero_groups
+from passes._core.units import PruneUnit, merge_slices, torch_slices
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,13 @@ sensitivity analysis do):
    (:func:`damage_curve`); the budget then values the next cut of a layer by the distortion it adds.
 
 Layers are measured one at a time, so interactions between layers are ignored (the usual additive assumption of
-sensitivity analysis); the cost is ``layers x (len(FRACTIONS) + 1) + 1`` short onnxruntime runs. Building a
-session costs more than running it on a few small images, so these sessions do only onnxruntime's basic graph
-rewrites (half the build time; outputs equal to the fully optimised session's within 1e-6 of their scale).
+sensitivity analysis); the cost is ``layers x (len(FRACTIONS) + 1) + 1`` runs over the images. A layer with a
+zeroing oracle (heads, head channels, neurons, conv channels) is cut by a mask: one copy of the model whose
+consuming weights are multiplied by masks fed as inputs (:func:`passes._core.oracle.masked_model`) runs every such
+cut in one session, with zeros in one layer's mask, and computes exactly the cut model's output. Widths (their
+LayerNorms normalise over the kept channels) are rewritten for real, one session per cut. Sessions do only
+onnxruntime's basic graph rewrites (half the build time; outputs equal to the fully optimised session's within 1e-6
+of their scale).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import onnx
 from fileformat.errors import PassError
 from passes._core.budget import Layer
 from passes._core.dims import unit_positions
+from passes._core.oracle import all_ones, mask_input, maskable, masked_model
 
 if TYPE_CHECKING:
     from passes._core.channels import ChannelGroup
@@ -132,29 +137,38 @@ def channel_group_scores(groups: Sequence[ChannelGroup], method: str, notes: lis
 FRACTIONS = (0.75, 0.5, 0.25)
 
 
-def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
     z = x - x.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+
+
+class Distortion:
+    """How far outputs moved from ``reference`` (one array per run, ``N x C x H x W`` class logits): the mean
+    per-pixel KL divergence ``KL(p_ref || p_out)`` of the class distributions on axis 1, averaged over the runs; an
+    output of another rank counts its mean squared change over the reference's mean square. The reference's side
+    is computed once; calling it is thread-safe (numpy releases the GIL for the array work)."""
+
+    def __init__(self, reference: Sequence[np.ndarray]) -> None:
+        self.reference = [np.asarray(r, dtype=np.float64) for r in reference]
+        self._logp = [_log_softmax(r, 1) if r.ndim == 4 and r.shape[1] > 1 else None for r in self.reference]
+        self._p = [np.exp(lp) if lp is not None else None for lp in self._logp]
+
+    def __call__(self, output: Sequence[np.ndarray]) -> float:
+        total = 0.0
+        for ref, logp, p, out in zip(self.reference, self._logp, self._p, output, strict=True):
+            out = np.asarray(out, dtype=np.float64)
+            if ref.shape != out.shape:
+                raise PassError(f"a cut changed the output's shape from {ref.shape} to {out.shape}")
+            if logp is not None:
+                total += float((p * (logp - _log_softmax(out, 1))).sum(axis=1).mean())
+            else:
+                total += float(((out - ref) ** 2).mean() / max(float((ref**2).mean()), 1e-12))
+        return total / max(1, len(self.reference))
 
 
 def distortion(reference: Sequence[np.ndarray], output: Sequence[np.ndarray]) -> float:
-    """The mean per-pixel KL divergence ``KL(p_ref || p_out)`` of class scores on axis 1 (``N x C x H x W`` logits),
-    averaged over the images; an output of another rank counts its mean squared change over the reference's mean
-    square."""
-    total = 0.0
-    for ref, out in zip(reference, output, strict=True):
-        ref = np.asarray(ref, dtype=np.float64)
-        out = np.asarray(out, dtype=np.float64)
-        if ref.shape != out.shape:
-            raise PassError(f"a cut changed the output's shape from {ref.shape} to {out.shape}")
-        if ref.ndim == 4 and ref.shape[1] > 1:
-            p, q = _softmax(ref, 1), _softmax(out, 1)
-            kl = (p * (np.log(np.clip(p, 1e-12, None)) - np.log(np.clip(q, 1e-12, None)))).sum(axis=1)
-            total += float(kl.mean())
-        else:
-            total += float(((out - ref) ** 2).mean() / max(float((ref**2).mean()), 1e-12))
-    return total / max(1, len(reference))
+    """:class:`Distortion` of ``output`` from ``reference``."""
+    return Distortion(reference)(output)
 
 
 def removal_points(layer: Layer, floor: int) -> list[int]:
@@ -185,6 +199,18 @@ def damage_curve(size: int, measured: Mapping[int, float]) -> np.ndarray:
     return np.maximum.accumulate(curve)
 
 
+def _batched(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The feeds as one batch where every input's first axis is symbolic (one run instead of one per image); else
+    as given."""
+    inputs = [i for i in model.graph.input if i.name in feeds[0]]
+    symbolic = all(
+        i.type.tensor_type.shape.dim and not i.type.tensor_type.shape.dim[0].HasField("dim_value") for i in inputs
+    )
+    if len(feeds) < 2 or not symbolic:
+        return [dict(f) for f in feeds]
+    return [{k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}]
+
+
 def measure_damage(
     model: onnx.ModelProto,
     layers: Sequence[Layer],
@@ -192,68 +218,39 @@ def measure_damage(
     cut: Callable[[Layer, list[int]], onnx.ModelProto],
     feeds: Sequence[Mapping[str, np.ndarray]],
     threads: int = 2,
+    units: Mapping[str, PruneUnit] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[int, float]]]:
     """Damage curves of every layer (see the module docstring), and the measured points ``{layer: {removed:
     distortion}}``.
 
-    ``cut(layer, kept)`` returns a copy of ``model`` with only ``layer`` cut to the unit indices ``kept``. A cut the
-    passes refuse (:class:`PassError`) makes that amount of removal, and any more, unaffordable (infinite damage).
-    ``threads`` cuts are measured at once, each on one onnxruntime thread; the result does not depend on it.
+    A layer whose unit group is in ``units`` and has a zeroing oracle (heads, head channels, neurons, conv
+    channels) is measured on one masked copy of ``model`` (:func:`passes._core.oracle.masked_model`): a cut is a
+    run with zeros in the layer's mask, which computes exactly the cut model's output, with no model rewritten and
+    no session built per cut. The others (widths, whose LayerNorms normalise over the kept channels) are cut for
+    real: ``cut(layer, kept)`` returns a copy of ``model`` with only ``layer`` cut to the unit indices ``kept``. A
+    cut the passes refuse (:class:`PassError`) makes that amount of removal, and any more, unaffordable (infinite
+    damage). ``threads`` cuts are measured at once, each on one onnxruntime thread; the result does not depend on
+    it. Where the model's batch axis is symbolic the images go in one batch.
     """
-    from tqdm import tqdm
-
-    from passes._core.latency import _session
+    from passes._core.latency import progress
 
     if not feeds:
         raise PassError("measured sensitivity needs at least one calibration image")
-
-    def run(m: onnx.ModelProto) -> list[np.ndarray]:
-        sess = _session(m, 1, profile=False, basic=True)  # built once per cut and run on a few images
-        return [sess.run(None, dict(f))[0] for f in feeds]
-
     start = time.perf_counter()
+    masked = {ly.name: units[ly.name] for ly in layers if units and ly.name in units}
+    masked = {name: u for name, u in masked.items() if maskable(u, model) is None}
     jobs = [(ly, removal_points(ly, floors[ly.name])) for ly in layers]
     measured: dict[str, dict[int, float]] = {ly.name: {} for ly in layers}
-    refused: dict[str, int] = {}  # layer: the least removal the passes refuse; no more of it is measured
-    pending: deque[tuple[str, int, Future[list[np.ndarray]]]] = deque()
-
-    def refuse(name: str, removed: int, exc: PassError) -> None:
-        log.warning("sensitivity: %s cannot lose %d units (%s); it keeps them", name, removed, exc)
-        refused[name] = min(removed, refused.get(name, removed))
-        measured[name] = {j: d for j, d in measured[name].items() if j < refused[name]}
-        measured[name][refused[name]] = float("inf")
-
-    def collect(bar: Any) -> None:
-        name, removed, job = pending.popleft()
-        bar.update(1)
-        if removed < refused.get(name, removed + 1):
-            try:
-                measured[name][removed] = distortion(reference, job.result())
-            except PassError as exc:
-                refuse(name, removed, exc)
-
-    # The cuts are built here, one after the other (graph edits hold the GIL); each is run in a worker thread,
-    # one onnxruntime thread per session (building and running a session releases the GIL), so ``threads`` cuts
-    # are measured at once while the next ones are built.
+    refused: dict[str, int] = {}
     with (
         ThreadPoolExecutor(max(1, threads)) as pool,
-        tqdm(total=sum(len(r) for _, r in jobs), desc="sensitivity", unit="cut", leave=False, disable=None) as bar,
+        progress(sum(len(r) for _, r in jobs), "sensitivity", "cut") as bar,
     ):
-        reference = pool.submit(run, model).result()  # on one thread, as every cut: equal models read equal
-        for ly, removals in jobs:
-            order = np.argsort(np.asarray(ly.scores, dtype=np.float64), kind="stable")  # lowest first: removed first
-            for i, removed in enumerate(removals):
-                try:
-                    cut_model = cut(ly, sorted(int(u) for u in order[removed:]))
-                except PassError as exc:
-                    refuse(ly.name, removed, exc)
-                    bar.update(len(removals) - i)
-                    break
-                pending.append((ly.name, removed, pool.submit(run, cut_model)))
-                while len(pending) > 2 * max(1, threads):  # a bounded number of cut models in memory
-                    collect(bar)
-        while pending:
-            collect(bar)
+        if masked:
+            _measure_masked(model, [j for j in jobs if j[0].name in masked], masked, feeds, pool, bar, measured)
+        rest = [j for j in jobs if j[0].name not in masked]
+        if rest:
+            _measure_cuts(model, rest, cut, feeds, pool, bar, measured, refused)
     curves: dict[str, np.ndarray] = {}
     for ly in layers:
         finite = {j: d for j, d in measured[ly.name].items() if np.isfinite(d)}
@@ -262,9 +259,99 @@ def measure_damage(
             curve[refused[ly.name] :] = np.inf
         curves[ly.name] = curve
     log.info(
-        "sensitivity: %d layers measured on %d image(s) in %.1f s",
+        "sensitivity: %d layers (%d masked) measured on %d image(s) in %.1f s",
         len(layers),
+        len(masked),
         len(feeds),
         time.perf_counter() - start,
     )
     return curves, measured
+
+
+def _measure_masked(
+    model: onnx.ModelProto,
+    jobs: Sequence[tuple[Layer, list[int]]],
+    units: Mapping[str, PruneUnit],
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    pool: ThreadPoolExecutor,
+    bar: Any,
+    measured: dict[str, dict[int, float]],
+) -> None:
+    """Every cut of ``jobs`` as a run of one masked session (one onnxruntime thread; ``pool``'s threads run cuts
+    at once on it)."""
+    from passes._core.latency import _session
+
+    sess = _session(masked_model(model, units), 1, profile=False, basic=True)
+    batches = _batched(model, feeds)
+    ones = all_ones(units)
+
+    def run(masks: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return [sess.run(None, {**b, **masks})[0] for b in batches]
+
+    damage = Distortion(run(ones))
+    pending: list[tuple[str, int, Future[float]]] = []
+    for ly, removals in jobs:
+        order = np.argsort(np.asarray(ly.scores, dtype=np.float64), kind="stable")  # lowest first: removed first
+        for removed in removals:
+            mask = np.ones(ly.size, np.float32)
+            mask[order[:removed]] = 0.0
+            masks = {**ones, mask_input(ly.name): mask}
+            pending.append((ly.name, removed, pool.submit(lambda m=masks: damage(run(m)))))
+    for name, removed, job in pending:
+        measured[name][removed] = job.result()
+        bar.update(1)
+
+
+def _measure_cuts(
+    model: onnx.ModelProto,
+    jobs: Sequence[tuple[Layer, list[int]]],
+    cut: Callable[[Layer, list[int]], onnx.ModelProto],
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    pool: ThreadPoolExecutor,
+    bar: Any,
+    measured: dict[str, dict[int, float]],
+    refused: dict[str, int],
+) -> None:
+    """Every cut of ``jobs`` rewritten for real, each run in a session of its own (one onnxruntime thread)."""
+    from passes._core.latency import _session
+
+    def run(m: onnx.ModelProto) -> list[np.ndarray]:
+        sess = _session(m, 1, profile=False, basic=True)  # built once per cut and run on a few images
+        return [sess.run(None, dict(f))[0] for f in feeds]
+
+    pending: deque[tuple[str, int, Future[float]]] = deque()
+
+    def refuse(name: str, removed: int, exc: PassError) -> None:
+        log.warning("sensitivity: %s cannot lose %d units (%s); it keeps them", name, removed, exc)
+        refused[name] = min(removed, refused.get(name, removed))
+        measured[name] = {j: d for j, d in measured[name].items() if j < refused[name]}
+        measured[name][refused[name]] = float("inf")
+
+    def collect() -> None:
+        name, removed, job = pending.popleft()
+        bar.update(1)
+        if removed < refused.get(name, removed + 1):
+            try:
+                measured[name][removed] = job.result()
+            except PassError as exc:
+                refuse(name, removed, exc)
+
+    # The cuts are built here, one after the other (graph edits hold the GIL); each is run in a worker thread,
+    # one onnxruntime thread per session (building and running a session releases the GIL), so several cuts are
+    # measured at once while the next ones are built.
+    workers = pool._max_workers  # type: ignore[attr-defined]
+    damage = Distortion(pool.submit(run, model).result())  # on one thread, as every cut: equal models read equal
+    for ly, removals in jobs:
+        order = np.argsort(np.asarray(ly.scores, dtype=np.float64), kind="stable")
+        for i, removed in enumerate(removals):
+            try:
+                cut_model = cut(ly, sorted(int(u) for u in order[removed:]))
+            except PassError as exc:
+                refuse(ly.name, removed, exc)
+                bar.update(len(removals) - i)
+                break
+            pending.append((ly.name, removed, pool.submit(lambda m=cut_model: damage(run(m)))))
+            while len(pending) > 2 * workers:  # a bounded number of cut models in memory
+                collect()
+    while pending:
+        collect()

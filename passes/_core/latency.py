@@ -13,6 +13,13 @@ for the node it is named after (``<node>/QuickGeluFusion/``), an NCHWc conv (nam
 whose output it replaces. What no node accounts for (the session's own work between nodes) is one constant term: per
 profiled run, the run's time minus the sum of its node times, so a load on the machine inflates both alike.
 
+**Measuring on a busy machine.** Everything is measured at one onnxruntime thread by default
+(:data:`LATENCY_THREADS`), and ratios of models are of CPU time, timed interleaved (:func:`measure_pair`): one
+thread's CPU time is what moves least with the machine's load (no worker thread spins while it waits, and its own
+clock counts only its own work; worker threads of a session with more threads never spin either). Profiles and
+pairs take as many runs as the model's speed calls for (a model of seconds: three; :func:`planned_runs`), and a
+pair stops once the ratio's standard error is under 1% of it. Every phase draws a progress bar with the time left.
+
 A table is cached by the model's fingerprint, the machine and the thread count. ``trtexec --exportProfile`` JSON
 (per-layer times on the device; TensorRT names a fused layer ``"a + b"`` after its ONNX nodes) is imported with
 ``b_n = t_n`` for layers that carry a group: a Jetson user calibrates the budget with the device's own times.
@@ -23,9 +30,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -109,12 +118,18 @@ def cache_path(model: onnx.ModelProto, threads: int) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- profiling
+#: onnxruntime threads latency is measured with by default: one thread's CPU time is what moves least with the
+#: machine's load (no worker threads spinning while they wait, nothing shared between threads to contend for)
+LATENCY_THREADS = 1
+
+
 def _session(
     model: onnx.ModelProto, threads: int, profile: bool, optimized: str | None = None, basic: bool = False
 ) -> Any:
     """A CPU session with onnxruntime's default (full) optimisation, as the model is deployed; ``basic``: only the
     basic graph rewrites (constant folding, redundant nodes), which builds in half the time, for sessions that are
-    run a few times for their outputs rather than timed."""
+    run a few times for their outputs rather than timed. Worker threads do not spin while they wait: a spinning
+    thread's CPU time grows with the machine's load, not with the model's work."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -122,6 +137,8 @@ def _session(
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.log_severity_level = 3
     so.enable_profiling = profile
     if optimized:
@@ -139,19 +156,68 @@ def _feed(sess: Any) -> dict[str, np.ndarray]:
     return out
 
 
+def progress(total: float, desc: str, unit: str = "run") -> Any:
+    """A progress bar on stderr with the time left, drawn even when stderr is not a terminal (a caller that
+    captures the output, such as ``runtime.pipeline``, still shows how far a long phase is)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, mininterval=0.5, dynamic_ncols=True, file=sys.stderr)
+
+
+def cpu_clock(threads: int) -> Callable[[], float]:
+    """The CPU-time clock for a session of ``threads`` onnxruntime threads: at one thread the calling thread runs
+    every kernel, so its own CPU time (which no other thread of the process adds to); else the process's."""
+    return time.thread_time if threads == 1 else time.process_time
+
+
+def planned_runs(seconds_per_run: float, min_seconds: float = 1.0, least: int = 3, most: int = 10) -> int:
+    """Timed runs for a measurement of at least ``min_seconds``: ``least`` for a model of seconds, up to ``most``
+    for a model of milliseconds (the node times of a large model are steady; a small one needs more samples)."""
+    return int(min(most, max(least, math.ceil(min_seconds / max(seconds_per_run, 1e-6)))))
+
+
+@dataclass
+class Profile:
+    """One model's profile: median ms per node name, the tensors of each node, median run ms, median overhead ms
+    (the run's time not in any node), and the runs and warm-up runs taken."""
+
+    times: dict[str, float]
+    tensors: dict[str, list[str]]
+    wall_ms: float
+    overhead_ms: float
+    runs: int
+    warmup: int
+
+
 def profile(
-    model: onnx.ModelProto, threads: int = 2, runs: int = 10, warmup: int = 3
-) -> tuple[dict, dict, float, float]:
-    """``(median ms per node name, tensors per node name, median wall ms, median overhead ms)`` of ``model`` in
-    onnxruntime (CPU). The overhead is, per profiled run, the run's time minus the sum of its node times: measured
-    in the same run, so a load on the machine inflates both alike; the wall time is of a session that does not
-    profile."""
+    model: onnx.ModelProto,
+    threads: int = LATENCY_THREADS,
+    runs: int | None = None,
+    warmup: int | None = None,
+    bar: Any = None,
+) -> Profile:
+    """The :class:`Profile` of ``model`` in onnxruntime (CPU). The overhead is, per profiled run, the run's time
+    minus the sum of its node times: measured in the same run, so a load on the machine inflates both alike.
+    ``runs``/``warmup`` of None: as many as :func:`planned_runs` gives for the model's speed (one warm-up run for a
+    model of a second or more). ``bar``: a :func:`progress` bar advanced once per run (its total raised to the runs
+    planned when it had none)."""
     with tempfile.TemporaryDirectory() as tmp:
         opt = str(Path(tmp) / "optimized.onnx")
         sess = _session(model, threads, True, opt)
         feed = _feed(sess)
-        for _ in range(warmup + runs):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        first = time.perf_counter() - t0
+        warmup = (1 if first > 1.0 else 3) if warmup is None else max(1, warmup)
+        runs = planned_runs(first) if runs is None else runs
+        if bar is not None:
+            if not bar.total:
+                bar.total = runs + warmup
+            bar.update(1)
+        for _ in range(warmup - 1 + runs):
             sess.run(None, feed)
+            if bar is not None:
+                bar.update(1)
         trace = sess.end_profiling()
         try:
             events = json.loads(Path(trace).read_text())
@@ -171,6 +237,7 @@ def profile(
                 if k is not None:
                     in_run[k] += e["dur"] / 1e3
         overhead = statistics.median([(b - a) / 1e3 - t for (a, b), t in zip(spans, in_run)]) if spans else 0.0
+        wall = statistics.median([(b - a) / 1e3 for a, b in spans]) if spans else 0.0
         tensors: dict[str, list[str]] = {}
         # a node of the optimised graph stands for the nodes of ``model`` whose outputs it writes; the NCHWc layout
         # rewrite renames a conv's tensors but names the node after the output it replaces (``<output>_nchwc``)
@@ -192,29 +259,26 @@ def profile(
         except Exception as exc:  # an optimised graph onnx cannot read: names only
             log.warning("could not read onnxruntime's optimised graph (%s); node tensors unknown", exc)
     times = {name: statistics.median(v) for name, v in per.items()}
-    # the wall time of a session that does not profile (profiling itself costs time between the nodes)
-    plain = _session(model, threads, False)
-    walls = []
-    for i in range(warmup + runs):
-        t0 = time.perf_counter()
-        plain.run(None, feed)
-        if i >= warmup:
-            walls.append((time.perf_counter() - t0) * 1e3)
-    return times, tensors, statistics.median(walls), max(0.0, overhead)
+    return Profile(times, tensors, wall, max(0.0, overhead), runs, warmup)
 
 
 def fit_table(
     model: onnx.ModelProto,
     variants: Sequence[tuple[onnx.ModelProto, Callable[[Sequence[str]], float]]],
-    threads: int = 2,
-    runs: int = 10,
+    threads: int = LATENCY_THREADS,
+    runs: int | None = None,
 ) -> LatencyTable:
     """Fit ``a_n, b_n`` per node of ``model`` from its profile and those of ``variants``.
 
     Each variant is ``(cut model, fraction(tensors))``: the product of kept fractions that the cut applies to a
-    node carrying those tensors."""
-    t_full, tensors, wall, overhead = profile(model, threads, runs)
-    profiles = [(profile(v, threads, runs)[0], frac) for v, frac in variants]
+    node carrying those tensors. Every profile takes the same number of runs (``runs``, or as many as the full
+    model's speed calls for); a progress bar shows the runs left."""
+    with progress(0, "latency table") as bar:
+        full = profile(model, threads, runs, None, bar)
+        bar.total = (len(variants) + 1) * (full.runs + full.warmup)
+        bar.refresh()
+        profiles = [(profile(v, threads, full.runs, full.warmup, bar).times, frac) for v, frac in variants]
+    t_full, tensors = full.times, full.tensors
     nodes = []
     for name, t1 in t_full.items():
         tens = tensors.get(name, [])
@@ -228,7 +292,7 @@ def fit_table(
             b = float(np.polyfit(xs, ys, 1)[0])
         b = min(max(b, 0.0), t1)
         nodes.append(NodeTime(name, tens, t1 - b, b))
-    return LatencyTable(fingerprint(model), machine_id(), threads, "onnxruntime", wall, overhead, nodes)
+    return LatencyTable(fingerprint(model), machine_id(), threads, "onnxruntime", full.wall_ms, full.overhead_ms, nodes)
 
 
 def from_trtexec(profile_json: Any, model: onnx.ModelProto) -> LatencyTable:
@@ -272,45 +336,89 @@ def save_table(table: LatencyTable, path: str | Path) -> None:
     atomic_write_text(Path(path), table.to_json())
 
 
+@dataclass
+class PairTiming:
+    """An interleaved measurement of model ``b`` against model ``a``: median wall ms of each, the median of the
+    rounds' CPU-time ratios ``b / a`` and its bootstrapped standard error, and the rounds taken."""
+
+    a_ms: float
+    b_ms: float
+    ratio: float
+    se: float
+    rounds: int
+
+    def __iter__(self) -> Any:  # (a_ms, b_ms, ratio, se), as callers unpack it
+        return iter((self.a_ms, self.b_ms, self.ratio, self.se))
+
+
+def _bootstrap_se(ratios: Sequence[float]) -> float:
+    resampled = np.random.default_rng(0).choice(np.asarray(ratios), (200, len(ratios)))
+    return float(np.median(resampled, axis=1).std())
+
+
 def measure_pair(
     a: onnx.ModelProto,
     b: onnx.ModelProto,
-    threads: int = 2,
-    rounds: int = 20,
+    threads: int = LATENCY_THREADS,
+    rounds: int = 40,
     min_seconds: float = 0.0,
-    rewarm: int = 2,
-) -> tuple[float, float, float, float]:
-    """``(median wall ms of a, of b, median ratio of b's to a's process CPU time, its standard error)``, timed
-    interleaved (a, b, a, b, ...) after warm-up: the CPU-time ratio holds on a loaded machine, where wall times
-    drift. The standard error of the median is bootstrapped from the rounds' ratios (on this 2-core VM, 0.006-0.013
-    at a ratio of 0.35 over 20 rounds, the spread seen between repeated measurements of one file). Each timed run
-    follows ``rewarm`` untimed runs of the same model, so both are timed warm, as each runs deployed alone
-    (``runtime.bench`` measures the same way; its docstring has the figures). ``min_seconds`` raises the rounds for
-    small models until the measurement (re-warming runs included) takes at least that long."""
+    rewarm: int | None = None,
+    min_rounds: int = 5,
+    rel_se: float = 0.01,
+    desc: str | None = None,
+) -> PairTiming:
+    """Time ``b`` against ``a`` interleaved (a, b, a, b, ...) after warm-up, and return a :class:`PairTiming`.
+
+    The ratio is of CPU time (:func:`cpu_clock`: at one thread the calling thread's own), which holds on a loaded
+    machine where wall times drift. Rounds go on until the ratio's standard error (bootstrapped from the rounds'
+    ratios) is at most ``rel_se`` of it, after at least ``min_rounds`` rounds and ``min_seconds`` seconds, and at
+    most ``rounds`` (more for a model of milliseconds: ``min_seconds`` raises it). Each timed run follows
+    ``rewarm`` untimed runs of the same model, so both are timed warm, as each runs deployed alone (a round robin
+    charges the larger model the cache its neighbour evicted); None: 2 for a model of milliseconds, 1 under 0.1 s,
+    none above (a run of seconds refills its caches itself). ``desc``: a progress bar with that label."""
     sa, sb = _session(a, threads, False), _session(b, threads, False)
     fa, fb = _feed(sa), _feed(sb)
     t0 = time.perf_counter()
-    for _ in range(3):
+    warm = 1
+    for i in range(3):
         sa.run(None, fa)
         sb.run(None, fb)
-    per_round = (time.perf_counter() - t0) / 3
-    rounds = max(rounds, int(min_seconds / max(per_round * (1 + rewarm), 1e-6)))
+        if i == 0 and time.perf_counter() - t0 > 0.5:
+            break  # models of a second or more are warm after one run
+        warm = i + 1
+    per_round = (time.perf_counter() - t0) / warm
+    if rewarm is None:
+        rewarm = 2 if per_round < 0.04 else 1 if per_round < 0.2 else 0
+    rounds = max(rounds, min_rounds, int(min_seconds / max(per_round * (1 + rewarm), 1e-6)))
+    clock = cpu_clock(threads)
 
     def timed(sess: Any, feed: dict[str, np.ndarray]) -> tuple[float, float]:
         for _ in range(rewarm):
             sess.run(None, feed)
-        c0, t0 = time.process_time(), time.perf_counter()
+        c0, t0 = clock(), time.perf_counter()
         sess.run(None, feed)
-        return time.perf_counter() - t0, time.process_time() - c0
+        return time.perf_counter() - t0, clock() - c0
 
-    ta, tb, cpu = [], [], []
-    for _ in range(rounds):
-        wa, ca = timed(sa, fa)
-        wb, cb = timed(sb, fb)
-        ta.append(wa * 1e3)
-        tb.append(wb * 1e3)
-        cpu.append(cb / max(ca, 1e-9))
-    ratios = np.asarray(cpu)
-    resampled = np.random.default_rng(0).choice(ratios, (200, len(ratios)))
-    se = float(np.median(resampled, axis=1).std())
-    return statistics.median(ta), statistics.median(tb), statistics.median(cpu), se
+    ta: list[float] = []
+    tb: list[float] = []
+    cpu: list[float] = []
+    start = time.perf_counter()
+    bar = progress(rounds, desc, "round") if desc else None
+    try:
+        for r in range(rounds):
+            wa, ca = timed(sa, fa)
+            wb, cb = timed(sb, fb)
+            ta.append(wa * 1e3)
+            tb.append(wb * 1e3)
+            cpu.append(cb / max(ca, 1e-9))
+            if bar is not None:
+                bar.update(1)
+            enough = r + 1 >= min_rounds and time.perf_counter() - start >= min_seconds
+            if enough and _bootstrap_se(cpu) <= rel_se * statistics.median(cpu):
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    return PairTiming(
+        statistics.median(ta), statistics.median(tb), statistics.median(cpu), _bootstrap_se(cpu), len(cpu)
+    )

@@ -58,7 +58,6 @@ from passes._core.dims import (
     unit_copies,
     unit_count,
     unit_inner,
-    unit_positions,
 )
 from passes._core.finalize import finalize
 from passes._core.graph import GraphView, NodeRef, metadata_scopes, node_scope
@@ -898,38 +897,6 @@ def apply_units(
         claim_sources(wmap, sources)
         write_metadata(out, {"weight_map": wmap})
     return out, plan
-
-
-def zero_units(model: onnx.ModelProto, unit: PruneUnit, removed: Sequence[int]) -> onnx.ModelProto:
-    """The zeroing oracle (docs/architecture.md) of one unit group: :func:`zero_groups`."""
-    return zero_groups(model, [(unit, removed)])
-
-
-def zero_groups(model: onnx.ModelProto, cuts: Sequence[tuple[PruneUnit, Sequence[int]]]) -> onnx.ModelProto:
-    """The zeroing oracle (docs/architecture.md): a copy of ``model`` (canonical form, whose names the groups use)
-    where the consuming weights of each ``(unit, removed units)`` are 0.
-
-    For heads these are the output-projection rows of the heads, for neurons fc2's rows, for conv channels the next
-    layers' input channels; the result must equal the pruned model's output. Head channels are zeroed in every
-    tensor that carries them (q and k channels meet in the scores, so zeroing the projection rows alone would not
-    remove them). A width group has no zeroing oracle (its LayerNorms normalise over the kept channels;
-    :attr:`DimGroup.inexact`).
-    """
-    out = canonicalize(model)  # the unit's tensor names are those of the canonical form
-    inits = {t.name: t for t in out.graph.initializer}
-    for unit, removed in cuts:
-        assert unit.group is not None
-        if unit.group.inexact:
-            raise PassError(f"{unit.id}: no zeroing oracle, {unit.group.inexact[0]}")
-        consumers = unit.kind in ("heads", "neurons", "channels")
-        for name in unit.group.sinks if consumers else list(unit.group.slices):
-            ts = unit.group.slices[name]
-            arr = numpy_helper.to_array(inits[name]).copy()
-            sl: list[Any] = [slice(None)] * arr.ndim
-            sl[ts.axis] = unit_positions(ts.layout, list(removed))
-            arr[tuple(sl)] = 0
-            inits[name].CopyFrom(numpy_helper.from_array(arr, name))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------- run

@@ -11,8 +11,9 @@ import pytest
 
 from fileformat.plan import read_plan
 from passes._core.channels import ChannelAnalysis, zero_channels
+from passes._core.oracle import zero_units
 from passes._core.stats import graph_stats
-from passes._core.units import find_units, zero_units
+from passes._core.units import find_units
 from passes.compress import CompressConfig, compress, main
 from passes.slice_channels import SliceChannelsConfig, slice_channels
 

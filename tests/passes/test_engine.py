@@ -426,7 +426,8 @@ def test_fused_qkv_is_taken_apart_and_its_q_k_and_v_channels_are_two_groups() ->
     projection's own axis (same function, one MatMul, idempotent); the trace of q's channels restarts when it
     reaches k through the scores, so q/k form one group and v another, each exact against zeroing."""
     from passes._core.canonical import canonicalize
-    from passes._core.units import UnitPruneConfig, find_head_dims, prune_units, zero_units
+    from passes._core.oracle import zero_units
+    from passes._core.units import UnitPruneConfig, find_head_dims, prune_units
 
     model = mha_model(blocks=2)
     canon = canonicalize(model)

@@ -175,7 +175,7 @@ def test_cli_sensitivity_and_its_usage_errors(xxs: Path, tmp_path: Path, capsys:
     out.unlink()
     for extra, message in [
         (["--importance", "sensitivity"], "give --calib DATA"),
-        (["--calib", "synthetic"], "--calib is read by --importance sensitivity"),
+        (["--importance", "l2", "--calib", "synthetic"], "--calib is read to measure damage"),
         (["--importance", "sensitivity", "--calib", "synthetic", "--allocation", "uniform"], "only the HALP"),
         (["--importance", "sensitivity", "--calib", "synthetic", "--calib-count", "0"], "--calib-count 0"),
     ]:
@@ -186,3 +186,31 @@ def test_cli_sensitivity_and_its_usage_errors(xxs: Path, tmp_path: Path, capsys:
     assert main([*args, "--importance", "sensitivity", "--calib", str(empty)]) == 1
     assert "no images" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_measured_damage_is_the_default_where_images_are_given(xxs: Path, tmp_path: Path) -> None:
+    """No --importance: images given (--calib) value the cuts by measured damage; none given, the no-images default
+    (compress.NO_IMAGES). The report says which valuation was used."""
+    import json
+
+    from passes.compress import NO_IMAGES
+
+    args = [str(xxs), "--target-flops", "0.5"]
+    out, rep = tmp_path / "a.onnx", tmp_path / "a.json"
+    assert main([*args, "-o", str(out), "--report", str(rep), "--calib", "synthetic", "--calib-count", "2"]) == 0
+    extra = json.loads(rep.read_text())["extra"]
+    assert extra["budget"]["importance"] == "sensitivity" and extra["budget"]["method"] == "halp"
+    assert extra["valuation"] == "measured output damage on 2 synthetic images"
+    out, rep = tmp_path / "b.onnx", tmp_path / "b.json"
+    assert main([*args, "-o", str(out), "--report", str(rep)]) == 0
+    extra = json.loads(rep.read_text())["extra"]
+    assert extra["budget"]["importance"] == NO_IMAGES[0]
+    assert extra["valuation"] == (
+        f"measured output damage on {NO_IMAGES[1]}" if NO_IMAGES[0] == "sensitivity" else "L2 weight norms"
+    )
+
+
+def test_the_default_image_count_keeps_the_pixels() -> None:
+    from passes.compress import default_calib_count
+
+    assert [default_calib_count((s, s)) for s in (64, 128, 256, 512, 1024)] == [8, 8, 2, 1, 1]

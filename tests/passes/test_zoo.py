@@ -32,7 +32,8 @@ from test_compress import EXACT, _combined_oracle
 from fileformat.errors import PassError
 from fileformat.plan import read_plan
 from passes._core.channels import ChannelAnalysis, zero_channels
-from passes._core.units import find_head_dims, find_widths, zero_units
+from passes._core.oracle import zero_units
+from passes._core.units import find_head_dims, find_widths
 from passes.compress import CompressConfig, compress
 from passes.prune_heads import PruneHeadsConfig, find_attention_blocks, prune_heads, zero_heads
 from passes.slice_channels import SliceChannelsConfig, slice_channels
