@@ -9,10 +9,12 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-
-import onnx
+from typing import TYPE_CHECKING
 
 from fileformat.errors import PassError, UsageError
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,8 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     p = Path(path)
     if not p.is_file():
         raise PassError(f"{p}: no such file. Give the path of an .onnx model (e.g. one written by `make export`).")
+    import onnx  # here, not at the top: a command's --help and usage errors answer without it (0.5 s)
+
     try:
         model = onnx.load(str(p))
     except Exception as exc:  # protobuf raises DecodeError, onnx raises its own; all mean "not a model"
@@ -80,12 +84,17 @@ def _umask() -> int:
     return mask
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` as the umask lets it be: what ``open``/``mkdir`` would give (``mkstemp``/``mkdtemp`` give 0600/0700)."""
+    return mode & ~_umask()
+
+
 def _temp_for(out: Path, suffix: str = ".tmp") -> str:
     """A temporary file beside ``out`` (removing ones a killed writer of ``out`` left), with the umask's mode."""
     for stale in out.parent.glob(f".{out.name}.*{suffix}"):
         stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would outlive the rename
+    os.fchmod(fd, umask_mode(0o666))  # mkstemp's 0600 would outlive the rename
     os.close(fd)
     return tmp
 
@@ -113,6 +122,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
     A single file unless the model is over protobuf's 2 GB limit, in which case the weights go to
     ``<name>.data`` beside it.
     """
+    import onnx
+
     out = Path(path)
     if not out.parent.is_dir():
         raise PassError(f"{out}: directory {out.parent} does not exist. Create it first.")
@@ -151,8 +162,8 @@ def check_replaceable(folder: str | os.PathLike[str], force: bool, option: str =
     root = Path(folder)
     if not root.is_dir() or not any(root.iterdir()):
         return
-    if not force:
-        raise PassError(f"{option} {root} exists and is not empty; choose a new folder or pass --force to replace it.")
+    if not force:  # a usage error: the answer is an option (--force) or another folder
+        raise UsageError(f"{option} {root} exists and is not empty; choose a new folder or pass --force to replace it.")
     try:
         listed = set(json.loads((root / MANIFEST).read_text(encoding="utf-8"))["files"])
     except (OSError, ValueError, KeyError, TypeError):

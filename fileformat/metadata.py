@@ -22,9 +22,11 @@ vitseg.history         list of {"pass": name, ...} entries, one per pass that ch
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import onnx
+if TYPE_CHECKING:  # onnx is imported by whoever holds a model: not here (it costs 0.5 s)
+    import onnx
+
 
 PREFIX = "vitseg."
 KEYS = (

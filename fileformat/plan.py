@@ -44,13 +44,15 @@ adds the later plan's entries (a layer is factored once; ``passes.low_rank`` ski
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 
 from fileformat.errors import PassError
 from fileformat.metadata import read_metadata, write_metadata
+
+if TYPE_CHECKING:  # onnx is imported by whoever holds a model: not here (it costs 0.5 s)
+    import onnx
 
 PLAN_VERSION = 1
 SECTIONS = ("heads", "neurons", "channels", "width", "head_dim")

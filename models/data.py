@@ -43,6 +43,7 @@ __all__ = [
     "ScanSummary",
     "augment",
     "check_mask",
+    "check_split",
     "find_mask_dir",
     "find_samples",
     "iter_samples",
@@ -51,6 +52,7 @@ __all__ = [
     "load_sample",
     "normalize",
     "scan",
+    "splits",
 ]
 
 logger = logging.getLogger(__name__)
@@ -159,6 +161,39 @@ def find_samples(
         out.append(Sample(img.stem, img, mask))
     summary.kept = len(out)
     return out
+
+
+def splits(root: Path | str) -> list[str]:
+    """The split names of an LPCV root: the folders under ``ROOT/IMG`` (sorted)."""
+    img = Path(root) / IMAGE_DIR
+    return sorted(p.name for p in img.iterdir() if p.is_dir()) if img.is_dir() else []
+
+
+def check_split(
+    root: Path | str, split: str, option: str = "--split", data_option: str = "--data", *, require_masks: bool = True
+) -> int:
+    """Before any work: the number of images of ``split`` under ``root`` (cheap: names only, masks paired).
+
+    Raises :class:`fileformat.errors.PassError` when ``root`` is not a data folder (the input cannot be used: exit 1)
+    and :class:`fileformat.errors.UsageError` naming ``option`` when the folder lacks that split (exit 2)."""
+    from fileformat.errors import PassError, UsageError
+
+    root = Path(root)
+    if not root.is_dir():
+        raise PassError(
+            f"{data_option} {root}: no such data folder (create synthetic data with: python -m models.synthetic {root})"
+        )
+    if not (root / IMAGE_DIR / split).is_dir():
+        have = splits(root)
+        raise UsageError(
+            f"{option} {split!r}: {root} has no split {split!r}"
+            + (f"; it has {', '.join(have)}" if have else f" (no {IMAGE_DIR}/<split>/ folders: not the LPCV layout)")
+        )
+    try:
+        # what a run can use; bad files are its to say
+        return len(find_samples(root, split, require_masks=require_masks, skip_invalid=True))
+    except DataError as exc:
+        raise PassError(f"{data_option} {root}: {exc}") from None
 
 
 # ----------------------------------------------------------------------------------------------------- reading

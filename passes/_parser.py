@@ -1,0 +1,59 @@
+"""The light half of the passes' command line: what a pass needs to build its parser and answer ``--help`` and
+argument errors before onnx (half a second to import, most of it ml_dtypes), numpy and the engine load.
+
+A pass module imports only this, :mod:`fileformat.args` and :mod:`fileformat.cli` at its top, builds its parser,
+calls :func:`parse_early`, and imports the rest after it; :mod:`passes._core.cli` runs the pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from fileformat.args import Parser, positive_int, unit_interval
+
+#: what a structural pass removes when given no amount: half of each block's units (of each group's channels),
+#: rounded down, every block keeping at least one. One number for every pass, easy to state; not tuned per model.
+DEFAULT_RATIO = 0.5
+
+
+def parse_early(module: str, build: Callable[[], argparse.ArgumentParser]) -> None:
+    """At the top of a pass module, before its heavy imports: when the module runs as ``python -m passes.NAME``
+    (``module == "__main__"``), parse the command line with ``build()``'s parser, so that ``--help`` and every
+    argument error answer (exit 0 or 2) before onnx, numpy and the engine are imported. ``main`` parses again."""
+    if module == "__main__":
+        build().parse_args()
+
+
+def add_unit_arguments(parser: argparse.ArgumentParser, unit: str, block: str = "block") -> None:
+    """The shared ``--keep/--ratio/--plan/--norm`` options of prune_heads, slice_neurons and slice_width; none of
+    the first three given means ``--ratio`` :data:`DEFAULT_RATIO`."""
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--keep", type=positive_int, help=f"{unit} kept in every {block} (>= 1)")
+    how.add_argument(
+        "--ratio",
+        type=unit_interval,
+        help=f"fraction of each {block}'s {unit} removed, in [0, 1) (none of --keep/--ratio/--plan given: "
+        f"{DEFAULT_RATIO})",
+    )
+    how.add_argument("--plan", help=f"JSON plan naming the {unit} each {block} keeps (original-model indices)")
+    parser.add_argument("--norm", choices=("l1", "l2"), default="l2", help="weight norm used to rank (default l2)")
+
+
+def pass_name(parser: argparse.ArgumentParser) -> str:
+    """``prune_heads`` for the parser of ``python -m passes.prune_heads``."""
+    return parser.prog.rsplit(".", 1)[-1].split()[-1]
+
+
+def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A parser with the common arguments: the input model, ``-o``, ``--report``, ``--force``, ``-v``."""
+    parser = Parser(prog=prog, description=description)
+    name = prog.rsplit(".", 1)[-1]
+    parser.add_argument("model", help="input ONNX model (never modified)")
+    parser.add_argument(
+        "-o", "--output", help=f"output ONNX path (default: IN.{name}.onnx beside the input; never the input)"
+    )
+    parser.add_argument("--report", help="also write the full report as JSON to this path")
+    parser.add_argument("--force", action="store_true", help="replace an existing default output file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the full report, decisions, tracebacks")
+    return parser
