@@ -45,14 +45,33 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fileformat.args import Parser, positive_int
+from fileformat.cli import cli_main
+from fileformat.targets import TARGETS, TargetProfile, UnknownTargetError, get_target
+from passes._parser import parse_early
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="python -m passes.check_target",
+        description="Check an ONNX model against a device profile; exit 1 with the list of problems if it cannot run.",
+    )
+    p.add_argument("model", help="ONNX model to check (not modified)")
+    p.add_argument("--target", required=True, choices=sorted(TARGETS), help="device profile (runtime/targets.py)")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch a dynamic batch is built for (default 1)")
+    p.add_argument("--json", help="also write the result as JSON here")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details; show tracebacks on errors")
+    return p
+
+
+parse_early(__name__, _parser)  # --help and argument errors answer before onnx loads
+
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from fileformat.cli import cli_main
 from fileformat.errors import PassError, UsageError
 from fileformat.io import atomic_write_text, check_distinct, load_model
-from fileformat.targets import TARGETS, TargetProfile, UnknownTargetError, get_target
 from passes._core.stats import graph_stats
 
 log = logging.getLogger(__name__)
@@ -657,19 +676,6 @@ def _check_onnxruntime(model: onnx.ModelProto) -> list[Finding]:
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m passes.check_target",
-        description="Check an ONNX model against a device profile; exit 1 with the list of problems if it cannot run.",
-    )
-    p.add_argument("model", help="ONNX model to check (not modified)")
-    p.add_argument("--target", required=True, choices=sorted(TARGETS), help="device profile (runtime/targets.py)")
-    p.add_argument("--batch", type=int, default=1, help="batch a dynamic batch is built for (default 1)")
-    p.add_argument("--json", help="also write the result as JSON here")
-    p.add_argument("-v", "--verbose", action="store_true")
-    return p
 
 
 @cli_main("python -m passes.check_target")

@@ -41,14 +41,58 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fileformat.args import positive, positive_int
+from fileformat.cli import cli_main
+from passes._parser import make_parser, parse_early
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = make_parser("python -m passes.fp16", "Mixed FP16 conversion that keeps overflow-prone nodes in FP32.")
+    p.add_argument("--fp16-io", action="store_true", help="make the model's inputs and outputs FP16 (default FP32)")
+    p.add_argument(
+        "--keep-fp32",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="OP_OR_NODE",
+        help="op types, node names or shell patterns on node names to keep in FP32 (in addition to the defaults)",
+    )
+    p.add_argument(
+        "--allow-fp16",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="OP",
+        help="remove op types from the default FP32 list (only where measured safe)",
+    )
+    p.add_argument("--no-layernorm-chains", action="store_true", help="let decomposed LayerNorm chains run in FP16")
+    p.add_argument(
+        "--calib",
+        metavar="DATA",
+        help="images to measure activation ranges on: LPCV-layout root, image folder, or 'synthetic'",
+    )
+    p.add_argument("--calib-count", type=positive_int, default=16, help="calibration images (default 16)")
+    p.add_argument("--calib-split", default="train", help="split of an LPCV-layout root (default train)")
+    p.add_argument(
+        "--calib-margin",
+        type=positive,
+        default=1.0,
+        help="flag a tensor when max|x| * margin > 65504 (default 1.0; e.g. 2 keeps a factor-2 headroom)",
+    )
+    p.add_argument("--clamp", action="store_true", help="clamp out-of-range constants at +-65504 instead")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar during calibration")
+    return p
+
+
+parse_early(__name__, _parser)  # --help and argument errors answer before onnx and the engine load
+
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from fileformat.cli import cli_main
 from fileformat.errors import PassError
 from fileformat.metadata import append_history, read_metadata
-from passes._core.cli import make_parser, run_pass_cli
+from passes._core.cli import run_pass_cli
 from passes._core.finalize import finalize
 from passes._core.graph import consumers as _consumers
 from passes._core.report import PassReport
@@ -590,44 +634,6 @@ def convert_fp16(
 
 
 # ----------------------------------------------------------------------------------------------------------- CLI
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = make_parser("python -m passes.fp16", "Mixed FP16 conversion that keeps overflow-prone nodes in FP32.")
-    p.add_argument("--fp16-io", action="store_true", help="make the model's inputs and outputs FP16 (default FP32)")
-    p.add_argument(
-        "--keep-fp32",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="OP_OR_NODE",
-        help="op types, node names or shell patterns on node names to keep in FP32 (in addition to the defaults)",
-    )
-    p.add_argument(
-        "--allow-fp16",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="OP",
-        help="remove op types from the default FP32 list (only where measured safe)",
-    )
-    p.add_argument("--no-layernorm-chains", action="store_true", help="let decomposed LayerNorm chains run in FP16")
-    p.add_argument(
-        "--calib",
-        metavar="DATA",
-        help="images to measure activation ranges on: LPCV-layout root, image folder, or 'synthetic'",
-    )
-    p.add_argument("--calib-count", type=int, default=16, help="calibration images (default 16)")
-    p.add_argument("--calib-split", default="train", help="split of an LPCV-layout root (default train)")
-    p.add_argument(
-        "--calib-margin",
-        type=float,
-        default=1.0,
-        help="flag a tensor when max|x| * margin > 65504 (default 1.0; e.g. 2 keeps a factor-2 headroom)",
-    )
-    p.add_argument("--clamp", action="store_true", help="clamp out-of-range constants at +-65504 instead")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar during calibration")
-    return p
 
 
 def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelProto, PassReport]:

@@ -50,14 +50,87 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fileformat.args import percent, positive_int
+from fileformat.cli import cli_main
+from passes._parser import make_parser, parse_early
+
+METHODS = ("minmax", "entropy", "percentile")
+OP_TYPES = ("Conv", "MatMul", "Gemm")  # quantized by default
+
+
+def percentile(text: str) -> float:
+    """``--percentile``: in (0, 100]."""
+    value = percent(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("0 is not in (0, 100]")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = make_parser("python -m passes.int8", "Static INT8 quantization (QDQ) calibrated on images.")
+    p.add_argument(
+        "--calib",
+        required=True,
+        metavar="DATA",
+        help="calibration images: LPCV-layout root (IMG/<split>/), a folder of images, or 'synthetic'",
+    )
+    p.add_argument("--calib-count", type=positive_int, default=32, help="calibration images to use (default 32)")
+    p.add_argument("--calib-split", default="train", help="split of an LPCV-layout root (default train)")
+    p.add_argument("--method", choices=METHODS, default="minmax", help="calibration method (default minmax)")
+    p.add_argument("--percentile", type=percentile, default=99.999, help="for --method percentile (default 99.999)")
+    p.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor (default per channel)")
+    p.add_argument(
+        "--target",
+        default=None,
+        help="device profile (cpu, jetson-orin, jetson-nano; 'orin', 'nano' also work): asymmetric activations for "
+        "onnxruntime (cpu), symmetric for TensorRT (default: the target recorded in the model, else cpu)",
+    )
+    sym = p.add_mutually_exclusive_group()
+    sym.add_argument(
+        "--symmetric",
+        dest="symmetric",
+        action="store_const",
+        const=True,
+        default=None,
+        help="symmetric activations (zero point 0) whatever the target",
+    )
+    sym.add_argument(
+        "--asymmetric",
+        dest="symmetric",
+        action="store_const",
+        const=False,
+        help="asymmetric activations whatever the target (TensorRT cannot import them)",
+    )
+    p.add_argument(
+        "--op-types",
+        nargs="+",
+        default=list(OP_TYPES),
+        metavar="OP",
+        help="op types to quantize (default Conv MatMul Gemm)",
+    )
+    p.add_argument(
+        "--exclude",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="OP_OR_NODE",
+        help="op types, node names or shell patterns on node names to leave in float (besides the defaults)",
+    )
+    p.add_argument("--no-default-exclusions", action="store_true", help="also quantize LayerNorm/Softmax/classifier")
+    p.add_argument("--no-preprocess", action="store_true", help="skip onnxruntime's quant_pre_process")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+parse_early(__name__, _parser)  # --help and argument errors answer before onnx and the engine load
+
 import numpy as np
 import onnx
 
-from fileformat.cli import cli_main
 from fileformat.errors import PassError, UsageError
 from fileformat.metadata import append_history, read_metadata
 from fileformat.targets import UnknownTargetError
-from passes._core.cli import make_parser, run_pass_cli
+from passes._core.cli import run_pass_cli
 from passes._core.finalize import finalize
 from passes._core.report import PassReport
 from passes._core.stats import graph_stats
@@ -76,7 +149,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("minmax", "entropy", "percentile")
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear")
 
 
@@ -106,7 +178,7 @@ class Int8Config:
     target: str | None = None
     symmetric_activations: bool | None = None
     symmetric_weights: bool = True
-    op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
+    op_types: tuple[str, ...] = OP_TYPES
     matmul_const_b_only: bool = True
     default_exclusions: bool = True
     exclude: tuple[str, ...] = ()
@@ -461,62 +533,6 @@ def quantize_int8(
 
 
 # ----------------------------------------------------------------------------------------------------------- CLI
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = make_parser("python -m passes.int8", "Static INT8 quantization (QDQ) calibrated on images.")
-    p.add_argument(
-        "--calib",
-        required=True,
-        metavar="DATA",
-        help="calibration images: LPCV-layout root (IMG/<split>/), a folder of images, or 'synthetic'",
-    )
-    p.add_argument("--calib-count", type=int, default=32, help="calibration images to use (default 32)")
-    p.add_argument("--calib-split", default="train", help="split of an LPCV-layout root (default train)")
-    p.add_argument("--method", choices=METHODS, default="minmax", help="calibration method (default minmax)")
-    p.add_argument("--percentile", type=float, default=99.999, help="for --method percentile (default 99.999)")
-    p.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor (default per channel)")
-    p.add_argument(
-        "--target",
-        default=None,
-        help="device profile (cpu, jetson-orin, jetson-nano; 'orin', 'nano' also work): asymmetric activations for "
-        "onnxruntime (cpu), symmetric for TensorRT (default: the target recorded in the model, else cpu)",
-    )
-    sym = p.add_mutually_exclusive_group()
-    sym.add_argument(
-        "--symmetric",
-        dest="symmetric",
-        action="store_const",
-        const=True,
-        default=None,
-        help="symmetric activations (zero point 0) whatever the target",
-    )
-    sym.add_argument(
-        "--asymmetric",
-        dest="symmetric",
-        action="store_const",
-        const=False,
-        help="asymmetric activations whatever the target (TensorRT cannot import them)",
-    )
-    p.add_argument(
-        "--op-types",
-        nargs="+",
-        default=list(Int8Config.op_types),
-        metavar="OP",
-        help="op types to quantize (default Conv MatMul Gemm)",
-    )
-    p.add_argument(
-        "--exclude",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="OP_OR_NODE",
-        help="op types, node names or shell patterns on node names to leave in float (besides the defaults)",
-    )
-    p.add_argument("--no-default-exclusions", action="store_true", help="also quantize LayerNorm/Softmax/classifier")
-    p.add_argument("--no-preprocess", action="store_true", help="skip onnxruntime's quant_pre_process")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
 
 
 def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelProto, PassReport]:

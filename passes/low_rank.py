@@ -1,7 +1,10 @@
 """Factor linear layers by truncated SVD: ``W ~= A @ B``, two thinner layers where that saves parameters and FLOPs.
 
-``python -m passes.low_rank model.onnx -o out.onnx (--rank-ratio R | --energy E) [--min-saving S]
+``python -m passes.low_rank model.onnx -o out.onnx [--rank-ratio R | --energy E] [--min-saving S]
 [--include REGEX] [--exclude REGEX] [--report r.json]``
+
+Without ``--rank-ratio`` or ``--energy`` every layer gets half its rank (``--rank-ratio 0.5``), the structural
+passes' one default; the summary says how many layers were factored.
 
 A linear layer is a MatMul with a constant 2-D weight ``W [in, out]``, a Gemm (``transA = 0``; ``W`` or ``W^T``
 stored as its ``transB`` says) or a 1x1 Conv without groups (weight ``[out, in, 1, 1]``). With the SVD
@@ -39,16 +42,44 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fileformat.args import finite, fraction
+from fileformat.cli import cli_main
+from passes._parser import DEFAULT_RATIO, make_parser, parse_early
+
+PASS_NAME = "low_rank"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(f"python -m passes.{PASS_NAME}", (__doc__ or "").split("\n\n")[0])
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument(
+        "--rank-ratio",
+        type=fraction,
+        help=f"rank = ceil(R * min(in, out)) per layer, R in (0, 1] (neither this nor --energy given: {DEFAULT_RATIO})",
+    )
+    how.add_argument("--energy", type=fraction, help="smallest rank keeping this fraction of ||W||_F^2, in (0, 1]")
+    parser.add_argument(
+        "--min-saving",
+        type=finite,
+        default=0.1,
+        help="factor a layer only if it saves at least this fraction of its weights (< 1; negative: always)",
+    )
+    parser.add_argument("--include", help="only layers whose module, parameter or initializer name matches (regex)")
+    parser.add_argument("--exclude", help="leave out layers whose module, parameter or initializer name matches")
+    return parser
+
+
+parse_early(__name__, build_parser)  # --help and argument errors answer before onnx and the engine load
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from fileformat.cli import cli_main
 from fileformat.errors import UsageError
 from fileformat.metadata import append_history, make_entry, read_metadata, weight_sources, write_metadata
 from fileformat.plan import LOW_RANK, read_plan, write_plan
 from passes._core.canonical import canonicalize, merge_constants
-from passes._core.cli import make_parser, run_pass_cli
+from passes._core.cli import run_pass_cli
 from passes._core.finalize import finalize
 from passes._core.graph import node_scope
 from passes._core.report import PassReport
@@ -58,7 +89,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["LinearLayer", "LowRankConfig", "choose_rank", "factor", "find_linear_layers", "low_rank", "main"]
 
-PASS_NAME = "low_rank"
 _COLUMNS = ["layer", "op", "in", "out", "rank", "max_rank", "params", "params_after", "saving", "energy", "rel_error"]
 
 
@@ -434,31 +464,19 @@ def low_rank(model: onnx.ModelProto, config: LowRankConfig) -> tuple[onnx.ModelP
 
 
 # -------------------------------------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    parser = make_parser(f"python -m passes.{PASS_NAME}", (__doc__ or "").split("\n\n")[0])
-    how = parser.add_mutually_exclusive_group(required=True)
-    how.add_argument("--rank-ratio", type=float, help="rank = ceil(R * min(in, out)) per layer, R in (0, 1]")
-    how.add_argument("--energy", type=float, help="smallest rank keeping this fraction of ||W||_F^2, in (0, 1]")
-    parser.add_argument(
-        "--min-saving",
-        type=float,
-        default=0.1,
-        help="factor a layer only if it saves at least this fraction of its weights (< 1; negative: always)",
-    )
-    parser.add_argument("--include", help="only layers whose module, parameter or initializer name matches (regex)")
-    parser.add_argument("--exclude", help="leave out layers whose module, parameter or initializer name matches")
-    return parser
-
-
 def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelProto, PassReport]:
     config = LowRankConfig(
-        rank_ratio=args.rank_ratio,
+        rank_ratio=DEFAULT_RATIO if args.rank_ratio is None and args.energy is None else args.rank_ratio,
         energy=args.energy,
         min_saving=args.min_saving,
         include=args.include,
         exclude=args.exclude,
     )
-    return low_rank(model, config)
+    new, report = low_rank(model, config)
+    if report.rows:
+        done = sum(1 for r in report.rows if r.get("applied"))
+        report.extra["headline"] = f"{done} of {len(report.rows)} linear layers factored"
+    return new, report
 
 
 @cli_main(f"python -m passes.{PASS_NAME}")

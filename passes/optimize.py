@@ -31,8 +31,10 @@ Three rewrites, each verified on its own and reported with its node counts:
   onnxruntime only, is tied to the onnxruntime version that wrote it (see ``vitseg.history``) and no longer passes
   ``onnx.checker``; keep the portable output for TensorRT, other runtimes and the other passes. Off by default
   because onnxruntime applies the same optimisations when it loads the portable file (its default level is
-  ``ORT_ENABLE_ALL``), so the offline file saves session-creation time, not run time; ``ORT_ENABLE_ALL``'s layout
-  transforms depend on the CPU's instruction set and are never written offline.
+  ``ORT_ENABLE_ALL``), so the offline file saves session-creation time, not run time. ``--ort-level all`` writes
+  ``ORT_ENABLE_ALL``'s graph too (its NCHWc layout transforms, ``com.microsoft.nchwc``): for a session that will not
+  optimise again (``ORT_DISABLE_ALL`` when it loads the file) that is the graph to ship, but its blocked layouts
+  are chosen for this CPU's vector width: write it on (a machine like) the one that runs it.
 
 Exactness: after each rewrite the model is run with onnxruntime on a seeded ``N(0, 1)`` input of the declared shape
 (graph optimisations off, so two graphs are compared, not two optimiser runs); a rewrite whose outputs differ from
@@ -54,15 +56,55 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fileformat.args import non_negative, positive_int
+from fileformat.cli import cli_main
+from fileformat.targets import TARGETS, TargetProfile, UnknownTargetError, get_target
+from passes._parser import make_parser, parse_early
+
+ORT_LEVELS = ("extended", "basic", "all")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = make_parser("python -m passes.optimize", __doc__.splitlines()[0])
+    p.add_argument(
+        "--target",
+        default=None,
+        help=f"device profile ({', '.join(TARGETS)}; 'orin', 'nano' also work): decides the LayerNorm fusion "
+        "(default: the target the model was exported for, else cpu)",
+    )
+    p.add_argument("--no-layernorm", action="store_true", help="do not fuse decomposed LayerNorm chains")
+    p.add_argument("--no-layout", action="store_true", help="do not rewrite Reshape/Transpose chains")
+    p.add_argument(
+        "--ort-offline",
+        action="store_true",
+        help="write onnxruntime's optimised graph instead (cpu target only; the file then runs in onnxruntime only)",
+    )
+    p.add_argument(
+        "--ort-level",
+        choices=ORT_LEVELS,
+        default="extended",
+        help="onnxruntime level for --ort-offline: all adds the CPU layout transforms (NCHWc, for this CPU's vector "
+        "width), for a deploying session that does not optimise again",
+    )
+    p.add_argument(
+        "--atol", type=non_negative, default=1e-5, help="largest absolute output difference a rewrite may cause"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random check input")
+    p.add_argument(
+        "--batch", type=positive_int, default=1, help="batch used for a dynamic batch dimension in the check"
+    )
+    return p
+
+
+parse_early(__name__, _parser)  # --help and argument errors answer before onnx and the engine load
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from fileformat.cli import cli_main
 from fileformat.errors import PassError, UsageError
 from fileformat.metadata import append_history, read_metadata, write_metadata
-from fileformat.targets import TARGETS, TargetProfile, UnknownTargetError, get_target
-from passes._core.cli import make_parser, run_pass_cli
+from passes._core.cli import run_pass_cli
 from passes._core.finalize import finalize
 from passes._core.graph import GraphView
 from passes._core.report import PassReport
@@ -85,7 +127,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LAYOUT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
-ORT_LEVELS = ("extended", "basic")
 _LN_OPSET = 17
 
 
@@ -97,7 +138,7 @@ class OptimizeConfig:
         target: device profile name (``fileformat.targets``); decides whether LayerNorm may be fused.
         layernorm / layout: run the LayerNorm fusion / the layout-chain rewrite.
         ort_offline: write onnxruntime's offline-optimised graph (``onnxruntime`` targets only).
-        ort_level: ``extended`` or ``basic`` (onnxruntime's graph optimisation level for ``ort_offline``).
+        ort_level: ``extended``, ``basic`` or ``all`` (onnxruntime's graph optimisation level for ``ort_offline``).
         atol: the largest absolute output difference a rewrite may cause.
         seed / batch: the check input (``batch`` replaces a dynamic batch dimension).
     """
@@ -612,7 +653,7 @@ def collapse_layout_chains(model: onnx.ModelProto) -> tuple[onnx.ModelProto, lis
 
 
 def ort_offline(model: onnx.ModelProto, level: str = "extended") -> onnx.ModelProto:
-    """The graph onnxruntime runs for ``model`` on the CPU at ``level`` (``extended`` or ``basic``), as a model.
+    """The graph onnxruntime runs for ``model`` on the CPU at ``level`` (``extended``, ``basic`` or ``all``).
 
     The result may hold onnxruntime contrib ops (``com.microsoft``): onnxruntime only. Metadata is carried over.
     """
@@ -621,6 +662,7 @@ def ort_offline(model: onnx.ModelProto, level: str = "extended") -> onnx.ModelPr
     levels = {
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }
     if level not in levels:
         raise PassError(f"unknown onnxruntime level {level!r}; choose one of {', '.join(ORT_LEVELS)}")
@@ -817,28 +859,6 @@ def optimize(model: onnx.ModelProto, config: OptimizeConfig | None = None) -> tu
 
 
 # ----------------------------------------------------------------------------------------------------------- CLI
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = make_parser("python -m passes.optimize", __doc__.splitlines()[0])
-    p.add_argument(
-        "--target",
-        default=None,
-        help=f"device profile ({', '.join(TARGETS)}; 'orin', 'nano' also work): decides the LayerNorm fusion "
-        "(default: the target the model was exported for, else cpu)",
-    )
-    p.add_argument("--no-layernorm", action="store_true", help="do not fuse decomposed LayerNorm chains")
-    p.add_argument("--no-layout", action="store_true", help="do not rewrite Reshape/Transpose chains")
-    p.add_argument(
-        "--ort-offline",
-        action="store_true",
-        help="write onnxruntime's optimised graph instead (cpu target only; the file then runs in onnxruntime only)",
-    )
-    p.add_argument("--ort-level", choices=ORT_LEVELS, default="extended", help="onnxruntime level for --ort-offline")
-    p.add_argument("--atol", type=float, default=1e-5, help="largest absolute output difference a rewrite may cause")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random check input")
-    p.add_argument("--batch", type=int, default=1, help="batch used for a dynamic batch dimension in the check")
-    return p
 
 
 def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelProto, PassReport]:

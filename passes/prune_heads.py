@@ -1,7 +1,10 @@
 """Remove attention heads from an exported ONNX model, physically, on the graph.
 
-``python -m passes.prune_heads model.onnx -o out.onnx (--keep N | --ratio R | --plan plan.json) [--norm l1|l2]
+``python -m passes.prune_heads model.onnx -o out.onnx [--keep N | --ratio R | --plan plan.json] [--norm l1|l2]
 [--report r.json]``
+
+Without ``--keep``, ``--ratio`` or ``--plan`` it removes half of each block's heads (``--ratio 0.5``: the
+lowest-norm ``floor(H / 2)``, every block keeping at least one) and says how many went.
 
 Each attention block is found from its Softmax and followed by coupled-dimension analysis
 (:mod:`passes._core.dims`): the head axis is traced through the q/k/v projection (fused or separate), reshapes,
@@ -25,12 +28,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fileformat.cli import cli_main
+from passes._parser import DEFAULT_RATIO, add_unit_arguments, make_parser, parse_early
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = make_parser("python -m passes.prune_heads", (__doc__ or "").split("\n\n")[0])
+    add_unit_arguments(parser, "heads", "attention block")
+    return parser
+
+
+parse_early(__name__, _parser)  # --help and argument errors answer before onnx and the engine load
+
 import numpy as np
 import onnx
 
-from fileformat.cli import cli_main
 from fileformat.errors import PassError
-from passes._core.cli import make_parser, run_pass_cli
+from passes._core.cli import run_pass_cli, unit_headline
+from passes._core.oracle import zero_units
 from passes._core.report import PassReport
 from passes._core.units import (
     AttentionBlock,
@@ -38,7 +53,6 @@ from passes._core.units import (
     find_attention_blocks,
     importance,
     prune_units,
-    zero_units,
 )
 
 __all__ = [
@@ -91,29 +105,30 @@ def read_plan_file(path: str) -> dict:
     return plan
 
 
-def add_unit_arguments(parser: argparse.ArgumentParser, unit: str) -> None:
-    """The shared ``--keep/--ratio/--plan/--norm`` options of prune_heads and slice_neurons."""
-    how = parser.add_mutually_exclusive_group(required=True)
-    how.add_argument("--keep", type=int, help=f"{unit} kept in every block (>= 1)")
-    how.add_argument("--ratio", type=float, help=f"fraction of each block's {unit} removed, in [0, 1)")
-    how.add_argument("--plan", help=f"JSON plan naming the {unit} each block keeps (original-model indices)")
-    parser.add_argument("--norm", choices=("l1", "l2"), default="l2", help="weight norm used to rank (default l2)")
-
-
 def config_from_args(cls: type[UnitPruneConfig], args: argparse.Namespace) -> UnitPruneConfig:
     plan = read_plan_file(args.plan) if args.plan else None
-    return cls(keep=args.keep, ratio=args.ratio, plan=plan, norm=args.norm)
+    ratio = DEFAULT_RATIO if args.keep is None and args.ratio is None and plan is None else args.ratio
+    return cls(keep=args.keep, ratio=ratio, plan=plan, norm=args.norm)
+
+
+def with_headline(
+    result: tuple[onnx.ModelProto, PassReport], unit: str, where: str
+) -> tuple[onnx.ModelProto, PassReport]:
+    """Put "N of M UNIT removed in K of B WHERE" into the report's summary (``extra["headline"]``)."""
+    headline = unit_headline(result[1], unit, where)
+    if headline:
+        result[1].extra["headline"] = headline
+    return result
 
 
 def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelProto, PassReport]:
-    return prune_heads(model, config_from_args(PruneHeadsConfig, args))  # type: ignore[arg-type]
+    config = config_from_args(PruneHeadsConfig, args)
+    return with_headline(prune_heads(model, config), "heads", "attention blocks")  # type: ignore[arg-type]
 
 
 @cli_main("python -m passes.prune_heads")
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser("python -m passes.prune_heads", __doc__.split("\n\n")[0])
-    add_unit_arguments(parser, "heads")
-    return run_pass_cli(parser, _run, argv)
+    return run_pass_cli(_parser(), _run, argv)
 
 
 if __name__ == "__main__":

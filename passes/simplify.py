@@ -28,20 +28,41 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from fileformat.args import non_negative, non_negative_int, positive_int
+from fileformat.cli import cli_main
+from passes._parser import make_parser, parse_early
+
+BACKENDS = ("auto", "onnxsim", "onnxslim")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = make_parser("python -m passes.simplify", (__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="simplifier (default: onnxsim, then onnxslim)"
+    )
+    parser.add_argument(
+        "--atol", type=non_negative, default=1e-5, help="max abs output difference accepted (default 1e-5)"
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random check input")
+    parser.add_argument(
+        "--batch", type=positive_int, default=1, help="batch used for a dynamic batch dimension in the check"
+    )
+    return parser
+
+
+parse_early(__name__, _parser)  # --help and argument errors answer before onnx and the engine load
+
 import numpy as np
 import onnx
 
-from fileformat.cli import cli_main
 from fileformat.errors import PassError
 from fileformat.metadata import append_history, read_metadata
-from passes._core.cli import make_parser, run_pass_cli
+from passes._core.cli import run_pass_cli
 from passes._core.finalize import finalize
 from passes._core.report import PassReport
 from passes._core.stats import graph_stats
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "onnxsim", "onnxslim")
 
 
 def _onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -239,14 +260,7 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
 
 @cli_main("python -m passes.simplify")
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser("python -m passes.simplify", __doc__.splitlines()[0])
-    parser.add_argument(
-        "--backend", choices=BACKENDS, default="auto", help="simplifier (default: onnxsim, then onnxslim)"
-    )
-    parser.add_argument("--atol", type=float, default=1e-5, help="max abs output difference accepted (default 1e-5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random check input")
-    parser.add_argument("--batch", type=int, default=1, help="batch used for a dynamic batch dimension in the check")
-    return run_pass_cli(parser, _run, argv)
+    return run_pass_cli(_parser(), _run, argv)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 ``python -m passes.slice_channels model.onnx -o out.onnx --target-flops 0.25 [--scope decoder]``
 
+Without ``--ratio``, ``--plan``, ``--target-flops`` or ``--target-params`` it removes half of each group's channels
+(``--ratio 0.5``) and says how many went.
+
 The channel groups come from :mod:`passes._core.channels` (a conv's output channels followed through BN, activations,
 depthwise convs, residual sums, Concat offsets, Resize and pooling to the next layer's input channels). How many
 channels each group keeps is one of:
@@ -29,30 +32,70 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fileformat.args import unit_interval
+from fileformat.cli import cli_main
+from passes._parser import DEFAULT_RATIO, make_parser, parse_early
+
+PASS_NAME = "slice_channels"
+SCOPES = ("all", "decoder", "backbone")
+# passes._core.importance.CHANNEL_METHODS, without importing onnx (a test holds them equal)
+IMPORTANCES = ("l1", "l2", "bn_scale")
+
+
+def add_budget_args(parser: argparse.ArgumentParser, latency: bool = False) -> None:
+    """The budget options shared with ``passes.compress`` (``latency``: its time budgets, allocated by HALP)."""
+    parser.add_argument("--target-flops", type=float, help="keep this fraction of the model's FLOPs, in (0, 1]")
+    parser.add_argument("--target-params", type=float, help="keep this fraction of the model's parameters")
+    parser.add_argument(
+        "--allocation",
+        choices=("lamp", "uniform", "halp") if latency else ("lamp", "uniform"),
+        default=None if latency else "lamp",
+        help="per-layer amounts of a budget: LAMP ranking, one uniform fraction"
+        + (", or HALP (importance per ms saved; the default for --target-latency, else lamp)" if latency else ""),
+    )
+    parser.add_argument(
+        "--floor", type=float, default=0.1, help="every layer keeps at least this fraction of its units"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(f"python -m passes.{PASS_NAME}", (__doc__ or "").split("\n\n")[0])
+    parser.add_argument(
+        "--ratio",
+        type=unit_interval,
+        help=f"fraction of each group's channels to remove, in [0, 1) (no --ratio, --plan or --target-* given: "
+        f"{DEFAULT_RATIO})",
+    )
+    parser.add_argument("--plan", help="plan JSON (or a model holding vitseg.plan) whose 'channels' to apply")
+    add_budget_args(parser)
+    parser.add_argument("--scope", choices=SCOPES, default="all", help="which part of the model may lose channels")
+    parser.add_argument(
+        "--importance", choices=IMPORTANCES, default="l2", help="channel importance: filter norm or |BN gamma|"
+    )
+    return parser
+
+
+parse_early(__name__, build_parser)  # --help and argument errors answer before onnx and the engine load
+
 import numpy as np
 import onnx
 
-from fileformat.cli import cli_main
 from fileformat.errors import PassError, UsageError
 from fileformat.metadata import append_history
 from fileformat.plan import check_indices, read_plan, write_plan
 from passes._core.budget import Allocation, BudgetConfig, CostModel, Layer, allocate
 from passes._core.canonical import canonicalize, merge_constants
 from passes._core.channels import ChannelAnalysis, ChannelGroup, CutResult, apply_channel_cuts, keep_top
-from passes._core.cli import make_parser, run_pass_cli
+from passes._core.cli import run_pass_cli, unit_headline
 from passes._core.cost import cost_terms
 from passes._core.dims import unit_positions
 from passes._core.finalize import finalize
 from passes._core.graph import GraphView
-from passes._core.importance import CHANNEL_METHODS, channel_group_scores
+from passes._core.importance import channel_group_scores
 from passes._core.report import PassReport
 from passes._core.stats import GraphStats, graph_stats
 
 log = logging.getLogger(__name__)
-
-PASS_NAME = "slice_channels"
-SCOPES = ("all", "decoder", "backbone")
-IMPORTANCES = CHANNEL_METHODS
 
 
 @dataclass
@@ -337,37 +380,10 @@ def _budget_notes(report: PassReport, alloc: Allocation | None, before: GraphSta
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
-def add_budget_args(parser: argparse.ArgumentParser, latency: bool = False) -> None:
-    """The budget options shared with ``passes.compress`` (``latency``: its time budgets, allocated by HALP)."""
-    parser.add_argument("--target-flops", type=float, help="keep this fraction of the model's FLOPs, in (0, 1]")
-    parser.add_argument("--target-params", type=float, help="keep this fraction of the model's parameters")
-    parser.add_argument(
-        "--allocation",
-        choices=("lamp", "uniform", "halp") if latency else ("lamp", "uniform"),
-        default=None if latency else "lamp",
-        help="per-layer amounts of a budget: LAMP ranking, one uniform fraction"
-        + (", or HALP (importance per ms saved; the default for --target-latency, else lamp)" if latency else ""),
-    )
-    parser.add_argument(
-        "--floor", type=float, default=0.1, help="every layer keeps at least this fraction of its units"
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = make_parser(f"python -m passes.{PASS_NAME}", (__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--ratio", type=float, help="fraction of each group's channels to remove, in [0, 1)")
-    parser.add_argument("--plan", help="plan JSON (or a model holding vitseg.plan) whose 'channels' to apply")
-    add_budget_args(parser)
-    parser.add_argument("--scope", choices=SCOPES, default="all", help="which part of the model may lose channels")
-    parser.add_argument(
-        "--importance", choices=IMPORTANCES, default="l2", help="channel importance: filter norm or |BN gamma|"
-    )
-    return parser
-
-
 def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelProto, PassReport]:
+    amounts = (args.ratio, args.plan, args.target_flops, args.target_params)
     config = SliceChannelsConfig(
-        ratio=args.ratio,
+        ratio=DEFAULT_RATIO if all(a is None for a in amounts) else args.ratio,
         plan=load_plan_arg(args.plan) if args.plan else None,
         target_flops=args.target_flops,
         target_params=args.target_params,
@@ -376,7 +392,11 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
         scope=args.scope,
         importance=args.importance,
     )
-    return slice_channels(model, config)
+    new, report = slice_channels(model, config)
+    headline = unit_headline(report, "channels", "groups", "channels", "kept")
+    if headline:
+        report.extra["headline"] = headline
+    return new, report
 
 
 @cli_main("python -m passes.slice_channels")

@@ -1,7 +1,9 @@
 """Remove hidden neurons of transformer MLPs from an exported ONNX model.
 
-``python -m passes.slice_neurons model.onnx -o out.onnx (--keep N | --ratio R | --plan plan.json) [--norm l1|l2]
+``python -m passes.slice_neurons model.onnx -o out.onnx [--keep N | --ratio R | --plan plan.json] [--norm l1|l2]
 [--report r.json]``
+
+Without ``--keep``, ``--ratio`` or ``--plan`` it removes half of each MLP's neurons (``--ratio 0.5``).
 
 An MLP is a linear layer (fc1) whose output reaches exactly one other linear layer (fc2) through elementwise ops
 only, whatever the activation became in the export (GELU as ``Div, Erf, Add, Mul, Mul``; SiLU as
@@ -18,16 +20,27 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fileformat.cli import cli_main
+from passes._parser import add_unit_arguments, make_parser, parse_early
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = make_parser("python -m passes.slice_neurons", (__doc__ or "").split("\n\n")[0])
+    add_unit_arguments(parser, "neurons", "MLP")
+    return parser
+
+
+parse_early(__name__, _parser)  # --help and argument errors answer before onnx and the engine load
+
 import numpy as np
 import onnx
 
-from fileformat.cli import cli_main
-from passes._core.cli import make_parser, run_pass_cli
+from passes._core.cli import run_pass_cli
 from passes._core.importance import importance
-from passes._core.report import PassReport
 from passes._core.oracle import zero_units
+from passes._core.report import PassReport
 from passes._core.units import Mlp, UnitPruneConfig, find_mlps, prune_units
-from passes.prune_heads import add_unit_arguments, config_from_args
+from passes.prune_heads import config_from_args, with_headline
 
 __all__ = ["Mlp", "SliceNeuronsConfig", "find_mlps", "main", "neuron_importance", "slice_neurons", "zero_neurons"]
 
@@ -56,14 +69,13 @@ def zero_neurons(model: onnx.ModelProto, mlp: Mlp, neurons: Sequence[int]) -> on
 
 
 def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelProto, PassReport]:
-    return slice_neurons(model, config_from_args(SliceNeuronsConfig, args))  # type: ignore[arg-type]
+    config = config_from_args(SliceNeuronsConfig, args)
+    return with_headline(slice_neurons(model, config), "neurons", "MLPs")  # type: ignore[arg-type]
 
 
 @cli_main("python -m passes.slice_neurons")
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser("python -m passes.slice_neurons", __doc__.split("\n\n")[0])
-    add_unit_arguments(parser, "neurons")
-    return run_pass_cli(parser, _run, argv)
+    return run_pass_cli(_parser(), _run, argv)
 
 
 if __name__ == "__main__":

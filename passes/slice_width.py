@@ -1,7 +1,9 @@
 """Cut a transformer's width (its embedding dimension) or its attention blocks' head channels on an ONNX model.
 
-``python -m passes.slice_width model.onnx -o out.onnx (--keep N | --ratio R | --plan plan.json) [--kind width|head_dim]
+``python -m passes.slice_width model.onnx -o out.onnx [--keep N | --ratio R | --plan plan.json] [--kind width|head_dim]
 [--norm l1|l2]``
+
+Without ``--keep``, ``--ratio`` or ``--plan`` it removes half of each group's channels (``--ratio 0.5``).
 
 ``--kind width`` (default): the embedding dimension of each transformer (a MobileViT or Swin stage, a ViT's residual
 stream) is one coupled group. It runs from the weights that make it (MobileViT's 1x1 conv-in, a patch embedding,
@@ -25,18 +27,31 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fileformat.cli import cli_main
+from passes._parser import add_unit_arguments, make_parser, parse_early
+
+KINDS = ("width", "head_dim")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = make_parser("python -m passes.slice_width", (__doc__ or "").split("\n\n")[0])
+    add_unit_arguments(parser, "channels", "group")
+    parser.add_argument("--kind", choices=KINDS, default="width", help="what to cut (default: width)")
+    return parser
+
+
+parse_early(__name__, _parser)  # --help and argument errors answer before onnx and the engine load
+
 import onnx
 
-from fileformat.cli import cli_main
-from passes._core.cli import make_parser, run_pass_cli
+from passes._core.cli import run_pass_cli
 from passes._core.report import PassReport
 from passes._core.units import UnitPruneConfig, prune_units
-from passes.prune_heads import add_unit_arguments, config_from_args
+from passes.prune_heads import config_from_args, with_headline
 
 __all__ = ["KINDS", "SliceWidthConfig", "main", "slice_width"]
 
 PASS_NAME = "slice_width"
-KINDS = ("width", "head_dim")
 
 
 @dataclass(frozen=True)
@@ -56,15 +71,14 @@ def slice_width(model: onnx.ModelProto, config: SliceWidthConfig) -> tuple[onnx.
 def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelProto, PassReport]:
     base = config_from_args(UnitPruneConfig, args)
     config = SliceWidthConfig(keep=base.keep, ratio=base.ratio, plan=base.plan, norm=base.norm, kind=args.kind)
-    return slice_width(model, config)
+    where = "transformers" if args.kind == "width" else "q/k and v groups"
+    unit = "width channels" if args.kind == "width" else "head channels"
+    return with_headline(slice_width(model, config), unit, where)
 
 
 @cli_main("python -m passes.slice_width")
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser("python -m passes.slice_width", (__doc__ or "").split("\n\n")[0])
-    add_unit_arguments(parser, "channels")
-    parser.add_argument("--kind", choices=KINDS, default="width", help="what to cut (default: width)")
-    return run_pass_cli(parser, _run, argv)
+    return run_pass_cli(_parser(), _run, argv)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ CASES: list[Case] = [
     ("prune_heads -o at a hard link of the input", "passes.prune_heads", lambda f: [f["m"], "-o", f["hard"], "--ratio", "0.5"], 2),
     ("prune_heads -o names a folder", "passes.prune_heads", lambda f: [f["m"], "-o", f["data"], "--ratio", "0.5"], 2),
     ("prune_heads --ratio out of range", "passes.prune_heads", lambda f: [f["m"], "-o", f["out"], "--ratio", "1.5"], 2),
-    ("slice_channels no budget", "passes.slice_channels", lambda f: [f["m"], "-o", f["out"]], 2),
+    ("slice_channels --ratio 1", "passes.slice_channels", lambda f: [f["m"], "-o", f["out"], "--ratio", "1"], 2),
     ("compress --target-flops 2", "passes.compress", lambda f: [f["m"], "-o", f["out"], "--target-flops", "2"], 2),
     ("prune_heads on a corrupt model", "passes.prune_heads", lambda f: [f["bad"], "-o", f["out"], "--ratio", "0.5"], 1),
     ("check_target on a corrupt model", "passes.check_target", lambda f: [f["bad"], "--target", "cpu"], 1),
@@ -114,9 +114,10 @@ def test_train_refuses_another_runs_folder(work: dict[str, Path], tmp_path: Path
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"another run's checkpoint")
     before = (out / "checkpoint.pt").read_bytes()
-    assert train(["--data", str(work["data"]), "--out", str(out), "--steps", "1", "-q"]) == 2
+    args = ["--data", str(work["data"]), "--out", str(out), "--steps", "1", "--batch-size", "2", "-q"]
+    assert train(args) == 2
     assert "--resume" in capsys.readouterr().err and (out / "checkpoint.pt").read_bytes() == before
-    assert train(["--data", str(work["data"]), "--out", str(out), "--steps", "1", "--resume", "-q"]) == 1
+    assert train([*args, "--resume"]) == 1
     err = capsys.readouterr().err
     assert "not a readable torch file" in err and "Traceback" not in err
 

@@ -8,7 +8,13 @@
   on (nothing is written; the message says why and what to do). 2: a usage error (a missing or contradictory
   option, a value out of its range).
 * Every written model is first loaded by onnxruntime with default session options, as a user would.
-* Errors are one line; ``-v`` adds the traceback and the pass's full report.
+* Errors are one line; ``-v`` adds the traceback and the pass's full report. Argument errors are one line too
+  (:class:`fileformat.args.Parser`), and onnxruntime's own warnings are shown only with ``-v``.
+* A structural pass given no amount (no ``--keep``/``--ratio``/``--plan``) cuts :data:`DEFAULT_RATIO` of each
+  block's units, and its summary says in words what went ("18 of 36 heads removed in 9 of 9 attention blocks").
+* ``--help`` and argument errors answer before onnx (half a second to import, most of it ml_dtypes) and the engine
+  are imported: a pass module builds its parser from :mod:`passes._parser` (light) and calls ``parse_early`` before
+  its heavy imports (this package's ``__init__`` loads onnx).
 """
 
 from __future__ import annotations
@@ -19,34 +25,31 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
-
-from fileformat.cli import HelpFormatter
 from fileformat.errors import PassError, UsageError
 from fileformat.io import check_distinct, check_output_path, load_model, save_model
-from passes._core.report import PassReport
+from passes._parser import DEFAULT_RATIO, add_unit_arguments, make_parser, parse_early, pass_name
 
-RunFn = Callable[[onnx.ModelProto, argparse.Namespace], tuple[onnx.ModelProto, PassReport]]
+__all__ = [
+    "DEFAULT_RATIO",
+    "add_unit_arguments",
+    "check_onnxruntime_loads",
+    "default_output",
+    "make_parser",
+    "parse_early",
+    "pass_name",
+    "quiet_onnxruntime",
+    "run_pass_cli",
+    "unit_headline",
+]
 
+if TYPE_CHECKING:
+    import onnx
 
-def pass_name(parser: argparse.ArgumentParser) -> str:
-    """``prune_heads`` for the parser of ``python -m passes.prune_heads``."""
-    return parser.prog.rsplit(".", 1)[-1].split()[-1]
+    from passes._core.report import PassReport
 
-
-def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """A parser with the common arguments: the input model, ``-o``, ``--report``, ``--force``, ``-v``."""
-    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
-    name = prog.rsplit(".", 1)[-1]
-    parser.add_argument("model", help="input ONNX model (never modified)")
-    parser.add_argument(
-        "-o", "--output", help=f"output ONNX path (default: IN.{name}.onnx beside the input; never the input)"
-    )
-    parser.add_argument("--report", help="also write the full report as JSON to this path")
-    parser.add_argument("--force", action="store_true", help="replace an existing default output file")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show the full report, decisions, tracebacks")
-    return parser
+RunFn = Callable[["onnx.ModelProto", argparse.Namespace], "tuple[onnx.ModelProto, PassReport]"]
 
 
 def default_output(model: str | Path, name: str) -> Path:
@@ -56,8 +59,17 @@ def default_output(model: str | Path, name: str) -> Path:
     return p.with_name(f"{stem}.{name}.onnx")
 
 
+def quiet_onnxruntime(verbose: bool = False) -> None:
+    """onnxruntime's own log (the coloured constant-folding warnings an FP16 model draws, 12-18 lines) only with
+    ``-v``: errors still show. Process-wide, so the sessions a pass builds are quiet too."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(2 if verbose else 3)
+
+
 def check_onnxruntime_loads(model: onnx.ModelProto) -> None:
-    """Raise :class:`PassError` unless onnxruntime builds a CPU session for ``model`` with default options."""
+    """Raise :class:`PassError` unless onnxruntime builds a CPU session for ``model`` with default options (its log
+    at the process default: :func:`quiet_onnxruntime`)."""
     import onnxruntime as ort
 
     try:
@@ -70,12 +82,49 @@ def check_onnxruntime_loads(model: onnx.ModelProto) -> None:
         ) from exc
 
 
+def unit_headline(
+    report: PassReport, unit: str, where: str, before_key: str | None = None, after_key: str | None = None
+) -> str | None:
+    """``"18 of 36 heads removed in 9 of 9 attention blocks"`` from the rows of a unit pass: per row the count
+    before and after (``before_key``/``after_key``; none given: columns 1 and 2). None when there are no rows."""
+    if not report.rows or len(report.columns) < 3:
+        return None
+    before_key = before_key or report.columns[1]
+    after_key = after_key or report.columns[2]
+    total = removed = touched = 0
+    for row in report.rows:
+        try:
+            before, after = int(row[before_key]), int(str(row[after_key]).split()[0])
+        except (KeyError, TypeError, ValueError):
+            return None
+        total += before
+        removed += before - after
+        touched += before > after
+    return f"{removed} of {total} {unit} removed in {touched} of {len(report.rows)} {where}"
+
+
+def _summary(report: PassReport, verbose: bool) -> str:
+    """The pass's summary, its first line in words (``report.extra["headline"]``) rather than a row count."""
+    if verbose:
+        return report.format()
+    lines = report.summary().splitlines()
+    if lines:
+        headline = report.extra.get("headline")
+        lines[0] = f"{report.pass_name}: " + (headline or ("modified" if report.modified else "unchanged"))
+    return "\n".join(lines)
+
+
 def run_pass_cli(parser: argparse.ArgumentParser, run: RunFn, argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the pass, write model and report; return the exit status (0, 1, 2)."""
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     prog = parser.prog
     try:
+        src = Path(args.model)
+        if src.is_dir():
+            raise UsageError(f"model {src} is a folder; give an .onnx file.")
+        if not src.exists():
+            load_model(src)  # says what is missing, and what to give
         if args.output is None:
             out_path = default_output(args.model, pass_name(parser))
             if out_path.exists() and not args.force:
@@ -84,17 +133,19 @@ def run_pass_cli(parser: argparse.ArgumentParser, run: RunFn, argv: Sequence[str
             out_path = Path(args.output)
         check_distinct([args.model], [("-o", out_path), ("--report", args.report)])
         check_output_path(out_path)
+        quiet_onnxruntime(args.verbose)
         model = load_model(args.model)
         new_model, report = run(model, args)
         if report.nothing_to_do:
-            print(report.format() if args.verbose else report.summary(), file=sys.stderr)
+            print(_summary(report, args.verbose), file=sys.stderr)
             raise PassError(f"{report.nothing_to_do}; nothing was written.")
         check_onnxruntime_loads(new_model)
         save_model(new_model, out_path)
         if args.report:
             report.write_json(args.report)
     except UsageError as exc:
-        parser.print_usage(sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
         print(f"error: {prog}: {exc}", file=sys.stderr)
         return 2
     except PassError as exc:
@@ -117,6 +168,6 @@ def run_pass_cli(parser: argparse.ArgumentParser, run: RunFn, argv: Sequence[str
             file=sys.stderr,
         )
         return 1
-    print(report.format() if args.verbose else report.summary())
+    print(_summary(report, args.verbose))
     print(f"wrote {out_path}" + (f" and {Path(args.report)}" if args.report else ""))
     return 0

@@ -263,8 +263,9 @@ def test_bad_inputs(exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     (tmp_path / "empty").mkdir()
     assert main([str(src), "-o", out, "--calib", str(tmp_path / "empty")]) == 1
     assert "no images" in capsys.readouterr().err
-    assert main([str(src), "-o", out, "--calib", str(tmp_path / "empty"), "--calib-count", "0"]) == 1
-    assert "at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # refused when parsed: a usage error
+        main([str(src), "-o", out, "--calib", str(tmp_path / "empty"), "--calib-count", "0"])
+    assert exc.value.code == 2 and "--calib-count: 0 is not >= 1" in capsys.readouterr().err
     assert main([str(src), "-o", str(src)]) == 2  # a usage error
     assert "never overwritten" in capsys.readouterr().err
     assert not Path(out).exists()

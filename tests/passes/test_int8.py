@@ -206,8 +206,9 @@ def test_bad_inputs(trained, tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "no images" in capsys.readouterr().err
     assert main([src, "-o", str(out), "--calib", str(tmp_path / "missing")]) == 1
     assert "no such folder" in capsys.readouterr().err
-    assert main([src, "-o", str(out), "--calib", str(trained.data), "--calib-count", "0"]) == 1
-    assert "at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # refused when parsed: a usage error
+        main([src, "-o", str(out), "--calib", str(trained.data), "--calib-count", "0"])
+    assert exc.value.code == 2 and "--calib-count: 0 is not >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:  # --calib is required: usage error
         main([src, "-o", str(out)])
     assert exc.value.code == 2

@@ -248,12 +248,18 @@ def test_cli(xxs: onnx.ModelProto, exported: Callable[..., Path], tmp_path: Path
     assert main([str(src), "--rank-ratio", "0.5", "--report", str(tmp_path / "r.json")]) == 0
     assert (tmp_path / "m.low_rank.onnx").is_file() and (tmp_path / "r.json").is_file()
     out = capsys.readouterr().out
-    assert "low_rank: modified" in out and "factored" in out
+    assert "low_rank: 52 of 64 linear layers factored" in out
     assert main([str(src), "--rank-ratio", "0.5"]) == 2  # exists: --force
     assert main([str(src), "--rank-ratio", "0.5", "--include", "nothing_matches", "-o", str(tmp_path / "n.onnx")]) == 1
     assert not (tmp_path / "n.onnx").exists()
     assert "nothing to factor" in capsys.readouterr().err
-    for bad in (["--rank-ratio", "0"], ["--energy", "1.5"], ["--rank-ratio", "0.5", "--min-saving", "1"]):
-        assert main([str(src), *bad, "-o", str(tmp_path / "b.onnx")]) == 2, bad
+    for bad in (["--rank-ratio", "0"], ["--energy", "1.5"]):  # refused when parsed
+        with pytest.raises(SystemExit) as exc:
+            main([str(src), *bad, "-o", str(tmp_path / "b.onnx")])
+        assert exc.value.code == 2, bad
+    assert main([str(src), "--rank-ratio", "0.5", "--min-saving", "1", "-o", str(tmp_path / "b.onnx")]) == 2
+    capsys.readouterr()
+    assert main([str(src), "-o", str(tmp_path / "d.onnx")]) == 0  # no rank given: --rank-ratio 0.5
+    assert "52 of 64 linear layers factored" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main([str(src), "--rank-ratio", "0.5", "--energy", "0.9"])

@@ -230,13 +230,24 @@ def test_cli(exported, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert any(n.domain == "com.microsoft" for n in model.graph.node)
     assert read_metadata(model)["history"][-1]["rewrites"]["ort_offline"]["level"] == "extended"
     assert _max_diff(onnx.load(str(src)), model) <= ATOL
+    # ALL: the CPU layout transforms too (NCHWc), for a deploying session that does not optimise again
+    every = tmp_path / "ort_all.onnx"
+    assert main([str(src), "-o", str(every), "--target", "cpu", "--ort-offline", "--ort-level", "all"]) == 0
+    capsys.readouterr()
+    model = onnx.load(str(every))
+    assert read_metadata(model)["history"][-1]["rewrites"]["ort_offline"]["level"] == "all"
+    assert _max_diff(onnx.load(str(src)), model) <= ATOL
 
     for argv in (
         ["--target", "jetson-nano", "--ort-offline"],  # onnxruntime-only file for a TensorRT device
         ["--target", "no-such-device"],
-        ["--atol", "-1"],
+        ["--atol", "-1"],  # refused when parsed (SystemExit), the others when the pass starts
     ):
-        assert main([str(src), "-o", str(tmp_path / "x.onnx"), *argv]) == 2, argv
+        try:
+            code = main([str(src), "-o", str(tmp_path / "x.onnx"), *argv])
+        except SystemExit as exc:
+            code = exc.code
+        assert code == 2, argv
         capsys.readouterr()
     # the optimised model for the Nano: no layout chain left, no LayerNorm fusion allowed -> nothing to do
     nano = tmp_path / "nano.onnx"

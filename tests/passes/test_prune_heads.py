@@ -32,6 +32,16 @@ from fileformat.params import count_params
 from fileformat.plan import read_plan
 from passes.prune_heads import PruneHeadsConfig, find_attention_blocks, head_importance, main, prune_heads, zero_heads
 
+
+def _code(main, argv: list[str]) -> int:
+    """The exit status of ``main(argv)``: returned, or raised by argparse (``SystemExit``) for a value refused when
+    parsed."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
 XXS_HEADS = 9 * 4  # 2 + 4 + 3 transformer blocks of 4 heads
 
 
@@ -199,7 +209,8 @@ def test_cli_prunes_and_writes_report(exported, tmp_path: Path, capsys) -> None:
     out, rep = tmp_path / "out.onnx", tmp_path / "r.json"
     assert main([str(src), "-o", str(out), "--ratio", "0.5", "--report", str(rep)]) == 0
     printed = capsys.readouterr().out
-    assert "prune_heads: modified" in printed and "transformer.2.attn" not in printed  # quiet: a summary
+    assert "prune_heads: 18 of 36 heads removed in 9 of 9 attention blocks" in printed  # in words
+    assert "transformer.2.attn" not in printed  # quiet: a summary
     assert main([str(src), "-o", str(tmp_path / "v.onnx"), "--ratio", "0.5", "-v"]) == 0
     assert "backbone.stages.4.1.transformer.2.attn" in capsys.readouterr().out  # -v: the full table
     assert _digest(src) == before
@@ -237,7 +248,7 @@ def test_cli_default_output_beside_the_input(tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize(
     ("args", "message", "code"),
     [
-        (["--keep", "0"], "at least 1", 2),
+        (["--keep", "0"], "is not >= 1", 2),
         (["--keep", "5"], "above the 4 heads", 1),
         (["--ratio", "1.0"], "[0, 1)", 2),
         (["--plan", "PLAN_UNKNOWN"], "unknown block", 1),
@@ -259,7 +270,7 @@ def test_cli_bad_options(tmp_path: Path, capsys, args: list[str], message: str, 
     for name, plan in plans.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(plan))
     out = tmp_path / "o.onnx"
-    assert main([str(src), "-o", str(out), *args]) == code  # 2: usage error, 1: not for this model
+    assert _code(main, [str(src), "-o", str(out), *args]) == code  # 2: usage error, 1: not for this model
     assert message in capsys.readouterr().err
     assert _digest(src) == before and not out.exists()
 
@@ -274,9 +285,11 @@ def test_cli_bad_files_exit_1(tmp_path: Path, capsys) -> None:
     before = _digest(src)
     assert main([str(src), "-o", str(src), "--keep", "1"]) == 2  # a usage error
     assert "never overwritten" in capsys.readouterr().err and _digest(src) == before
-    with pytest.raises(SystemExit) as exc:  # usage error: neither --keep, --ratio nor --plan
-        main([str(src), "-o", str(tmp_path / "o.onnx")])
-    assert exc.value.code == 2
+    # neither --keep, --ratio nor --plan: the default, half of each block's heads
+    assert main([str(src), "-o", str(tmp_path / "o.onnx")]) == 0
+    assert "prune_heads: 2 of 4 heads removed in 1 of 1 attention blocks" in capsys.readouterr().out
+    assert _code(main, [str(tmp_path), "--ratio", "0.5"]) == 2  # a folder given as the model
+    assert "is a folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
