@@ -46,7 +46,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fileformat.cli import HelpFormatter, cli_main
+from fileformat.args import Parser, check_output_folder, fraction, int_in, non_negative, non_negative_int, positive
+from fileformat.cli import cli_main
+from fileformat.errors import PassError, UsageError
+from models.configs import CONFIGS, model_name
 
 if TYPE_CHECKING:
     import torch
@@ -652,11 +655,23 @@ def _export(
 # ---------------------------------------------------------------------------------------------------- CLI
 
 
+STAGES = 4  # every backbone gives feature maps at strides 4, 8, 16 and 32 (models.backbones)
+EXPORTERS = ("legacy", "dynamo")  # exporters.export's, repeated so that --help does not import onnx
+OPSETS = (13, 18)  # exporters.export.SUPPORTED_OPSETS, as a range
+
+
 def _stages(text: str) -> tuple[int, ...]:
+    """``--feat-stages``: distinct backbone stage indices in ``0..STAGES-1``, comma-separated."""
     try:
-        return tuple(int(s) for s in text.split(",") if s.strip())
+        stages = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated stage indices, got {text!r}") from None
+    bad = [s for s in stages if not 0 <= s < STAGES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"stage {bad[0]} does not exist; the backbone has stages 0 to {STAGES - 1}")
+    if len(set(stages)) != len(stages):
+        raise argparse.ArgumentTypeError(f"{text!r} names a stage twice")
+    return stages
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -665,31 +680,36 @@ def _parser() -> argparse.ArgumentParser:
     # the dataclass's defaults without building one (its loss default would import torch)
     d = types.SimpleNamespace(**{f.name: f.default for f in fields(DistillConfig) if f.default is not MISSING})
     loss = types.SimpleNamespace(**LOSS_DEFAULTS)
-    p = argparse.ArgumentParser(
-        prog="python -m models.distill",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=HelpFormatter,
-    )
+    p = Parser(prog="python -m models.distill", description=__doc__.split("\n\n")[0])
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     p.add_argument("--student", required=True, help="pruned .onnx file, or a registered configuration name")
     p.add_argument("--student-weights", help="initial weights of a configuration-name student")
     p.add_argument("--teacher", required=True, help="teacher checkpoint (models.train) or state dict")
-    p.add_argument("--teacher-model", help="the teacher's registered configuration when its file records none")
+    p.add_argument(
+        "--teacher-model", type=model_name, help="the teacher's registered configuration when its file records none"
+    )
     add_loop_arguments(p, d)
-    p.add_argument("--ce-weight", type=float, default=loss.ce_weight, help="weight of the cross-entropy term")
+    p.add_argument("--ce-weight", type=non_negative, default=loss.ce_weight, help="weight of the cross-entropy term")
     p.add_argument("--ohem", action="store_true", help="online hard example mining for the CE term (mmseg's)")
-    p.add_argument("--ohem-thresh", type=float, default=loss.ohem_thresh, help="OHEM probability threshold")
-    p.add_argument("--ohem-min-kept", type=int, default=loss.ohem_min_kept, help="OHEM: pixels kept at least")
+    p.add_argument("--ohem-thresh", type=fraction, default=loss.ohem_thresh, help="OHEM probability threshold")
+    p.add_argument(
+        "--ohem-min-kept", type=non_negative_int, default=loss.ohem_min_kept, help="OHEM: pixels kept at least"
+    )
     p.add_argument("--kd", choices=KD_KINDS, default=loss.kd, help="logit distillation: mse (paper) or kl")
-    p.add_argument("--kd-weight", type=float, default=loss.kd_weight, help="weight of the logit term (0: off)")
-    p.add_argument("--temperature", type=float, default=loss.temperature, help="KL temperature (T^2-scaled)")
+    p.add_argument("--kd-weight", type=non_negative, default=loss.kd_weight, help="weight of the logit term (0: off)")
+    p.add_argument("--temperature", type=positive, default=loss.temperature, help="KL temperature (T^2-scaled)")
     p.add_argument(
         "--feat-weight",
-        type=float,
+        type=non_negative,
         default=loss.feat_weight,
         help="feature mimicking weight, 0: off (default: %(default)s)",
     )
-    p.add_argument("--feat-stages", type=_stages, default=loss.feat_stages, help="backbone stages mimicked, e.g. 0,1")
+    p.add_argument(
+        "--feat-stages",
+        type=_stages,
+        default=loss.feat_stages,
+        help=f"backbone stages mimicked, 0 to {STAGES - 1}, e.g. 0,1",
+    )
     p.add_argument(
         "--cache-teacher",
         action="store_true",
@@ -709,23 +729,55 @@ def _parser() -> argparse.ArgumentParser:
         "--no-freeze-bn", dest="freeze_bn", action="store_false", default=argparse.SUPPRESS, help="train BatchNorm"
     )
     p.add_argument("--no-export", action="store_true", help="skip the ONNX re-export")
-    p.add_argument("--opset", type=int, default=d.export_opset, help="export opset of a configuration student")
-    p.add_argument("--exporter", default=d.export_exporter, help="exporter of a configuration student")
-    p.add_argument("--export-size", type=int, help="export input size of a configuration student (none: --crop)")
+    p.add_argument(
+        "--opset", type=int_in(*OPSETS), default=d.export_opset, help="export opset of a configuration student"
+    )
+    p.add_argument(
+        "--exporter", choices=EXPORTERS, default=d.export_exporter, help="exporter of a configuration student"
+    )
+    p.add_argument(
+        "--export-size",
+        type=int_in(32, 4096, "pixels"),
+        help="export input size of a configuration student (none: --crop)",
+    )
     return p
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Before torch is imported: the student and teacher exist, the folders, splits and batch fit, and ``--out``
+    holds no earlier run unless ``--resume`` or ``--force`` (raises :class:`UsageError` or :class:`PassError`)."""
+    from models.train import CHECKPOINT, check_loop_arguments
+
+    src = Path(args.student)
+    if src.suffix == ".onnx" or src.exists():
+        if not src.is_file():
+            raise PassError(f"--student {src}: no such file.")
+    elif args.student not in CONFIGS:
+        raise UsageError(
+            f"--student {args.student!r}: neither a file nor a registered configuration ({', '.join(CONFIGS)})"
+        )
+    for option, path in (("--teacher", args.teacher), ("--student-weights", args.student_weights)):
+        if path is not None and not Path(path).is_file():
+            raise PassError(f"{option} {path}: no such file.")
+    if args.feat_weight > 0 and not args.feat_stages:
+        raise UsageError("--feat-weight > 0 needs at least one stage in --feat-stages")
+    check_loop_arguments(args, (CHECKPOINT, STUDENT_ONNX, CONFIG_FILE), "distillation run")
+    if args.cache_dir:
+        check_output_folder("--cache-dir", args.cache_dir, [("--data", args.data)])
 
 
 @cli_main("python -m models.distill")
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: 0 done, 1 bad student/teacher/data/checkpoint, 2 usage error."""
+    """CLI: 0 done, 1 bad student/teacher/data/checkpoint, 2 usage error. Every argument is checked before torch is
+    imported."""
     from models.train import loop_argument_error
 
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    check_arguments(args)
     if error := loop_argument_error(args):
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    from models.losses import LossConfig  # torch: after the arguments are parsed
+        raise UsageError(error)
+    from models.losses import LossConfig  # torch: after the arguments are checked
 
     try:
         loss = LossConfig(
@@ -740,8 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             feat_stages=args.feat_stages,
         )
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
     cfg = DistillConfig(
         student=args.student,
         teacher=args.teacher,

@@ -50,9 +50,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from fileformat.cli import HelpFormatter, cli_main
+from fileformat.args import Parser, check_output_folder, int_in, non_negative_int, positive_int
+from fileformat.cli import cli_main
 from fileformat.errors import PassError
-from fileformat.io import check_replaceable, write_manifest
+from fileformat.io import check_replaceable, umask_mode, write_manifest
 from models.constants import CLASS_NAMES, NUM_CLASSES
 
 __all__ = ["MARKER", "GENERATOR_VERSION", "GENERATOR_VERSIONS", "generate", "render_scene", "main"]
@@ -60,6 +61,7 @@ __all__ = ["MARKER", "GENERATOR_VERSION", "GENERATOR_VERSIONS", "generate", "ren
 logger = logging.getLogger(__name__)
 
 MARKER = "SYNTHETIC.json"
+MAX_SIZE = 4096  # an image side above it is a typo (99999999 px asked for 35 PiB), not a data set
 GENERATOR_VERSION = 2
 GENERATOR_VERSIONS = (1, 2)
 SPLIT_IDS = {"train": 0, "val": 1}
@@ -571,6 +573,32 @@ def _write_split(
     return pixels
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def sweep_leftovers(root: Path) -> list[Path]:
+    """Remove the temporary folders (``.ROOT.tmp-PID-*``, ``.ROOT.old-PID-*``) that a killed run of ``root`` left
+    beside it; a folder whose process is still alive is kept (a run in progress). Folders from before the PID was in
+    the name are removed. Returns what was removed."""
+    removed = []
+    for stale in list(root.parent.glob(f".{root.name}.tmp-*")) + list(root.parent.glob(f".{root.name}.old-*")):
+        pid = stale.name.split(".tmp-" if ".tmp-" in stale.name else ".old-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+        removed.append(stale)
+    if removed:
+        logger.info("removed %d folder(s) a killed run left: %s", len(removed), ", ".join(p.name for p in removed))
+    return removed
+
+
 def generate(
     root: Path | str,
     n_train: int = 200,
@@ -592,10 +620,12 @@ def generate(
     on it. ``version`` selects the generator (1 or 2, see the module's notes).
     """
     root = Path(root)
-    if size < 32:
-        raise ValueError(f"size must be at least 32 pixels, got {size}")
+    if not 32 <= size <= MAX_SIZE:
+        raise ValueError(f"size must be 32 to {MAX_SIZE} pixels, got {size}")
     if n_train < 0 or n_val < 0:
         raise ValueError("image counts must be non-negative")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
     _check_version(version)
     if mask_dir not in ("GT", "GT_Updated"):
         raise ValueError(f"mask_dir must be 'GT' or 'GT_Updated', got {mask_dir!r}")
@@ -606,7 +636,9 @@ def generate(
     except PassError as exc:
         raise FileExistsError(str(exc)) from exc
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    sweep_leftovers(root)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-{os.getpid()}-", dir=root.parent))
+    os.chmod(tmp, umask_mode(0o777))  # mkdtemp's 0700 would outlive the rename
     try:
         t0 = time.perf_counter()
         stats = {}
@@ -643,7 +675,7 @@ def generate(
         logger.info("rendered %d images in %.1f s", n_train + n_val, time.perf_counter() - t0)
         if root.exists():
             if any(root.iterdir()):
-                old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+                old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-{os.getpid()}-", dir=root.parent))
                 old.rmdir()
                 root.rename(old)
                 tmp.rename(root)
@@ -660,25 +692,25 @@ def generate(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m models.synthetic",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=HelpFormatter,
-    )
+    parser = Parser(prog="python -m models.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     parser.add_argument("root", type=Path, help="output folder (LPCV layout)")
-    parser.add_argument("--train", type=int, default=200, help="training images")
-    parser.add_argument("--val", type=int, default=50, help="validation images")
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels")
+    parser.add_argument("--train", type=non_negative_int, default=200, help="training images")
+    parser.add_argument("--val", type=non_negative_int, default=50, help="validation images")
+    parser.add_argument(
+        "--size", type=int_in(32, MAX_SIZE, "pixels per side"), default=256, help="image side in pixels"
+    )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=non_negative_int,
         default=0,
-        help="seed of the scenes, same seed same files (default: %(default)s)",
+        help="seed of the scenes (>= 0), same seed same files (default: %(default)s)",
     )
     parser.add_argument("--mask-dir", choices=("GT", "GT_Updated"), default="GT", help="name of the mask folder")
     parser.add_argument("--force", action="store_true", help="replace a non-empty ROOT this tool wrote")
-    parser.add_argument("--workers", type=int, default=None, help="render processes (none given: the CPU count)")
+    parser.add_argument(
+        "--workers", type=positive_int, default=None, help="render processes (none given: the CPU count)"
+    )
     parser.add_argument(
         "--generator-version",
         type=int,
@@ -692,29 +724,26 @@ def _parser() -> argparse.ArgumentParser:
 
 @cli_main("python -m models.synthetic")
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``python -m models.synthetic ROOT --train 200 --val 50 --size 256 --seed 0 [--force]``."""
+    """CLI: ``python -m models.synthetic ROOT --train 200 --val 50 --size 256 --seed 0 [--force]``: 0 written,
+    1 refused (ROOT holds files this tool did not write), 2 usage error (ROOT exists without --force included)."""
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.train < 0 or args.val < 0 or args.train + args.val < 1 or args.size < 32:
-        parser.error("--train and --val must be >= 0 with at least one image, and --size >= 32")
-    if args.workers is not None and args.workers < 1:
-        parser.error("--workers must be >= 1")
-    try:
-        marker = generate(
-            args.root,
-            args.train,
-            args.val,
-            args.size,
-            args.seed,
-            force=args.force,
-            mask_dir=args.mask_dir,
-            workers=args.workers,
-            version=args.generator_version,
-        )
-    except (FileExistsError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if args.train + args.val < 1:
+        parser.error("--train and --val: give at least one image")
+    check_output_folder("ROOT", args.root)
+    check_replaceable(args.root, args.force, "ROOT")  # before any image is drawn
+    marker = generate(
+        args.root,
+        args.train,
+        args.val,
+        args.size,
+        args.seed,
+        force=args.force,
+        mask_dir=args.mask_dir,
+        workers=args.workers,
+        version=args.generator_version,
+    )
     share = marker["splits"]["train" if args.train else "val"]["class_pixel_share"]
     print(
         f"wrote synthetic LPCV layout to {args.root} ({args.train} train, {args.val} val, {args.size}px, "

@@ -51,10 +51,21 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from fileformat.cli import HelpFormatter, cli_main
+from fileformat.args import (
+    Parser,
+    check_output_folder,
+    int_in,
+    non_negative,
+    non_negative_int,
+    positive,
+    positive_int,
+)
+from fileformat.cli import cli_main
+from fileformat.errors import PassError, UsageError
 from fileformat.io import atomic_target, atomic_write_text
+from models.configs import CONFIGS, model_name
 from models.constants import IGNORE_INDEX
-from models.data import AugmentConfig, DataError, LPCVDataset
+from models.data import AugmentConfig, DataError, LPCVDataset, check_split
 
 if TYPE_CHECKING:
     import torch
@@ -557,54 +568,95 @@ def _train(
 
 
 def add_loop_arguments(p: argparse.ArgumentParser, d: Any) -> None:
-    """The arguments of the training loop itself, shared by ``models.train`` and ``models.distill``.
+    """The arguments of the training loop itself, shared by ``models.train`` and ``models.distill``; every number
+    is checked when parsed (:mod:`fileformat.args`).
 
     ``d`` is the command's config dataclass (its defaults); the dest names match its field names except
     ``--workers`` (``num_workers``).
     """
     p.add_argument("--data", default=d.data, help="data root in the LPCV layout (python -m models.synthetic ROOT)")
     p.add_argument("--out", default=d.out, help="output folder (checkpoint.pt, metrics.json, ...)")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimiser steps in all (a resumed run continues to it)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (split over processes)")
-    p.add_argument("--crop", type=int, default=d.crop, help="square training crop in pixels (>= 32)")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate (poly decay to 0)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    p.add_argument(
+        "--steps", type=positive_int, default=d.steps, help="optimiser steps in all (a resumed run continues to it)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=d.batch_size,
+        help="global batch (split over processes; at most the training images)",
+    )
+    p.add_argument(
+        "--crop", type=int_in(32, 4096, "pixels"), default=d.crop, help="square training crop in pixels (>= 32)"
+    )
+    p.add_argument("--lr", type=positive, default=d.lr, help="peak AdamW learning rate (poly decay to 0)")
+    p.add_argument("--weight-decay", type=non_negative, default=d.weight_decay, help="AdamW weight decay")
     p.add_argument(
         "--warmup-steps",
-        type=int,
+        type=non_negative_int,
         default=d.warmup_steps,
         help="linear learning-rate warmup steps (default: %(default)s)",
     )
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
-    p.add_argument("--log-every", type=int, default=d.log_every, help="steps between loss log lines")
+    p.add_argument(
+        "--checkpoint-every",
+        type=non_negative_int,
+        default=d.checkpoint_every,
+        help="steps between checkpoints (0: only at the end)",
+    )
+    p.add_argument("--log-every", type=positive_int, default=d.log_every, help="steps between loss log lines")
     p.add_argument(
         "--seed",
-        type=int,
+        type=non_negative_int,
         default=d.seed,
         help="seed of the init, the sample order and augmentation (default: %(default)s)",
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=non_negative_int,
         default=d.num_workers,
         help="data-loading processes, 0: in this one (default: %(default)s)",
     )
-    p.add_argument("--threads", type=int, help="torch intra-op threads (none given: torch's choice)")
+    p.add_argument("--threads", type=positive_int, help="torch intra-op threads (none given: torch's choice)")
     p.add_argument(
         "--device", choices=("cpu", "cuda"), default=d.device, help="where the steps run (checkpoints: always CPU)"
     )
     p.add_argument("--eval-split", default=d.eval_split, help="split scored at the end ('' for none)")
-    p.add_argument("--eval-limit", type=int, help="score only the first N images of the eval split (none: all)")
+    p.add_argument(
+        "--eval-limit", type=positive_int, help="score only the first N images of the eval split (none: all)"
+    )
     p.add_argument("--resume", nargs="?", const="auto", help="continue from OUT/checkpoint.pt (or the given file)")
     p.add_argument("--force", action="store_true", help="start afresh in an --out folder that holds another run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (step/total, loss, time left)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bar")
 
 
+def check_loop_arguments(
+    args: argparse.Namespace, run_files: Sequence[str] = (CHECKPOINT,), what: str = "training run"
+) -> None:
+    """Before torch is imported and before any work: the loop's folders, splits and batch, and whether ``--out``
+    holds an earlier run (one of ``run_files`` there) that only ``--resume`` or ``--force`` may touch. Raises
+    :class:`UsageError` (exit 2) or :class:`PassError` (the data cannot be used: exit 1)."""
+    check_output_folder("--out", args.out, [("--data", args.data)])
+    images = check_split(args.data, "train", "--data", "--data")
+    if args.batch_size > images:
+        raise UsageError(
+            f"--batch-size {args.batch_size} is more than the {images} training images of {args.data}; give at most "
+            f"{images} (every step would repeat images)."
+        )
+    if args.eval_split:
+        check_split(args.data, args.eval_split, "--eval-split")
+    found = [f for f in run_files if (Path(args.out) / f).exists()]
+    if args.resume is None and not args.force and found:
+        raise UsageError(
+            f"--out {args.out} holds another {what} ({found[0]}); continue it with --resume, replace it with --force, "
+            "or choose another --out."
+        )
+    if args.resume not in (None, "auto") and not Path(args.resume).is_file():
+        raise PassError(f"--resume {args.resume}: no such file.")
+
+
 def loop_argument_error(args: argparse.Namespace) -> str | None:
-    """The usage error in the shared loop arguments, if any."""
-    if args.steps < 1 or args.batch_size < 1 or args.crop < 32:
-        return "--steps and --batch-size must be positive and --crop at least 32"
+    """The usage error in the shared loop arguments that parsing cannot see, if any (imports torch only to check
+    ``--device cuda``)."""
     if args.device == "cuda":
         import torch
 
@@ -615,13 +667,9 @@ def loop_argument_error(args: argparse.Namespace) -> str | None:
 
 def _parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m models.train",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=HelpFormatter,
-    )
+    p = Parser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
-    p.add_argument("--model", default=d.model, help="registered configuration (models.registry)")
+    p.add_argument("--model", type=model_name, default=d.model, help="registered configuration (models.configs)")
     add_loop_arguments(p, d)
     p.add_argument(
         "--input-size",
@@ -629,7 +677,7 @@ def _parser() -> argparse.ArgumentParser:
         help="model input size (ModelConfig.input_size; Swin builds its backbone for it; none given: the "
         "configuration's, for Swin --crop)",
     )
-    p.add_argument("--decoder-width", type=int, help="UPerNet width (none given: the configuration's)")
+    p.add_argument("--decoder-width", type=positive_int, help="UPerNet width (none given: the configuration's)")
     p.add_argument("--weights", help="initial weights file (safetensors / torch state dict / checkpoint)")
     p.add_argument("--pretrained", action="store_true", help="timm ImageNet backbone (needs the network)")
     p.add_argument("--eval-at-start", action="store_true", help="also score the untrained model")
@@ -638,29 +686,25 @@ def _parser() -> argparse.ArgumentParser:
 
 @cli_main("python -m models.train")
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: 0 done, 1 data/model/checkpoint problem, 2 usage error. torch is imported after the
-    arguments are parsed (by :func:`train`), so ``--help`` and usage errors answer at once."""
-    args = _parser().parse_args(argv)
+    """CLI entry point: 0 done, 1 data/model/checkpoint problem, 2 usage error. Every argument, folder, split and
+    the batch against the data are checked before torch is imported (by :func:`train`): ``--help`` and usage
+    errors answer at once."""
+    parser = _parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    if error := loop_argument_error(args):
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.decoder_width is not None and args.decoder_width < 1:
-        print("error: --decoder-width must be positive", file=sys.stderr)
-        return 2
     if args.input_size is not None and (args.input_size < 32 or args.input_size % 32):
-        print("error: --input-size must be a positive multiple of 32", file=sys.stderr)
-        return 2
-    from models.registry import CONFIGS
-
-    base = CONFIGS.get(args.model)
-    if base is not None and base.family == "swin" and args.input_size not in (None, args.crop):
-        print(
-            f"error: a Swin backbone only takes the size it is built for: --input-size {args.input_size} "
-            f"!= --crop {args.crop} (leave --input-size out to build it for the crop)",
-            file=sys.stderr,
+        raise UsageError(f"--input-size {args.input_size} is not a positive multiple of 32")
+    base = CONFIGS[args.model]
+    if base.family == "swin" and args.input_size not in (None, args.crop):
+        raise UsageError(
+            f"a Swin backbone only takes the size it is built for: --input-size {args.input_size} != --crop "
+            f"{args.crop} (leave --input-size out to build it for the crop)"
         )
-        return 2
+    if args.weights is not None and not Path(args.weights).is_file():
+        raise PassError(f"--weights {args.weights}: no such file.")
+    check_loop_arguments(args)
+    if error := loop_argument_error(args):
+        raise UsageError(error)
     overrides = {"input_size": args.input_size, "decoder_width": args.decoder_width}
     config = TrainConfig(
         model=args.model,
@@ -688,20 +732,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     resume = None
     if args.resume:
         resume = Path(args.out) / CHECKPOINT if args.resume == "auto" else Path(args.resume)
-    elif (Path(args.out) / CHECKPOINT).exists() and not args.force:
-        print(
-            f"error: {args.out} holds another training run ({CHECKPOINT}); continue it with --resume, replace it "
-            "with --force, or choose another --out.",
-            file=sys.stderr,
-        )
-        return 2
     from models.registry import UnknownModelError
     from models.weights import WeightsError
 
     try:
         res = train(config, resume=resume, progress=None if args.quiet or args.no_progress else f"train {config.model}")
     except (DataError, FileNotFoundError, UnknownModelError, WeightsError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: python -m models.train: {exc}", file=sys.stderr)
         return 1
     print(f"trained {config.model} for {res.step} steps in {res.seconds:.0f} s; checkpoint {res.checkpoint}")
     for label, m in (("before", res.metrics_at_start), ("after", res.metrics)):

@@ -272,9 +272,13 @@ def test_corrupted_checkpoints(
         distill(_cfg("mobilevit_xxs", teacher_ckpt, syn_small, out), resume=out / "checkpoint.pt")
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]  # nothing written beside it
     args = ["--student", "mobilevit_xxs", "--teacher", str(broken), "--data", str(syn_small), "--out", str(out)]
-    assert main(args) == 1
+    assert main(args) == 2  # --out holds a run (its checkpoint): --resume, --force or another folder
+    assert "holds another distillation run" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 1
     assert "error: models.distill: teacher:" in capsys.readouterr().err
-    assert main([*args[:-2], "--out", str(out), "--steps", "0"]) == 2
+    with pytest.raises(SystemExit) as exc:  # refused when parsed
+        main([*args, "--steps", "0"])
+    assert exc.value.code == 2
 
 
 def test_plan_config_mismatch(syn_small: Path, teacher_ckpt: Path, pruned_onnx: Path, tmp_path: Path) -> None:

@@ -119,10 +119,12 @@ def test_custom_loss_is_optimised_and_checkpointed(syn_small: Path, tmp_path: Pa
 
 def test_cli_errors(tmp_path: Path, syn_small: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--data", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--steps", "1", "-q"]) == 1
-    assert "image folder not found" in capsys.readouterr().err
-    assert main(["--model", "nope", "--data", str(syn_small), "--out", str(tmp_path / "o"), "--steps", "1"]) == 1
-    assert "unknown model" in capsys.readouterr().err
-    assert main(["--data", str(syn_small), "--steps", "0"]) == 2
+    assert "no such data folder" in capsys.readouterr().err
+    for argv in (["--model", "nope"], ["--steps", "0"]):  # refused when parsed, before torch is needed
+        with pytest.raises(SystemExit) as exc:
+            main(["--data", str(syn_small), "--out", str(tmp_path / "o"), "--steps", "1", *argv])
+        assert exc.value.code == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
     import torch
 
     if not torch.cuda.is_available():  # asking for a GPU that is not there is a usage error, said plainly
@@ -171,7 +173,9 @@ def test_cli_override_errors(syn_small: Path, tmp_path: Path, capsys: pytest.Cap
     assert main([*base, "--model", "swin_t_upernet512", "--crop", "64", "--input-size", "128"]) == 2
     assert "--input-size 128 != --crop 64" in capsys.readouterr().err
     assert main([*base, "--input-size", "100"]) == 2
-    assert main([*base, "--decoder-width", "0"]) == 2
+    with pytest.raises(SystemExit) as exc:  # out of range when parsed
+        main([*base, "--decoder-width", "0"])
+    assert exc.value.code == 2 and "--decoder-width" in capsys.readouterr().err
 
 
 def test_progress_bar_shows_step_total_loss_and_time_left(syn_small: Path, tmp_path: Path, capsys) -> None:
