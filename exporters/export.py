@@ -25,17 +25,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 
-from exporters.opset import to_opset
-from fileformat.cli import HelpFormatter, cli_main
-from fileformat.errors import UsageError
-from fileformat.io import check_distinct
+from fileformat.args import (
+    Parser,
+    check_not_replacing,
+    int_in,
+    non_negative,
+    non_negative_int,
+    positive_int,
+    target_name,
+)
+from fileformat.cli import cli_main
+from fileformat.errors import PassError, UsageError
+from fileformat.io import check_distinct, check_output_path
 from fileformat.metadata import write_metadata
 from fileformat.targets import TARGETS, UnknownTargetError, get_target
+from models.configs import model_name
 from models.constants import CLASS_NAMES, MEAN, STD
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # onnx, torch and the opset converter load when an export runs, not for --help
+    import onnx
     import torch
     from torch import nn
 
@@ -120,7 +129,10 @@ def torch_to_onnx(
     model: nn.Module, example: torch.Tensor, *, exporter: str, opset: int, dynamic_batch: bool = False
 ) -> onnx.ModelProto:
     """Run one torch exporter and return the ModelProto in memory (weights inside, at the requested opset)."""
+    import onnx
     import torch
+
+    from exporters.opset import to_opset
 
     model.eval()
     with warnings.catch_warnings():
@@ -183,6 +195,7 @@ def export_torch_model(
     model: Segmentor, output: str | Path, opts: ExportOptions, *, extra_metadata: dict[str, Any] | None = None
 ) -> ExportResult:
     """Export an already-built model (e.g. a pruned, distilled student) with the same checks and metadata."""
+    import onnx
     import torch
 
     from exporters.weight_map import build_weight_map
@@ -295,19 +308,27 @@ def export(opts: ExportOptions, output: str | Path) -> ExportResult:
 
 def _parser() -> argparse.ArgumentParser:
     d = ExportOptions()
-    p = argparse.ArgumentParser(
-        prog="python -m exporters.export",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=HelpFormatter,
-    )
+    p = Parser(prog="python -m exporters.export", description=__doc__.split("\n\n")[0])
 
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     p.add_argument(
-        "--model", default=d.model, help="a configuration of models.registry, e.g. paper (an unknown name lists all)"
+        "--model",
+        type=model_name,
+        default=d.model,
+        help="a configuration of models.configs, e.g. paper (an unknown name lists all)",
     )
-    p.add_argument("--input-size", type=int, default=d.input_size, help="square input size in pixels (multiple of 32)")
     p.add_argument(
-        "--opset", type=int, default=d.opset, help=f"ONNX opset, one of {', '.join(map(str, SUPPORTED_OPSETS))}"
+        "--input-size",
+        type=int_in(32, 4096, "pixels"),
+        default=d.input_size,
+        help="square input size in pixels (multiple of 32)",
+    )
+    p.add_argument(
+        "--opset",
+        type=int,
+        choices=SUPPORTED_OPSETS,
+        default=d.opset,
+        help=f"ONNX opset, one of {', '.join(map(str, SUPPORTED_OPSETS))}",
     )
     p.add_argument(
         "--exporter", choices=EXPORTERS, default=d.exporter, help="torch exporter: legacy (TorchScript) or dynamo"
@@ -315,6 +336,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic-batch", action="store_true", help="make the batch axis dynamic")
     p.add_argument(
         "--target",
+        type=target_name,
         help=f"device profile ({', '.join(sorted(TARGETS))}): lowers the opset and unfuses attention where the device "
         "needs it",
     )
@@ -334,38 +356,58 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--weights", help="weights file (.safetensors, or a torch state dict / training checkpoint)")
     p.add_argument("--pretrained", action="store_true", help="timm ImageNet backbone weights (needs the network)")
-    p.add_argument("--decoder-width", type=int, help="override the configuration's UPerNet width")
+    p.add_argument("--decoder-width", type=positive_int, help="override the configuration's UPerNet width")
     p.add_argument(
         "--seed",
-        type=int,
+        type=non_negative_int,
         default=d.seed,
         help="seed of the random init and of the parity input (default: %(default)s)",
     )
-    p.add_argument("--tolerance", type=float, default=d.tolerance, help="max abs onnxruntime-vs-torch error allowed")
-    p.add_argument("-o", "--output", required=True, help="output .onnx path")
+    p.add_argument(
+        "--tolerance",
+        type=non_negative,
+        default=d.tolerance,
+        help="max abs onnxruntime-vs-torch error allowed (>= 0)",
+    )
+    p.add_argument("-o", "--output", required=True, help="output .onnx path (an existing file: only with --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing -o (an earlier export)")
     return p
 
 
 @cli_main("python -m exporters.export")
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)  # before torch is imported (by export()): --help answers at once
+    """CLI: 0 written, 1 the export failed, 2 usage error. Every option, the weights file and the output path are
+    checked before torch is imported (by :func:`export`): ``--help`` and usage errors answer at once."""
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    opts = ExportOptions(**{k: v for k, v in vars(args).items() if k not in ("output", "verbose")})
+    keys = ("output", "verbose", "force")
+    opts = ExportOptions(**{k: v for k, v in vars(args).items() if k not in keys})
     try:
+        _validate(ExportOptions(**asdict(opts)))  # a copy: export() validates (and lowers for the target) again
         check_distinct([opts.weights], [("-o", args.output)])
-    except UsageError as exc:
-        print(f"error: export: {exc}", file=sys.stderr)
+        check_output_path(args.output)
+        check_not_replacing("-o", args.output, args.force, "an earlier export")
+        if opts.weights is not None and not Path(opts.weights).is_file():
+            raise PassError(f"--weights {opts.weights}: no such file.")
+    except (UsageError, ExportUsageError) as exc:
+        print(f"error: python -m exporters.export: {exc}", file=sys.stderr)
         return 2
+    except PassError as exc:
+        print(f"error: python -m exporters.export: {exc}", file=sys.stderr)
+        return 1
     try:
         res = export(opts, args.output)
     except ExportUsageError as exc:
-        print(f"error: export: {exc}", file=sys.stderr)
+        print(f"error: python -m exporters.export: {exc}", file=sys.stderr)
         return 2
     except ExportError as exc:
-        print(f"error: export: {exc}", file=sys.stderr)
+        print(f"error: python -m exporters.export: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"error: export: cannot write {exc.filename or args.output}: {exc.strerror or exc}.", file=sys.stderr)
+        print(
+            f"error: python -m exporters.export: cannot write {exc.filename or args.output}: {exc.strerror or exc}.",
+            file=sys.stderr,
+        )
         return 1
     print(
         f"{res.path}: {opts.model} {opts.exporter} opset {res.options['opset']} {opts.input_size}x{opts.input_size}"

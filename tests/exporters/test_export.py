@@ -140,7 +140,7 @@ def test_cli_success_prints_size_and_parity(tmp_path: Path) -> None:
     ("args", "message", "code"),
     [
         (["--model", "nope"], "unknown model 'nope'", 2),
-        (["--opset", "11"], "opset 11 is not supported", 2),
+        (["--opset", "11"], "invalid choice: 11", 2),
         (["--input-size", "70"], "multiple of 32", 2),
         (["--target", "toaster"], "unknown target 'toaster'", 2),
         (["--weights", "{tmp}/w.pt"], "does not match the model", 1),
