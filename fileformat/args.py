@@ -193,7 +193,7 @@ def _refuse_inside(option: str, out: Path, inputs: Iterable[tuple[str, object]],
         if src is None or not str(src):
             continue
         if Path(src).is_dir() and _inside(out, Path(src)):
-            where = "is" if out.resolve() == Path(src).resolve() else "is inside"
+            where = "is" if out.resolve() == Path(src).resolve() and not what else "is inside"
             raise UsageError(
                 f"{option} {what or out} {where} the input folder {flag} {src}; outputs never go into an input "
                 "folder. Choose another path."

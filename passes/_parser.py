@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 from fileformat.args import Parser, positive_int, unit_interval
 
 #: what a structural pass removes when given no amount: half of each block's units (of each group's channels),
 #: rounded down, every block keeping at least one. One number for every pass, easy to state; not tuned per model.
 DEFAULT_RATIO = 0.5
+
+
+def model_file(text: str) -> str:
+    """The input model: a folder is refused when parsed (a missing file is the pass's to report, exit 1)."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give an .onnx file")
+    return text
 
 
 def parse_early(module: str, build: Callable[[], argparse.ArgumentParser]) -> None:
@@ -49,7 +57,7 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """A parser with the common arguments: the input model, ``-o``, ``--report``, ``--force``, ``-v``."""
     parser = Parser(prog=prog, description=description)
     name = prog.rsplit(".", 1)[-1]
-    parser.add_argument("model", help="input ONNX model (never modified)")
+    parser.add_argument("model", type=model_file, help="input ONNX model (never modified)")
     parser.add_argument(
         "-o", "--output", help=f"output ONNX path (default: IN.{name}.onnx beside the input; never the input)"
     )

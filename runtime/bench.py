@@ -27,7 +27,7 @@ process's high-water mark, ``VmHWM`` on Linux) belongs to that model alone; ``se
 size measured just before the session was created (imports excluded). The parent drives the workers one run at a
 time over a pipe (the timing is taken inside the worker); all of them are alive together, so the machine needs the
 memory of every session at once. With ``--no-isolate`` the models run in this process: the high-water mark then only
-grows and the memory numbers are not per model.
+grows and says nothing per model, so the memory fields are ``null`` and the table has no memory column.
 
 Warm runs: each timed run follows ``--rewarm`` (default 2) untimed runs of the same model, so that every model is
 timed with its weights and buffers back in cache, as it runs when deployed alone. Without them, round robin charges
@@ -55,7 +55,7 @@ JSON schema (``schema_version`` 1; keys are only ever added, never renamed, in a
           "latency_ms": {"median", "p90", "min", "mean", "std"},
           "cpu_ms": {"median", "p90", "min", "mean", "std"},       # process CPU time per run
           "runs", "warmup", "images_per_s",
-          "peak_rss_mb", "session_rss_mb", "isolated",
+          "peak_rss_mb", "session_rss_mb", "isolated",              # memory: null unless isolated
           "ratios": {"latency", "speedup", "params", "flops", "file_bytes", "peak_rss", "session_rss",
                      "cpu", "latency_paired", "cpu_paired"}
         }
@@ -83,6 +83,7 @@ from typing import Any
 
 import numpy as np
 
+from fileformat.args import Parser, non_negative_int, positive_int
 from fileformat.cli import cli_main
 from fileformat.errors import UsageError
 from fileformat.io import check_distinct
@@ -178,8 +179,8 @@ class ModelResult:
     runs: int
     warmup: int
     images_per_s: float
-    peak_rss_mb: float
-    session_rss_mb: float
+    peak_rss_mb: float | None  # None when the models share one process (not per model)
+    session_rss_mb: float | None
     isolated: bool
     ratios: dict[str, float | None] = field(default_factory=dict)
 
@@ -480,7 +481,9 @@ def measure(path: Path, config: BenchConfig) -> dict[str, Any]:
         runner.close()
 
 
-def _ratio(a: float, b: float) -> float:
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None:
+        return None
     return float(a / b) if b else float("nan")
 
 
@@ -532,6 +535,9 @@ def benchmark(
         ModelResult(**s, isolated=cfg.isolate, **_timing(wall, cpu, info, cfg))
         for s, (wall, cpu), info in zip(static, times, infos)
     ]
+    if not cfg.isolate:  # one process's high-water mark: the same number for every model, so none is given
+        for r in results:
+            r.peak_rss_mb = r.session_rss_mb = None
     base, (base_wall, base_cpu) = results[0], times[0]
     for r, (wall, cpu) in zip(results, times):
         r.ratios = {
@@ -564,30 +570,24 @@ def benchmark(
     }
 
 
+TABLE_WIDTH = 120  # the on-screen table's limit; every number is in the JSON
+
+
 def format_table(doc: dict[str, Any]) -> str:
-    """The on-screen table of a :func:`benchmark` result."""
-    cols = [
-        "model",
-        "params",
-        "GFLOPs",
-        "MB",
-        "median ms",
-        "p90 ms",
-        "min ms",
-        "CPU ms",
-        "img/s",
-        "peak MB",
-        "x latency",
-        "x CPU",
-        "x params",
-        "x FLOPs",
-    ]
-    paired = doc["config"].get("interleave", False)
-    if paired:
-        cols[cols.index("x CPU") + 1 : cols.index("x CPU") + 1] = ["x lat paired", "x CPU paired"]
+    """The on-screen table of a :func:`benchmark` result, at most :data:`TABLE_WIDTH` columns: size, median wall and
+    CPU time, ratios to the first model (paired per round when interleaved) and, when each model ran in its own
+    process, its peak memory. p90, min, images/s and the other ratios are in the JSON."""
+    cfg = doc["config"]
+    paired = cfg.get("interleave", False)
+    isolated = all(m.get("isolated") and m.get("peak_rss_mb") is not None for m in doc["models"])
+    cols = ["model", "params", "GFLOPs", "MB", "wall ms", "p90 ms", "CPU ms", "x wall", "x CPU"]
+    if isolated:
+        cols.append("peak MB")
     rows = []
     for m in doc["models"]:
         lat, r = m["latency_ms"], m["ratios"]
+        x_wall = r.get("latency_paired") if paired else r.get("latency")
+        x_cpu = r.get("cpu_paired") if paired else r.get("cpu")
         row = [
             m["name"],
             f"{m['params'] / 1e6:.2f}M",
@@ -595,30 +595,36 @@ def format_table(doc: dict[str, Any]) -> str:
             f"{m['file_bytes'] / 1e6:.2f}",
             f"{lat['median']:.2f}",
             f"{lat['p90']:.2f}",
-            f"{lat['min']:.2f}",
             f"{m['cpu_ms']['median']:.2f}",
-            f"{m['images_per_s']:.1f}",
-            f"{m['peak_rss_mb']:.0f}",
-            f"{r['latency']:.3f}",
-            f"{r['cpu']:.3f}",
+            _fmt_ratio(x_wall),
+            _fmt_ratio(x_cpu),
         ]
-        if paired:
-            row += [_fmt_ratio(r.get("latency_paired")), _fmt_ratio(r.get("cpu_paired"))]
-        rows.append(row + [f"{r['params']:.3f}", f"{r['flops']:.3f}"])
+        if isolated:
+            row.append(f"{m['peak_rss_mb']:.0f}")
+        rows.append(row)
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
-    cfg = doc["config"]
+    room = TABLE_WIDTH - sum(widths[1:]) - 2 * (len(cols) - 1)
+    if widths[0] > room:  # long file names are shortened in the middle; the JSON has the paths
+        widths[0] = max(len(cols[0]), room)
+        for row in rows:
+            if len(row[0]) > widths[0]:
+                keep = widths[0] - 1
+                row[0] = row[0][: (keep + 1) // 2] + "…" + row[0][len(row[0]) - keep // 2 :]
     providers = sorted({p for m in doc["models"] for p in m["providers"]})
+    threads = cfg["threads"]
+    thread_text = "threads: onnxruntime's default" if not threads else f"{threads} thread{'s' if threads > 1 else ''}"
+    order = "interleaved round robin" if paired else "one model after the other"
     lines = [
-        f"onnxruntime {doc['machine']['onnxruntime']}, {', '.join(providers)}, threads {cfg['threads'] or 'default'}, "
-        f"batch {cfg['batch']}, {cfg['warmup']} warm-up + {cfg['runs']} timed runs "
-        f"{'interleaved round robin' if paired else 'one model after the other'}, "
-        f"memory {'per model (subprocess)' if cfg['isolate'] else 'NOT isolated (one process)'}; "
-        "CPU ms = process CPU time per run",
+        f"onnxruntime {doc['machine']['onnxruntime']}, {', '.join(providers)}, {thread_text}, batch {cfg['batch']}",
+        f"{cfg['warmup']} warm-up + {cfg['runs']} timed runs, {order}; x = ratio to the first model"
+        + (" (median of per-round ratios)" if paired else ""),
+        "CPU ms = process CPU time per run; "
+        + ("peak MB: each model in its own process" if isolated else "memory not measured per model (--no-isolate)"),
         "  ".join(c.ljust(w) for c, w in zip(cols, widths)),
         "  ".join("-" * w for w in widths),
     ]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _fmt_ratio(value: float | None) -> str:
@@ -629,32 +635,32 @@ def _fmt_ratio(value: float | None) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m runtime.bench",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("models", nargs="*", help="ONNX files; ratios are to the first (the baseline)")
-    p.add_argument("--runs", type=int, default=50, help="timed runs per model")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs per model before the timed ones")
+    p.add_argument("--runs", type=positive_int, default=50, help="timed runs per model")
+    p.add_argument("--warmup", type=non_negative_int, default=5, help="untimed runs per model before the timed ones")
     p.add_argument(
         "--rewarm",
-        type=int,
+        type=non_negative_int,
         default=2,
         help="untimed runs of a model before each of its timed runs when interleaved, so it is timed warm (0: the "
         "cold round robin, a third of the time)",
     )
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (None: all cores)")
+    p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads (None: all cores)")
     p.add_argument(
         "--providers", default=None, help="comma list of cpu, cuda, tensorrt (None: cuda when available, then cpu)"
     )
-    p.add_argument("--batch", type=int, default=1, help="batch for a dynamic batch dimension")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random N(0, 1) input")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch for a dynamic batch dimension")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random N(0, 1) input")
     p.add_argument("--json", default=None, help="also write the results here (JSON, schema_version 1)")
     p.add_argument(
         "--no-isolate",
         action="store_true",
-        help="run every session in this process (faster start; memory numbers are then not per model)",
+        help="run every session in this process (faster start; memory is then not measured per model)",
     )
     p.add_argument(
         "--no-interleave",
@@ -710,9 +716,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         parser.error(str(exc))
     providers = tuple(p.strip() for p in args.providers.split(",") if p.strip()) if args.providers else None
-    threads_bad = args.threads is not None and args.threads < 1
-    if args.runs < 1 or args.warmup < 0 or args.rewarm < 0 or args.batch < 1 or threads_bad:
-        parser.error("--runs, --batch and --threads must be >= 1, --warmup and --rewarm >= 0")
     try:
         cfg = BenchConfig(
             runs=args.runs,

@@ -1,7 +1,8 @@
 """What goes onto the device: ``python -m runtime.bundle compressed.onnx --target jetson-nano -o bundle/ [--force]``.
 
 Runs ``passes.check_target`` first and refuses (exit 1, the list of problems) when the model cannot run on the
-target, unless ``--force``. Then writes, atomically (built in a temporary folder beside ``-o``, then renamed):
+target, unless ``--allow-incompatible``. Then writes, atomically (built in a temporary folder beside ``-o``, then
+renamed):
 
 ===================  ===========================================================================================
 ``model.onnx``       the model (external data beside it, if it has any)
@@ -21,8 +22,13 @@ workspace as ``--workspace=N`` (MiB) for TensorRT < 8.4 and ``--memPoolSize=work
 ``--timingCacheFile``; ``--exportTimes``, ``--dumpProfile``, ``--exportProfile`` and ``--separateProfileRun`` (the
 per-layer profile is measured in its own run, so it does not slow the timed one).
 
-A non-empty ``-o`` is refused unless ``--force`` (then replaced as a whole). Exit 0 written, 1 refused or failed,
-2 usage error.
+A non-empty ``-o`` is refused unless ``--force``, which means what it means in every command: replace my earlier
+output (only a folder this tool wrote, per its manifest; a folder holding other files is refused). Exit 0 written,
+1 refused or failed, 2 usage error (a non-empty ``-o`` without ``--force`` included).
+
+``build_engine.sh`` finds trtexec on the PATH or at JetPack's ``/usr/src/tensorrt/bin/trtexec``; where there is
+none it stops before building, saying to set ``TRTEXEC=/path/to/trtexec`` (on the terminal and in
+``build_engine.log``).
 """
 
 from __future__ import annotations
@@ -40,17 +46,19 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import onnx
-
-from fileformat.cli import HelpFormatter, cli_main
+from fileformat.args import Parser, check_output_folder, positive_int
+from fileformat.cli import cli_main
 from fileformat.errors import PassError
 from fileformat.io import check_replaceable, load_model, write_manifest
 from fileformat.metadata import read_metadata
 from fileformat.targets import TARGETS, TargetProfile, get_target
-from passes.check_target import CheckConfig, TargetCheck, check_target
-from runtime.trt import fp32_selection, node_infos
+
+if TYPE_CHECKING:  # these load onnx (0.5 s): imported when a bundle is written, so --help answers at once
+    import onnx
+
+    from passes.check_target import TargetCheck
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +76,8 @@ class BundleConfig:
     """``workspace_mb=None`` takes the target's; ``batch`` is the batch a dynamic batch dimension is built for."""
 
     target: str = "jetson-nano"
-    force: bool = False
+    force: bool = False  # replace an earlier bundle in the output folder
+    allow_incompatible: bool = False  # write a bundle for a model passes.check_target says the target cannot run
     batch: int = 1
     workspace_mb: int | None = None
 
@@ -146,6 +155,11 @@ TRTEXEC="${{TRTEXEC:-}}"
 if [ -z "$TRTEXEC" ]; then
   if command -v trtexec >/dev/null 2>&1; then TRTEXEC=trtexec; else TRTEXEC=/usr/src/tensorrt/bin/trtexec; fi
 fi
+if ! command -v "$TRTEXEC" >/dev/null 2>&1; then
+  echo "error: trtexec not found (not on the PATH, not at $TRTEXEC). Install TensorRT (JetPack on a Jetson) or" \
+    "point to it: TRTEXEC=/path/to/trtexec bash build_engine.sh" | tee build_engine.log >&2
+  exit 127
+fi
 "$TRTEXEC" \\
   {flags} \\
   2>&1 | tee build_engine.log
@@ -190,6 +204,7 @@ def _readme(
     est = check.estimate
     warn = "\n".join(f"- {f.severity}: {f.code}: {f.message}" for f in check.findings if f.severity != "info")
     python = f"Python {target.python}" if target.python else "Python 3"
+    verdict = "compatible" if check.compatible else "NOT compatible (written with --allow-incompatible)"
     return f"""# Deployment bundle: {source} for {target.name}
 
 Written by `python -m runtime.bundle` on {created}. Target: {target.description}.
@@ -198,7 +213,7 @@ Input `{config["input_name"]}` {shape} (N x C x H x W), normalised RGB; output `
 
 ## Check before deployment
 
-`passes.check_target` found the model {"compatible" if check.compatible else "NOT compatible (bundle forced)"}
+`passes.check_target` found the model {verdict}
 with {target.name} (details in `check_target.json`).
 {warn or "No warnings."}
 
@@ -276,6 +291,8 @@ def _input_info(model: onnx.ModelProto, batch: int) -> tuple[str, list[int], boo
 
 def _copy_model(src: Path, dst_dir: Path) -> list[str]:
     """Copy the ONNX file as ``model.onnx`` with its external data files (same relative names)."""
+    import onnx
+
     shutil.copyfile(src, dst_dir / MODEL_NAME)
     files = [MODEL_NAME]
     proto = onnx.load(str(src), load_external_data=False)
@@ -287,6 +304,9 @@ def _copy_model(src: Path, dst_dir: Path) -> list[str]:
 
 def write_bundle(model_path: str | os.PathLike[str], out: str | os.PathLike[str], config: BundleConfig) -> BundleResult:
     """Check the model, then write the bundle folder ``out`` atomically; raise :class:`BundleError` when refused."""
+    from passes.check_target import CheckConfig, check_target
+    from runtime.trt import fp32_selection, node_infos
+
     src = Path(model_path)
     dst = Path(out)
     target = get_target(config.target)
@@ -303,9 +323,9 @@ def write_bundle(model_path: str | os.PathLike[str], out: str | os.PathLike[str]
     except PassError as exc:
         raise BundleError(str(exc)) from None
     check = check_target(model, target, CheckConfig(batch=config.batch), name=src.name)
-    if not check.compatible and not config.force:
+    if not check.compatible and not config.allow_incompatible:
         raise BundleError(
-            f"{src.name} cannot run on {target.name}; fix these (or pass --force):\n"
+            f"{src.name} cannot run on {target.name}; fix these (or pass --allow-incompatible):\n"
             + "\n".join(f"  {f.code}: {f.message}" + _where(f.nodes) for f in check.errors)
         )
     input_name, shape, dynamic_batch, output_name = _input_info(model, config.batch)
@@ -396,35 +416,41 @@ def _replace_dir(tmp: Path, dst: Path) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m runtime.bundle",
-        description=__doc__.splitlines()[0],
-        formatter_class=HelpFormatter,
-    )
+    p = Parser(prog="python -m runtime.bundle", description=__doc__.splitlines()[0])
     p.add_argument("model", help="the (compressed) ONNX model")
     p.add_argument("--target", default="jetson-nano", choices=sorted(TARGETS), help="device profile")
     p.add_argument("-o", "--output", required=True, help="bundle folder to write (must not exist or be empty)")
-    p.add_argument("--force", action="store_true", help="write even if incompatible; replace a non-empty -o")
-    p.add_argument("--batch", type=int, default=1, help="batch for a dynamic batch dimension")
-    p.add_argument("--workspace-mb", type=int, default=None, help="builder workspace in MiB (none given: the target's)")
+    p.add_argument("--force", action="store_true", help="replace an earlier bundle in a non-empty -o")
+    p.add_argument(
+        "--allow-incompatible",
+        action="store_true",
+        help="write the bundle even where passes.check_target says the target cannot run the model",
+    )
+    p.add_argument("--batch", type=positive_int, default=1, help="batch for a dynamic batch dimension")
+    p.add_argument(
+        "--workspace-mb", type=positive_int, default=None, help="builder workspace in MiB (none given: the target's)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log details; show tracebacks on errors")
     return p
 
 
 @cli_main("python -m runtime.bundle")
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry: 0 written, 1 refused or failed, 2 usage error."""
+    """CLI entry: 0 written, 1 refused or failed, 2 usage error (the output folder checked before any work)."""
     p = _parser()
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if args.batch < 1 or (args.workspace_mb is not None and args.workspace_mb < 1):
-        p.error("--batch and --workspace-mb must be >= 1")
+    check_output_folder("-o", args.output)
+    check_replaceable(args.output, args.force)  # without --force: a usage error (exit 2), before the model is read
+    config = BundleConfig(
+        target=args.target,
+        force=args.force,
+        allow_incompatible=args.allow_incompatible,
+        batch=args.batch,
+        workspace_mb=args.workspace_mb,
+    )
     try:
-        result = write_bundle(
-            args.model,
-            args.output,
-            BundleConfig(target=args.target, force=args.force, batch=args.batch, workspace_mb=args.workspace_mb),
-        )
+        result = write_bundle(args.model, args.output, config)
     except BundleError as exc:
         print(f"error: {p.prog}: {exc}", file=sys.stderr)
         return 1

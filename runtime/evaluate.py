@@ -9,8 +9,9 @@ counts, the confusion matrix, and throughput. ``images_per_second`` covers the w
 normalisation, model, logit upsampling, argmax) with images already decoded; ``model_seconds_per_image`` is the
 model call alone.
 
-Comparison mode scores two models on the same images and adds per-class deltas (B - A) and the share of pixels
-where the two predictions agree (over all pixels, ignored ground truth included).
+Comparison mode scores two models on the same images and adds per-class deltas (B - A: the ``--compare`` model
+minus the first; the table's headers say so) and the share of pixels where the two predictions agree (over all
+pixels, ignored ground truth included).
 
 A data root holding ``SYNTHETIC.json`` (written by ``models.synthetic``) is reported as synthetic, in the JSON
 (``data.synthetic``) and in the printed table.
@@ -30,11 +31,21 @@ from typing import Any
 
 import numpy as np
 
-from fileformat.cli import HelpFormatter, cli_main
-from fileformat.errors import UsageError
+from fileformat.args import (
+    Parser,
+    check_output_file,
+    check_output_folder,
+    finite,
+    int_in,
+    non_negative_int,
+    positive,
+    positive_int,
+)
+from fileformat.cli import cli_main
+from fileformat.errors import PassError
 from fileformat.io import atomic_target, atomic_write_text, check_distinct
 from models.constants import CLASS_NAMES, IGNORE_INDEX, PALETTE
-from models.data import DataError, LoadedSample, ScanSummary, iter_samples
+from models.data import DataError, LoadedSample, ScanSummary, check_split, iter_samples
 from models.synthetic import MARKER
 from runtime.metrics import MetricAccumulator, SegmentationMetrics
 from runtime.session import Segmenter
@@ -287,12 +298,12 @@ def format_comparison(result: dict[str, Any]) -> str:
     lines = [
         f"A = {a['model']['name']}   B = {b['model']['name']}   on {data['root']} [{data['split']}], "
         f"{a['num_images']} images" + ("  ** SYNTHETIC DATA **" if data.get("synthetic") else ""),
-        f"{'class':<28} {'IoU A':>7} {'IoU B':>7} {'dIoU':>7} {'Dice A':>7} {'Dice B':>7} {'dDice':>7}",
+        f"{'class':<28} {'IoU A':>7} {'IoU B':>7} {'B-A IoU':>7} {'Dice A':>7} {'Dice B':>7} {'B-A Dice':>8}",
     ]
     for ca, cb, cd in zip(a["per_class"], b["per_class"], d["per_class"]):
         lines.append(
             f"{ca['name']:<28} {_fmt(ca['iou']):>7} {_fmt(cb['iou']):>7} {_fmt(cd['iou']):>7} "
-            f"{_fmt(ca['dice']):>7} {_fmt(cb['dice']):>7} {_fmt(cd['dice']):>7}"
+            f"{_fmt(ca['dice']):>7} {_fmt(cb['dice']):>7} {_fmt(cd['dice']):>8}"
         )
     for key, label in (("miou", "mIoU"), ("mdice", "mDice"), ("pixel_accuracy", "pixel acc")):
         lines.append(f"{label:<28} {_fmt(a[key]):>7} {_fmt(b[key]):>7} {_fmt(d[key]):>7}")
@@ -404,30 +415,39 @@ def write_json(obj: dict[str, Any], path: Path | str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m runtime.evaluate",
         description="Score an ONNX segmentation model (mIoU, per-image mDice, per-class IoU/Dice) with onnxruntime.",
-        formatter_class=HelpFormatter,
     )
     p.add_argument("model", type=Path, help="model.onnx to score")
     p.add_argument("--data", type=Path, required=True, help="data root in the LPCV layout (IMG/, GT/)")
     p.add_argument("--split", default="val", help="split scored (IMG/SPLIT, GT/SPLIT)")
-    p.add_argument("--compare", type=Path, metavar="OTHER.onnx", help="score a second model and compare (B - A)")
-    p.add_argument("--batch-size", type=int, default=4, help="images per onnxruntime call")
-    p.add_argument("--limit", type=int, help="score only the first N images (none given: all)")
+    p.add_argument(
+        "--compare", type=Path, metavar="OTHER.onnx", help="score a second model B and compare (deltas: B - A)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=4, help="images per onnxruntime call")
+    p.add_argument("--limit", type=positive_int, help="score only the first N images (none given: all)")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the metrics as JSON")
     p.add_argument("--out-dir", type=Path, metavar="DIR", help="write per_class_iou.png and overlays.png here")
-    p.add_argument("--num-overlays", type=int, default=4, help="images drawn in overlays.png (with --out-dir)")
+    p.add_argument(
+        "--num-overlays", type=non_negative_int, default=4, help="images drawn in overlays.png (with --out-dir)"
+    )
     p.add_argument("--skip-invalid", action="store_true", help="skip bad samples instead of failing")
     p.add_argument("--providers", help="comma-separated onnxruntime providers: cpu, cuda, tensorrt (default cpu)")
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (none given: onnxruntime's choice)")
     p.add_argument(
-        "--input-size", type=int, nargs=2, metavar=("H", "W"), help="override the model input size (none: the file's)"
+        "--threads", type=positive_int, help="onnxruntime intra-op threads (none given: onnxruntime's choice)"
     )
     p.add_argument(
-        "--mean", type=float, nargs=3, help="override the normalisation mean (RGB in [0, 1]; none: the file's)"
+        "--input-size",
+        type=int_in(8, 8192, "pixels"),
+        nargs=2,
+        metavar=("H", "W"),
+        help="override the model input size (none: the file's)",
     )
-    p.add_argument("--std", type=float, nargs=3, help="override the normalisation std (none: the file's)")
+    p.add_argument(
+        "--mean", type=finite, nargs=3, help="override the normalisation mean (RGB in [0, 1]; none: the file's)"
+    )
+    p.add_argument("--std", type=positive, nargs=3, help="override the normalisation std (each > 0; none: the file's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log details; show tracebacks on errors")
     return p
@@ -435,30 +455,19 @@ def _parser() -> argparse.ArgumentParser:
 
 @cli_main("python -m runtime.evaluate")
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (0 ok, 1 model or data cannot be used, 2 usage error)."""
+    """CLI entry point; returns the exit status (0 ok, 1 model or data cannot be used, 2 usage error). Every
+    option, path and the split are checked before onnxruntime is imported."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
-        print("error: --batch-size and --limit must be positive", file=sys.stderr)
-        return 2
-    try:
-        check_distinct([args.model, args.compare], [("--json", args.json), ("--out-dir", args.out_dir)])
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.out_dir is not None and args.out_dir.exists() and not args.out_dir.is_dir():
-        print(f"error: --out-dir {args.out_dir} is a file; give a folder.", file=sys.stderr)
-        return 2
-    for m in (args.model, args.compare):
+    check_distinct([args.model, args.compare], [("--json", args.json), ("--out-dir", args.out_dir)])
+    inputs = [("--data", args.data)]
+    if args.out_dir is not None:
+        check_output_folder("--out-dir", args.out_dir, inputs)
+    check_output_file("--json", args.json, inputs)
+    for option, m in (("model", args.model), ("--compare", args.compare)):
         if m is not None and not m.is_file():
-            print(f"error: model file not found: {m}", file=sys.stderr)
-            return 1
-    if not args.data.is_dir():
-        print(
-            f"error: data folder not found: {args.data} (create one with: python -m models.synthetic {args.data})",
-            file=sys.stderr,
-        )
-        return 1
+            raise PassError(f"{option} {m}: model file not found.")
+    check_split(args.data, args.split, "--split")
     from runtime.session import OnnxSegmenter
 
     kwargs: dict[str, Any] = {
@@ -485,11 +494,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = compare(seg_a, seg_b, args.data, args.split, config, args.out_dir)
             text = format_comparison(result)
     except (DataError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: python -m runtime.evaluate: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # onnxruntime raises its own types for a model it cannot run
         if type(exc).__module__.startswith("onnxruntime"):
-            print(f"error: onnxruntime cannot run the model: {exc}", file=sys.stderr)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"error: python -m runtime.evaluate: onnxruntime cannot run the model: {first}", file=sys.stderr)
             return 1
         raise
     result["config"] = asdict(config)

@@ -22,7 +22,9 @@ Polygraphy's own pass/fail at ``--atol``/``--rtol`` on ``--check-error-stat``. E
 1 when it fails or the models/data cannot be used, 2 on a usage error.
 
 The first ``--save-count`` inputs (as fed to the candidate) and the reference outputs are written in Polygraphy's
-JSON format (``inputs.json``, ``ref_outputs.json``) so the numeric comparison can be rerun from the shell::
+JSON format (``inputs.json``, ``ref_outputs.json``, ``cand_outputs.json``; in ``<candidate>.parity/`` unless
+``--save-dir`` says where) so the numeric comparison can be rerun from the shell; files of an earlier run there are
+replaced only with ``--force``::
 
     polygraphy run candidate.onnx --onnxrt --load-inputs DIR/inputs.json --load-outputs DIR/ref_outputs.json \\
         --atol 0.01 --rtol 0.01 --check-error-stat quantile --error-quantile 0.99
@@ -36,19 +38,32 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 
-from fileformat.cli import HelpFormatter, cli_main
-from fileformat.errors import UsageError
-from fileformat.io import check_distinct
+from fileformat.args import (
+    Parser,
+    check_output_file,
+    check_output_folder,
+    fraction,
+    non_negative,
+    non_negative_int,
+    percent,
+    positive_int,
+)
+from fileformat.cli import cli_main
+from fileformat.errors import PassError, UsageError
+from fileformat.io import atomic_target, check_distinct
 from models.constants import IGNORE_INDEX
-from models.data import DataError, iter_samples
-from runtime._calib import CalibrationDataError, InputSpec, input_spec
+from models.data import DataError, check_split, iter_samples
 from runtime.metrics import MetricAccumulator
 from runtime.session import resize_bilinear
+
+if TYPE_CHECKING:  # loaded when the models are: --help and usage errors answer without them
+    import onnx
+
+    from runtime._calib import InputSpec
 
 __all__ = ["ParityConfig", "ParityResult", "compare_models", "format_result", "main", "repro_command"]
 
@@ -114,11 +129,15 @@ class ParityResult:
 
 
 def _is_quantized(path: Path) -> bool:
+    import onnx
+
     model = onnx.load(str(path), load_external_data=False)
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
 def _load(path: Path) -> onnx.ModelProto:
+    import onnx
+
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and onnx's own errors: not a model
@@ -126,6 +145,8 @@ def _load(path: Path) -> onnx.ModelProto:
 
 
 def _spec(path: Path) -> InputSpec:
+    from runtime._calib import CalibrationDataError, input_spec
+
     try:
         return input_spec(_load(path))
     except CalibrationDataError as exc:
@@ -307,9 +328,12 @@ def compare_models(
     if save_dir is not None and saved_inputs:
         d = Path(save_dir)
         d.mkdir(parents=True, exist_ok=True)
-        save_json(saved_inputs, str(d / "inputs.json"))
-        RunResults([("reference", saved_ref)]).save(str(d / "ref_outputs.json"))
-        RunResults([("candidate", saved_cand)]).save(str(d / "cand_outputs.json"))
+        with atomic_target(d / "inputs.json", suffix=".json") as tmp:
+            save_json(saved_inputs, tmp)
+        with atomic_target(d / "ref_outputs.json", suffix=".json") as tmp:
+            RunResults([("reference", saved_ref)]).save(tmp)
+        with atomic_target(d / "cand_outputs.json", suffix=".json") as tmp:
+            RunResults([("candidate", saved_cand)]).save(tmp)
         saved = {
             "inputs": str(d / "inputs.json"),
             "ref_outputs": str(d / "ref_outputs.json"),
@@ -376,29 +400,37 @@ def format_result(result: ParityResult) -> str:
 # -------------------------------------------------------------------------------------------------------- CLI
 
 
+SAVED_FILES = ("inputs.json", "ref_outputs.json", "cand_outputs.json")
+
+
 def _parser() -> argparse.ArgumentParser:
     d = ParityConfig()
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m runtime.parity",
         description="Compare a candidate ONNX model with its reference on real images (Polygraphy comparator, "
         "pixel agreement, mIoU) and give a verdict.",
-        formatter_class=HelpFormatter,
     )
     p.add_argument("reference", type=Path, help="reference model (e.g. the FP32 export)")
     p.add_argument("candidate", type=Path, help="candidate model (e.g. the FP16 or INT8 file)")
     p.add_argument("--data", type=Path, required=True, help="data root in the LPCV layout (IMG/, GT/)")
     p.add_argument("--split", default=d.split, help="split compared on (IMG/SPLIT, GT/SPLIT)")
-    p.add_argument("--limit", type=int, help="use only the first N images (none given: all)")
-    p.add_argument("--min-agreement", type=float, default=d.min_agreement, help="pixel agreement required, percent")
-    p.add_argument("--max-miou-drop", type=float, default=d.max_miou_drop, help="mIoU drop allowed, points")
+    p.add_argument("--limit", type=positive_int, help="use only the first N images (none given: all)")
+    p.add_argument(
+        "--min-agreement", type=percent, default=d.min_agreement, help="pixel agreement required, percent (0-100)"
+    )
+    p.add_argument("--max-miou-drop", type=percent, default=d.max_miou_drop, help="mIoU drop allowed, points (0-100)")
     p.add_argument(
         "--check",
         choices=CHECKS,
         default=d.check,
         help="which rule decides: auto = mIoU for quantized candidates, agreement otherwise",
     )
-    p.add_argument("--atol", type=float, default=d.atol, help="Polygraphy's absolute tolerance on the logits")
-    p.add_argument("--rtol", type=float, default=d.rtol, help="Polygraphy's relative tolerance on the logits")
+    p.add_argument(
+        "--atol", type=non_negative, default=d.atol, help="Polygraphy's absolute tolerance on the logits (>= 0)"
+    )
+    p.add_argument(
+        "--rtol", type=non_negative, default=d.rtol, help="Polygraphy's relative tolerance on the logits (>= 0)"
+    )
     p.add_argument(
         "--check-error-stat",
         choices=("max", "mean", "median", "quantile", "elemwise"),
@@ -406,14 +438,18 @@ def _parser() -> argparse.ArgumentParser:
         help="Polygraphy's error statistic compared with the tolerances",
     )
     p.add_argument(
-        "--error-quantile", type=float, default=d.error_quantile, help="the quantile of --check-error-stat quantile"
+        "--error-quantile",
+        type=fraction,
+        default=d.error_quantile,
+        help="the quantile of --check-error-stat quantile, in (0, 1]",
     )
     p.add_argument("--require-numeric", action="store_true", help="the numeric check must pass too")
     p.add_argument(
         "--save-dir", type=Path, help="where to write the Polygraphy JSON files (default: <candidate>.parity/)"
     )
-    p.add_argument("--save-count", type=int, default=d.save_count, help="images saved as JSON")
+    p.add_argument("--save-count", type=non_negative_int, default=d.save_count, help="images saved as JSON")
     p.add_argument("--no-save", action="store_true", help="write no Polygraphy JSON files")
+    p.add_argument("--force", action="store_true", help="replace the JSON files an earlier run saved there")
     p.add_argument("--json", type=Path, help="write the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log details; show tracebacks on errors")
@@ -422,14 +458,11 @@ def _parser() -> argparse.ArgumentParser:
 
 @cli_main("python -m runtime.parity")
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: 0 verdict passed, 1 failed (or unusable models/data), 2 usage error."""
+    """CLI entry point: 0 verdict passed, 1 failed (or unusable models/data), 2 usage error. Every option, path and
+    the split are checked before a model is loaded."""
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if (args.limit is not None and args.limit < 1) or args.save_count < 0:
-        parser.error("--limit must be positive and --save-count non-negative")
-    if not 0 < args.error_quantile <= 1:
-        parser.error("--error-quantile must be in (0, 1]")
     config = ParityConfig(
         min_agreement=args.min_agreement,
         max_miou_drop=args.max_miou_drop,
@@ -445,20 +478,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
     )
     save_dir = None if args.no_save else (args.save_dir or args.candidate.with_name(args.candidate.name + ".parity"))
-    try:
-        check_distinct([args.reference, args.candidate], [("--json", args.json), ("--save-dir", save_dir)])
-    except UsageError as exc:
-        parser.error(str(exc))
-    if save_dir is not None and Path(save_dir).exists() and not Path(save_dir).is_dir():
-        parser.error(f"--save-dir {save_dir} is a file; give a folder.")
+    check_distinct([args.reference, args.candidate], [("--json", args.json), ("--save-dir", save_dir)])
+    inputs = [("--data", args.data)]
+    if save_dir is not None:
+        check_output_folder("--save-dir", save_dir, inputs)
+        earlier = [f for f in SAVED_FILES if (Path(save_dir) / f).exists()]
+        if earlier and not args.force:
+            raise UsageError(
+                f"--save-dir {save_dir} holds an earlier run's {', '.join(earlier)}; give --force to replace them, "
+                "--save-dir for another folder, or --no-save."
+            )
+    check_output_file("--json", args.json, inputs)
+    for option, m in (("reference", args.reference), ("candidate", args.candidate)):
+        if not m.is_file():
+            raise PassError(f"{option} {m}: model file not found.")
+    check_split(args.data, args.split, "--split", require_masks=False)  # agreement needs no masks
     try:
         result = compare_models(args.reference, args.candidate, args.data, config, save_dir)
     except (DataError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {parser.prog}: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # onnxruntime / polygraphy raise their own types for a model they cannot run
         if type(exc).__module__.split(".")[0] in ("onnxruntime", "polygraphy"):
-            print(f"error: cannot run the models: {exc}", file=sys.stderr)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"error: {parser.prog}: cannot run the models: {first}", file=sys.stderr)
             return 1
         raise
     print(format_result(result))

@@ -53,8 +53,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from fileformat.cli import HelpFormatter, cli_main
+from fileformat.args import (
+    Parser,
+    check_output_folder,
+    fraction,
+    int_in,
+    non_negative_int,
+    positive_int,
+    target_name,
+)
+from fileformat.cli import cli_main
+from fileformat.errors import UsageError
 from fileformat.io import atomic_write_text
+from models.configs import CONFIGS, model_name, model_names
 from models.synthetic import GENERATOR_VERSION
 
 log = logging.getLogger(__name__)
@@ -218,6 +229,7 @@ class StageRunner:
     def __init__(
         self, run: Path, threads: int, echo: IO[str] | None = None, extra_env: dict[str, str] | None = None
     ) -> None:
+        check_output_folder("--run", run)  # a file or a folder that cannot be written: said now, not a minute later
         self.run = Path(run)
         self.threads = threads
         self.echo = echo
@@ -277,6 +289,17 @@ class StageRunner:
             return f"output {changed[0]} changed since the stage wrote it"
         return None
 
+    def _remove_own_outputs(self, stage: Stage) -> None:
+        """Before a stage runs again: remove the output files it wrote in an earlier run (its stamp or start marker
+        is there, so they are the runner's own), so that a command which refuses to replace an existing output
+        without ``--force`` (``exporters.export -o``) can write it again. Files outside the run folder, and a
+        stage's outputs that no earlier run of it wrote, are left alone: the command decides about those."""
+        if not (self._stamp_file(stage).exists() or self._started_file(stage).exists()):
+            return
+        for p in stage.outputs:
+            if p.is_file() and Path(os.path.abspath(p)).is_relative_to(Path(os.path.abspath(self.run))):
+                p.unlink()
+
     def _up_to_date(self, stage: Stage) -> bool:
         return self.stale_reason(stage) is None
 
@@ -298,6 +321,7 @@ class StageRunner:
         if not resumes:
             for p in stage.clean:
                 shutil.rmtree(p, ignore_errors=True)
+            self._remove_own_outputs(stage)
         for p in stage.outputs:
             p.parent.mkdir(parents=True, exist_ok=True)
         (self.run / "logs").mkdir(parents=True, exist_ok=True)
@@ -448,6 +472,7 @@ class Pipeline(StageRunner):
                         c.target,
                         "-o",
                         path,
+                        "--force",  # a stage that runs again replaces its own earlier export
                     ),
                     [ckpt],
                     [path],
@@ -499,6 +524,7 @@ class Pipeline(StageRunner):
                 "distill",
                 self._py(
                     "models.distill",
+                    "--force",  # a stage that runs again (its inputs changed) starts afresh
                     "--student",
                     pruned,
                     "--teacher",
@@ -554,6 +580,7 @@ class Pipeline(StageRunner):
                         rep / f"parity_{prec}.json",
                         "--save-dir",
                         rep / f"parity_{prec}",
+                        "--force",  # a stage that runs again replaces its own earlier files
                     ),
                     [distilled, path, marker],
                     [rep / f"parity_{prec}.json"],
@@ -651,6 +678,33 @@ _HELP = {
 }
 
 
+def _match(text: str) -> str:
+    """``--match-latency-of``: a registered configuration, or 'none'."""
+    return text if text in ("none", "") else model_name(text)
+
+
+_TYPES: dict[str, Any] = {
+    "size": int_in(32, 4096, "pixels"),
+    "n_train": positive_int,
+    "n_val": positive_int,
+    "student_steps": positive_int,
+    "teacher_steps": positive_int,
+    "distill_steps": positive_int,
+    "batch_size": positive_int,
+    "calib_count": positive_int,
+    "bench_runs": positive_int,
+    "threads": positive_int,
+    "latency_threads": positive_int,
+    "seed": non_negative_int,
+    "target_flops": fraction,
+    "student": model_name,
+    "teacher": model_name,
+    "frontier": model_names,
+    "match_latency_of": _match,
+    "target": target_name,
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     d, f = PipelineConfig(), PipelineConfig.full()
 
@@ -659,9 +713,7 @@ def _parser() -> argparse.ArgumentParser:
         a, b = (",".join(a), ",".join(b)) if isinstance(a, tuple) else (a, b)
         return f"default {a}" + (f"; with --full {b}" if b != a else "")
 
-    p = argparse.ArgumentParser(
-        prog="python -m runtime.pipeline", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
-    )
+    p = Parser(prog="python -m runtime.pipeline", description=__doc__.split("\n\n")[0])
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     p.add_argument("--run", default=d.run, help=f"run folder (every stage writes here; default {d.run})")
     p.add_argument("--data", help="real LPCV data root (default: generate synthetic data into RUN/data)")
@@ -680,10 +732,11 @@ def _parser() -> argparse.ArgumentParser:
         "latency_threads",
         "seed",
     ):
-        p.add_argument("--" + name.replace("_", "-"), type=int, help=f"{_HELP[name]} ({default(name)})")
-    p.add_argument("--target-flops", type=float, help=f"{_HELP['target_flops']} ({default('target_flops')})")
-    for name in ("student", "teacher", "target", "exporter", "frontier", "match_latency_of"):
-        p.add_argument("--" + name.replace("_", "-"), help=f"{_HELP[name]} ({default(name)})")
+        p.add_argument("--" + name.replace("_", "-"), type=_TYPES[name], help=f"{_HELP[name]} ({default(name)})")
+    p.add_argument("--target-flops", type=fraction, help=f"{_HELP['target_flops']} ({default('target_flops')})")
+    for name in ("student", "teacher", "target", "frontier", "match_latency_of"):
+        p.add_argument("--" + name.replace("_", "-"), type=_TYPES[name], help=f"{_HELP[name]} ({default(name)})")
+    p.add_argument("--exporter", choices=("legacy", "dynamo"), help=f"{_HELP['exporter']} ({default('exporter')})")
     p.add_argument(
         "--importance", choices=("sensitivity", "l2"), help=f"{_HELP['importance']} ({default('importance')})"
     )
@@ -702,25 +755,39 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_config(cfg: PipelineConfig) -> None:
+    """Before any stage runs (no data generated, nothing trained): the run folder, the data and the batch.
+    Raises :class:`UsageError` (exit 2) or :class:`fileformat.errors.PassError` (the data cannot be used)."""
+    from models.data import check_split
+
+    check_output_folder("--run", cfg.run, [("--data", cfg.data)])
+    for name in (cfg.student, cfg.teacher, *cfg.frontier, *([cfg.match_latency_of] if cfg.match_latency_of else [])):
+        if name not in CONFIGS:
+            raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(CONFIGS)}")
+    if cfg.size % 32:
+        raise UsageError(f"--size {cfg.size} is not a multiple of 32 (the backbones' stride)")
+    if cfg.data is not None:
+        images = check_split(cfg.data, "train", "--data")
+        check_split(cfg.data, "val", "--data")
+        where = f"the {images} training images of {cfg.data}"
+    else:
+        images, where = cfg.n_train, f"--n-train {cfg.n_train}"
+    if cfg.batch_size > images:
+        raise UsageError(f"--batch-size {cfg.batch_size} is more than {where}; give at most {images}")
+
+
 @cli_main("python -m runtime.pipeline")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    if args.target_flops is not None and not 0.0 < args.target_flops <= 1.0:
-        parser.error(f"--target-flops {args.target_flops}: the fraction of the FLOPs to keep must be in (0, 1]")
-    small = ("size", "n_train", "n_val", "student_steps", "teacher_steps", "distill_steps", "batch_size")
-    bad = [f"--{k.replace('_', '-')}" for k in small if getattr(args, k) is not None and getattr(args, k) < 1]
-    if bad:
-        parser.error(f"{', '.join(bad)} must be >= 1")
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("full", "only", "quiet", "verbose")}
-    if "frontier" in given:
-        given["frontier"] = tuple(m for m in given["frontier"].split(",") if m)
     if given.get("match_latency_of") in ("none", ""):
         given["match_latency_of"] = None
     elif "target_flops" in given and "match_latency_of" not in given:
         given["match_latency_of"] = None  # a FLOPs target given alone replaces the latency match
     cfg = PipelineConfig.full(**given) if args.full else PipelineConfig(**given)
+    check_config(cfg)
     pipeline = Pipeline(cfg, echo=None if args.quiet else sys.stderr)
     if args.only:
         known = [s.name for s in pipeline.stages()]
@@ -730,11 +797,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = pipeline.run_all(args.only.split(",") if args.only else None)
     except StageFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {parser.prog}: {exc}", file=sys.stderr)
         return 1
     from runtime.report import format_markdown_table
 
     print(format_markdown_table(report))
+    for line in report.get("warnings") or []:
+        print(f"warning: {line}")
     print(f"\nreport: {pipeline.run / 'report.md'}")
     return 0
 

@@ -1,37 +1,54 @@
 """The run report of the pipeline: one row per stage, the reference frontier, and the plots.
 
+``python -m runtime.report RUN`` writes it again from what the stages of the run in ``RUN`` wrote (its
+``config.json`` says which stages those are); ``runtime.pipeline`` writes it at the end of every run.
+
 Reads what the stages wrote (``RUN/reports/*.json``) and the ONNX files themselves; writes ``RUN/report.json``,
-``RUN/report.md``, ``RUN/accuracy_vs_latency.png`` and ``RUN/per_class_iou.png``.
+``RUN/report.md``, ``RUN/accuracy_vs_latency.png`` and ``RUN/per_class_iou.png``. The table stays within 120
+columns (the JSON has every number). The report says what a table alone would hide: a model whose predictions are
+one class everywhere (collapsed: its mIoU says nothing about compression), a stage whose predictions are those of
+another, and whether "equal latency" holds (within :data:`EQUAL_LATENCY_TOLERANCE`) or by how much it missed.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import onnx
-
+from fileformat.args import Parser
+from fileformat.cli import cli_main
+from fileformat.errors import PassError
 from fileformat.io import atomic_write_text
-from passes._core.stats import graph_stats
 
 if TYPE_CHECKING:
     from runtime.pipeline import Pipeline
 
 COLUMNS = (
     ("stage", "stage", "{}"),
-    ("params", "params (M)", "{:.3f}"),
+    ("params", "params M", "{:.3f}"),
     ("flops", "GFLOPs", "{:.3f}"),
-    ("file_mb", "file (MB)", "{:.2f}"),
-    ("latency_ms", "ORT CPU time (ms)", "{:.2f}"),
-    ("latency_ratio", "CPU time vs baseline", "{:.3f}x"),
+    ("file_mb", "MB", "{:.2f}"),
+    ("latency_ms", "CPU ms", "{:.2f}"),
+    ("latency_ratio", "x base", "{:.3f}x"),
     ("miou", "mIoU", "{:.4f}"),
     ("mdice", "mDice", "{:.4f}"),
-    ("agreement", "pixel agreement vs previous", "{:.2%}"),
-    ("nano_fps_estimate", "Nano FPS (estimate)", "{:.1f}"),
+    ("agreement", "agree", "{:.2%}"),
+    ("nano_fps_estimate", "Nano FPS*", "{:.1f}"),
 )
+LEGEND = (
+    "MB: file size; CPU ms: onnxruntime process CPU time per run (median); x base: that time against the baseline's; "
+    "agree: pixel agreement with the previous stage; Nano FPS*: an estimate from FLOPs and the device's peak "
+    "(passes.check_target), not a measurement."
+)
+#: "at equal latency" is said only within this much of the reference's CPU time (compress --target-latency-of
+#: lands within its --latency-tolerance, 5%, under it)
+EQUAL_LATENCY_TOLERANCE = 0.05
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -60,6 +77,9 @@ def _latency(bench: dict[str, Any] | None, path: Path) -> float | None:
 
 
 def _row(name: str, path: Path, pipeline: Pipeline, bench: dict[str, Any] | None) -> dict[str, Any]:
+    import onnx
+
+    from passes._core.stats import graph_stats
     from passes.check_target import check_target
 
     model = onnx.load(str(path))
@@ -82,6 +102,7 @@ def _row(name: str, path: Path, pipeline: Pipeline, bench: dict[str, Any] | None
         "agreement": agreement,
         "nano_fps_estimate": fps,
         "per_class_iou": [c.get("iou") for c in metrics["per_class"]] if metrics else None,
+        "pred_pixels": [c.get("pred_pixels") for c in metrics["per_class"]] if metrics else None,
     }
 
 
@@ -127,6 +148,7 @@ def write_report(pipeline: Pipeline) -> dict[str, Any]:
         "timings": [vars(r) for r in pipeline.results],
     }
     report["equal_latency"] = _equal_latency(report, pipeline)
+    report["warnings"] = warnings_of(report)
     report["plots"] = _plots(report, pipeline.run)
     atomic_write_text(pipeline.run / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     atomic_write_text(pipeline.run / "report.md", format_markdown(report))
@@ -142,12 +164,81 @@ def _equal_latency(report: dict[str, Any], pipeline: Pipeline) -> dict[str, Any]
         return None
     if distilled["miou"] is None or other["miou"] is None:
         return None
+    ratio = distilled["latency_ms"] / other["latency_ms"]
     return {
         "reference": ref,
         "reference_steps": pipeline.cfg.student_steps + pipeline.cfg.distill_steps,
-        "latency_ratio": distilled["latency_ms"] / other["latency_ms"],
+        "latency_ratio": ratio,
+        "equal": abs(ratio - 1.0) <= EQUAL_LATENCY_TOLERANCE,
+        "tolerance": EQUAL_LATENCY_TOLERANCE,
         "delta_miou_points": 100.0 * (distilled["miou"] - other["miou"]),
     }
+
+
+def _all_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return (
+        report["stages"]
+        + report["frontier"]
+        + ([dict(report["teacher"], stage="teacher")] if report.get("teacher") else [])
+    )
+
+
+def warnings_of(report: dict[str, Any]) -> list[str]:
+    """What the table would hide: models that predict one class everywhere (collapsed: their mIoU measures nothing),
+    stages whose predictions are another's, pixel for pixel."""
+    from models.constants import CLASS_NAMES
+
+    out: list[str] = []
+    rows = [r for r in _all_rows(report) if r.get("pred_pixels")]
+    constant: dict[str, list[str]] = {}
+    for r in rows:
+        hit = [i for i, n in enumerate(r["pred_pixels"]) if n]
+        if len(hit) == 1:
+            name = CLASS_NAMES[hit[0]] if hit[0] < len(CLASS_NAMES) else f"class {hit[0]}"
+            constant.setdefault(name, []).append(r["stage"])
+    for cls, stages in constant.items():
+        out.append(
+            f"{', '.join(stages)} predict{'s' if len(stages) == 1 else ''} '{cls}' on every pixel: a collapsed model, "
+            "whose mIoU says nothing about compression; train longer (--student-steps, --teacher-steps) or check "
+            "the data"
+        )
+    collapsed = {s for stages in constant.values() for s in stages}
+    previous = None
+    for r in report["stages"]:
+        if previous and r.get("agreement") == 1.0 and r["stage"] not in collapsed:
+            out.append(f"{r['stage']} predicts exactly what {previous} predicts, on every pixel")
+        previous = r["stage"]
+    seen: dict[tuple[int, ...], str] = {}
+    for r in rows:
+        if r["stage"] in collapsed:
+            continue
+        key = tuple(int(n) for n in r["pred_pixels"])
+        if key in seen and r.get("agreement") != 1.0:
+            out.append(f"{r['stage']} and {seen[key]} predict the same number of pixels of every class")
+        seen.setdefault(key, r["stage"])
+    return out
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread{'' if n == 1 else 's'}"
+
+
+def equal_latency_text(eq: dict[str, Any], student: str) -> str:
+    """``at equal latency: ...`` within the tolerance; otherwise the ratio in words."""
+    ratio, ref = eq["latency_ratio"], eq["reference"]
+    tol = eq.get("tolerance", EQUAL_LATENCY_TOLERANCE)
+    score = (
+        f"scores {eq['delta_miou_points']:+.2f} mIoU points against it (one seed; `python -m runtime.frontier` "
+        "measures this over seeds)"
+    )
+    who = f"`{ref}` (uncompressed, {eq['reference_steps']} steps)"
+    if abs(ratio - 1.0) <= tol:
+        return f"at equal latency: the distilled `{student}` takes {ratio:.3f}x the CPU time of {who} and {score}"
+    words = f"{100 * (1 - ratio):.0f}% less" if ratio < 1 else f"{100 * (ratio - 1):.0f}% more"
+    return (
+        f"not at equal latency: the distilled `{student}` takes {ratio:.3f}x the CPU time of {who}, {words} CPU time "
+        f"(more than the {100 * tol:.0f}% an equal-latency comparison allows), and {score}"
+    )
 
 
 def _cell(value: Any, fmt: str) -> str:
@@ -160,11 +251,8 @@ def _cell(value: Any, fmt: str) -> str:
 
 
 def format_markdown_table(report: dict[str, Any]) -> str:
-    rows = (
-        report["stages"]
-        + report["frontier"]
-        + ([dict(report["teacher"], stage="teacher")] if report.get("teacher") else [])
-    )
+    """The stage table, at most 120 characters a line (short headers: :data:`LEGEND` says what they mean)."""
+    rows = _all_rows(report)
     lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         lines.append("| " + " | ".join(_cell(r.get(k), f) for k, _, f in COLUMNS) + " |")
@@ -181,14 +269,17 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['date']} on {report['machine']} (Python {report['python']}); student `{cfg['student']}`, teacher "
         f"`{cfg['teacher']}`, input {cfg['size']}x{cfg['size']}, {budget}, "
-        f"device profile `{cfg['target']}`. Latency: onnxruntime CPU, {cfg.get('latency_threads', cfg['threads'])} "
-        "threads, median process CPU "
-        "time per run, all files timed interleaved (wall time on a shared machine moves too much to compare runs). "
-        "Nano FPS is an estimate from FLOPs and the device's peak (passes.check_target), not a measurement.",
+        f"device profile `{cfg['target']}`. Latency: onnxruntime CPU, "
+        f"{_threads(cfg.get('latency_threads', cfg['threads']))}, median process CPU "
+        "time per run, all files timed interleaved (wall time on a shared machine moves too much to compare runs).",
         "",
         format_markdown_table(report),
         "",
+        LEGEND,
+        "",
     ]
+    for line in report.get("warnings") or []:
+        parts.append(f"- **warning**: {line}")
     for prec, doc in report["parity"].items():
         if doc:
             verdict = "PASS" if doc.get("passed") else "FAIL"
@@ -198,12 +289,7 @@ def format_markdown(report: dict[str, Any]) -> str:
             )
     eq = report.get("equal_latency")
     if eq:
-        parts.append(
-            f"- at equal latency: the distilled `{cfg['student']}` takes {eq['latency_ratio']:.3f}x the CPU time of "
-            f"`{eq['reference']}` (uncompressed, {eq['reference_steps']} steps) and scores "
-            f"{eq['delta_miou_points']:+.2f} mIoU points against it (one seed; `python -m runtime.frontier` measures "
-            "this over seeds)"
-        )
+        parts.append(f"- {equal_latency_text(eq, cfg['student'])}")
     ct = report.get("check_target")
     if ct:
         parts.append(f"- {cfg['target']} compatibility: {'compatible' if ct.get('compatible') else 'INCOMPATIBLE'}")
@@ -282,3 +368,45 @@ def _plots(report: dict[str, Any], run: Path) -> list[str]:
         plt.close(fig)
         out.append(str(path))
     return out
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="python -m runtime.report",
+        description="Write a pipeline run's report (report.md, report.json, plots) again from what its stages wrote.",
+    )
+    p.add_argument("run", type=Path, help="the run folder of runtime.pipeline (holding config.json)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    return p
+
+
+@cli_main("python -m runtime.report")
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: 0 written, 1 not a run folder, 2 usage error."""
+    args = _parser().parse_args(argv)
+    config_file = args.run / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise PassError(
+            f"{config_file}: not a pipeline run's configuration ({exc}); give a runtime.pipeline --run folder."
+        ) from None
+    from runtime.pipeline import Pipeline, PipelineConfig
+
+    known = set(PipelineConfig.__dataclass_fields__)
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in known}
+    pipeline = Pipeline(PipelineConfig(**config))
+    pipeline.stages()  # the files each stage writes
+    report = write_report(pipeline)
+    print(format_markdown_table(report))
+    for line in report["warnings"]:
+        print(f"warning: {line}")
+    print(f"\nreport: {pipeline.run / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,13 +33,18 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import onnx
 
+from fileformat.args import Parser, fraction, positive_int
 from fileformat.cli import HelpFormatter, cli_main
+from fileformat.errors import UsageError
+from fileformat.io import check_distinct
 from runtime.device_scripts.build_engine import FP32_KINDS, match_layers, parse_fp32_layers, pixel_agreement
+
+if TYPE_CHECKING:  # loaded when a model is read: --help answers without it
+    import onnx
 
 __all__ = [
     "FP32_KINDS",
@@ -226,6 +231,8 @@ def _run_trt(engine_bytes: bytes, feed: dict[str, np.ndarray]) -> np.ndarray:
 def build_engine(config: BuildConfig) -> BuildResult:
     """Build ``config.onnx`` into ``config.output`` (raises :class:`TensorRTUnavailable` without TensorRT)."""
     trt = _import_tensorrt()
+    import onnx
+
     from runtime.device_scripts.build_engine import build_serialized
 
     model = onnx.load(config.onnx, load_external_data=False)
@@ -276,13 +283,13 @@ def _kinds(text: str) -> str | tuple[str, ...]:
 
 def _parser() -> argparse.ArgumentParser:
     fmt = HelpFormatter
-    p = argparse.ArgumentParser(prog="python -m runtime.trt", description=__doc__.splitlines()[0], formatter_class=fmt)
+    p = Parser(prog="python -m runtime.trt", description=__doc__.splitlines()[0], formatter_class=fmt)
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build an engine from an ONNX model", formatter_class=fmt)
     b.add_argument("model", help="ONNX model")
     b.add_argument("-o", "--output", required=True, help="engine file to write")
     b.add_argument("--fp16", action="store_true", help="allow FP16 kernels")
-    b.add_argument("--workspace-mb", type=int, default=1024, help="builder workspace limit in MiB")
+    b.add_argument("--workspace-mb", type=positive_int, default=1024, help="builder workspace limit in MiB")
     b.add_argument("--timing-cache", help="timing cache file (read if present, written after the build)")
     b.add_argument(
         "--fp32-layers",
@@ -290,8 +297,10 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="layers kept in FP32 with --fp16: auto (only if agreement drops) | none | e.g. layernorm,softmax",
     )
-    b.add_argument("--threshold", type=float, default=0.99, help="pixel agreement below which auto constrains")
-    b.add_argument("--batch", type=int, default=1, help="batch for a dynamic batch dimension")
+    b.add_argument(
+        "--threshold", type=fraction, default=0.99, help="pixel agreement below which auto constrains, in (0, 1]"
+    )
+    b.add_argument("--batch", type=positive_int, default=1, help="batch for a dynamic batch dimension")
     b.add_argument("-v", "--verbose", action="store_true", help="log details; show tracebacks on errors")
     return p
 
@@ -302,13 +311,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if args.workspace_mb < 1 or args.batch < 1 or not 0 < args.threshold <= 1:
-        parser.error("--workspace-mb and --batch must be >= 1 and --threshold in (0, 1]")
+    check_distinct([args.model, args.timing_cache], [("-o", args.output)])
+    if Path(args.output).is_dir():
+        raise UsageError(f"-o {args.output} is a folder; give a file path.")
     if not Path(args.model).is_file():
-        print(f"error: {args.model}: no such file", file=sys.stderr)
-        return 1
-    if Path(args.output).resolve() == Path(args.model).resolve():
-        print("error: -o is the input model; choose another path", file=sys.stderr)
+        print(f"error: {parser.prog}: {args.model}: no such file", file=sys.stderr)
         return 1
     config = BuildConfig(
         onnx=args.model,
@@ -322,11 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         result = build_engine(config)
-    except TensorRTUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (TensorRTUnavailable, RuntimeError) as exc:
+        print(f"error: {parser.prog}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(asdict(result), indent=2))
     return 0

@@ -103,8 +103,9 @@ def test_dynamic_batch_and_cli(tiny: dict[str, Path], tmp_path: Path, capsys) ->
     argv = [str(tiny["dynamic"]), "--runs", "3", "--warmup", "0", "--batch", "2", "--threads", "1", "--json", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "median ms" in printed and "dynamic.onnx" in printed and "per model (subprocess)" in printed
-    assert "CPU ms" in printed and "interleaved round robin" in printed
+    assert "wall ms" in printed and "dynamic.onnx" in printed and "peak MB: each model in its own process" in printed
+    assert "CPU ms" in printed and "interleaved round robin" in printed and "1 thread," in printed
+    assert max(len(line) for line in printed.splitlines()) <= 120
     doc = json.loads(out.read_text())
     _check_schema(doc)
     m = doc["models"][0]

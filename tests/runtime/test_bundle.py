@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -171,15 +173,31 @@ def test_build_engine_script_without_tensorrt(nano_bundle: Path, tmp_path: Path)
         assert not (tmp_path / "x.engine").exists()
 
 
-def test_incompatible_model_is_refused_unless_forced(exported, tmp_path: Path, capsys) -> None:
+def test_build_engine_sh_names_trtexec_when_it_is_missing(nano_bundle: Path, tmp_path: Path) -> None:
+    """Without trtexec on the PATH or at JetPack's place, build_engine.sh stops before building and says to set
+    TRTEXEC=, on the terminal and in build_engine.log."""
+    if shutil.which("trtexec") or Path("/usr/src/tensorrt/bin/trtexec").exists():
+        pytest.skip("trtexec is installed here")
+    copy = tmp_path / "bundle"
+    shutil.copytree(nano_bundle, copy)
+    env = {k: v for k, v in os.environ.items() if k != "TRTEXEC"}
+    run = subprocess.run(["bash", str(copy / "build_engine.sh")], capture_output=True, text=True, env=env, check=False)
+    assert run.returncode == 127 and "TRTEXEC=/path/to/trtexec" in run.stderr, run.stderr
+    assert "TRTEXEC=/path/to/trtexec" in (copy / "build_engine.log").read_text()
+    assert not (copy / "model.engine").exists()
+
+
+def test_incompatible_model_is_refused_unless_allowed(exported, tmp_path: Path, capsys) -> None:
     o17 = exported(opset=17)
     out = tmp_path / "b"
     assert main([str(o17), "--target", "jetson-nano", "-o", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "LayerNormalization" in err and "--force" in err
+    assert "LayerNormalization" in err and "--allow-incompatible" in err
     assert not out.exists() and list(tmp_path.iterdir()) == []  # nothing left behind
-    assert main([str(o17), "--target", "jetson-nano", "-o", str(out), "--force"]) == 0
-    assert "NOT compatible (bundle forced)" in (out / "README.md").read_text()
+    assert main([str(o17), "--target", "jetson-nano", "-o", str(out), "--force"]) == 1  # --force: only replace
+    assert main([str(o17), "--target", "jetson-nano", "-o", str(out), "--allow-incompatible"]) == 0
+    assert "NOT compatible (written with --allow-incompatible)" in (out / "README.md").read_text()
+    assert main([str(o17), "--target", "jetson-nano", "-o", str(out), "--allow-incompatible"]) == 2  # not empty
 
 
 def test_existing_output_needs_force(tmp_path: Path) -> None:

@@ -126,9 +126,9 @@ def test_cli_errors(
     assert main([str(tmp_path / "missing.onnx"), "--data", str(syn_tiny)]) == 1
     assert "model file not found" in capsys.readouterr().err
     assert main([str(tiny_onnx["dynamic"]), "--data", str(tmp_path / "nodata")]) == 1
-    assert "data folder not found" in capsys.readouterr().err
-    assert main([str(tiny_onnx["dynamic"]), "--data", str(syn_tiny), "--split", "test", "--no-progress"]) == 1
-    assert "image folder not found" in capsys.readouterr().err
+    assert "no such data folder" in capsys.readouterr().err
+    assert main([str(tiny_onnx["dynamic"]), "--data", str(syn_tiny), "--split", "test", "--no-progress"]) == 2
+    assert "--split 'test': " in capsys.readouterr().err
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x00garbage")
     assert main([str(bad), "--data", str(syn_tiny), "--no-progress"]) == 1

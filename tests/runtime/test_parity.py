@@ -130,7 +130,7 @@ def test_bad_inputs(exported, syn_tiny: Path, tmp_path: Path, capsys) -> None:
     """Missing data or model, masks missing for the mIoU rule, different input sizes: exit 1 with a message."""
     model = str(exported(opset=17))
     assert main([model, model, "--data", str(tmp_path / "nothing"), "--no-progress", "--no-save"]) == 1
-    assert "image folder not found" in capsys.readouterr().err
+    assert "no such data folder" in capsys.readouterr().err
     assert main([model, str(tmp_path / "missing.onnx"), "--data", str(syn_tiny), "--no-save"]) == 1
     assert "not found" in capsys.readouterr().err
     unlabelled = tmp_path / "unlabelled"

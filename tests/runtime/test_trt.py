@@ -53,7 +53,7 @@ def test_cli_usage_errors(tmp_path: Path, capsys) -> None:
         assert exc.value.code == 2, argv
     assert "unknown --fp32-layers kind" in capsys.readouterr().err
     assert main(["build", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "x.engine")]) == 1
-    assert main(["build", str(model), "-o", str(model)]) == 1  # never overwrites the model
+    assert main(["build", str(model), "-o", str(model)]) == 2  # never overwrites the model: a usage error
 
 
 def test_parse_fp32_layers() -> None:
