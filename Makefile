@@ -12,8 +12,10 @@ OPSET       ?= 17
 EXPORTER    ?= legacy
 ARTIFACTS   ?= artifacts
 
-# demo settings (make demo FULL=1 DATA=/path/to/lpcv for 512 input, the paper's student and a Swin-T teacher)
+# demo settings (make demo FULL=1 DATA=/path/to/lpcv for 512 input, the paper's student and a Swin-T teacher;
+# make demo-quick: every stage in a few minutes on 2 busy cores, into runs/demo-quick)
 RUN         ?= runs/demo
+QUICK_RUN   ?= runs/demo-quick
 FULL        ?= 0
 DATA        ?=
 DEMO_ARGS   ?=
@@ -32,7 +34,7 @@ DISTILL_OUT  ?= runs/distill
 FRONTIER_RUN  ?= runs/frontier
 FRONTIER_ARGS ?=
 
-.PHONY: setup test test-zoo lint export demo distill frontier clean
+.PHONY: setup test test-zoo lint export demo demo-quick distill frontier clean
 
 setup: $(STAMP)
 
@@ -67,6 +69,10 @@ export: setup
 
 demo: setup
 	$(PY) -m runtime.pipeline $(PIPELINE_ARGS)
+
+# 64 px, 48 training images, a tenth of the steps: shows every stage working, not what compression buys
+demo-quick: setup
+	$(PY) -m runtime.pipeline --run $(QUICK_RUN) --quick $(if $(DATA),--data $(DATA)) $(DEMO_ARGS)
 
 distill: setup
 	$(PY) -m models.distill --student $(STUDENT) --teacher $(TEACHER_CKPT) --data $(DISTILL_DATA) \

@@ -45,8 +45,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -66,7 +68,7 @@ from fileformat.cli import cli_main
 from fileformat.errors import UsageError
 from fileformat.io import atomic_write_text
 from models.configs import CONFIGS, model_name, model_names
-from models.synthetic import GENERATOR_VERSION
+from models.synthetic import GENERATOR_VERSION, GENERATOR_VERSIONS
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,7 @@ class PipelineConfig:
 
     run: str = "runs/demo"
     data: str | None = None  # a real LPCV root; None = generate synthetic data into RUN/data
+    generator_version: int = GENERATOR_VERSION  # of the synthetic data (models.synthetic --generator-version)
     size: int = 128  # model input and training crop
     n_train: int = 160
     n_val: int = 40
@@ -114,6 +117,26 @@ class PipelineConfig:
     # rerun of the distill stage with the same teacher and data (another --target-flops) reuses the first's outputs
     cache_teacher: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def quick(cls, **kw: Any) -> PipelineConfig:
+        """Every stage in under 5 minutes on 2 busy cores (``make demo-quick``): 64 px, 32 training images, a
+        sixteenth of the default steps, weight-norm importance. Its numbers show the stages work, not what
+        compression buys (its models may be collapsed, and the report says so)."""
+        base = dict(
+            size=64,
+            n_train=32,
+            n_val=8,
+            student_steps=15,
+            teacher_steps=30,
+            distill_steps=15,
+            batch_size=4,
+            calib_count=4,
+            bench_runs=5,
+            importance="l2",
+        )
+        base.update(kw)
+        return cls(**base)
 
     @classmethod
     def full(cls, **kw: Any) -> PipelineConfig:
@@ -410,7 +433,7 @@ class Pipeline(StageRunner):
                         "--seed",
                         c.seed,
                         "--generator-version",
-                        GENERATOR_VERSION,
+                        c.generator_version,
                         "--force",
                     ),
                     [],
@@ -706,18 +729,24 @@ _TYPES: dict[str, Any] = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    d, f = PipelineConfig(), PipelineConfig.full()
+    d, f, q = PipelineConfig(), PipelineConfig.full(), PipelineConfig.quick()
 
     def default(name: str) -> str:
-        a, b = getattr(d, name), getattr(f, name)
-        a, b = (",".join(a), ",".join(b)) if isinstance(a, tuple) else (a, b)
-        return f"default {a}" + (f"; with --full {b}" if b != a else "")
+        a, b, c = getattr(d, name), getattr(f, name), getattr(q, name)
+        a, b, c = (",".join(a), ",".join(b), ",".join(c)) if isinstance(a, tuple) else (a, b, c)
+        return f"default {a}" + (f"; with --quick {c}" if c != a else "") + (f"; with --full {b}" if b != a else "")
 
     p = Parser(prog="python -m runtime.pipeline", description=__doc__.split("\n\n")[0])
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
     p.add_argument("--run", default=d.run, help=f"run folder (every stage writes here; default {d.run})")
     p.add_argument("--data", help="real LPCV data root (default: generate synthetic data into RUN/data)")
-    p.add_argument("--full", action="store_true", help="512 input, paper student, Swin-T teacher, long schedules")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true", help="512 input, paper student, Swin-T teacher, long schedules")
+    size.add_argument(
+        "--quick",
+        action="store_true",
+        help="every stage in under 5 minutes on 2 busy cores (make demo-quick): 64 px, 32 images, few steps",
+    )
     for name in (
         "size",
         "n_train",
@@ -739,6 +768,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--exporter", choices=("legacy", "dynamo"), help=f"{_HELP['exporter']} ({default('exporter')})")
     p.add_argument(
         "--importance", choices=("sensitivity", "l2"), help=f"{_HELP['importance']} ({default('importance')})"
+    )
+    p.add_argument(
+        "--generator-version",
+        type=int,
+        choices=GENERATOR_VERSIONS,
+        help=f"synthetic scene generator (default {d.generator_version}; 1 reproduces runs made before version 2)",
     )
     p.add_argument(
         "--cache-teacher",
@@ -781,12 +816,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("full", "only", "quiet", "verbose")}
+    skip = ("full", "quick", "only", "quiet", "verbose")
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in skip}
     if given.get("match_latency_of") in ("none", ""):
         given["match_latency_of"] = None
     elif "target_flops" in given and "match_latency_of" not in given:
         given["match_latency_of"] = None  # a FLOPs target given alone replaces the latency match
-    cfg = PipelineConfig.full(**given) if args.full else PipelineConfig(**given)
+    make = PipelineConfig.full if args.full else PipelineConfig.quick if args.quick else PipelineConfig
+    cfg = make(**given)
     check_config(cfg)
     pipeline = Pipeline(cfg, echo=None if args.quiet else sys.stderr)
     if args.only:
@@ -794,11 +831,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = [s for s in args.only.split(",") if s not in known]
         if unknown:
             parser.error(f"--only {','.join(unknown)}: no such stage; the stages are {','.join(known)}")
+    # a SIGTERM ends the run as Ctrl-C does: the running stage's process is stopped too, not left behind
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum)) if main_thread else None
     try:
         report = pipeline.run_all(args.only.split(",") if args.only else None)
     except StageFailed as exc:
         print(f"error: {parser.prog}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     from runtime.report import format_markdown_table
 
     print(format_markdown_table(report))

@@ -219,6 +219,21 @@ def warnings_of(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def _configuration(cfg: dict[str, Any]) -> str:
+    """The settings a reader needs to reproduce the numbers (``runtime.pipeline``'s options)."""
+    data = (
+        f"{cfg.get('n_train')} training / {cfg.get('n_val')} validation synthetic images (generator version "
+        f"{cfg.get('generator_version', '?')})"
+        if not cfg.get("data")
+        else f"data {cfg['data']}"
+    )
+    return (
+        f"{data}, steps student {cfg.get('student_steps')} / teacher {cfg.get('teacher_steps')} / distillation "
+        f"{cfg.get('distill_steps')}, batch {cfg.get('batch_size')}, importance {cfg.get('importance')}, seed "
+        f"{cfg.get('seed')}"
+    )
+
+
 def _threads(n: int) -> str:
     return f"{n} thread{'' if n == 1 else 's'}"
 
@@ -269,7 +284,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['date']} on {report['machine']} (Python {report['python']}); student `{cfg['student']}`, teacher "
         f"`{cfg['teacher']}`, input {cfg['size']}x{cfg['size']}, {budget}, "
-        f"device profile `{cfg['target']}`. Latency: onnxruntime CPU, "
+        f"device profile `{cfg['target']}`. Configuration: {_configuration(cfg)}. Latency: onnxruntime CPU, "
         f"{_threads(cfg.get('latency_threads', cfg['threads']))}, median process CPU "
         "time per run, all files timed interleaved (wall time on a shared machine moves too much to compare runs).",
         "",

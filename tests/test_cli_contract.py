@@ -49,6 +49,7 @@ CASES: list[Case] = [
     ("compress --target-latency-of a corrupt model", "passes.compress", lambda f: [f["m"], "-o", f["out"], "--target-latency-of", f["bad"]], 1),
     ("frontier --seeds 0", "runtime.frontier", lambda f: ["--run", f["m"].parent / "fr", "--seeds", "0"], 2),
     ("frontier --ablations unknown", "runtime.frontier", lambda f: ["--run", f["m"].parent / "fr", "--ablations", "dropout"], 2),
+    ("frontier --run names a file", "runtime.frontier", lambda f: ["--run", f["note"]], 2),
     ("bundle --force over a folder of the user's files", "runtime.bundle", lambda f: [f["m"], "--target", "cpu", "-o", f["mine"], "--force"], 1),
     ("synthetic --force over a folder of the user's files", "models.synthetic", lambda f: [f["mine"], "--train", "1", "--val", "1", "--force"], 1),
 ]  # fmt: skip
