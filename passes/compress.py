@@ -657,6 +657,13 @@ class _Attempt:
         return max(0.0, (low - self.ratio) / low)
 
 
+def _far_outside(ratio: float, se: float, target: float, tolerance: float, ceiling: bool) -> bool:
+    """Whether a measurement is outside its band by more than three standard errors: the plan will be corrected
+    whatever more rounds say, so the measurement can stop there."""
+    low, high = latency_band(target, se, tolerance, ceiling)
+    return ratio > high + 3 * se or ratio < low - 3 * se
+
+
 def _next_asked(attempts: Sequence[_Attempt]) -> float:
     """The target to plan for next. Until measurements on both sides of the band are known, the table's bias on
     the last cut is taken off the band's middle; then the bracket of asked targets (the largest whose cut measured
@@ -721,6 +728,7 @@ def _close_latency_loop(
                 min_seconds=1.0,
                 desc=f"latency {attempt + 1}/{config.latency_retries + 1}: timing the cut"
                 + ("" if ceiling else " against the reference"),
+                settled=lambda m, se: _far_outside(scale * m, scale * se, target, tolerance, ceiling),
             )
             ratio, se = scale * timing.ratio, scale * timing.se
             band = latency_band(target, se, tolerance, ceiling)

@@ -51,7 +51,7 @@ from passes._core.budget import Factor, Term
 
 log = logging.getLogger(__name__)
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: node constants net of the profiler's own cost per node
 
 
 @dataclass
@@ -72,10 +72,13 @@ class LatencyTable:
     machine: str
     threads: int
     source: str  # "onnxruntime" or "trtexec"
-    wall_ms: float  # the full model's measured latency
+    wall_ms: float  # the full model's measured time per run (CPU time of a session that does not profile)
     overhead_ms: float
     nodes: list[NodeTime] = field(default_factory=list)
     version: int = TABLE_VERSION
+    #: what profiling added to a run (profiled node times and overhead, less the plain run's CPU time), taken off
+    #: the nodes' constants evenly: the profiler costs about the same per node, cut or not
+    profiler_ms: float = 0.0
 
     def terms(self, factors_of: Callable[[Sequence[str]], list[Factor]]) -> list[Term]:
         """Cost-model terms (see :mod:`passes._core.budget`): a constant and a scaled term per node."""
@@ -275,10 +278,15 @@ def fit_table(
     model's speed calls for); a progress bar shows the runs left."""
     with progress(0, "latency table") as bar:
         full = profile(model, threads, runs, None, bar)
-        bar.total = (len(variants) + 1) * (full.runs + full.warmup)
+        bar.total = (len(variants) + 2) * (full.runs + full.warmup)
         bar.refresh()
         profiles = [(profile(v, threads, full.runs, full.warmup, bar).times, frac) for v, frac in variants]
+        plain = run_cpu_ms(model, threads, full.runs, full.warmup)
     t_full, tensors = full.times, full.tensors
+    # profiling costs a few microseconds per node, which the profile counts as each node's constant: at 64 px,
+    # where a node takes some 15 us, that made a cut look twice as slow as it runs. Taken off evenly.
+    excess = max(0.0, sum(t_full.values()) + full.overhead_ms - plain)
+    per_node = excess / max(1, len(t_full))
     nodes = []
     for name, t1 in t_full.items():
         tens = tensors.get(name, [])
@@ -291,8 +299,25 @@ def fit_table(
         if len(xs) > 1 and max(xs) - min(xs) > 1e-6:
             b = float(np.polyfit(xs, ys, 1)[0])
         b = min(max(b, 0.0), t1)
-        nodes.append(NodeTime(name, tens, t1 - b, b))
-    return LatencyTable(fingerprint(model), machine_id(), threads, "onnxruntime", full.wall_ms, full.overhead_ms, nodes)
+        nodes.append(NodeTime(name, tens, max(0.0, t1 - b - per_node), b))
+    table = LatencyTable(fingerprint(model), machine_id(), threads, "onnxruntime", plain, full.overhead_ms, nodes)
+    table.profiler_ms = excess
+    return table
+
+
+def run_cpu_ms(model: onnx.ModelProto, threads: int, runs: int, warmup: int) -> float:
+    """The median CPU ms per run of ``model`` in a session that does not profile (:func:`cpu_clock`)."""
+    sess = _session(model, threads, False)
+    feed = _feed(sess)
+    clock = cpu_clock(threads)
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(max(1, runs)):
+        c0 = clock()
+        sess.run(None, feed)
+        times.append((clock() - c0) * 1e3)
+    return statistics.median(times)
 
 
 def from_trtexec(profile_json: Any, model: onnx.ModelProto) -> LatencyTable:
@@ -366,6 +391,7 @@ def measure_pair(
     min_rounds: int = 5,
     rel_se: float = 0.01,
     desc: str | None = None,
+    settled: Callable[[float, float], bool] | None = None,
 ) -> PairTiming:
     """Time ``b`` against ``a`` interleaved (a, b, a, b, ...) after warm-up, and return a :class:`PairTiming`.
 
@@ -375,7 +401,9 @@ def measure_pair(
     most ``rounds`` (more for a model of milliseconds: ``min_seconds`` raises it). Each timed run follows
     ``rewarm`` untimed runs of the same model, so both are timed warm, as each runs deployed alone (a round robin
     charges the larger model the cache its neighbour evicted); None: 2 for a model of milliseconds, 1 under 0.1 s,
-    none above (a run of seconds refills its caches itself). ``desc``: a progress bar with that label."""
+    none above (a run of seconds refills its caches itself). ``desc``: a progress bar with that label.
+    ``settled(ratio, se)``: asked after every round from the third on; True stops the measurement there (a caller
+    that only needs to know on which side of a band the ratio lies need not wait for the precision)."""
     sa, sb = _session(a, threads, False), _session(b, threads, False)
     fa, fb = _feed(sa), _feed(sb)
     t0 = time.perf_counter()
@@ -413,8 +441,10 @@ def measure_pair(
             cpu.append(cb / max(ca, 1e-9))
             if bar is not None:
                 bar.update(1)
-            enough = r + 1 >= min_rounds and time.perf_counter() - start >= min_seconds
-            if enough and _bootstrap_se(cpu) <= rel_se * statistics.median(cpu):
+            if r + 1 < 3 or time.perf_counter() - start < min_seconds:
+                continue
+            ratio, se = statistics.median(cpu), _bootstrap_se(cpu)
+            if (r + 1 >= min_rounds and se <= rel_se * ratio) or (settled is not None and settled(ratio, se)):
                 break
     finally:
         if bar is not None:
