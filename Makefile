@@ -28,6 +28,8 @@ TEACHER_CKPT ?= $(RUN)/train/teacher/checkpoint.pt
 DISTILL_DATA ?= $(RUN)/data
 STEPS        ?= 200
 DISTILL_OUT  ?= runs/distill
+# an earlier run in DISTILL_OUT is refused: DISTILL_ARGS="--resume" continues it, "--force" starts afresh
+DISTILL_ARGS ?=
 
 # the accuracy-latency frontier (python -m runtime.frontier): under an hour on 2 CPU cores at the defaults;
 # make frontier FRONTIER_ARGS="--device cuda" on a GPU machine (512 input, Swin-T teacher, stages side by side)
@@ -76,7 +78,7 @@ demo-quick: setup
 
 distill: setup
 	$(PY) -m models.distill --student $(STUDENT) --teacher $(TEACHER_CKPT) --data $(DISTILL_DATA) \
-		--steps $(STEPS) --out $(DISTILL_OUT)
+		--steps $(STEPS) --out $(DISTILL_OUT) $(DISTILL_ARGS)
 
 frontier: setup
 	$(PY) -m runtime.frontier --run $(FRONTIER_RUN) $(FRONTIER_ARGS)
