@@ -11,11 +11,15 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from fileformat.args import Parser, positive_int, unit_interval
+from fileformat.args import Parser, fraction, positive_int, unit_interval
 
 #: what a structural pass removes when given no amount: half of each block's units (of each group's channels),
 #: rounded down, every block keeping at least one. One number for every pass, easy to state; not tuned per model.
 DEFAULT_RATIO = 0.5
+
+#: onnxruntime threads latency is measured with by default: one thread's CPU time is what moves least with the
+#: machine's load (no worker threads spinning while they wait, nothing shared between threads to contend for)
+LATENCY_THREADS = 1
 
 
 def model_file(text: str) -> str:
@@ -65,3 +69,24 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true", help="replace an existing default output file")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the full report, decisions, tracebacks")
     return parser
+
+
+SCOPES = ("all", "decoder", "backbone")
+# passes._core.importance.CHANNEL_METHODS, without importing onnx (a test holds them equal)
+IMPORTANCES = ("l1", "l2", "bn_scale")
+
+
+def add_budget_args(parser: argparse.ArgumentParser, latency: bool = False) -> None:
+    """The budget options shared with ``passes.compress`` (``latency``: its time budgets, allocated by HALP)."""
+    parser.add_argument("--target-flops", type=fraction, help="keep this fraction of the model's FLOPs, in (0, 1]")
+    parser.add_argument("--target-params", type=fraction, help="keep this fraction of the model's parameters")
+    parser.add_argument(
+        "--allocation",
+        choices=("lamp", "uniform", "halp") if latency else ("lamp", "uniform"),
+        default=None if latency else "lamp",
+        help="per-layer amounts of a budget: LAMP ranking, one uniform fraction"
+        + (", or HALP (importance per ms saved; the default for --target-latency, else lamp)" if latency else ""),
+    )
+    parser.add_argument(
+        "--floor", type=unit_interval, default=0.1, help="every layer keeps at least this fraction of its units"
+    )

@@ -41,10 +41,102 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fileformat.args import fraction, non_negative_int, positive_int
+from fileformat.cli import cli_main
+from passes._parser import IMPORTANCES, LATENCY_THREADS, SCOPES, add_budget_args, make_parser, parse_early
+
+PASS_NAME = "compress"
+KINDS = ("head_dim", "heads", "neurons", "width", "channels")  # the order the cuts are applied in
+UNIT_KINDS = KINDS[:4]  # found by passes._core.units; channels by passes._core.channels
+COMPRESS_IMPORTANCES = (*IMPORTANCES, "sensitivity")
+CLI_IMPORTANCES = ("auto", *COMPRESS_IMPORTANCES)  # auto: resolved by the command line (_valuation_args)
+
+
+#: what ``--importance auto`` values units by when no images are given: (importance, calibration source)
+NO_IMAGES: tuple[str, str | None] = ("l2", None)
+
+
+def _in_words(choice: tuple[str, str | None]) -> str:
+    importance, source = choice
+    return f"measured damage on '{source}' images" if importance == "sensitivity" else f"{importance} weight norms"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(f"python -m passes.{PASS_NAME}", (__doc__ or "").split("\n\n")[0])
+    add_budget_args(parser, latency=True)
+    parser.add_argument("--plan", help="apply a combined plan (JSON, or a model holding vitseg.plan) instead")
+    parser.add_argument(
+        "--units", default=",".join(KINDS), help="which unit kinds take part, comma-separated (default: all)"
+    )
+    parser.add_argument(
+        "--target-latency",
+        type=fraction,
+        help="keep this fraction of the model's latency measured on this machine (onnxruntime CPU), in (0, 1]",
+    )
+    parser.add_argument(
+        "--latency-table",
+        help="latency table JSON: read if it exists (ours, or `trtexec --exportProfile` output from the device), "
+        "else measured here and written there (default: a cache under ~/.cache/vitseg)",
+    )
+    parser.add_argument(
+        "--target-latency-of",
+        metavar="REF.onnx",
+        help="keep the latency of this other model: the target is REF's CPU time over the input's, measured here "
+        "interleaved (e.g. a smaller model to match)",
+    )
+    parser.add_argument(
+        "--latency-tolerance",
+        type=fraction,
+        help="the measured latency ratio must land this far (relative) under the target, else the plan is corrected "
+        "(default 0.1 for --target-latency, 0.05 for --target-latency-of)",
+    )
+    parser.add_argument(
+        "--latency-retries", type=non_negative_int, default=6, help="at most this many corrections (0: none)"
+    )
+    parser.add_argument(
+        "--latency-threads",
+        type=positive_int,
+        default=LATENCY_THREADS,
+        help="onnxruntime threads latency is measured with (one thread's CPU time moves least with the load)",
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, default=2, help="cuts measured at once for measured damage (one thread each)"
+    )
+    parser.add_argument(
+        "--round-to",
+        type=positive_int,
+        default=8,
+        help="keep conv channels and transformer widths at multiples of this (fast kernels want 8; 1: any count)",
+    )
+    parser.add_argument("--scope", choices=SCOPES, default="all", help="which part may lose conv channels")
+    parser.add_argument(
+        "--importance",
+        choices=CLI_IMPORTANCES,
+        default="auto",
+        help="how units are valued. auto: the damage each cut does to the output on the --calib images, or without "
+        f"them {_in_words(NO_IMAGES)}; sensitivity: measured damage (needs --calib); l1/l2: weight norms; "
+        "bn_scale: channels by |BN gamma|",
+    )
+    parser.add_argument(
+        "--calib",
+        help="images that value the cuts: a folder, an LPCV root, 'synthetic' (generated scenes) or 'noise' "
+        "(random pixels)",
+    )
+    parser.add_argument(
+        "--calib-count",
+        type=positive_int,
+        help="calibration images to use (default: 8 at 128x128, fewer at larger inputs, the same pixel count; at "
+        "least 1)",
+    )
+    parser.add_argument("--calib-split", default="train", help="split of an LPCV-layout root (default train)")
+    return parser
+
+
+parse_early(__name__, build_parser)  # --help and argument errors answer before onnx and the engine load
+
 import numpy as np
 import onnx
 
-from fileformat.cli import cli_main
 from fileformat.errors import PassError, UsageError
 from fileformat.io import load_model
 from fileformat.metadata import append_history
@@ -52,29 +144,16 @@ from passes._core import latency as latency_model
 from passes._core.budget import Allocation, BudgetConfig, CostModel, Factor, Layer, allocate
 from passes._core.canonical import canonicalize
 from passes._core.channels import ChannelAnalysis, ChannelGroup, apply_channel_cuts
-from passes._core.cli import make_parser, run_pass_cli
+from passes._core.cli import run_pass_cli
 from passes._core.cost import cost_terms, tensor_factors
 from passes._core.graph import GraphView
 from passes._core.importance import channel_group_scores, importance, measure_damage
 from passes._core.report import PassReport
 from passes._core.stats import graph_stats
 from passes._core.units import PruneUnit, UnitPruneConfig, apply_units, find_units, prune_units, select_top
-from passes.slice_channels import (
-    IMPORTANCES,
-    SCOPES,
-    SliceChannelsConfig,
-    add_budget_args,
-    load_plan_arg,
-    slice_channels,
-)
+from passes.slice_channels import SliceChannelsConfig, load_plan_arg, slice_channels
 
 log = logging.getLogger(__name__)
-
-PASS_NAME = "compress"
-KINDS = ("head_dim", "heads", "neurons", "width", "channels")  # the order the cuts are applied in
-UNIT_KINDS = KINDS[:4]  # found by passes._core.units; channels by passes._core.channels
-COMPRESS_IMPORTANCES = (*IMPORTANCES, "sensitivity")
-CLI_IMPORTANCES = ("auto", *COMPRESS_IMPORTANCES)  # auto: resolved by the command line (_valuation_args)
 
 
 @dataclass
@@ -248,7 +327,7 @@ def _latency_table(
         problem.notes.append(f"latency table: {path} ({table.source}, {len(table.nodes)} nodes)")
         return table
     variants = []
-    for q in (0.5, 0.25):
+    for q in (0.5, 0.25, 0.125):
         counts = {ly.name: min(ly.size, ly.step * max(1, math.ceil(q * ly.size / ly.step))) for ly in layers}
         plan = _plan_of(problem, {ly.name: select_top(ly.scores, counts[ly.name]) for ly in layers})
         cut, _ = _apply(model, _unit_configs(plan), _channels_config(plan))
@@ -547,12 +626,30 @@ def describe(result: CompressResult, config: CompressConfig) -> PassReport:
         )
         if not alloc.reached:
             report.notes.append(_not_reached(result, config))
+        report.extra["headline"] = _headline(report, result, alloc)
     for r in result.steps:
         report.notes.append(
             f"{r.pass_name}: {'modified' if r.modified else 'unchanged'}, FLOPs {r.flops_before:,} -> {r.flops_after:,}"
         )
     report.extra["steps"] = [r.pass_name for r in result.steps]
     return report
+
+
+_UNIT_WORDS = {"head_dim": "head channels", "heads": "heads", "neurons": "neurons", "width": "width channels",
+               "channels": "conv channels"}  # fmt: skip
+
+
+def _headline(report: PassReport, result: CompressResult, alloc: Allocation) -> str:
+    """In words: what went, and what the budget became (``9 of 36 heads, ... removed; 0.47x CPU time ...``)."""
+    gone = []
+    for kind in KINDS:
+        rows = [r for r in report.rows if r["kind"] == kind]
+        total, kept = sum(r["units"] for r in rows), sum(r["kept"] for r in rows)
+        if total > kept:
+            gone.append(f"{total - kept} of {total} {_UNIT_WORDS[kind]}")
+    what = ", ".join(gone) + " removed" if gone else "nothing removed"
+    how = "CPU time" if result.latency else alloc.metric.replace("flops", "FLOPs")
+    return f"{what}; {how} {result.achieved:.3f}x (target {alloc.target:.3f}x)"
 
 
 def _valuation(config: CompressConfig) -> str:
@@ -747,75 +844,6 @@ def _close_latency_loop(
     return attempts
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = make_parser(f"python -m passes.{PASS_NAME}", (__doc__ or "").split("\n\n")[0])
-    add_budget_args(parser, latency=True)
-    parser.add_argument("--plan", help="apply a combined plan (JSON, or a model holding vitseg.plan) instead")
-    parser.add_argument(
-        "--units", default=",".join(KINDS), help="which unit kinds take part, comma-separated (default: all)"
-    )
-    parser.add_argument(
-        "--target-latency",
-        type=float,
-        help="keep this fraction of the model's latency measured on this machine (onnxruntime CPU), in (0, 1]",
-    )
-    parser.add_argument(
-        "--latency-table",
-        help="latency table JSON: read if it exists (ours, or `trtexec --exportProfile` output from the device), "
-        "else measured here and written there (default: a cache under ~/.cache/vitseg)",
-    )
-    parser.add_argument(
-        "--target-latency-of",
-        metavar="REF.onnx",
-        help="keep the latency of this other model: the target is REF's CPU time over the input's, measured here "
-        "interleaved (e.g. a smaller model to match)",
-    )
-    parser.add_argument(
-        "--latency-tolerance",
-        type=float,
-        help="the measured latency ratio must land this far (relative) under the target, else the plan is corrected "
-        "(default 0.1 for --target-latency, 0.05 for --target-latency-of)",
-    )
-    parser.add_argument("--latency-retries", type=int, default=6, help="at most this many corrections (0: none)")
-    parser.add_argument(
-        "--latency-threads",
-        type=int,
-        default=latency_model.LATENCY_THREADS,
-        help="onnxruntime threads latency is measured with (one thread's CPU time moves least with the load)",
-    )
-    parser.add_argument(
-        "--threads", type=int, default=2, help="cuts measured at once for measured damage (one thread each)"
-    )
-    parser.add_argument(
-        "--round-to",
-        type=int,
-        default=8,
-        help="keep conv channels and transformer widths at multiples of this (fast kernels want 8; 1: any count)",
-    )
-    parser.add_argument("--scope", choices=SCOPES, default="all", help="which part may lose conv channels")
-    parser.add_argument(
-        "--importance",
-        choices=CLI_IMPORTANCES,
-        default="auto",
-        help="how units are valued. auto: the damage each cut does to the output on the --calib images, or without "
-        f"them {_in_words(NO_IMAGES)}; sensitivity: measured damage (needs --calib); l1/l2: weight norms; "
-        "bn_scale: channels by |BN gamma|",
-    )
-    parser.add_argument(
-        "--calib",
-        help="images that value the cuts: a folder, an LPCV root, 'synthetic' (generated scenes) or 'noise' "
-        "(random pixels)",
-    )
-    parser.add_argument(
-        "--calib-count",
-        type=int,
-        help="calibration images to use (default: 8 at 128x128, fewer at larger inputs, the same pixel count; at "
-        "least 1)",
-    )
-    parser.add_argument("--calib-split", default="train", help="split of an LPCV-layout root (default train)")
-    return parser
-
-
 def latency_of(
     model: onnx.ModelProto, reference: onnx.ModelProto | str | Path, threads: int = latency_model.LATENCY_THREADS
 ) -> float:
@@ -841,15 +869,6 @@ def latency_of(
     return ratio
 
 
-#: what ``--importance auto`` values units by when no images are given: (importance, calibration source)
-NO_IMAGES: tuple[str, str | None] = ("l2", None)
-
-
-def _in_words(choice: tuple[str, str | None]) -> str:
-    importance, source = choice
-    return f"measured damage on '{source}' images" if importance == "sensitivity" else f"{importance} weight norms"
-
-
 def default_calib_count(size: Sequence[int]) -> int:
     """Calibration images at input size ``size``: 8 at 128x128, and as many pixels at other sizes (2 at 256, 1 at
     512): measured damage costs one run per image and cut, and a larger image holds more pixels to judge by."""
@@ -864,8 +883,6 @@ def _valuation_args(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[s
         importance, calib = ("sensitivity", calib) if calib is not None else NO_IMAGES
     elif calib is not None and importance != "sensitivity":
         raise UsageError(f"--calib is read to measure damage; drop --importance {importance}, or drop --calib.")
-    if args.calib_count is not None and args.calib_count < 1:
-        raise UsageError(f"--calib-count {args.calib_count}: give at least 1 image.")
     count = args.calib_count
     if count is None:
         from runtime._calib import CalibrationDataError, input_spec
@@ -878,10 +895,6 @@ def _valuation_args(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[s
 
 
 def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelProto, PassReport]:
-    if args.latency_tolerance is not None and not 0 < args.latency_tolerance < 1:
-        raise UsageError(f"--latency-tolerance {args.latency_tolerance}: give a fraction in (0, 1).")
-    if args.latency_retries < 0 or args.latency_threads < 1 or args.threads < 1:
-        raise UsageError("--latency-retries must be >= 0, --latency-threads and --threads >= 1.")
     if args.target_latency_of is not None and args.target_latency is not None:
         raise UsageError("give --target-latency or --target-latency-of, not both.")
     importance, calib, count = _valuation_args(model, args)

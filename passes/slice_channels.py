@@ -34,28 +34,9 @@ from typing import Any
 
 from fileformat.args import unit_interval
 from fileformat.cli import cli_main
-from passes._parser import DEFAULT_RATIO, make_parser, parse_early
+from passes._parser import DEFAULT_RATIO, IMPORTANCES, SCOPES, add_budget_args, make_parser, parse_early
 
 PASS_NAME = "slice_channels"
-SCOPES = ("all", "decoder", "backbone")
-# passes._core.importance.CHANNEL_METHODS, without importing onnx (a test holds them equal)
-IMPORTANCES = ("l1", "l2", "bn_scale")
-
-
-def add_budget_args(parser: argparse.ArgumentParser, latency: bool = False) -> None:
-    """The budget options shared with ``passes.compress`` (``latency``: its time budgets, allocated by HALP)."""
-    parser.add_argument("--target-flops", type=float, help="keep this fraction of the model's FLOPs, in (0, 1]")
-    parser.add_argument("--target-params", type=float, help="keep this fraction of the model's parameters")
-    parser.add_argument(
-        "--allocation",
-        choices=("lamp", "uniform", "halp") if latency else ("lamp", "uniform"),
-        default=None if latency else "lamp",
-        help="per-layer amounts of a budget: LAMP ranking, one uniform fraction"
-        + (", or HALP (importance per ms saved; the default for --target-latency, else lamp)" if latency else ""),
-    )
-    parser.add_argument(
-        "--floor", type=float, default=0.1, help="every layer keeps at least this fraction of its units"
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:

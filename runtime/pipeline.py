@@ -525,10 +525,12 @@ class Pipeline(StageRunner):
         budget_inputs = [marker] if c.importance == "sensitivity" else []
         if c.match_latency_of:
             ref = self.frontier[c.match_latency_of]
-            budget = ["--target-latency-of", ref, "--threads", c.latency_threads]
+            budget = ["--target-latency-of", ref, "--latency-threads", c.latency_threads]
             budget_inputs.append(ref)
         if c.importance == "sensitivity":
             budget += ["--importance", "sensitivity", "--calib", data, "--calib-count", c.calib_count]
+        else:
+            budget += ["--importance", c.importance]
         out.append(
             Stage(
                 "compress",

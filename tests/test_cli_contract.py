@@ -288,7 +288,6 @@ HEAVY = ("torch", "torchvision", "timm", "onnxruntime", "onnx")
 # `--help` must answer in under a second where `python -c pass` takes this long; on a slower or busier machine the
 # allowance grows with the interpreter's own start (the measured ratio is what is held)
 HELP_SECONDS, PASS_SECONDS = 1.0, 0.05
-NOT_YET_FAST = {"passes.compress"}  # imports onnx before it parses (its parser is built after the engine loads)
 
 
 @pytest.fixture(scope="module")
@@ -308,12 +307,7 @@ def python_start() -> float:
 
 @pytest.mark.parametrize(
     ("module", "sub"),
-    [
-        pytest.param(m, s, marks=pytest.mark.xfail(reason="imports onnx before parsing", strict=False))
-        if m in NOT_YET_FAST
-        else (m, s)
-        for m, s in HELP_COMMANDS
-    ],
+    HELP_COMMANDS,
     ids=[" ".join([m, *s]) for m, s in HELP_COMMANDS],
 )
 def test_help_is_fast_and_imports_no_heavy_module(module: str, sub: list[str], python_start: float) -> None:

@@ -48,10 +48,11 @@ import onnx
 from fileformat.errors import PassError
 from fileformat.io import atomic_write_text
 from passes._core.budget import Factor, Term
+from passes._parser import LATENCY_THREADS
 
 log = logging.getLogger(__name__)
 
-TABLE_VERSION = 2  # 2: node constants net of the profiler's own cost per node
+TABLE_VERSION = 2  # 2: one thread, calibrated against plain runs' CPU time
 
 
 @dataclass
@@ -76,8 +77,8 @@ class LatencyTable:
     overhead_ms: float
     nodes: list[NodeTime] = field(default_factory=list)
     version: int = TABLE_VERSION
-    #: what profiling added to a run (profiled node times and overhead, less the plain run's CPU time), taken off
-    #: the nodes' constants evenly: the profiler costs about the same per node, cut or not
+    #: the profiler's own CPU time per run (profiled runs' CPU time less a plain run's), taken off the nodes'
+    #: constants evenly
     profiler_ms: float = 0.0
 
     def terms(self, factors_of: Callable[[Sequence[str]], list[Factor]]) -> list[Term]:
@@ -117,13 +118,10 @@ def machine_id() -> str:
 
 def cache_path(model: onnx.ModelProto, threads: int) -> Path:
     root = Path(os.environ.get("VITSEG_CACHE", Path.home() / ".cache" / "vitseg")) / "latency"
-    return root / f"{fingerprint(model)}-{machine_id()}-t{threads}.json"
+    return root / f"{fingerprint(model)}-{machine_id()}-t{threads}-v{TABLE_VERSION}.json"
 
 
 # ---------------------------------------------------------------------------------------------------- profiling
-#: onnxruntime threads latency is measured with by default: one thread's CPU time is what moves least with the
-#: machine's load (no worker threads spinning while they wait, nothing shared between threads to contend for)
-LATENCY_THREADS = 1
 
 
 def _session(
@@ -190,6 +188,7 @@ class Profile:
     overhead_ms: float
     runs: int
     warmup: int
+    cpu_ms: float = 0.0  # median CPU time of a profiled run (profiler included)
 
 
 def profile(
@@ -200,7 +199,9 @@ def profile(
     bar: Any = None,
 ) -> Profile:
     """The :class:`Profile` of ``model`` in onnxruntime (CPU). The overhead is, per profiled run, the run's time
-    minus the sum of its node times: measured in the same run, so a load on the machine inflates both alike.
+    minus the sum of its node times. The profiler's times are wall times, which a busy machine inflates by the time
+    the thread waited for a core: each run's node times are scaled by the run's CPU time over its wall time (at one
+    thread, the thread's own clock), so a preempted run counts what it computed.
     ``runs``/``warmup`` of None: as many as :func:`planned_runs` gives for the model's speed (one warm-up run for a
     model of a second or more). ``bar``: a :func:`progress` bar advanced once per run (its total raised to the runs
     planned when it had none)."""
@@ -217,10 +218,15 @@ def profile(
             if not bar.total:
                 bar.total = runs + warmup
             bar.update(1)
+        clock = cpu_clock(threads)
+        cpu: list[float] = []
         for _ in range(warmup - 1 + runs):
+            c0 = clock()
             sess.run(None, feed)
+            cpu.append((clock() - c0) * 1e3)
             if bar is not None:
                 bar.update(1)
+        cpu = cpu[warmup - 1 :]
         trace = sess.end_profiling()
         try:
             events = json.loads(Path(trace).read_text())
@@ -230,16 +236,22 @@ def profile(
             (e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"
         )[warmup:]
         start = spans[0][0] if spans else 0
+        # per run: CPU time over wall time (1 on an idle core; a single-threaded run cannot compute faster than
+        # its wall clock, so the scale never exceeds 1)
+        scale = [min(1.0, c / max((b - a) / 1e3, 1e-9)) if threads == 1 else 1.0 for (a, b), c in zip(spans, cpu)]
         per: dict[str, list[float]] = {}
         in_run = [0.0] * len(spans)
         for e in events:
             name = e.get("name", "")
             if e.get("cat") == "Node" and name.endswith("_kernel_time") and e.get("ts", 0) >= start:
-                per.setdefault(name[: -len("_kernel_time")], []).append(e["dur"] / 1e3)
                 k = next((i for i, (a, b) in enumerate(spans) if a <= e["ts"] <= b), None)
+                ms = e["dur"] / 1e3 * (scale[k] if k is not None else 1.0)
+                per.setdefault(name[: -len("_kernel_time")], []).append(ms)
                 if k is not None:
-                    in_run[k] += e["dur"] / 1e3
-        overhead = statistics.median([(b - a) / 1e3 - t for (a, b), t in zip(spans, in_run)]) if spans else 0.0
+                    in_run[k] += ms
+        overhead = (
+            statistics.median([(b - a) / 1e3 * f - t for (a, b), f, t in zip(spans, scale, in_run)]) if spans else 0.0
+        )
         wall = statistics.median([(b - a) / 1e3 for a, b in spans]) if spans else 0.0
         tensors: dict[str, list[str]] = {}
         # a node of the optimised graph stands for the nodes of ``model`` whose outputs it writes; the NCHWc layout
@@ -262,7 +274,7 @@ def profile(
         except Exception as exc:  # an optimised graph onnx cannot read: names only
             log.warning("could not read onnxruntime's optimised graph (%s); node tensors unknown", exc)
     times = {name: statistics.median(v) for name, v in per.items()}
-    return Profile(times, tensors, wall, max(0.0, overhead), runs, warmup)
+    return Profile(times, tensors, wall, max(0.0, overhead), runs, warmup, statistics.median(cpu) if cpu else wall)
 
 
 def fit_table(
@@ -281,11 +293,12 @@ def fit_table(
         bar.total = (len(variants) + 2) * (full.runs + full.warmup)
         bar.refresh()
         profiles = [(profile(v, threads, full.runs, full.warmup, bar).times, frac) for v, frac in variants]
-        plain = run_cpu_ms(model, threads, full.runs, full.warmup)
+        plain = run_cpu_ms(model, threads, full.runs, full.warmup, bar)
     t_full, tensors = full.times, full.tensors
-    # profiling costs a few microseconds per node, which the profile counts as each node's constant: at 64 px,
-    # where a node takes some 15 us, that made a cut look twice as slow as it runs. Taken off evenly.
-    excess = max(0.0, sum(t_full.values()) + full.overhead_ms - plain)
+    # the profiler's own work, a few microseconds per node, is in every node's time: at 64 px, where a node takes
+    # some 15 us, it made a cut look twice as slow as it runs. It is the profiled runs' CPU time less a plain run's,
+    # taken off the nodes' constants evenly.
+    excess = max(0.0, full.cpu_ms - plain)
     per_node = excess / max(1, len(t_full))
     nodes = []
     for name, t1 in t_full.items():
@@ -300,23 +313,29 @@ def fit_table(
             b = float(np.polyfit(xs, ys, 1)[0])
         b = min(max(b, 0.0), t1)
         nodes.append(NodeTime(name, tens, max(0.0, t1 - b - per_node), b))
-    table = LatencyTable(fingerprint(model), machine_id(), threads, "onnxruntime", plain, full.overhead_ms, nodes)
+    removed = sum(max(0.0, t_full[n.name] - n.b) - n.a for n in nodes)  # less where a constant was smaller
+    overhead = max(0.0, full.overhead_ms - (excess - removed))  # the rest comes off the run's own overhead
+    table = LatencyTable(fingerprint(model), machine_id(), threads, "onnxruntime", plain, overhead, nodes)
     table.profiler_ms = excess
     return table
 
 
-def run_cpu_ms(model: onnx.ModelProto, threads: int, runs: int, warmup: int) -> float:
+def run_cpu_ms(model: onnx.ModelProto, threads: int, runs: int, warmup: int, bar: Any = None) -> float:
     """The median CPU ms per run of ``model`` in a session that does not profile (:func:`cpu_clock`)."""
     sess = _session(model, threads, False)
     feed = _feed(sess)
     clock = cpu_clock(threads)
     for _ in range(warmup):
         sess.run(None, feed)
+        if bar is not None:
+            bar.update(1)
     times = []
     for _ in range(max(1, runs)):
         c0 = clock()
         sess.run(None, feed)
         times.append((clock() - c0) * 1e3)
+        if bar is not None:
+            bar.update(1)
     return statistics.median(times)
 
 

@@ -69,7 +69,7 @@ class PassReport:
         if self.skipped:
             counts: dict[str, int] = {}
             for s in self.skipped:
-                key = _clip(re.sub(r"'[^']*'", "'…'", s.reason), 100)
+                key = _clip_advice(re.sub(r"'[^']*'", "'…'", s.reason), 100)
                 counts[key] = counts.get(key, 0) + 1
             lines.append(f"skipped {len(self.skipped)}:")
             for reason, n in sorted(counts.items(), key=lambda kv: -kv[1])[:5]:
@@ -104,6 +104,15 @@ class PassReport:
 
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _clip_advice(text: str, width: int) -> str:
+    """:func:`_clip`, but never inside a command to paste (``python -m ...``): a reason clipped there ends before
+    the command and says where the whole of it is."""
+    at = text.find("python -m ")
+    if len(text) <= width or at < 0 or at >= width:
+        return _clip(text, width)
+    return text[:at].rstrip(" (:") + " … (-v shows the command)"
 
 
 def _fmt(v: Any) -> str:

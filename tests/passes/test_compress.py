@@ -118,12 +118,19 @@ def test_cli_bad_inputs(exported, tmp_path: Path, capsys: pytest.CaptureFixture[
     src = str(exported("mobilevit_xxs", size=64, opset=17, exporter="legacy"))
     out = str(tmp_path / "o.onnx")
     for extra, message in [
-        (["--target-flops", "0"], "must be in (0, 1]"),
-        (["--target-params", "2"], "must be in (0, 1]"),
+        (["--target-flops", "0"], "is not in (0, 1]"),  # refused when parsed
+        (["--target-params", "2"], "is not in (0, 1]"),
+        (["--target-flops", "0.5", "--latency-retries", "-1"], "argument --latency-retries"),
+        (["--target-latency", "0.5", "--target-latency-of", src], "not both"),
+        (["--target-latency-of", src], "same graph and weights as the input"),
         ([], "give exactly one of"),
         (["--target-flops", "0.5", "--units", "heads,filters"], "--units"),
     ]:
-        assert main([src, "-o", out, *extra]) == 2, extra  # usage errors
+        try:
+            code = main([src, "-o", out, *extra])
+        except SystemExit as exc:
+            code = exc.code
+        assert code == 2, extra  # usage errors
         assert message in capsys.readouterr().err
     plan = tmp_path / "p.json"
     plan.write_text('{"channels": {"decoder.fusion.0": {"kept": [0, 1], "total": 7}}}')

@@ -24,30 +24,33 @@ def _fake_profiles(true: dict[str, tuple[float, float, list[str]]], fractions: l
     def profile(model, threads=1, runs=None, warmup=None, bar=None):
         frac = next(calls)
         times = {n: a + b * frac.get(tens[0], 1.0) for n, (a, b, tens) in true.items()}
-        return latency.Profile(
-            times, {n: tens for n, (_, _, tens) in true.items()}, sum(times.values()) + 0.5, 0.5, 1, 1
-        )
+        tensors = {n: tens for n, (_, _, tens) in true.items()}
+        return latency.Profile(times, tensors, sum(times.values()) + 0.5, 0.5, 1, 1, sum(times.values()) + 0.5)
 
     return profile
 
 
-@pytest.mark.parametrize("profiler_ms", [0.0, 0.3])
+@pytest.mark.parametrize("profiler_ms", [0.0, 0.3, 0.6])
 def test_fit_recovers_a_synthetic_cost_function(monkeypatch: pytest.MonkeyPatch, profiler_ms: float) -> None:
-    """The fit finds each node's constant and scaled parts; what profiling adds to a run (the profiled total less
-    the plain run's CPU time) comes off the constants evenly (0.1 ms a node here: the softmax's goes to 0)."""
+    """The fit finds each node's constant and scaled parts; the profiler's own CPU time (the profiled runs' less a
+    plain run's) comes off the constants: evenly off the nodes (0.1 ms a node at 0.3: the softmax's goes to 0), and
+    what a node's constant could not give, off the run's overhead."""
     true = {"conv": (0.2, 3.0, ["x"]), "softmax": (0.1, 0.6, ["y"]), "resize": (1.5, 0.0, ["z"])}
     variants = [{"x": 0.5, "y": 0.25}, {"x": 0.25, "y": 0.5}]
     monkeypatch.setattr(latency, "profile", _fake_profiles(true, variants))
     full_ms = sum(a + b for a, b, _ in true.values()) + 0.5
-    monkeypatch.setattr(latency, "run_cpu_ms", lambda *a: full_ms - profiler_ms)
+    monkeypatch.setattr(latency, "run_cpu_ms", lambda *a, **k: full_ms - profiler_ms)
     model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
     table = latency.fit_table(
         model, [(model, lambda tens, v=v: v.get(tens[0], 1.0)) for v in variants], threads=1, runs=1
     )
     assert table.profiler_ms == pytest.approx(profiler_ms) and table.wall_ms == pytest.approx(full_ms - profiler_ms)
     got = {n.name: (n.a, n.b) for n in table.nodes}
+    per_node = profiler_ms / 3
     for name, (a, b, _) in true.items():
-        assert got[name] == pytest.approx((max(0.0, a - profiler_ms / 3), b), abs=1e-9)
+        assert got[name] == pytest.approx((max(0.0, a - per_node), b), abs=1e-9)
+    full = table.overhead_ms + sum(n.a + n.b for n in table.nodes)
+    assert full == pytest.approx(full_ms - profiler_ms)  # the table's full model is the plain run's time
     if profiler_ms:
         return
     assert table.overhead_ms == pytest.approx(0.5)
@@ -196,10 +199,10 @@ def _fixed_table(monkeypatch: pytest.MonkeyPatch) -> None:
             key = n.name or n.output[0]
             times[key] = 0.002 + flops.get(n.name, 0) / 1e6
             tensors[key] = [t for t in (*n.input, *n.output) if t]
-        return latency.Profile(times, tensors, sum(times.values()) + 0.05, 0.05, 1, 1)
+        return latency.Profile(times, tensors, sum(times.values()) + 0.05, 0.05, 1, 1, sum(times.values()) + 0.05)
 
     monkeypatch.setattr(latency, "profile", profile)
-    monkeypatch.setattr(latency, "run_cpu_ms", lambda model, *a: profile(model).wall_ms)  # no profiler cost
+    monkeypatch.setattr(latency, "run_cpu_ms", lambda model, *a, **k: profile(model).wall_ms)  # as profiled
 
 
 def _stand_in_timer(
