@@ -13,7 +13,8 @@ from _helpers_prune import input_for, oracle_error, run_ort
 from fileformat.errors import PassError
 from fileformat.plan import QK_SUFFIX, read_plan
 from models.prune_torch import check_roundtrip, student_from_onnx
-from passes._core.units import find_head_dims, find_widths, zero_units
+from passes._core.oracle import zero_units
+from passes._core.units import find_head_dims, find_widths
 from passes.prune_heads import PruneHeadsConfig, prune_heads
 from passes.slice_width import SliceWidthConfig, main, slice_width
 
