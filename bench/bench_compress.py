@@ -31,10 +31,11 @@ from _common import ROOT, export_perturbed
 
 def _agreement(base: Any, other: Any, size: int, images: int = 2) -> float:
     import numpy as np
-    import onnxruntime as ort
+
+    from fileformat.session import SessionConfig, load_session
 
     def run(model: Any, x: np.ndarray) -> np.ndarray:
-        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        sess = load_session(model, SessionConfig(spinning=True, log_severity=None))
         return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
     rng = np.random.default_rng(0)

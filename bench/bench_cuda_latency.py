@@ -26,7 +26,11 @@ def _timers(paths: list[Path], batch: int) -> dict[str, list[Any]]:
     import onnxruntime as ort
     import torch
 
+    from fileformat.session import SessionConfig, load_session
     from models.prune_torch import student_from_onnx
+
+    cpu = SessionConfig(spinning=True, log_severity=None)  # onnxruntime's defaults, as a user's session
+    cuda = SessionConfig(providers=("CUDAExecutionProvider", "CPUExecutionProvider"), spinning=True, log_severity=None)
 
     out: dict[str, list[Any]] = {"torch_fp32": [], "torch_fp16": []}
     has_cuda_ep = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -36,7 +40,7 @@ def _timers(paths: list[Path], batch: int) -> dict[str, list[Any]]:
         model, _, _ = student_from_onnx(path)
         model = model.cuda().eval()
         size = int(model.config.input_size) if model.config.family == "swin" else None
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = load_session(path, cpu)
         shape = [batch, *[int(d) for d in sess.get_inputs()[0].shape[1:]]]
         if size is not None:
             shape[-2:] = [size, size]
@@ -49,7 +53,7 @@ def _timers(paths: list[Path], batch: int) -> dict[str, list[Any]]:
         out["torch_fp32"].append(run_torch)
         out["torch_fp16"].append(lambda f=run_torch: f(half=True))
         if has_cuda_ep:
-            cuda_sess = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+            cuda_sess = load_session(path, cuda)
             feed = {cuda_sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
             out["ort_cuda"].append(lambda s=cuda_sess, f=feed: s.run(None, f))
     return out

@@ -32,11 +32,10 @@ from _common import ROOT, export_perturbed
 
 def _outputs(path: Path, size: int, n: int) -> list[Any]:
     import numpy as np
-    import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    from fileformat.session import SessionConfig, load_session
+
+    sess = load_session(path, SessionConfig(spinning=True))
     gen = np.random.default_rng(1234)
     name = sess.get_inputs()[0].name
     return [sess.run(None, {name: gen.standard_normal((1, 3, size, size)).astype(np.float32)})[0] for _ in range(n)]

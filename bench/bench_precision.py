@@ -62,13 +62,9 @@ def fp16_note(fp32_ms: float, fp16_ms: float) -> str:
 
 def latency_ms(path: Path, runs: int, threads: int) -> float:
     """Median wall time (ms) of one onnxruntime CPU inference of a 1 x 3 x H x W input, after one warm-up."""
-    import onnxruntime as ort
+    from fileformat.session import SessionConfig, load_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = load_session(path, SessionConfig(threads=threads, inter_threads=1, spinning=True))
     inp = session.get_inputs()[0]
     dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
     x = np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in inp.shape]).astype(dtype)

@@ -52,12 +52,9 @@ def perturb_(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torc
 
 def latency_ms(model: onnx.ModelProto, runs: int, threads: int) -> float:
     """Median wall time of one onnxruntime CPU inference, after one warm-up run."""
-    import onnxruntime as ort
+    from fileformat.session import SessionConfig, load_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = load_session(model, SessionConfig(threads=threads, spinning=True))
     inp = sess.get_inputs()[0]
     x = np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in inp.shape]).astype(np.float32)
     sess.run(None, {inp.name: x})

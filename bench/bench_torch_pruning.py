@@ -70,11 +70,9 @@ def _tp_version(tp: Any) -> str:
 
 
 def _run_onnx(path: Path, xs: list[Any]) -> list[Any]:
-    import onnxruntime as ort
+    from fileformat.session import SessionConfig, load_session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess = load_session(path, SessionConfig(spinning=True))
     name = sess.get_inputs()[0].name
     return [sess.run(None, {name: x})[0] for x in xs]
 

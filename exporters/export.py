@@ -177,12 +177,11 @@ def torch_to_onnx(
 
 def onnx_vs_torch(proto: onnx.ModelProto, model: nn.Module, example: torch.Tensor) -> float:
     """Max abs difference between onnxruntime (CPU) and torch on ``example``."""
-    import onnxruntime as ort
     import torch
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    from fileformat.session import SessionConfig, load_session
+
+    sess = load_session(proto, SessionConfig(spinning=True))
     got = sess.run(None, {sess.get_inputs()[0].name: example.numpy()})[0]
     with torch.no_grad():
         ref = model(example).numpy()

@@ -728,12 +728,9 @@ def _torch_shapes(proto: onnx.ModelProto, weight_map: dict[str, Any]) -> dict[st
 
 
 def _run(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+    from fileformat.session import SessionConfig, load_session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = load_session(proto, SessionConfig(threads=1, spinning=True))
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 

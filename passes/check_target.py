@@ -665,11 +665,10 @@ def _check_onnxruntime(model: onnx.ModelProto) -> list[Finding]:
     """For onnxruntime targets: can this onnxruntime build a session (ops, opset, types)?"""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    from fileformat.session import SessionConfig, load_session
+
     try:
-        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        load_session(model, SessionConfig(optimization="disable", spinning=True))
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         return [Finding("error", "onnxruntime", f"onnxruntime {ort.__version__} cannot load the model: {exc}")]
     return []

@@ -386,7 +386,7 @@ def activation_ranges(model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarr
     The float32 model runs in onnxruntime (CPU, graph optimisations off, so every tensor exists as written) with
     all intermediate float tensors added as graph outputs.
     """
-    import onnxruntime as ort
+    from fileformat.session import SessionConfig, load_session
 
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
@@ -400,10 +400,7 @@ def activation_ranges(model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarr
             if o and o not in graph_outputs and types.get(o) == TensorProto.FLOAT:
                 probe.graph.output.append(onnx.helper.make_tensor_value_info(o, TensorProto.FLOAT, None))
                 names.append(o)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = load_session(probe, SessionConfig(optimization="disable", spinning=True))
     out_names = [o.name for o in session.get_outputs()]
     ranges: dict[str, float] = {}
     count = 0

@@ -657,23 +657,15 @@ def ort_offline(model: onnx.ModelProto, level: str = "extended") -> onnx.ModelPr
 
     The result may hold onnxruntime contrib ops (``com.microsoft``): onnxruntime only. Metadata is carried over.
     """
-    import onnxruntime as ort
+    from fileformat.session import SessionConfig, load_session
 
-    levels = {
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    if level not in levels:
+    if level not in ORT_LEVELS:
         raise PassError(f"unknown onnxruntime level {level!r}; choose one of {', '.join(ORT_LEVELS)}")
     with tempfile.TemporaryDirectory(prefix="vitseg-ort-") as tmp:
         path = Path(tmp) / "ort.onnx"
-        options = ort.SessionOptions()
-        options.graph_optimization_level = levels[level]
-        options.optimized_model_filepath = str(path)
-        options.log_severity_level = 3
+        config = SessionConfig(optimization=level, optimized_model_path=str(path), spinning=True)  # type: ignore[arg-type]
         try:
-            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            load_session(model, config)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
             raise PassError(f"onnxruntime cannot load the model to optimise it ({exc})") from exc
         out = onnx.load(str(path))

@@ -136,13 +136,10 @@ def _input_feed(model: onnx.ModelProto, seed: int, batch: int) -> dict[str, np.n
 
 def run_onnxruntime(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """All outputs of ``model`` on ``feed`` (CPU, graph optimisations off)."""
-    import onnxruntime as ort
+    from fileformat.session import SessionConfig, load_session
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
     try:
-        sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        sess = load_session(model, SessionConfig(optimization="disable", spinning=True))
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
         raise PassError(f"onnxruntime cannot load the model ({exc})") from exc
     names = [o.name for o in sess.get_outputs()]

@@ -308,17 +308,18 @@ class InProcessRunner:
 
     def load(self) -> None:
         """Create the session and its input; raise :class:`BenchError` when onnxruntime cannot load the model."""
-        import onnxruntime as ort
+        from fileformat.session import SessionConfig, load_session
 
         self._rss_before = _rss_bytes()
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if self.config.threads:
-            options.intra_op_num_threads = self.config.threads
-            options.inter_op_num_threads = 1
-        providers = resolve_providers(self.config.providers)
+        threads = self.config.threads or None
+        config = SessionConfig(
+            providers=tuple(resolve_providers(self.config.providers)),
+            threads=threads,
+            inter_threads=1 if threads else None,
+            spinning=True,
+        )
         try:
-            self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+            self._session = load_session(self.path, config)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
             raise BenchError(f"{self.path}: onnxruntime cannot load it ({exc})") from None
         self._feed, shapes = _feed(self._session, self.config.batch, self.config.seed)

@@ -202,14 +202,6 @@ class Segmenter(ABC):
         return out
 
 
-def _providers(providers: Sequence[str] | None) -> list[str]:
-    """Expand short names (``cpu``, ``cuda``, ``tensorrt``) to onnxruntime provider names; default CPU."""
-    if not providers:
-        return ["CPUExecutionProvider"]
-    short = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-    return [short.get(p.lower(), p) for p in providers]
-
-
 class OnnxSegmenter(Segmenter):
     """An ONNX segmentation model run by onnxruntime.
 
@@ -231,9 +223,9 @@ class OnnxSegmenter(Segmenter):
         std: Sequence[float] | None = None,
     ) -> None:
         import onnx
-        import onnxruntime as ort
 
         from fileformat.metadata import read_metadata
+        from fileformat.session import SessionConfig, load_session, provider_names
 
         path = Path(path)
         if not path.is_file():
@@ -244,12 +236,13 @@ class OnnxSegmenter(Segmenter):
             raise ValueError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
         meta = read_metadata(proto)
         del proto
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=_providers(providers))
+        config = SessionConfig(
+            providers=provider_names(providers),
+            threads=int(threads) if threads else None,
+            inter_threads=1 if threads else None,
+            spinning=True,
+        )
+        self.session = load_session(path, config)
         inp = self.session.get_inputs()[0]
         out = self.session.get_outputs()[0]
         self.input_name = inp.name

@@ -213,9 +213,9 @@ class BuildResult:
 
 
 def _onnxruntime_reference(path: str, feed: dict[str, np.ndarray]) -> np.ndarray:
-    import onnxruntime as ort
+    from fileformat.session import SessionConfig, load_session
 
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    sess = load_session(path, SessionConfig(spinning=True, log_severity=None))
     return np.asarray(sess.run(None, feed)[0], np.float32)
 
 

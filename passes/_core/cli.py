@@ -70,10 +70,10 @@ def quiet_onnxruntime(verbose: bool = False) -> None:
 def check_onnxruntime_loads(model: onnx.ModelProto) -> None:
     """Raise :class:`PassError` unless onnxruntime builds a CPU session for ``model`` with default options (its log
     at the process default: :func:`quiet_onnxruntime`)."""
-    import onnxruntime as ort
+    from fileformat.session import SessionConfig, load_session
 
     try:
-        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        load_session(model, SessionConfig(spinning=True, log_severity=None))
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PassError(
