@@ -449,6 +449,27 @@ def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return out
 
 
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A deep copy of ``model`` (what a pass edits; its input is never changed)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def unique_name(base: str, taken: set[str], *, sep: str = "_", start: int = 1, bare: bool = True) -> str:
+    """A tensor or node name not in ``taken`` (which it joins): ``base`` itself when ``bare`` and free, else the
+    first free ``f"{base}{sep}{k}"`` for ``k = start, start + 1, ...``. Each pass keeps its own spelling of the
+    names it adds (``W_pruned``, ``W_pruned1``; ``W__1``), so the files it writes do not change."""
+    name, k = base, start
+    if not bare or name in taken:
+        name = f"{base}{sep}{k}"
+    while name in taken:
+        k += 1
+        name = f"{base}{sep}{k}"
+    taken.add(name)
+    return name
+
+
 def constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     """The value of a ``Constant`` node (dense tensor or scalar/list attribute), else ``None``."""
     if len(node.attribute) != 1:
