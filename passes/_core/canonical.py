@@ -31,7 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 from fileformat.metadata import merge_sources, read_metadata, write_metadata
-from passes._core.graph import GraphView, constant_node_value, consumers
+from passes._core.graph import GraphView, NodeRef, constant_node_value, consumers, copy_model, unique_name
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,6 @@ _MAX_FOLD_ROUNDS = 4
 _INT_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL)
 
 
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
-
-
 def _taken_names(graph: onnx.GraphProto) -> set[str]:
     names = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {o.name for o in graph.output}
     for n in graph.node:
@@ -86,12 +80,8 @@ def _taken_names(graph: onnx.GraphProto) -> set[str]:
 
 
 def _unique(base: str, taken: set[str]) -> str:
-    k = 1
-    while f"{base}__{k}" in taken:
-        k += 1
-    name = f"{base}__{k}"
-    taken.add(name)
-    return name
+    """A new name ``base__k`` (k = 1, 2, ...), the canonical form's spelling of a copy."""
+    return unique_name(base, taken, sep="__", bare=False)
 
 
 def _constant_nodes_to_initializers(graph: onnx.GraphProto) -> int:
@@ -218,57 +208,153 @@ def _fold_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     return model, folded
 
 
+def _squeezed(view: GraphView, x: str, i: int, axis: int, rank: int, out: dict[str, int]) -> bool:
+    """Whether every reader of ``x`` is a ``Squeeze`` of ``axis`` alone (then each output maps to ``i`` in ``out``)."""
+    users = view.consumer_nodes(x)
+    if not users or x in view.graph_outputs:
+        return False
+    for ref in users:
+        n = ref.node
+        axes = view.value(n.input[1]) if len(n.input) > 1 and n.input[1] else view.attrs(n).get("axes")
+        if n.op_type != "Squeeze" or axes is None or [int(a) % rank for a in np.ravel(axes)] != [axis]:
+            return False
+        out[n.output[0]] = i
+    return True
+
+
+def _pick_gather(view: GraphView, n: onnx.NodeProto, axis: int, shape: list[int], out: dict[str, int]) -> bool:
+    """``Gather`` of one scalar index ``i`` along ``axis``: its output is entry ``i``."""
+    if int(view.attrs(n).get("axis", 0)) % len(shape) != axis:
+        return False
+    idx = view.value(n.input[1])
+    if idx is None or idx.ndim != 0:
+        return False
+    out[n.output[0]] = int(idx) % shape[axis]
+    return True
+
+
+def _pick_split(view: GraphView, n: onnx.NodeProto, axis: int, shape: list[int], out: dict[str, int]) -> bool:
+    """``Split`` of ``axis`` into ones, each output squeezed: output ``i`` is entry ``i``."""
+    attrs = view.attrs(n)
+    if int(attrs.get("axis", 0)) % len(shape) != axis or len(n.output) != shape[axis]:
+        return False
+    sizes = view.value(n.input[1]) if len(n.input) > 1 and n.input[1] else attrs.get("split")
+    if sizes is not None and list(np.ravel(sizes)) != [1] * shape[axis]:
+        return False
+    return all(_squeezed(view, o, i, axis, len(shape), out) for i, o in enumerate(n.output) if o)
+
+
+def _pick_slice(view: GraphView, n: onnx.NodeProto, axis: int, shape: list[int], out: dict[str, int]) -> bool:
+    """``Slice [i, i + 1)`` of ``axis`` (step 1), squeezed: entry ``i``."""
+    bounds = [view.value(i) if i else None for i in n.input[1:5]]
+    if len(bounds) < 3 or any(b is None for b in bounds[:3]) or bounds[2].size != 1:  # type: ignore[union-attr]
+        return False
+    start, end, ax = (int(np.ravel(b)[0]) for b in bounds[:3])  # type: ignore[arg-type]
+    step = int(np.ravel(bounds[3])[0]) if len(bounds) > 3 and bounds[3] is not None else 1
+    start = start % shape[axis] if start < 0 else start
+    if ax % len(shape) != axis or step != 1 or min(end, shape[axis]) != start + 1:
+        return False
+    return _squeezed(view, n.output[0], start, axis, len(shape), out)
+
+
+_PICKERS = {"Gather": _pick_gather, "Split": _pick_split, "Slice": _pick_slice}
+
+
 def _picks(view: GraphView, t: str, axis: int) -> dict[str, int] | None:
     """The tensors that take one entry ``i`` of ``t`` along ``axis`` with that axis removed (``Gather`` of a scalar
     index; ``Split`` into ones or ``Slice [i, i+1)``, each followed only by ``Squeeze`` of the axis), mapped to
     ``i``; ``None`` when any reader of ``t`` does something else."""
-    rank = view.rank(t)
     shape = view.shape(t)
-    if rank is None or shape is None or t in view.graph_outputs:
+    if shape is None or t in view.graph_outputs:
         return None
-
-    def squeezed(x: str, i: int, out: dict[str, int]) -> bool:
-        users = view.consumer_nodes(x)
-        if not users or x in view.graph_outputs:
-            return False
-        for ref in users:
-            n = ref.node
-            axes = view.value(n.input[1]) if len(n.input) > 1 and n.input[1] else view.attrs(n).get("axes")
-            if n.op_type != "Squeeze" or axes is None or [int(a) % rank for a in np.ravel(axes)] != [axis]:
-                return False
-            out[n.output[0]] = i
-        return True
-
     out: dict[str, int] = {}
     for ref in view.consumer_nodes(t):
-        n, attrs = ref.node, view.attrs(ref.node)
-        if n.input[0] != t:
-            return None
-        if n.op_type == "Gather" and int(attrs.get("axis", 0)) % rank == axis:
-            idx = view.value(n.input[1])
-            if idx is None or idx.ndim != 0:
-                return None
-            out[n.output[0]] = int(idx) % shape[axis]
-        elif n.op_type == "Split" and int(attrs.get("axis", 0)) % rank == axis and len(n.output) == shape[axis]:
-            sizes = view.value(n.input[1]) if len(n.input) > 1 and n.input[1] else attrs.get("split")
-            if sizes is not None and list(np.ravel(sizes)) != [1] * shape[axis]:
-                return None
-            if not all(squeezed(o, i, out) for i, o in enumerate(n.output) if o):
-                return None
-        elif n.op_type == "Slice":
-            bounds = [view.value(i) if i else None for i in n.input[1:5]]
-            if len(bounds) < 3 or any(b is None for b in bounds[:3]) or bounds[2].size != 1:  # type: ignore[union-attr]
-                return None
-            start, end, ax = (int(np.ravel(b)[0]) for b in bounds[:3])  # type: ignore[arg-type]
-            step = int(np.ravel(bounds[3])[0]) if len(bounds) > 3 and bounds[3] is not None else 1
-            start = start % shape[axis] if start < 0 else start
-            if ax % rank != axis or step != 1 or min(end, shape[axis]) != start + 1:
-                return None
-            if not squeezed(n.output[0], start, out):
-                return None
-        else:
+        pick = _PICKERS.get(ref.node.op_type)
+        if ref.node.input[0] != t or pick is None or not pick(view, ref.node, axis, shape, out):
             return None
     return out
+
+
+def _maybe_fused(readers: dict[str, list[onnx.NodeProto]], n: onnx.NodeProto) -> bool:
+    """A cheap first look: a Reshape read only by a Transpose whose readers all pick parts."""
+    users = readers.get(n.output[0], [])
+    if n.op_type != "Reshape" or len(users) != 1 or users[0].op_type != "Transpose":
+        return False
+    picks = readers.get(users[0].output[0], [])
+    return bool(picks) and all(p.op_type in ("Split", "Slice", "Gather") for p in picks)
+
+
+def _parts_axis(view: GraphView, n: onnx.NodeProto) -> tuple[int, int] | None:
+    """``(k, P)`` when Reshape ``n`` splits the last axis ``k`` of its input ``[..., P * rest]`` into
+    ``[..., P, *rest]`` by a constant target without 0 entries from ``k`` on; else ``None``."""
+    if n.op_type != "Reshape" or len(n.input) < 2:
+        return None
+    target = view.constant(n.input[1])
+    s_in, s_out = view.shape(n.input[0]), view.shape(n.output[0])
+    if target is None or s_in is None or s_out is None or len(s_in) < 2:
+        return None
+    k = len(s_in) - 1
+    parts = s_out[k] if len(s_out) > k + 1 else 0
+    if (
+        parts < 2
+        or s_out[:k] != s_in[:k]
+        or parts * int(np.prod(s_out[k + 1 :])) != s_in[k]
+        or len(target) != len(s_out)
+        or int(target[k]) != parts
+        or any(int(v) == 0 for v in target[k:])
+    ):
+        return None
+    return k, parts
+
+
+def _transposed_picks(view: GraphView, n: onnx.NodeProto, k: int) -> tuple[list[int], dict[str, int]] | None:
+    """The permutation of the one Transpose reading Reshape ``n`` and the picks of its parts axis (``_picks``)."""
+    users = view.consumer_nodes(n.output[0])
+    if len(users) != 1 or users[0].node.op_type != "Transpose" or n.output[0] in view.graph_outputs:
+        return None
+    tr = users[0].node
+    perm = [int(p) for p in view.attrs(tr).get("perm", list(range(len(view.shape(n.output[0]) or [])))[::-1])]
+    picks = _picks(view, tr.output[0], perm.index(k))
+    if not picks or any(t in view.graph_outputs for t in picks):
+        return None
+    return perm, picks
+
+
+def _part_nodes(
+    view: GraphView,
+    ref: NodeRef,
+    k: int,
+    parts: int,
+    perm: list[int],
+    picks: dict[str, int],
+    taken: set[str],
+    new_inits: list[onnx.TensorProto],
+    renames: dict[str, str],
+) -> list[onnx.NodeProto]:
+    """``Split`` of axis ``k`` of the Reshape's input into ``parts`` equal parts, and per part picked a Reshape to
+    the target without axis ``k`` and the Transpose without it; the picks' readers are to read those."""
+    n = ref.node
+    x, target = n.input[0], np.asarray(view.constant(n.input[1]), dtype=np.int64)
+    base = _unique(f"{n.name or x}_parts".lstrip("/"), taken)
+    outs = [f"{base}_{i}" for i in range(parts)]
+    size = (view.shape(x) or [])[k] // parts
+    split = onnx.helper.make_node("Split", [x], outs, name=base, axis=k)
+    if view.opset >= 13:
+        sizes = _unique(f"{base}_sizes", taken)
+        new_inits.append(numpy_helper.from_array(np.array([size] * parts, dtype=np.int64), sizes))
+        split.input.append(sizes)
+    else:
+        split.attribute.append(onnx.helper.make_attribute("split", [size] * parts))
+    shape = _unique(f"{base}_shape", taken)
+    new_inits.append(numpy_helper.from_array(np.delete(target, k), shape))  # [..., P, *rest] -> [..., *rest]
+    new_perm = [p - (p > k) for p in perm if p != k]
+    nodes = [split]
+    for i in sorted(set(picks.values())):
+        r_out, t_out = f"{base}_{i}_reshaped", f"{base}_{i}_out"
+        nodes.append(onnx.helper.make_node("Reshape", [outs[i], shape], [r_out], name=f"{base}_reshape_{i}"))
+        nodes.append(onnx.helper.make_node("Transpose", [r_out], [t_out], name=f"{base}_transpose_{i}", perm=new_perm))
+        renames.update({t: t_out for t, j in picks.items() if j == i})
+    return nodes
 
 
 def _split_fused_projections(model: onnx.ModelProto) -> int:
@@ -280,15 +366,7 @@ def _split_fused_projections(model: onnx.ModelProto) -> int:
     number of projections split."""
     graph = model.graph
     readers = consumers(model)
-
-    def picked(n: onnx.NodeProto) -> bool:
-        users = readers.get(n.output[0], [])
-        if n.op_type != "Reshape" or len(users) != 1 or users[0].op_type != "Transpose":
-            return False
-        picks = readers.get(users[0].output[0], [])
-        return bool(picks) and all(p.op_type in ("Split", "Slice", "Gather") for p in picks)
-
-    if not any(picked(n) for n in graph.node):  # a canonical model, mostly: no view to build
+    if not any(_maybe_fused(readers, n) for n in graph.node):  # a canonical model, mostly: no view to build
         return 0
     view = GraphView(model)
     taken = _taken_names(graph)
@@ -296,53 +374,11 @@ def _split_fused_projections(model: onnx.ModelProto) -> int:
     inserts: list[tuple[int, list[onnx.NodeProto]]] = []
     renames: dict[str, str] = {}
     for ref in view.nodes:
-        n = ref.node
-        if n.op_type != "Reshape" or len(n.input) < 2:
+        found = _parts_axis(view, ref.node)
+        picked = _transposed_picks(view, ref.node, found[0]) if found is not None else None
+        if found is None or picked is None:
             continue
-        x, target = n.input[0], view.constant(n.input[1])
-        s_in, s_out = view.shape(x), view.shape(n.output[0])
-        if target is None or s_in is None or s_out is None or len(s_in) < 2:
-            continue
-        k = len(s_in) - 1
-        parts = s_out[k] if len(s_out) > k + 1 else 0
-        if (
-            parts < 2
-            or s_out[:k] != s_in[:k]
-            or parts * int(np.prod(s_out[k + 1 :])) != s_in[k]
-            or len(target) != len(s_out)
-            or int(target[k]) != parts
-            or any(int(v) == 0 for v in target[k:])
-        ):
-            continue
-        users = view.consumer_nodes(n.output[0])
-        if len(users) != 1 or users[0].node.op_type != "Transpose" or n.output[0] in view.graph_outputs:
-            continue
-        tr = users[0].node
-        perm = [int(p) for p in view.attrs(tr).get("perm", list(range(len(s_out)))[::-1])]
-        picks = _picks(view, tr.output[0], perm.index(k))
-        if not picks or any(t in view.graph_outputs for t in picks):
-            continue
-        base = _unique(f"{n.name or x}_parts".lstrip("/"), taken)
-        outs = [f"{base}_{i}" for i in range(parts)]
-        size = s_in[k] // parts
-        split = onnx.helper.make_node("Split", [x], outs, name=base, axis=k)
-        if view.opset >= 13:
-            sizes = _unique(f"{base}_sizes", taken)
-            new_inits.append(numpy_helper.from_array(np.array([size] * parts, dtype=np.int64), sizes))
-            split.input.append(sizes)
-        else:
-            split.attribute.append(onnx.helper.make_attribute("split", [size] * parts))
-        shape = _unique(f"{base}_shape", taken)
-        new_inits.append(numpy_helper.from_array(np.delete(np.asarray(target, dtype=np.int64), k), shape))
-        new_perm = [p - (p > k) for p in perm if p != k]
-        nodes = [split]
-        for i in sorted(set(picks.values())):
-            r_out, t_out = f"{base}_{i}_reshaped", f"{base}_{i}_out"
-            nodes.append(onnx.helper.make_node("Reshape", [outs[i], shape], [r_out], name=f"{base}_reshape_{i}"))
-            nodes.append(
-                onnx.helper.make_node("Transpose", [r_out], [t_out], name=f"{base}_transpose_{i}", perm=new_perm)
-            )
-            renames.update({t: t_out for t, j in picks.items() if j == i})
+        nodes = _part_nodes(view, ref, *found, *picked, taken, new_inits, renames)
         inserts.append((ref.index, nodes))
     if inserts:  # an unnamed node is known by its position (NodeRef.name): keep the name it had before the insert
         for index, node in enumerate(graph.node):
@@ -420,7 +456,7 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
 
     Idempotent: the canonical form of a canonical model is equal to it.
     """
-    out = _copy(model)
+    out = copy_model(model)
     graph = out.graph
     del graph.value_info[:]
     meta = read_metadata(out)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -275,96 +276,22 @@ class GraphView:
         return out
 
     def _evaluate(self, node: onnx.NodeProto, name: str) -> np.ndarray | None:
+        """The value of ``node``'s one output from its inputs' values (:data:`_EVALUATORS`), or ``None``."""
         op = node.op_type
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if op == "Shape":
+        if op in ("Shape", "Size"):  # what they read is the input's static shape, not its value
             s = self.shape(node.input[0])
             if s is None:
                 return None
-            start, end = attrs.get("start", 0), attrs.get("end", None)
-            return np.array(s[start:end], dtype=np.int64)
-        if op == "Size":
-            s = self.shape(node.input[0])
-            return None if s is None else np.array(int(np.prod(s)), dtype=np.int64)
+            if op == "Size":
+                return np.array(int(np.prod(s)), dtype=np.int64)
+            return np.array(s[attrs.get("start", 0) : attrs.get("end", None)], dtype=np.int64)
         ins = [self.value(i) if i else None for i in node.input]
         present = [x for i, x in zip(node.input, ins) if i]
-        if any(x is None for x in present):
+        if any(x is None for x in present) or len(node.output) != 1:
             return None
-        if len(node.output) != 1:
-            return None
-        x = ins[0]
-        if op == "Identity":
-            return x
-        if op == "Cast":
-            return x.astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
-        if op == "Gather":
-            return np.take(x, ins[1], axis=attrs.get("axis", 0))
-        if op == "Unsqueeze":
-            axes = attrs.get("axes") if self.opset < 13 else ins[1].tolist()
-            out = x
-            for a in sorted(int(a) % (x.ndim + len(axes)) for a in axes):
-                out = np.expand_dims(out, a)
-            return out
-        if op == "Squeeze":
-            axes = attrs.get("axes") if self.opset < 13 else (ins[1].tolist() if len(ins) > 1 else None)
-            return np.squeeze(x, axis=tuple(axes) if axes else None)
-        if op == "Concat":
-            return np.concatenate(present, axis=attrs["axis"])
-        if op == "Slice":
-            if self.opset < 10:
-                starts, ends, axes = attrs["starts"], attrs["ends"], attrs.get("axes")
-                steps = None
-            else:
-                starts, ends = ins[1].tolist(), ins[2].tolist()
-                axes = ins[3].tolist() if len(ins) > 3 and ins[3] is not None else None
-                steps = ins[4].tolist() if len(ins) > 4 and ins[4] is not None else None
-            axes = axes if axes is not None else list(range(len(starts)))
-            steps = steps if steps is not None else [1] * len(starts)
-            idx: list[slice] = [slice(None)] * x.ndim
-            for s, e, a, st in zip(starts, ends, axes, steps):
-                idx[int(a)] = slice(int(s), int(e), int(st))
-            return x[tuple(idx)]
-        if op == "Reshape":
-            return x.reshape([d if d != 0 else x.shape[i] for i, d in enumerate(ins[1].tolist())])
-        if op == "ConstantOfShape":
-            v = attrs.get("value")
-            fill = numpy_helper.to_array(v) if v is not None else np.zeros(1, dtype=np.float32)
-            return np.full(x.astype(np.int64).tolist(), fill.reshape(-1)[0], dtype=fill.dtype)
-        binary = {
-            "Add": np.add,
-            "Sub": np.subtract,
-            "Mul": np.multiply,
-            "Equal": np.equal,
-            "Less": np.less,
-            "Greater": np.greater,
-            "Max": np.maximum,
-            "Min": np.minimum,
-        }
-        if op in binary and len(present) == 2:
-            return binary[op](ins[0], ins[1])
-        if op == "Div":
-            if np.issubdtype(ins[0].dtype, np.integer):
-                return np.floor_divide(ins[0], ins[1]) if (ins[0] >= 0).all() and (ins[1] > 0).all() else None
-            return ins[0] / ins[1]
-        if op == "Mod":
-            return np.fmod(ins[0], ins[1]) if attrs.get("fmod", 0) else np.mod(ins[0], ins[1])
-        unary = {"Neg": np.negative, "Abs": np.abs, "Ceil": np.ceil, "Floor": np.floor, "Round": np.round,
-                 "Sqrt": np.sqrt, "Reciprocal": np.reciprocal, "Sign": np.sign}  # fmt: skip
-        if op in unary:  # shape arithmetic in float (transformers' MobileViT unfold: Ceil(size / patch) * patch)
-            return unary[op](x).astype(x.dtype)
-        if op == "Pow":
-            return np.power(ins[0], ins[1]).astype(ins[0].dtype)
-        if op == "Transpose":
-            return np.transpose(x, attrs.get("perm"))
-        if op == "Where":
-            return np.where(ins[0], ins[1], ins[2])
-        if op == "Not":
-            return np.logical_not(x)
-        if op == "Range":
-            return np.arange(x.item(), ins[1].item(), ins[2].item()).astype(x.dtype)
-        if op == "Expand":
-            return x * np.ones(ins[1].tolist(), dtype=x.dtype)
-        return None
+        evaluate = _EVALUATORS.get(op)
+        return None if evaluate is None else evaluate(ins, present, attrs, self.opset)
 
     # ------------------------------------------------------------------------------------------------- FLOPs
     def counting_view(self) -> GraphView:
@@ -436,6 +363,119 @@ class GraphView:
         for ref, _ in self.consumers.get(name, []):
             seen[ref.index] = ref
         return list(seen.values())
+
+
+# ------------------------------------------------------------------------------------- shape-vector evaluation
+# Each evaluator computes one node's output from its inputs' values: ``(ins, present, attrs, opset)``, where ``ins``
+# holds a value per input (``None`` for an empty name) and ``present`` the values of the inputs that are named.
+Evaluator = Callable[[list[Any], list[np.ndarray], dict[str, Any], int], "np.ndarray | None"]
+
+
+def _unsqueeze(ins: list[Any], present: list[np.ndarray], attrs: dict[str, Any], opset: int) -> np.ndarray:
+    x = ins[0]
+    axes = attrs.get("axes") if opset < 13 else ins[1].tolist()
+    out = x
+    for a in sorted(int(a) % (x.ndim + len(axes)) for a in axes):
+        out = np.expand_dims(out, a)
+    return out
+
+
+def _squeeze(ins: list[Any], present: list[np.ndarray], attrs: dict[str, Any], opset: int) -> np.ndarray:
+    axes = attrs.get("axes") if opset < 13 else (ins[1].tolist() if len(ins) > 1 else None)
+    return np.squeeze(ins[0], axis=tuple(axes) if axes else None)
+
+
+def _slice(ins: list[Any], present: list[np.ndarray], attrs: dict[str, Any], opset: int) -> np.ndarray:
+    """``x[starts[k]:ends[k]:steps[k]]`` on ``axes[k]`` (attributes before opset 10, inputs from 10)."""
+    x = ins[0]
+    if opset < 10:
+        starts, ends, axes = attrs["starts"], attrs["ends"], attrs.get("axes")
+        steps = None
+    else:
+        starts, ends = ins[1].tolist(), ins[2].tolist()
+        axes = ins[3].tolist() if len(ins) > 3 and ins[3] is not None else None
+        steps = ins[4].tolist() if len(ins) > 4 and ins[4] is not None else None
+    axes = axes if axes is not None else list(range(len(starts)))
+    steps = steps if steps is not None else [1] * len(starts)
+    idx: list[slice] = [slice(None)] * x.ndim
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        idx[int(a)] = slice(int(s), int(e), int(st))
+    return x[tuple(idx)]
+
+
+def _constant_of_shape(ins: list[Any], present: list[np.ndarray], attrs: dict[str, Any], opset: int) -> np.ndarray:
+    v = attrs.get("value")
+    fill = numpy_helper.to_array(v) if v is not None else np.zeros(1, dtype=np.float32)
+    return np.full(ins[0].astype(np.int64).tolist(), fill.reshape(-1)[0], dtype=fill.dtype)
+
+
+def _binary(fn: Callable[[Any, Any], Any]) -> Evaluator:
+    """An evaluator of ``fn(a, b)`` for a node with exactly two named inputs."""
+
+    def evaluate(ins: list[Any], present: list[np.ndarray], attrs: dict[str, Any], opset: int) -> np.ndarray | None:
+        return fn(ins[0], ins[1]) if len(present) == 2 else None
+
+    return evaluate
+
+
+def _div(ins: list[Any], present: list[np.ndarray], attrs: dict[str, Any], opset: int) -> np.ndarray | None:
+    """Integer division only where numpy's floor division is ONNX's (truncating) one: non-negative by positive."""
+    a, b = ins[0], ins[1]
+    if np.issubdtype(a.dtype, np.integer):
+        return np.floor_divide(a, b) if (a >= 0).all() and (b > 0).all() else None
+    return a / b
+
+
+def _unary(fn: Callable[[Any], Any]) -> Evaluator:
+    """An evaluator of ``fn(x)`` in ``x``'s dtype (shape arithmetic in float: transformers' MobileViT unfold
+    computes ``Ceil(size / patch) * patch``)."""
+
+    def evaluate(ins: list[Any], present: list[np.ndarray], attrs: dict[str, Any], opset: int) -> np.ndarray:
+        return fn(ins[0]).astype(ins[0].dtype)
+
+    return evaluate
+
+
+#: the small integer subgraphs the exporters build for shapes, by op type (see :meth:`GraphView.value`)
+_EVALUATORS: dict[str, Evaluator] = {
+    "Identity": lambda ins, present, attrs, opset: ins[0],
+    "Cast": lambda ins, present, attrs, opset: ins[0].astype(helper.tensor_dtype_to_np_dtype(attrs["to"])),
+    "Gather": lambda ins, present, attrs, opset: np.take(ins[0], ins[1], axis=attrs.get("axis", 0)),
+    "Unsqueeze": _unsqueeze,
+    "Squeeze": _squeeze,
+    "Concat": lambda ins, present, attrs, opset: np.concatenate(present, axis=attrs["axis"]),
+    "Slice": _slice,
+    "Reshape": lambda ins, present, attrs, opset: ins[0].reshape(
+        [d if d != 0 else ins[0].shape[i] for i, d in enumerate(ins[1].tolist())]
+    ),
+    "ConstantOfShape": _constant_of_shape,
+    "Add": _binary(np.add),
+    "Sub": _binary(np.subtract),
+    "Mul": _binary(np.multiply),
+    "Equal": _binary(np.equal),
+    "Less": _binary(np.less),
+    "Greater": _binary(np.greater),
+    "Max": _binary(np.maximum),
+    "Min": _binary(np.minimum),
+    "Div": _div,
+    "Mod": lambda ins, present, attrs, opset: (np.fmod if attrs.get("fmod", 0) else np.mod)(ins[0], ins[1]),
+    "Neg": _unary(np.negative),
+    "Abs": _unary(np.abs),
+    "Ceil": _unary(np.ceil),
+    "Floor": _unary(np.floor),
+    "Round": _unary(np.round),
+    "Sqrt": _unary(np.sqrt),
+    "Reciprocal": _unary(np.reciprocal),
+    "Sign": _unary(np.sign),
+    "Pow": lambda ins, present, attrs, opset: np.power(ins[0], ins[1]).astype(ins[0].dtype),
+    "Transpose": lambda ins, present, attrs, opset: np.transpose(ins[0], attrs.get("perm")),
+    "Where": lambda ins, present, attrs, opset: np.where(ins[0], ins[1], ins[2]),
+    "Not": lambda ins, present, attrs, opset: np.logical_not(ins[0]),
+    "Range": lambda ins, present, attrs, opset: np.arange(ins[0].item(), ins[1].item(), ins[2].item()).astype(
+        ins[0].dtype
+    ),
+    "Expand": lambda ins, present, attrs, opset: ins[0] * np.ones(ins[1].tolist(), dtype=ins[0].dtype),
+}
 
 
 def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
