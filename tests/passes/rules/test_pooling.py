@@ -34,6 +34,21 @@ def _convs(node: str, out: int, inits: str = "", opset: int = 17) -> str:
     """
 
 
+def test_maxpool_passes_the_channels() -> None:
+    """The worked example of docs/architecture.md, "Adding an op rule"."""
+    model = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,3,8,8] X, float[8,3,1,1] W1, float[5,8,1,1] W2) => (float[1,5,4,4] Y) {
+            H = Conv(X, W1)
+            A, I = MaxPool<kernel_shape = [2, 2], strides = [2, 2]>(H)
+            Y = Conv(A, W2)
+        }
+    """)
+    group = trace_from(model, "H", Dim(1, ((8, True),)), channels=True)
+    assert group.dims["A"] == Dim(1, ((8, True),)) and "I" not in group.dims
+    check_cut(model, group, [0, 2, 3, 7], kind="channels")
+
+
 _POOLS = {
     "MaxPool": ("A, I = MaxPool<kernel_shape = [2, 2], strides = [2, 2]>(H)", 4),  # with its indices output
     "AveragePool": ("A = AveragePool<kernel_shape = [3, 3], pads = [1, 1, 1, 1]>(H)", 8),
