@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exporters.export import ExportOptions, export_torch_model  # noqa: E402
 from fileformat.io import save_model  # noqa: E402
+from models.calib import image_feeds, input_spec, list_images  # noqa: E402
 from passes.fp16 import convert_fp16  # noqa: E402
 from passes.int8 import quantize_int8  # noqa: E402
-from runtime._calib import image_feeds, input_spec, list_images  # noqa: E402
 from runtime.parity import ParityConfig, compare_models  # noqa: E402
 
 log = logging.getLogger("bench_precision")

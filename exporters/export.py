@@ -39,7 +39,7 @@ from fileformat.cli import cli_main
 from fileformat.errors import PassError, UsageError
 from fileformat.io import check_distinct, check_output_path
 from fileformat.metadata import write_metadata
-from fileformat.targets import TARGETS, UnknownTargetError, get_target
+from fileformat.targets import TARGETS, get_target
 from models.configs import model_name
 from models.constants import CLASS_NAMES, MEAN, STD
 
@@ -58,11 +58,11 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 
 
-class ExportError(Exception):
+class ExportError(PassError):
     """The export cannot be done as asked; the message says why and what to do."""
 
 
-class ExportUsageError(ExportError):
+class ExportUsageError(ExportError, UsageError):
     """An option out of its range (opset, exporter, input size): a usage error, exit status 2."""
 
 
@@ -96,10 +96,7 @@ class ExportResult:
 
 def _validate(opts: ExportOptions) -> ExportOptions:
     if opts.target is not None:
-        try:
-            profile = get_target(opts.target)
-        except UnknownTargetError as exc:
-            raise ExportUsageError(str(exc)) from exc
+        profile = get_target(opts.target)
         if opts.opset > profile.max_opset:
             log.info("target %s: opset %d -> %d", opts.target, opts.opset, profile.export_opset)
             opts.opset = profile.export_opset
@@ -279,29 +276,23 @@ def export(opts: ExportOptions, output: str | Path) -> ExportResult:
     """
     import torch
 
-    from models.registry import ModelConfig, UnknownModelError, build_model, get_config
-    from models.weights import WeightsError
+    from models.registry import ModelConfig, build_model, get_config
 
     opts = _validate(opts)
     torch.manual_seed(opts.seed)
-    try:
-        overrides: dict[str, Any] = {"decoder_width": opts.decoder_width}
-        recorded = _checkpoint_config(opts.weights)
-        if recorded is not None:
-            if recorded.get("name") != opts.model:
-                raise ExportError(
-                    f"{opts.weights} holds a {recorded.get('name')!r} model, not {opts.model!r}: "
-                    f"pass --model {recorded.get('name')}."
-                )
-            overrides = {**ModelConfig.from_dict(recorded).to_dict(), **{k: v for k, v in overrides.items() if v}}
-            overrides.pop("name", None)
-        if get_config(opts.model).family == "swin":
-            overrides["input_size"] = opts.input_size
-        model = build_model(opts.model, pretrained=opts.pretrained, weights=opts.weights, **overrides)
-    except UnknownModelError as exc:
-        raise ExportUsageError(str(exc)) from exc
-    except WeightsError as exc:
-        raise ExportError(str(exc)) from exc
+    overrides: dict[str, Any] = {"decoder_width": opts.decoder_width}
+    recorded = _checkpoint_config(opts.weights)
+    if recorded is not None:
+        if recorded.get("name") != opts.model:
+            raise ExportError(
+                f"{opts.weights} holds a {recorded.get('name')!r} model, not {opts.model!r}: "
+                f"pass --model {recorded.get('name')}."
+            )
+        overrides = {**ModelConfig.from_dict(recorded).to_dict(), **{k: v for k, v in overrides.items() if v}}
+        overrides.pop("name", None)
+    if get_config(opts.model).family == "swin":
+        overrides["input_size"] = opts.input_size
+    model = build_model(opts.model, pretrained=opts.pretrained, weights=opts.weights, **overrides)
     return export_torch_model(model, output, opts)
 
 
@@ -381,33 +372,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     keys = ("output", "verbose", "force")
     opts = ExportOptions(**{k: v for k, v in vars(args).items() if k not in keys})
-    try:
-        _validate(ExportOptions(**asdict(opts)))  # a copy: export() validates (and lowers for the target) again
-        check_distinct([opts.weights], [("-o", args.output)])
-        check_output_path(args.output)
-        check_not_replacing("-o", args.output, args.force, "an earlier export")
-        if opts.weights is not None and not Path(opts.weights).is_file():
-            raise PassError(f"--weights {opts.weights}: no such file.")
-    except (UsageError, ExportUsageError) as exc:
-        print(f"error: python -m exporters.export: {exc}", file=sys.stderr)
-        return 2
-    except PassError as exc:
-        print(f"error: python -m exporters.export: {exc}", file=sys.stderr)
-        return 1
-    try:
-        res = export(opts, args.output)
-    except ExportUsageError as exc:
-        print(f"error: python -m exporters.export: {exc}", file=sys.stderr)
-        return 2
-    except ExportError as exc:
-        print(f"error: python -m exporters.export: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(
-            f"error: python -m exporters.export: cannot write {exc.filename or args.output}: {exc.strerror or exc}.",
-            file=sys.stderr,
-        )
-        return 1
+    _validate(ExportOptions(**asdict(opts)))  # a copy: export() validates (and lowers for the target) again
+    check_distinct([opts.weights], [("-o", args.output)])
+    check_output_path(args.output)
+    check_not_replacing("-o", args.output, args.force, "an earlier export")
+    if opts.weights is not None and not Path(opts.weights).is_file():
+        raise PassError(f"--weights {opts.weights}: no such file.")
+    res = export(opts, args.output)
     print(
         f"{res.path}: {opts.model} {opts.exporter} opset {res.options['opset']} {opts.input_size}x{opts.input_size}"
         f" | params {res.params / 1e6:.2f}M | FLOPs {res.flops / 1e9:.2f}G | onnxruntime vs torch max abs "

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fileformat.errors import UsageError
+
 
 @dataclass(frozen=True)
 class TargetProfile:
@@ -99,8 +101,8 @@ TARGETS: dict[str, TargetProfile] = {
 }
 
 
-class UnknownTargetError(KeyError):
-    """A target name that is not in :data:`TARGETS`."""
+class UnknownTargetError(UsageError, KeyError):
+    """A target name that is not in :data:`TARGETS` (a usage error; a ``KeyError`` too)."""
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -111,3 +113,14 @@ def get_target(name: str) -> TargetProfile:
     if name not in TARGETS:
         raise UnknownTargetError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}")
     return TARGETS[name]
+
+
+def resolve_target(name: str) -> TargetProfile:
+    """The profile called ``name``; a unique suffix after a dash also names it (``orin`` -> ``jetson-orin``).
+    :class:`UnknownTargetError` (a usage error) lists the known ones."""
+    if name in TARGETS:
+        return get_target(name)
+    hits = [t for t in TARGETS if t.endswith("-" + name)]
+    if len(hits) == 1:
+        return get_target(hits[0])
+    return get_target(name)

@@ -10,6 +10,7 @@ import argparse
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from fileformat.errors import UsageError
 from models.constants import NUM_CLASSES
 
 
@@ -80,8 +81,8 @@ CONFIGS: dict[str, ModelConfig] = {
 }
 
 
-class UnknownModelError(KeyError):
-    """A model name that is not in the registry."""
+class UnknownModelError(UsageError, KeyError):
+    """A model name that is not in the registry (a usage error; a ``KeyError`` too)."""
 
     def __str__(self) -> str:
         return str(self.args[0])

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from fileformat.errors import InputError
 from models.constants import IGNORE_INDEX, MEAN, NUM_CLASSES, STD
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ __all__ = [
     "load_mask",
     "load_sample",
     "normalize",
+    "resize_image",
     "scan",
     "splits",
 ]
@@ -62,7 +64,7 @@ IMAGE_DIR = "IMG"
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A data file is missing, unreadable or inconsistent; the message names the file."""
 
     def __init__(self, path: Path | str, problem: str) -> None:
@@ -357,6 +359,13 @@ def normalize(image: np.ndarray, mean: Sequence[float] = MEAN, std: Sequence[flo
     x = np.asarray(image, dtype=np.float32) * np.float32(1.0 / 255.0)
     x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HxWx3 uint8 -> ``size`` (H, W) with PIL's bilinear filter (antialiased when shrinking)."""
+    if tuple(image.shape[:2]) == tuple(size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
 # ------------------------------------------------------------------------------------------------ augmentation

@@ -61,7 +61,7 @@ from fileformat.args import (
     positive_int,
 )
 from fileformat.cli import cli_main
-from fileformat.errors import PassError, UsageError
+from fileformat.errors import InputError, MissingInputError, PassError, UsageError
 from fileformat.io import atomic_target, atomic_write_text
 from models.configs import CONFIGS, model_name
 from models.constants import IGNORE_INDEX
@@ -260,7 +260,7 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     """Read a checkpoint written by :func:`train` (``weights_only=True``: no code is unpickled)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingInputError(f"checkpoint not found: {path}")
     from models.weights import torch_load
 
     return torch_load(path)
@@ -429,7 +429,7 @@ def _train(
         loss_fn.to(device)
     rank, world = _process_group()
     if config.batch_size % world:
-        raise ValueError(f"batch size {config.batch_size} is not a multiple of the {world} processes")
+        raise InputError(f"batch size {config.batch_size} is not a multiple of the {world} processes")
     params = list(model.parameters())
     if isinstance(loss_fn, nn.Module):
         params += [p for p in loss_fn.parameters() if p.requires_grad]
@@ -439,13 +439,13 @@ def _train(
     if resume is not None:
         ckpt = load_checkpoint(resume)
         if not isinstance(ckpt, dict) or not {"model", "optimizer", "scheduler", "step", "config"} <= set(ckpt):
-            raise ValueError(f"{resume}: not a training checkpoint (model/optimizer/scheduler/step missing)")
+            raise InputError(f"{resume}: not a training checkpoint (model/optimizer/scheduler/step missing)")
         if ckpt["config"].get("model") != config.model:
-            raise ValueError(f"{resume}: checkpoint of model {ckpt['config'].get('model')!r}, not {config.model!r}")
+            raise InputError(f"{resume}: checkpoint of model {ckpt['config'].get('model')!r}, not {config.model!r}")
         recorded, current = ckpt["config"].get("model_config"), _model_config(model)
         if recorded and current and recorded != current:
             diff = {k: (recorded.get(k), v) for k, v in current.items() if recorded.get(k) != v}
-            raise ValueError(f"{resume}: checkpoint of another {config.model} configuration (recorded, now): {diff}")
+            raise InputError(f"{resume}: checkpoint of another {config.model} configuration (recorded, now): {diff}")
         try:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -454,7 +454,7 @@ def _train(
                 loss_fn.load_state_dict(ckpt["loss"])
         except (RuntimeError, KeyError, ValueError) as exc:  # another architecture's or a pruned model's state
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(
+            raise InputError(
                 f"{resume}: the checkpoint does not fit this model ({first}); resume with the student it was made "
                 "for, or start afresh in another --out."
             ) from exc
@@ -732,14 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     resume = None
     if args.resume:
         resume = Path(args.out) / CHECKPOINT if args.resume == "auto" else Path(args.resume)
-    from models.registry import UnknownModelError
-    from models.weights import WeightsError
-
-    try:
-        res = train(config, resume=resume, progress=None if args.quiet or args.no_progress else f"train {config.model}")
-    except (DataError, FileNotFoundError, UnknownModelError, WeightsError, ValueError) as exc:
-        print(f"error: python -m models.train: {exc}", file=sys.stderr)
-        return 1
+    res = train(config, resume=resume, progress=None if args.quiet or args.no_progress else f"train {config.model}")
     print(f"trained {config.model} for {res.step} steps in {res.seconds:.0f} s; checkpoint {res.checkpoint}")
     for label, m in (("before", res.metrics_at_start), ("after", res.metrics)):
         if m:

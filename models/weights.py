@@ -10,10 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from fileformat.errors import InputError
+
 log = logging.getLogger(__name__)
 
 
-class WeightsError(ValueError):
+class WeightsError(InputError):
     """A weights file that cannot be read or does not fit the model."""
 
 

@@ -85,7 +85,7 @@ import numpy as np
 
 from fileformat.args import Parser, non_negative_int, positive_int
 from fileformat.cli import cli_main
-from fileformat.errors import UsageError
+from fileformat.errors import PassError
 from fileformat.io import check_distinct
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ _RUN_MARK = "@@BENCH_RUN@@ "
 _SHORT = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
-class BenchError(Exception):
+class BenchError(PassError):
     """A model that cannot be benchmarked (missing, unreadable, unloadable); the message says why."""
 
 
@@ -712,27 +712,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give at least one ONNX model")
     if args.json and not Path(args.json).resolve().parent.is_dir():
         parser.error(f"--json {args.json}: directory does not exist")
-    try:
-        check_distinct(args.models, [("--json", args.json)])
-    except UsageError as exc:
-        parser.error(str(exc))
+    check_distinct(args.models, [("--json", args.json)])
     providers = tuple(p.strip() for p in args.providers.split(",") if p.strip()) if args.providers else None
-    try:
-        cfg = BenchConfig(
-            runs=args.runs,
-            warmup=args.warmup,
-            rewarm=args.rewarm,
-            threads=args.threads,
-            providers=providers,
-            batch=args.batch,
-            seed=args.seed,
-            isolate=not args.no_isolate,
-            interleave=not args.no_interleave,
-        )
-        doc = benchmark(args.models, cfg)
-    except BenchError as exc:
-        print(f"error: {parser.prog}: {exc}", file=sys.stderr)
-        return 1
+    cfg = BenchConfig(
+        runs=args.runs,
+        warmup=args.warmup,
+        rewarm=args.rewarm,
+        threads=args.threads,
+        providers=providers,
+        batch=args.batch,
+        seed=args.seed,
+        isolate=not args.no_isolate,
+        interleave=not args.no_interleave,
+    )
+    doc = benchmark(args.models, cfg)
     print(format_table(doc))
     if args.json:
         from fileformat.io import atomic_write_text

@@ -67,7 +67,7 @@ MODEL_NAME = "model.onnx"
 ENGINE_NAME = "model.engine"
 
 
-class BundleError(Exception):
+class BundleError(PassError):
     """The bundle cannot be written (incompatible model, existing output, bad input); the message says why."""
 
 
@@ -312,7 +312,7 @@ def write_bundle(model_path: str | os.PathLike[str], out: str | os.PathLike[str]
     target = get_target(config.target)
     if dst.exists() and not dst.is_dir():
         raise BundleError(f"-o {dst} exists and is not a folder")
-    try:
+    try:  # the API's one error type; the command line checks this before, as a usage error
         check_replaceable(dst, config.force)
     except PassError as exc:
         raise BundleError(str(exc)) from exc
@@ -449,11 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch=args.batch,
         workspace_mb=args.workspace_mb,
     )
-    try:
-        result = write_bundle(args.model, args.output, config)
-    except BundleError as exc:
-        print(f"error: {p.prog}: {exc}", file=sys.stderr)
-        return 1
+    result = write_bundle(args.model, args.output, config)
     assert result.check is not None
     print(result.check.format())
     print(f"wrote {result.path}/: {', '.join(result.files)}")

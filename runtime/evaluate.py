@@ -42,7 +42,7 @@ from fileformat.args import (
     positive_int,
 )
 from fileformat.cli import cli_main
-from fileformat.errors import PassError
+from fileformat.errors import InputError, PassError
 from fileformat.io import atomic_target, atomic_write_text, check_distinct
 from models.constants import CLASS_NAMES, IGNORE_INDEX, PALETTE
 from models.data import DataError, LoadedSample, ScanSummary, check_split, iter_samples
@@ -196,7 +196,7 @@ def compare(
     """
     config = config or EvalConfig()
     if seg_a.num_classes != seg_b.num_classes:
-        raise ValueError(f"the models predict {seg_a.num_classes} and {seg_b.num_classes} classes")
+        raise InputError(f"the models predict {seg_a.num_classes} and {seg_b.num_classes} classes")
     summary = ScanSummary(split)
     total, chunks = _chunks(root, split, config, summary)
     accs = [MetricAccumulator(num_classes=s.num_classes, ignore_index=config.ignore_index) for s in (seg_a, seg_b)]
@@ -484,24 +484,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         skip_invalid=args.skip_invalid,
         progress=not args.no_progress,
     )
-    try:
-        seg_a = OnnxSegmenter(args.model, **kwargs)
-        if args.compare is None:
-            result = evaluate(seg_a, args.data, args.split, config, args.out_dir)
-            text = format_table(result)
-        else:
-            seg_b = OnnxSegmenter(args.compare, **kwargs)
-            result = compare(seg_a, seg_b, args.data, args.split, config, args.out_dir)
-            text = format_comparison(result)
-    except (DataError, FileNotFoundError, ValueError) as exc:
-        print(f"error: python -m runtime.evaluate: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # onnxruntime raises its own types for a model it cannot run
-        if type(exc).__module__.startswith("onnxruntime"):
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            print(f"error: python -m runtime.evaluate: onnxruntime cannot run the model: {first}", file=sys.stderr)
-            return 1
-        raise
+    seg_a = OnnxSegmenter(args.model, **kwargs)
+    if args.compare is None:
+        result = evaluate(seg_a, args.data, args.split, config, args.out_dir)
+        text = format_table(result)
+    else:
+        seg_b = OnnxSegmenter(args.compare, **kwargs)
+        result = compare(seg_a, seg_b, args.data, args.split, config, args.out_dir)
+        text = format_comparison(result)
     result["config"] = asdict(config)
     print(text)
     if args.json:

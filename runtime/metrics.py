@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from fileformat.errors import InputError
 from models.constants import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 
 __all__ = [
@@ -53,7 +54,7 @@ def _valid_pairs(
     gt = np.asarray(gt)
     pred = np.asarray(pred)
     if gt.shape != pred.shape:
-        raise ValueError(f"ground truth shape {gt.shape} differs from prediction shape {pred.shape}")
+        raise InputError(f"ground truth shape {gt.shape} differs from prediction shape {pred.shape}")
     g = gt.reshape(-1).astype(np.int64, copy=False)
     p = pred.reshape(-1).astype(np.int64, copy=False)
     if ignore_index is not None:
@@ -62,10 +63,10 @@ def _valid_pairs(
     if g.size:
         if g.min() < 0 or g.max() >= num_classes:
             bad = np.unique(g[(g < 0) | (g >= num_classes)])
-            raise ValueError(f"ground truth holds labels {bad.tolist()} outside 0..{num_classes - 1}")
+            raise InputError(f"ground truth holds labels {bad.tolist()} outside 0..{num_classes - 1}")
         if p.min() < 0 or p.max() >= num_classes:
             bad = np.unique(p[(p < 0) | (p >= num_classes)])
-            raise ValueError(f"prediction holds labels {bad.tolist()} outside 0..{num_classes - 1}")
+            raise InputError(f"prediction holds labels {bad.tolist()} outside 0..{num_classes - 1}")
     return g, p
 
 
@@ -250,11 +251,11 @@ class MetricAccumulator:
         gt = np.asarray(gt)
         pred = np.asarray(pred)
         if gt.shape != pred.shape:
-            raise ValueError(f"ground truth shape {gt.shape} differs from prediction shape {pred.shape}")
+            raise InputError(f"ground truth shape {gt.shape} differs from prediction shape {pred.shape}")
         if gt.ndim == 2:
             gt, pred = gt[None], pred[None]
         if gt.ndim != 3:
-            raise ValueError(f"expected HxW or NxHxW label maps, got shape {gt.shape}")
+            raise InputError(f"expected HxW or NxHxW label maps, got shape {gt.shape}")
         n, c = gt.shape[0], self.num_classes
         image_index = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None, None], gt.shape)
         g, p = gt.reshape(-1).astype(np.int64), pred.reshape(-1).astype(np.int64)

@@ -33,9 +33,11 @@ replaced only with ``--force``::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,8 +55,9 @@ from fileformat.args import (
     positive_int,
 )
 from fileformat.cli import cli_main
-from fileformat.errors import PassError, UsageError
+from fileformat.errors import InputError, MissingInputError, PassError, UsageError
 from fileformat.io import atomic_target, check_distinct
+from fileformat.session import SessionConfig, load_session
 from models.constants import IGNORE_INDEX
 from models.data import DataError, check_split, iter_samples
 from runtime.metrics import MetricAccumulator
@@ -63,7 +66,7 @@ from runtime.session import resize_bilinear
 if TYPE_CHECKING:  # loaded when the models are: --help and usage errors answer without them
     import onnx
 
-    from runtime._calib import InputSpec
+    from models.calib import InputSpec
 
 __all__ = ["ParityConfig", "ParityResult", "compare_models", "format_result", "main", "repro_command"]
 
@@ -141,16 +144,16 @@ def _load(path: Path) -> onnx.ModelProto:
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and onnx's own errors: not a model
-        raise ValueError(f"{path}: not a readable ONNX model ({type(exc).__name__}).") from None
+        raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__}).") from None
 
 
 def _spec(path: Path) -> InputSpec:
-    from runtime._calib import CalibrationDataError, input_spec
+    from models.calib import CalibrationDataError, input_spec
 
     try:
         return input_spec(_load(path))
     except CalibrationDataError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        raise InputError(f"{path}: {exc}") from None
 
 
 def _classes(path: Path) -> int | None:
@@ -175,6 +178,31 @@ def _quiet_polygraphy(verbose: bool) -> None:
     G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.CRITICAL
 
 
+def _cpu_count() -> int:
+    """The CPUs this process may run on (what Polygraphy's session loader gives onnxruntime)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        return 1
+
+
+#: the sessions Polygraphy's ``SessionFromOnnx`` built for parity before the one loader: the CPU, as many intra- and
+#: inter-op threads as usable CPUs, onnxruntime's defaults otherwise
+_SESSION = SessionConfig(threads=_cpu_count(), inter_threads=_cpu_count(), spinning=True, log_severity=None)
+
+
+@contextlib.contextmanager
+def _runtime_errors() -> Iterator[None]:
+    """onnxruntime's and Polygraphy's own exceptions (models they cannot run) as :class:`InputError`."""
+    try:
+        yield
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] not in ("onnxruntime", "polygraphy"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot run the models: {first}") from exc
+
+
 def compare_models(
     reference: Path | str,
     candidate: Path | str,
@@ -186,9 +214,10 @@ def compare_models(
 
     Raises:
         DataError: the data folder is missing or empty.
-        ValueError: a model is unusable, or the two models differ in input size or output names.
+        InputError: a model is unusable, or the two models differ in input size or output names; a model onnxruntime
+            cannot run ("cannot run the models: " and the first line of its message).
     """
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.backend.onnxrt import OnnxrtRunner
     from polygraphy.comparator import Comparator, IterationResult, RunResults
     from polygraphy.comparator.compare import SimpleCompareFunc
     from polygraphy.json import save_json
@@ -196,17 +225,17 @@ def compare_models(
 
     config = config or ParityConfig()
     if config.check not in CHECKS:
-        raise ValueError(f"unknown check {config.check!r}; choose one of {', '.join(CHECKS)}")
+        raise UsageError(f"unknown check {config.check!r}; choose one of {', '.join(CHECKS)}")
     ref_path, cand_path = Path(reference), Path(candidate)
     for p in (ref_path, cand_path):
         if not p.is_file():
-            raise FileNotFoundError(f"model file not found: {p}")
+            raise MissingInputError(f"model file not found: {p}")
     ref_spec, cand_spec = _spec(ref_path), _spec(cand_path)
     if ref_spec.size != cand_spec.size:
-        raise ValueError(f"the models take different input sizes: {ref_spec.size} and {cand_spec.size}")
+        raise InputError(f"the models take different input sizes: {ref_spec.size} and {cand_spec.size}")
     n_ref, n_cand = _classes(ref_path), _classes(cand_path)
     if n_ref and n_cand and n_ref != n_cand:
-        raise ValueError(
+        raise InputError(
             f"the models predict different class counts ({n_ref} and {n_cand}); parity compares a model with its "
             "own compressed or converted version."
         )
@@ -231,9 +260,9 @@ def compare_models(
     saved_inputs: list[dict[str, np.ndarray]] = []
     saved_ref: list[Any] = []
     saved_cand: list[Any] = []
-    ref_runner = OnnxrtRunner(SessionFromOnnx(str(ref_path), providers=["cpu"]), name="reference")
-    cand_runner = OnnxrtRunner(SessionFromOnnx(str(cand_path), providers=["cpu"]), name="candidate")
-    with ref_runner, cand_runner:
+    ref_runner = OnnxrtRunner(lambda: load_session(ref_path, _SESSION), name="reference")
+    cand_runner = OnnxrtRunner(lambda: load_session(cand_path, _SESSION), name="candidate")
+    with _runtime_errors(), ref_runner, cand_runner:
         for k, sample in enumerate(
             tqdm(samples, desc="parity", unit="img", disable=not config.progress, leave=False, file=sys.stderr)
         ):
@@ -244,7 +273,7 @@ def compare_models(
             out_cand = cand_runner.infer(feed_cand)
             it_cand = IterationResult(out_cand, cand_runner.last_inference_time(), "candidate")
             if list(out_ref) != list(out_cand):
-                raise ValueError(f"the models have different outputs: {list(out_ref)} and {list(out_cand)}")
+                raise InputError(f"the models have different outputs: {list(out_ref)} and {list(out_cand)}")
             run = RunResults([("reference", [it_ref]), ("candidate", [it_cand])])
             accuracy = Comparator.compare_accuracy(run, compare_func=compare)[0]
             for name, res in accuracy[("reference", "candidate")][0].items():
@@ -493,17 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not m.is_file():
             raise PassError(f"{option} {m}: model file not found.")
     check_split(args.data, args.split, "--split", require_masks=False)  # agreement needs no masks
-    try:
-        result = compare_models(args.reference, args.candidate, args.data, config, save_dir)
-    except (DataError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {parser.prog}: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # onnxruntime / polygraphy raise their own types for a model they cannot run
-        if type(exc).__module__.split(".")[0] in ("onnxruntime", "polygraphy"):
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            print(f"error: {parser.prog}: cannot run the models: {first}", file=sys.stderr)
-            return 1
-        raise
+    result = compare_models(args.reference, args.candidate, args.data, config, save_dir)
     print(format_result(result))
     if args.json:
         from runtime.evaluate import write_json

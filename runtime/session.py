@@ -20,18 +20,19 @@ and ImageNet mean/std from ``models.constants``; explicit constructor arguments 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from fileformat.errors import InputError, MissingInputError
 from models.constants import CLASS_NAMES, MEAN, NUM_CLASSES, STD
-from models.data import normalize
+from models.data import normalize, resize_image  # resize_image: re-exported, it lives with the data
 
 __all__ = ["OnnxSegmenter", "Segmenter", "TorchSegmenter", "resize_bilinear", "resize_image", "resize_nearest"]
 
@@ -82,13 +83,6 @@ def resize_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     ys = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
     xs = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
     return labels[..., ys[:, None], xs[None, :]]
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """HxWx3 uint8 -> ``size`` (H, W) with PIL's bilinear filter (antialiased when shrinking)."""
-    if tuple(image.shape[:2]) == tuple(size):
-        return image
-    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
 # ------------------------------------------------------------------------------------------------ segmenters
@@ -149,7 +143,7 @@ class Segmenter(ABC):
         groups: list[list[int]] = []
         for i, img in enumerate(images):
             if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-                raise ValueError(f"image {i}: expected HxWx3 uint8, got {img.shape} {img.dtype}")
+                raise InputError(f"image {i}: expected HxWx3 uint8, got {img.shape} {img.dtype}")
             size = self.input_size or img.shape[:2]
             last = groups[-1] if groups else None
             if last and len(last) < limit and (self.input_size or images[last[0]].shape[:2] == size):
@@ -166,7 +160,7 @@ class Segmenter(ABC):
         self.forward_seconds += time.perf_counter() - t0
         self.forward_images += len(idx)
         if out.ndim not in (3, 4) or out.shape[0] != len(idx):
-            raise ValueError(f"{self.name}: unexpected output shape {out.shape} for a batch of {len(idx)}")
+            raise InputError(f"{self.name}: unexpected output shape {out.shape} for a batch of {len(idx)}")
         return out
 
     def predict_logits(self, images: Sequence[np.ndarray], batch_size: int = 1) -> list[np.ndarray]:
@@ -175,7 +169,7 @@ class Segmenter(ABC):
         for idx in self._batches(images, batch_size):
             logits = self._run(images, idx)
             if logits.ndim != 4 or np.issubdtype(logits.dtype, np.integer):
-                raise ValueError(f"{self.name}: the model outputs a class map {logits.shape}, not logits")
+                raise InputError(f"{self.name}: the model outputs a class map {logits.shape}, not logits")
             for j, i in enumerate(idx):
                 out[i] = resize_bilinear(logits[j].astype(np.float32, copy=False), images[i].shape[:2])
         return out
@@ -200,6 +194,19 @@ class Segmenter(ABC):
                 else:
                     out[i] = np.argmax(resize_bilinear(r.astype(np.float32, copy=False), size), axis=0).astype(np.uint8)
         return out
+
+
+@contextlib.contextmanager
+def _onnxruntime_errors() -> Iterator[None]:
+    """onnxruntime's own exceptions (a model it cannot load or run) as :class:`InputError`: "onnxruntime cannot run
+    the model: " and the first line of onnxruntime's message."""
+    try:
+        yield
+    except Exception as exc:
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"onnxruntime cannot run the model: {first}") from exc
 
 
 class OnnxSegmenter(Segmenter):
@@ -229,11 +236,11 @@ class OnnxSegmenter(Segmenter):
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"model file not found: {path}")
+            raise MissingInputError(f"model file not found: {path}")
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as exc:  # noqa: BLE001 - onnx raises several types for a bad file
-            raise ValueError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+            raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
         meta = read_metadata(proto)
         del proto
         config = SessionConfig(
@@ -242,7 +249,8 @@ class OnnxSegmenter(Segmenter):
             inter_threads=1 if threads else None,
             spinning=True,
         )
-        self.session = load_session(path, config)
+        with _onnxruntime_errors():
+            self.session = load_session(path, config)
         inp = self.session.get_inputs()[0]
         out = self.session.get_outputs()[0]
         self.input_name = inp.name
@@ -250,7 +258,7 @@ class OnnxSegmenter(Segmenter):
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
         shape = list(inp.shape)
         if len(shape) != 4:
-            raise ValueError(f"{path}: expected one NCHW image input, got {inp.name} with shape {shape}")
+            raise InputError(f"{path}: expected one NCHW image input, got {inp.name} with shape {shape}")
         declared = (shape[2], shape[3]) if all(isinstance(d, int) and d > 0 for d in shape[2:]) else None
         size = input_size or (tuple(meta["input_size"]) if meta.get("input_size") else None) or declared
         max_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
@@ -280,7 +288,8 @@ class OnnxSegmenter(Segmenter):
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """Run the session on one batch; float16 outputs are returned as float32."""
-        (out,) = self.session.run([self.output_name], {self.input_name: batch.astype(self.input_dtype, copy=False)})
+        with _onnxruntime_errors():
+            (out,) = self.session.run([self.output_name], {self.input_name: batch.astype(self.input_dtype, copy=False)})
         return out.astype(np.float32) if out.dtype == np.float16 else out
 
     def describe(self) -> dict[str, Any]:

@@ -39,7 +39,7 @@ import numpy as np
 
 from fileformat.args import Parser, fraction, positive_int
 from fileformat.cli import HelpFormatter, cli_main
-from fileformat.errors import UsageError
+from fileformat.errors import MissingInputError, PassError, UsageError
 from fileformat.io import check_distinct
 from runtime.device_scripts.build_engine import FP32_KINDS, match_layers, parse_fp32_layers, pixel_agreement
 
@@ -64,7 +64,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class TensorRTUnavailable(RuntimeError):
+class TensorRTUnavailable(PassError, RuntimeError):
     """The ``tensorrt`` Python package cannot be imported here."""
 
 
@@ -228,12 +228,22 @@ def _run_trt(engine_bytes: bytes, feed: dict[str, np.ndarray]) -> np.ndarray:
     return np.asarray(next(iter(out.values())), np.float32)
 
 
+def _build_serialized(*args: Any) -> tuple[bytes, list[str]]:
+    """The device script's ``build_serialized`` (Python 3.6, standalone: it raises ``RuntimeError`` where TensorRT
+    cannot parse or build the model), its failures raised as :class:`PassError` with the same message."""
+    from runtime.device_scripts.build_engine import build_serialized
+
+    try:
+        return build_serialized(*args)
+    except RuntimeError as exc:
+        raise PassError(str(exc)) from exc
+
+
 def build_engine(config: BuildConfig) -> BuildResult:
-    """Build ``config.onnx`` into ``config.output`` (raises :class:`TensorRTUnavailable` without TensorRT)."""
+    """Build ``config.onnx`` into ``config.output`` (raises :class:`TensorRTUnavailable` without TensorRT, and
+    :class:`PassError` when TensorRT cannot parse or build the model)."""
     trt = _import_tensorrt()
     import onnx
-
-    from runtime.device_scripts.build_engine import build_serialized
 
     model = onnx.load(config.onnx, load_external_data=False)
     selection = fp32_selection(node_infos(model))
@@ -246,20 +256,20 @@ def build_engine(config: BuildConfig) -> BuildResult:
             dims = [d.dim_value if d.dim_value > 0 else config.batch for d in inp.type.tensor_type.shape.dim]
             feed[inp.name] = rng.standard_normal(dims).astype(np.float32)
         want = _onnxruntime_reference(config.onnx, feed)
-        engine, _ = build_serialized(
+        engine, _ = _build_serialized(
             config.onnx, True, config.workspace_mb, config.timing_cache, None, (), config.batch, log.info
         )
         result.agreement["fp16"] = pixel_agreement(want, _run_trt(engine, feed))
         log.info("FP16 pixel agreement with onnxruntime FP32: %.4f", result.agreement["fp16"])
         if result.agreement["fp16"] < config.threshold:
-            engine, names = build_serialized(
+            engine, names = _build_serialized(
                 config.onnx, True, config.workspace_mb, config.timing_cache, selection, FP32_KINDS, config.batch
             )
             result.constrained_layers = names
             result.agreement["fp16_constrained"] = pixel_agreement(want, _run_trt(engine, feed))
     else:
         fixed = () if kinds == "auto" or not config.fp16 else tuple(kinds)
-        engine, result.constrained_layers = build_serialized(
+        engine, result.constrained_layers = _build_serialized(
             config.onnx, config.fp16, config.workspace_mb, config.timing_cache, selection, fixed, config.batch, log.info
         )
     from fileformat.io import atomic_write_text
@@ -315,8 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if Path(args.output).is_dir():
         raise UsageError(f"-o {args.output} is a folder; give a file path.")
     if not Path(args.model).is_file():
-        print(f"error: {parser.prog}: {args.model}: no such file", file=sys.stderr)
-        return 1
+        raise MissingInputError(f"{args.model}: no such file")
     config = BuildConfig(
         onnx=args.model,
         output=args.output,
@@ -327,11 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         threshold=args.threshold,
         batch=args.batch,
     )
-    try:
-        result = build_engine(config)
-    except (TensorRTUnavailable, RuntimeError) as exc:
-        print(f"error: {parser.prog}: {exc}", file=sys.stderr)
-        return 1
+    result = build_engine(config)
     print(json.dumps(asdict(result), indent=2))
     return 0
 

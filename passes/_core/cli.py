@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -115,59 +114,33 @@ def _summary(report: PassReport, verbose: bool) -> str:
 
 
 def run_pass_cli(parser: argparse.ArgumentParser, run: RunFn, argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv``, run the pass, write model and report; return the exit status (0, 1, 2)."""
+    """Parse ``argv``, run the pass, write model and report; return 0. Errors propagate to the command's one
+    boundary (:func:`fileformat.cli.cli_main`, which decorates every pass's ``main``): exit status 1 or 2."""
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    prog = parser.prog
-    try:
-        src = Path(args.model)
-        if src.is_dir():
-            raise UsageError(f"model {src} is a folder; give an .onnx file.")
-        if not src.exists():
-            load_model(src)  # says what is missing, and what to give
-        if args.output is None:
-            out_path = default_output(args.model, pass_name(parser))
-            if out_path.exists() and not args.force:
-                raise UsageError(f"{out_path} exists; give --force to replace it, or -o to write elsewhere.")
-        else:
-            out_path = Path(args.output)
-        check_distinct([args.model], [("-o", out_path), ("--report", args.report)])
-        check_output_path(out_path)
-        quiet_onnxruntime(args.verbose)
-        model = load_model(args.model)
-        new_model, report = run(model, args)
-        if report.nothing_to_do:
-            print(_summary(report, args.verbose), file=sys.stderr)
-            raise PassError(f"{report.nothing_to_do}; nothing was written.")
-        check_onnxruntime_loads(new_model)
-        save_model(new_model, out_path)
-        if args.report:
-            report.write_json(args.report)
-    except UsageError as exc:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"error: {prog}: {exc}", file=sys.stderr)
-        return 2
-    except PassError as exc:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"error: {prog}: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        if args.verbose:
-            traceback.print_exc()
-        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        print(f"error: {prog}: cannot write or read a file{where}: {exc.strerror or exc}.", file=sys.stderr)
-        return 1
-    except Exception as exc:  # a bug: one line, and the traceback with -v
-        if args.verbose:
-            traceback.print_exc()
-        print(
-            f"error: {prog}: internal error ({type(exc).__name__}: {exc}); rerun with -v for the traceback and "
-            "report it with the model.",
-            file=sys.stderr,
-        )
-        return 1
+    src = Path(args.model)
+    if src.is_dir():
+        raise UsageError(f"model {src} is a folder; give an .onnx file.")
+    if not src.exists():
+        load_model(src)  # says what is missing, and what to give
+    if args.output is None:
+        out_path = default_output(args.model, pass_name(parser))
+        if out_path.exists() and not args.force:
+            raise UsageError(f"{out_path} exists; give --force to replace it, or -o to write elsewhere.")
+    else:
+        out_path = Path(args.output)
+    check_distinct([args.model], [("-o", out_path), ("--report", args.report)])
+    check_output_path(out_path)
+    quiet_onnxruntime(args.verbose)
+    model = load_model(args.model)
+    new_model, report = run(model, args)
+    if report.nothing_to_do:
+        print(_summary(report, args.verbose), file=sys.stderr)
+        raise PassError(f"{report.nothing_to_do}; nothing was written.")
+    check_onnxruntime_loads(new_model)
+    save_model(new_model, out_path)
+    if args.report:
+        report.write_json(args.report)
     print(_summary(report, args.verbose))
     print(f"wrote {out_path}" + (f" and {Path(args.report)}" if args.report else ""))
     return 0

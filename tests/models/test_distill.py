@@ -275,7 +275,7 @@ def test_corrupted_checkpoints(
     assert main(args) == 2  # --out holds a run (its checkpoint): --resume, --force or another folder
     assert "holds another distillation run" in capsys.readouterr().err
     assert main([*args, "--force"]) == 1
-    assert "error: models.distill: teacher:" in capsys.readouterr().err
+    assert "error: python -m models.distill: teacher:" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:  # refused when parsed
         main([*args, "--steps", "0"])
     assert exc.value.code == 2
