@@ -40,14 +40,14 @@ import json
 import logging
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fileformat.args import Parser, positive_int
 from fileformat.cli import cli_main
-from fileformat.targets import TARGETS, TargetProfile, UnknownTargetError, get_target
+from fileformat.targets import TARGETS, TargetProfile, get_target
 from passes._parser import parse_early
 
 
@@ -70,7 +70,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from fileformat.errors import PassError, UsageError
+from fileformat.errors import PassError
 from fileformat.io import atomic_write_text, check_distinct, load_model
 from passes._core.stats import graph_stats
 
@@ -329,56 +329,98 @@ def _check_ops(model: onnx.ModelProto, g: _Graph, target: TargetProfile) -> list
     return out
 
 
+#: a node's violations of onnx-tensorrt's "Restrictions" column, one message each
+Restriction = Callable[[onnx.NodeProto, _Graph, int], Iterator[str]]
+
+
+def _conv_restrictions(node: onnx.NodeProto, g: _Graph, opset: int) -> Iterator[str]:
+    op = node.op_type
+    if len(node.input) > 1 and not g.is_constant(node.input[1]):
+        yield f"{op}: the weights W must be an initializer (TensorRT 8.x)"
+    w = g.constant_value(node.input[1]) if len(node.input) > 1 else None
+    if w is not None and w.ndim not in (4, 5):
+        yield f"{op}: only 2D or 3D convolutions are supported"
+
+
+def _pool_restrictions(node: onnx.NodeProto, g: _Graph, opset: int) -> Iterator[str]:
+    op = node.op_type
+    if len(_attr(node, "kernel_shape", [])) not in (2, 3):
+        yield f"{op}: only 2D or 3D pooling is supported"
+    if op == "MaxPool" and len(node.output) > 1 and node.output[1] and g.consumers.get(node.output[1]):
+        yield "MaxPool: the Indices output is not supported"
+
+
+def _axes_restrictions(node: onnx.NodeProto, g: _Graph, opset: int) -> Iterator[str]:
+    op = node.op_type
+    if opset < (10 if op == "Slice" else 13):  # axes became an input at these opsets
+        return
+    axes_idx = 3 if op == "Slice" else 1
+    if len(node.input) > axes_idx and node.input[axes_idx] and not g.is_constant(node.input[axes_idx]):
+        yield f"{op}: `axes` must be a constant (initializer)"
+
+
+def _resize_restrictions(node: onnx.NodeProto, g: _Graph, opset: int) -> Iterator[str]:
+    mode = _decode(_attr(node, "mode", b"nearest"))
+    coord = _decode(_attr(node, "coordinate_transformation_mode", b"half_pixel"))
+    nearest = _decode(_attr(node, "nearest_mode", b"round_prefer_floor"))
+    if mode not in _RESIZE_MODES:
+        yield f"Resize: mode {mode!r} is not supported (nearest, linear only)"
+    if coord not in _RESIZE_COORD:
+        yield f"Resize: coordinate_transformation_mode {coord!r} is not supported"
+    if mode == "nearest" and nearest not in _RESIZE_NEAREST:
+        yield f"Resize: nearest_mode {nearest!r} is not supported"
+
+
+def _qdq_restrictions(node: onnx.NodeProto, g: _Graph, opset: int) -> Iterator[str]:
+    if len(node.input) > 2 and node.input[2]:
+        zp = g.constant_value(node.input[2])
+        if zp is None or np.any(zp != 0):
+            yield f"{node.op_type}: the zero point must be a constant 0 (symmetric quantisation)"
+
+
+def _constant_input_restriction(message: str) -> Restriction:
+    """The rule of an op whose second input must be an initializer."""
+
+    def rule(node: onnx.NodeProto, g: _Graph, opset: int) -> Iterator[str]:
+        if len(node.input) > 1 and not g.is_constant(node.input[1]):
+            yield message
+
+    return rule
+
+
+def _einsum_restrictions(node: onnx.NodeProto, g: _Graph, opset: int) -> Iterator[str]:
+    if "..." in _decode(_attr(node, "equation", b"")):
+        yield "Einsum: ellipsis is not supported"
+
+
+#: the restriction rule of each default-domain op that has one
+RESTRICTIONS: dict[str, Restriction] = {
+    "Conv": _conv_restrictions,
+    "ConvTranspose": _conv_restrictions,
+    "AveragePool": _pool_restrictions,
+    "MaxPool": _pool_restrictions,
+    "LpPool": _pool_restrictions,
+    "Slice": _axes_restrictions,
+    "Squeeze": _axes_restrictions,
+    "Unsqueeze": _axes_restrictions,
+    "Resize": _resize_restrictions,
+    "QuantizeLinear": _qdq_restrictions,
+    "DequantizeLinear": _qdq_restrictions,
+    "TopK": _constant_input_restriction("TopK: K must be an initializer (TensorRT < 8.6)"),
+    "CumSum": _constant_input_restriction("CumSum: `axis` must be an initializer"),
+    "Einsum": _einsum_restrictions,
+}
+
+
 def _check_restrictions(model: onnx.ModelProto, g: _Graph, opset: int) -> list[Finding]:
-    """The onnx-tensorrt "Restrictions" column for the ops it supports."""
-    problems: dict[tuple[str, str], list[str]] = defaultdict(list)
-
-    def bad(code: str, message: str, name: str) -> None:
-        problems[(code, message)].append(name)
-
+    """The onnx-tensorrt "Restrictions" column for the ops it supports (:data:`RESTRICTIONS`): one error per
+    message, naming every node it holds for."""
+    problems: dict[str, list[str]] = defaultdict(list)
     for i, node in enumerate(model.graph.node):
-        if node.domain not in ("", "ai.onnx"):
-            continue
-        name = _node_name(node, i)
-        op = node.op_type
-        if op in ("Conv", "ConvTranspose"):
-            if len(node.input) > 1 and not g.is_constant(node.input[1]):
-                bad("restriction", f"{op}: the weights W must be an initializer (TensorRT 8.x)", name)
-            w = g.constant_value(node.input[1]) if len(node.input) > 1 else None
-            if w is not None and w.ndim not in (4, 5):
-                bad("restriction", f"{op}: only 2D or 3D convolutions are supported", name)
-        elif op in ("AveragePool", "MaxPool", "LpPool"):
-            k = _attr(node, "kernel_shape", [])
-            if len(k) not in (2, 3):
-                bad("restriction", f"{op}: only 2D or 3D pooling is supported", name)
-            if op == "MaxPool" and len(node.output) > 1 and node.output[1] and g.consumers.get(node.output[1]):
-                bad("restriction", "MaxPool: the Indices output is not supported", name)
-        elif op in ("Slice", "Squeeze", "Unsqueeze") and opset >= (10 if op == "Slice" else 13):
-            axes_idx = 3 if op == "Slice" else 1
-            if len(node.input) > axes_idx and node.input[axes_idx] and not g.is_constant(node.input[axes_idx]):
-                bad("restriction", f"{op}: `axes` must be a constant (initializer)", name)
-        elif op == "Resize":
-            mode = _decode(_attr(node, "mode", b"nearest"))
-            coord = _decode(_attr(node, "coordinate_transformation_mode", b"half_pixel"))
-            nearest = _decode(_attr(node, "nearest_mode", b"round_prefer_floor"))
-            if mode not in _RESIZE_MODES:
-                bad("restriction", f"Resize: mode {mode!r} is not supported (nearest, linear only)", name)
-            if coord not in _RESIZE_COORD:
-                bad("restriction", f"Resize: coordinate_transformation_mode {coord!r} is not supported", name)
-            if mode == "nearest" and nearest not in _RESIZE_NEAREST:
-                bad("restriction", f"Resize: nearest_mode {nearest!r} is not supported", name)
-        elif op in ("QuantizeLinear", "DequantizeLinear"):
-            if len(node.input) > 2 and node.input[2]:
-                zp = g.constant_value(node.input[2])
-                if zp is None or np.any(zp != 0):
-                    bad("restriction", f"{op}: the zero point must be a constant 0 (symmetric quantisation)", name)
-        elif op == "TopK" and len(node.input) > 1 and not g.is_constant(node.input[1]):
-            bad("restriction", "TopK: K must be an initializer (TensorRT < 8.6)", name)
-        elif op == "CumSum" and len(node.input) > 1 and not g.is_constant(node.input[1]):
-            bad("restriction", "CumSum: `axis` must be an initializer", name)
-        elif op == "Einsum" and "..." in _decode(_attr(node, "equation", b"")):
-            bad("restriction", "Einsum: ellipsis is not supported", name)
-    return [Finding("error", code, msg, names) for (code, msg), names in problems.items()]
+        rule = RESTRICTIONS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        for message in rule(node, g, opset) if rule else ():
+            problems[message].append(_node_name(node, i))
+    return [Finding("error", "restriction", msg, names) for msg, names in problems.items()]
 
 
 def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -391,89 +433,66 @@ def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def _check_types(model: onnx.ModelProto, inferred: onnx.ModelProto, g: _Graph, target: TargetProfile) -> list[Finding]:
+def _trt_type_findings(by_type: dict[int, list[str]], io_names: set[str], target: TargetProfile) -> list[Finding]:
+    """Tensor types a TensorRT target's parser refuses or casts down."""
     out: list[Finding] = []
-    types = _tensor_types(inferred)
-    by_type: dict[int, list[str]] = defaultdict(list)
-    for name, t in types.items():
-        by_type[t].append(name)
-    io_names = {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
-    trt = target.runtime == "tensorrt"
     trt_version = tuple(int(x) for x in (target.tensorrt or "0").split(".")[:2])
-    if trt:
-        for t in (TensorProto.BFLOAT16, TensorProto.STRING, TensorProto.COMPLEX64, TensorProto.COMPLEX128):
-            if by_type.get(t) and not (t == TensorProto.BFLOAT16 and trt_version >= (9, 0)):
-                out.append(
-                    Finding(
-                        "error",
-                        "dtype",
-                        f"tensors of type {_TYPE_NAMES[t]} are not supported by TensorRT {target.tensorrt}",
-                        by_type[t],
-                    )
-                )
-        for name in ("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "INT4", "UINT4"):
-            t = getattr(TensorProto, name, None)
-            if t is not None and by_type.get(t):
-                out.append(Finding("error", "dtype", f"{name} tensors need TensorRT 9/10", by_type[t]))
-        if by_type.get(TensorProto.DOUBLE):
-            out.append(
-                Finding(
-                    "warning",
-                    "dtype",
-                    "DOUBLE tensors: TensorRT casts them down to FP32, clamping to +-FLT_MAX",
-                    by_type[TensorProto.DOUBLE],
-                )
-            )
-        uint8 = by_type.get(TensorProto.UINT8, [])
-        inner = [n for n in uint8 if n not in io_names or trt_version < (8, 5)]
-        if inner:
-            out.append(
-                Finding(
-                    "error",
-                    "dtype",
-                    "UINT8 tensors: TensorRT 8.x has no UINT8 inside a network (8.5+ accepts it only as network "
-                    "input/output); quantise symmetrically to INT8 (QDQ with zero point 0)",
-                    inner,
-                )
-            )
+    for t in (TensorProto.BFLOAT16, TensorProto.STRING, TensorProto.COMPLEX64, TensorProto.COMPLEX128):
+        if by_type.get(t) and not (t == TensorProto.BFLOAT16 and trt_version >= (9, 0)):
+            message = f"tensors of type {_TYPE_NAMES[t]} are not supported by TensorRT {target.tensorrt}"
+            out.append(Finding("error", "dtype", message, by_type[t]))
+    for name in ("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "INT4", "UINT4"):
+        t = getattr(TensorProto, name, None)
+        if t is not None and by_type.get(t):
+            out.append(Finding("error", "dtype", f"{name} tensors need TensorRT 9/10", by_type[t]))
+    if by_type.get(TensorProto.DOUBLE):
+        message = "DOUBLE tensors: TensorRT casts them down to FP32, clamping to +-FLT_MAX"
+        out.append(Finding("warning", "dtype", message, by_type[TensorProto.DOUBLE]))
+    inner = [n for n in by_type.get(TensorProto.UINT8, []) if n not in io_names or trt_version < (8, 5)]
+    if inner:
+        message = (
+            "UINT8 tensors: TensorRT 8.x has no UINT8 inside a network (8.5+ accepts it only as network "
+            "input/output); quantise symmetrically to INT8 (QDQ with zero point 0)"
+        )
+        out.append(Finding("error", "dtype", message, inner))
+    return out
+
+
+def _int8_findings(model: onnx.ModelProto, by_type: dict[int, list[str]], target: TargetProfile) -> list[Finding]:
+    """An INT8 (QDQ) model on a target without INT8 units, or an FP model where INT8 would be faster."""
     qdq = [
         _node_name(n, i) for i, n in enumerate(model.graph.node) if n.op_type in ("QuantizeLinear", "DequantizeLinear")
     ]
-    int8 = [n for n in by_type.get(TensorProto.INT8, [])]
-    if qdq or int8:
-        if not target.int8:
-            out.append(
-                Finding(
-                    "warning",
-                    "int8-no-speedup",
-                    f"the model is INT8-quantised (QDQ) but {target.name} has no INT8 units: INT8 gives no speed-up "
-                    "there (TensorRT must also be built with --int8 for QDQ); deploy the FP16/FP32 model instead",
-                    qdq or int8,
-                )
-            )
-        else:
-            out.append(
-                Finding("info", "int8", f"explicitly quantised (QDQ) model: {target.name} runs INT8", qdq or int8)
-            )
-    elif target.runtime == "onnxruntime" and target.int8:
-        out.append(
-            Finding(
-                "info",
-                "int8-preferred",
-                f"{target.name} prefers INT8 (onnxruntime QDQ usually runs faster on CPUs): consider the INT8 pass",
-            )
+    int8 = list(by_type.get(TensorProto.INT8, []))
+    if (qdq or int8) and not target.int8:
+        message = (
+            f"the model is INT8-quantised (QDQ) but {target.name} has no INT8 units: INT8 gives no speed-up "
+            "there (TensorRT must also be built with --int8 for QDQ); deploy the FP16/FP32 model instead"
         )
+        return [Finding("warning", "int8-no-speedup", message, qdq or int8)]
+    if qdq or int8:
+        return [Finding("info", "int8", f"explicitly quantised (QDQ) model: {target.name} runs INT8", qdq or int8)]
+    if target.runtime == "onnxruntime" and target.int8:
+        message = f"{target.name} prefers INT8 (onnxruntime QDQ usually runs faster on CPUs): consider the INT8 pass"
+        return [Finding("info", "int8-preferred", message)]
+    return []
+
+
+def _check_types(model: onnx.ModelProto, inferred: onnx.ModelProto, g: _Graph, target: TargetProfile) -> list[Finding]:
+    """Tensor types the target lacks, INT8 without INT8 units, FP16 without FP16 units."""
+    by_type: dict[int, list[str]] = defaultdict(list)
+    for name, t in _tensor_types(inferred).items():
+        by_type[t].append(name)
+    io_names = {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
+    out = _trt_type_findings(by_type, io_names, target) if target.runtime == "tensorrt" else []
+    out += _int8_findings(model, by_type, target)
     fp16 = by_type.get(TensorProto.FLOAT16, [])
     if fp16 and not target.fp16:
-        out.append(
-            Finding(
-                "warning",
-                "fp16-slow",
-                f"FP16 tensors on {target.name}: without FP16 units onnxruntime inserts casts and runs slower; deploy "
-                "the FP32 (or INT8) model there",
-                fp16[:50],
-            )
+        message = (
+            f"FP16 tensors on {target.name}: without FP16 units onnxruntime inserts casts and runs slower; deploy "
+            "the FP32 (or INT8) model there"
         )
+        out.append(Finding("warning", "fp16-slow", message, fp16[:50]))
     return out
 
 
@@ -685,20 +704,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if args.batch < 1:
         parser.error("--batch must be >= 1")
-    try:
-        check_distinct([args.model], [("--json", args.json)])
-        model = load_model(args.model)
-        result = check_target(model, args.target, CheckConfig(batch=args.batch), name=Path(args.model).name)
-        if args.json:
-            if not Path(args.json).parent.is_dir():
-                raise PassError(f"--json {args.json}: directory {Path(args.json).parent} does not exist")
-            result.write_json(args.json)
-    except (UnknownTargetError, UsageError) as exc:  # an unknown target is only reachable through the API
-        print(f"error: {parser.prog}: {exc}", file=sys.stderr)
-        return 2
-    except PassError as exc:
-        print(f"error: {parser.prog}: {exc}", file=sys.stderr)
-        return 1
+    check_distinct([args.model], [("--json", args.json)])
+    model = load_model(args.model)
+    result = check_target(model, args.target, CheckConfig(batch=args.batch), name=Path(args.model).name)
+    if args.json:
+        if not Path(args.json).parent.is_dir():
+            raise PassError(f"--json {args.json}: directory {Path(args.json).parent} does not exist")
+        result.write_json(args.json)
     print(result.format())
     return 0 if result.compatible else 1
 

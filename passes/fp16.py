@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import fnmatch
 import logging
 import sys
 from collections import Counter, defaultdict
@@ -91,25 +90,30 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from fileformat.errors import PassError
-from fileformat.metadata import append_history, read_metadata
+from fileformat.metadata import append_history
 from passes._core.cli import run_pass_cli
 from passes._core.finalize import finalize
 from passes._core.graph import consumers as _consumers
+from passes._core.layernorm import find_layernorm_chains
+from passes._core.precision import already_fp16, constant_aliases, float_constants, match_nodes, name_nodes
 from passes._core.report import PassReport
-from passes._core.stats import graph_stats
+from passes._core.stats import GraphStats, graph_stats
 
 __all__ = [
     "DEFAULT_FP32_OPS",
     "FP16_MAX",
     "FP16_TINY",
     "FP16Config",
+    "FP16Result",
     "activation_ranges",
     "already_fp16",
     "convert_fp16",
+    "describe",
     "find_layernorm_chains",
     "fold_cast_roundtrips",
     "main",
     "match_nodes",
+    "run_fp16",
 ]
 
 logger = logging.getLogger(__name__)
@@ -157,7 +161,6 @@ DEFAULT_FP32_OPS: tuple[str, ...] = (
     "ReduceL2",
     *_ORT_NO_FP16,
 )
-_FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
 
 
 @dataclass(frozen=True)
@@ -196,151 +199,8 @@ class _Decision:
 # ------------------------------------------------------------------------------------------------ graph helpers
 
 
-def _name_nodes(model: onnx.ModelProto) -> None:
-    """Give every unnamed node a unique name ``<op>_<index>`` in place (blocking works by node name)."""
-    used = {n.name for n in model.graph.node if n.name}
-    for i, node in enumerate(model.graph.node):
-        if not node.name:
-            name = f"{node.op_type}_{i}"
-            while name in used:
-                name += "_"
-            node.name = name
-            used.add(name)
-
-
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in model.graph.node for o in n.output if o}
-
-
-def _constant_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Float constants by tensor name: initializers and ``Constant`` node outputs (external data must be loaded)."""
-    out: dict[str, np.ndarray] = {}
-    for init in model.graph.initializer:
-        if init.data_type in _FLOAT_TYPES:
-            out[init.name] = numpy_helper.to_array(init)
-    for node in model.graph.node:
-        if node.op_type != "Constant" or not node.output:
-            continue
-        for attr in node.attribute:
-            if attr.name == "value" and attr.t.data_type in _FLOAT_TYPES:
-                out[node.output[0]] = numpy_helper.to_array(attr.t)
-            elif attr.name == "value_float":
-                out[node.output[0]] = np.asarray(attr.f, np.float32)
-            elif attr.name == "value_floats":
-                out[node.output[0]] = np.asarray(list(attr.floats), np.float32)
-    return out
-
-
-def _const_alias(model: onnx.ModelProto) -> dict[str, str]:
-    """``Identity`` outputs that alias a constant (the legacy exporter's merged initializers) -> the constant."""
-    consts = _constant_arrays(model)
-    alias: dict[str, str] = {}
-    for node in model.graph.node:
-        if node.op_type == "Identity" and node.input and node.input[0] in consts:
-            alias[node.output[0]] = node.input[0]
-    return alias
-
-
-def match_nodes(model: onnx.ModelProto, patterns: Sequence[str]) -> dict[str, list[str]]:
-    """``{pattern: [node names]}``: a pattern matches an op type exactly, or node names exactly or as a glob."""
-    out: dict[str, list[str]] = {}
-    for pat in patterns:
-        hits = [
-            n.name for n in model.graph.node if n.op_type == pat or n.name == pat or fnmatch.fnmatchcase(n.name, pat)
-        ]
-        out[pat] = hits
-    return out
-
-
-def already_fp16(model: onnx.ModelProto) -> str | None:
-    """Why ``model`` counts as already converted (float16 weights, I/O or a recorded fp16 pass), else None."""
-    history = read_metadata(model).get("history") or []
-    if any(isinstance(h, dict) and h.get("pass") == "fp16" for h in history):
-        return "its vitseg.history records an fp16 pass"
-    n16 = sum(1 for i in model.graph.initializer if i.data_type == TensorProto.FLOAT16)
-    n16 += sum(
-        1
-        for n in model.graph.node
-        if n.op_type == "Constant"
-        and any(a.name == "value" and a.t.data_type == TensorProto.FLOAT16 for a in n.attribute)
-    )
-    if n16:
-        return f"it holds {n16} float16 weights/constants"
-    for vi in list(model.graph.input) + list(model.graph.output):
-        if vi.type.tensor_type.elem_type == TensorProto.FLOAT16:
-            return f"its {'input' if vi in model.graph.input else 'output'} {vi.name!r} is float16"
-    return None
-
-
-def find_layernorm_chains(model: onnx.ModelProto) -> list[list[str]]:
-    """Node names of each decomposed LayerNorm: ``ReduceMean -> Sub -> Pow|Mul -> ReduceMean [-> Add] -> Sqrt ->
-    Div [-> Mul(gamma)] [-> Add(beta)]`` (also ``Reciprocal -> Mul`` in place of ``Div``).
-
-    Matched on the data flow: ``Sub`` reads the first ``ReduceMean``'s input and output, the square reads the
-    ``Sub`` output twice (or with exponent 2), the division's numerator is that same ``Sub`` output. The affine
-    ``Mul``/``Add`` are included when their other operand is a constant.
-    """
-    consumers = _consumers(model)
-    consts = _constant_arrays(model)
-    consts.update({k: consts[v] for k, v in _const_alias(model).items()})
-
-    def only(tensor: str, op: str) -> onnx.NodeProto | None:
-        hits = [n for n in consumers.get(tensor, []) if n.op_type == op]
-        return hits[0] if len(hits) == 1 else None
-
-    def is_const(name: str) -> bool:
-        return name in consts
-
-    chains: list[list[str]] = []
-    for r1 in model.graph.node:
-        if r1.op_type != "ReduceMean" or not r1.input:
-            continue
-        x, m = r1.input[0], r1.output[0]
-        subs = [n for n in consumers.get(m, []) if n.op_type == "Sub" and list(n.input) == [x, m]]
-        if len(subs) != 1:
-            continue
-        sub = subs[0]
-        d = sub.output[0]
-        sq = None
-        for n in consumers.get(d, []):
-            if n.op_type == "Pow" and n.input[0] == d and is_const(n.input[1]) and np.all(consts[n.input[1]] == 2):
-                sq = n
-            elif n.op_type == "Mul" and list(n.input) == [d, d]:
-                sq = n
-        if sq is None:
-            continue
-        r2 = only(sq.output[0], "ReduceMean")
-        if r2 is None:
-            continue
-        chain = [r1, sub, sq, r2]
-        cur = r2.output[0]
-        add_eps = only(cur, "Add")
-        if add_eps is not None and any(is_const(i) for i in add_eps.input):
-            chain.append(add_eps)
-            cur = add_eps.output[0]
-        sqrt = only(cur, "Sqrt")
-        if sqrt is None:
-            continue
-        chain.append(sqrt)
-        cur = sqrt.output[0]
-        div = only(cur, "Div")
-        if div is not None and list(div.input) == [d, cur]:
-            chain.append(div)
-            cur = div.output[0]
-        else:
-            rec = only(cur, "Reciprocal")
-            mul = only(rec.output[0], "Mul") if rec is not None else None
-            if rec is None or mul is None or d not in mul.input:
-                continue
-            chain += [rec, mul]
-            cur = mul.output[0]
-        for op in ("Mul", "Add"):
-            nxt = consumers.get(cur, [])
-            if len(nxt) == 1 and nxt[0].op_type == op and any(is_const(i) for i in nxt[0].input if i != cur):
-                chain.append(nxt[0])
-                cur = nxt[0].output[0]
-        chains.append([n.name for n in chain])
-    return chains
 
 
 def _out_of_range(value: np.ndarray) -> str | None:
@@ -469,101 +329,103 @@ def fold_cast_roundtrips(model: onnx.ModelProto) -> int:
 # ------------------------------------------------------------------------------------------------------ the pass
 
 
-def convert_fp16(
-    model: onnx.ModelProto,
-    config: FP16Config | None = None,
-    calib: Iterable[dict[str, np.ndarray]] | None = None,
-) -> tuple[onnx.ModelProto, PassReport]:
-    """Return a mixed-precision copy of ``model`` and the report (``model`` is not changed).
+@dataclass
+class FP16Result:
+    """What :func:`run_fp16` decided and wrote.
 
-    ``calib`` (input feeds, e.g. from :func:`runtime._calib.calibration_feeds`) enables the activation-range check.
+    ``model`` is the converted model (a copy of the input when ``already`` says why the input counts as FP16
+    already); ``nodes`` the op type of every node of the input (named); ``fp32`` the nodes kept in float32 with
+    their reasons; ``chains`` the decomposed LayerNorm chains kept; ``out_of_range`` the constants float16 cannot
+    hold and why, ``clamped`` those clamped instead (``--clamp``); ``calibration`` what the activation check saw;
+    ``folded`` the FP32 -> FP16 -> FP32 cast round trips removed."""
 
-    Raises:
-        PassError: a ``--keep-fp32`` entry matches nothing, calibration was asked for with no feed, or the
-            converted model fails the ONNX checks.
-    """
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    model: onnx.ModelProto
+    before: GraphStats
+    after: GraphStats
+    already: str | None = None
+    nodes: dict[str, str] = field(default_factory=dict)
+    fp32: dict[str, list[str]] = field(default_factory=dict)
+    chains: int = 0
+    out_of_range: dict[str, str] = field(default_factory=dict)
+    clamped: list[str] = field(default_factory=list)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    folded: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
 
-    config = config or FP16Config()
-    report = PassReport("fp16", columns=["op", "nodes", "fp16", "fp32"])
-    reason = already_fp16(model)
-    if reason is not None:
-        report.nothing_to_do = f"already FP16 ({reason}). To convert with other options, start from the FP32 model"
-        report.notes.append(report.nothing_to_do + ": returned unchanged.")
-        stats = graph_stats(model)
-        report.params_before = report.params_after = stats.params
-        report.flops_before = report.flops_after = stats.flops
-        return copy.deepcopy(model), report
 
-    work = copy.deepcopy(model)
-    del work.graph.value_info[:]  # stale after any rewrite (the dynamo exporter writes them all)
-    _name_nodes(work)
-    decision = _Decision()
-    nodes = {n.name: n for n in work.graph.node}
-    consumers = _consumers(work)
-
+def _keep_listed(work: onnx.ModelProto, config: FP16Config, decision: _Decision) -> int:
+    """Keep the op types of the FP32 list, the decomposed LayerNorm chains and ``--keep-fp32``; return the number
+    of chains."""
     fp32_ops = set(config.fp32_ops)
     for node in work.graph.node:
         if node.op_type in fp32_ops:
             decision.keep(node.name, f"{node.op_type} is on the FP32 op list")
-    if config.layernorm_chains:
-        chains = find_layernorm_chains(work)
-        for chain in chains:
-            for name in chain:
-                decision.keep(name, f"decomposed LayerNorm starting at {chain[0]}")
-        if chains:
-            report.notes.append(f"{len(chains)} decomposed LayerNorm chain(s) kept in FP32")
+    chains = find_layernorm_chains(work) if config.layernorm_chains else []
+    for chain in chains:
+        for name in chain:
+            decision.keep(name, f"decomposed LayerNorm starting at {chain[0]}")
     for pat, hits in match_nodes(work, config.keep_fp32).items():
         if not hits:
             raise PassError(f"--keep-fp32 {pat!r} matches no op type or node name of the model; check the spelling.")
         for name in hits:
             decision.keep(name, f"--keep-fp32 {pat}")
+    return len(chains)
 
-    # constants that float16 cannot hold
-    consts = _constant_arrays(work)
-    aliases = _const_alias(work)
+
+def _out_of_range_constants(
+    work: onnx.ModelProto, config: FP16Config, decision: _Decision, aliases: dict[str, str]
+) -> tuple[dict[str, str], list[str]]:
+    """Constants float16 cannot hold: clamped (``config.clamp``) or kept in float32 with their readers. Returns
+    ``(why per constant, the constants clamped)``."""
     bad: dict[str, str] = {}
-    for name, arr in consts.items():
+    for name, arr in float_constants(work).items():
         why = _out_of_range(arr)
         if why is not None:
             bad[name] = why
     for alias, src in aliases.items():
         if src in bad:
             bad[alias] = bad[src]
-    clamped: list[str] = []
     if bad and config.clamp:
         clamped = sorted(n for n in bad if n not in aliases)
         _clamp_constants(work, set(clamped))
-        report.notes.append(f"clamped {len(clamped)} out-of-range constant(s) to the FP16 range (--clamp)")
-    elif bad:
-        producers = _producers(work)
-        for name, why in bad.items():
-            for reader in consumers.get(name, []):
-                decision.keep(reader.name, f"reads constant {name} that {why}")
-            if name in producers:  # the Constant / Identity node itself keeps its float32 value
-                decision.keep(producers[name].name, f"constant {name} {why}")
+        return bad, clamped
+    consumers, producers = _consumers(work), _producers(work)
+    for name, why in bad.items():
+        for reader in consumers.get(name, []):
+            decision.keep(reader.name, f"reads constant {name} that {why}")
+        if name in producers:  # the Constant / Identity node itself keeps its float32 value
+            decision.keep(producers[name].name, f"constant {name} {why}")
+    return bad, []
 
-    # activations that float16 cannot hold
-    calib_info: dict[str, Any] = {}
-    if calib is not None:
-        ranges, count = activation_ranges(model, calib)
-        if count == 0:
-            raise PassError("calibration data gave no image; give a folder with images or drop --calib.")
-        producers = _producers(work)
-        limit = FP16_MAX / max(config.calib_margin, 1e-12)
-        hot = {t: r for t, r in ranges.items() if r > limit}
-        for tensor, peak in sorted(hot.items()):
-            why = f"activation {tensor} reaches {peak:.4g} on the calibration images (> {limit:.6g})"
-            if tensor in producers:
-                decision.keep(producers[tensor].name, why)
-            for reader in consumers.get(tensor, []):
-                decision.keep(reader.name, why)
-        calib_info = {"images": count, "tensors_checked": len(ranges), "out_of_range": hot}
-        report.notes.append(
-            f"calibration: {count} image(s), {len(ranges)} tensors checked, {len(hot)} out of the FP16 range"
-        )
 
-    # constants (and Identity aliases of constants) read only by float32 nodes keep their exact float32 value
+def _hot_activations(
+    model: onnx.ModelProto,
+    work: onnx.ModelProto,
+    calib: Iterable[dict[str, np.ndarray]],
+    config: FP16Config,
+    decision: _Decision,
+) -> dict[str, Any]:
+    """Keep in float32 the producers and readers of activations that leave the float16 range on the calibration
+    feeds; return what the check saw."""
+    ranges, count = activation_ranges(model, calib)
+    if count == 0:
+        raise PassError("calibration data gave no image; give a folder with images or drop --calib.")
+    consumers, producers = _consumers(work), _producers(work)
+    limit = FP16_MAX / max(config.calib_margin, 1e-12)
+    hot = {t: r for t, r in ranges.items() if r > limit}
+    for tensor, peak in sorted(hot.items()):
+        why = f"activation {tensor} reaches {peak:.4g} on the calibration images (> {limit:.6g})"
+        if tensor in producers:
+            decision.keep(producers[tensor].name, why)
+        for reader in consumers.get(tensor, []):
+            decision.keep(reader.name, why)
+    return {"images": count, "tensors_checked": len(ranges), "out_of_range": hot}
+
+
+def _keep_constants_of_fp32_readers(work: onnx.ModelProto, decision: _Decision, aliases: dict[str, str]) -> None:
+    """Constants (and Identity aliases of constants) read only by float32 nodes keep their exact float32 value."""
+    consumers = _consumers(work)
     changed = True
     while changed:
         changed = False
@@ -577,6 +439,41 @@ def convert_fp16(
                 decision.keep(node.name, "constant read only by FP32 nodes")
                 changed = True
 
+
+def run_fp16(
+    model: onnx.ModelProto,
+    config: FP16Config | None = None,
+    calib: Iterable[dict[str, np.ndarray]] | None = None,
+) -> FP16Result:
+    """Decide which nodes stay float32 and convert the rest of a copy of ``model`` (not changed) to float16.
+
+    ``calib`` (input feeds, e.g. from :func:`models.calib.calibration_feeds`) enables the activation-range check.
+
+    Raises:
+        PassError: a ``--keep-fp32`` entry matches nothing, calibration was asked for with no feed, or the
+            converted model fails the ONNX checks.
+    """
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    config = config or FP16Config()
+    reason = already_fp16(model)
+    if reason is not None:
+        stats = graph_stats(model)
+        return FP16Result(copy.deepcopy(model), stats, stats, already=reason)
+
+    work = copy.deepcopy(model)
+    del work.graph.value_info[:]  # stale after any rewrite (the dynamo exporter writes them all)
+    name_nodes(work)
+    decision = _Decision()
+    result = FP16Result(work, graph_stats(model), graph_stats(model))
+    result.nodes = {n.name: n.op_type for n in work.graph.node}
+    result.chains = _keep_listed(work, config, decision)
+    aliases = constant_aliases(work)
+    result.out_of_range, result.clamped = _out_of_range_constants(work, config, decision, aliases)
+    if calib is not None:
+        result.calibration = _hot_activations(model, work, calib, config, decision)
+    _keep_constants_of_fp32_readers(work, decision, aliases)
+
     blocked = sorted(decision.reasons)
     converted = convert_float_to_float16(
         work,
@@ -586,7 +483,7 @@ def convert_fp16(
         max_finite_val=FP16_MAX,
         min_positive_val=FP16_TINY,
     )
-    folded = fold_cast_roundtrips(converted)
+    result.folded = fold_cast_roundtrips(converted)
     del converted.graph.value_info[:]
     out = finalize(converted)
     append_history(
@@ -595,39 +492,81 @@ def convert_fp16(
             "pass": "fp16",
             "fp16_io": config.fp16_io,
             "fp32_nodes": len(blocked),
-            "clamped": len(clamped),
-            "calib_images": calib_info.get("images", 0),
+            "clamped": len(result.clamped),
+            "calib_images": result.calibration.get("images", 0),
         },
     )
+    result.model, result.after = out, graph_stats(out)
+    result.fp32 = {n: decision.reasons[n] for n in blocked}
+    result.bytes_before, result.bytes_after = model.ByteSize(), out.ByteSize()
+    return result
 
-    # report
-    stats_in, stats_out = graph_stats(model), graph_stats(out)
+
+def describe(result: FP16Result, config: FP16Config | None = None) -> PassReport:
+    """The report of a :func:`run_fp16`: a row per op type (nodes in FP16 and FP32), a skip per FP32 node with its
+    reasons, the notes and the totals."""
+    config = config or FP16Config()
+    report = PassReport("fp16", columns=["op", "nodes", "fp16", "fp32"])
+    report.params_before, report.flops_before = result.before.params, result.before.flops
+    report.params_after, report.flops_after = result.after.params, result.after.flops
+    if result.already is not None:
+        report.nothing_to_do = (
+            f"already FP16 ({result.already}). To convert with other options, start from the FP32 model"
+        )
+        report.notes.append(report.nothing_to_do + ": returned unchanged.")
+        return report
+    if result.chains:
+        report.notes.append(f"{result.chains} decomposed LayerNorm chain(s) kept in FP32")
+    if result.clamped:
+        report.notes.append(f"clamped {len(result.clamped)} out-of-range constant(s) to the FP16 range (--clamp)")
+    calib = result.calibration
+    if calib:
+        report.notes.append(
+            f"calibration: {calib['images']} image(s), {calib['tensors_checked']} tensors checked, "
+            f"{len(calib['out_of_range'])} out of the FP16 range"
+        )
     report.modified = True
-    report.params_before, report.params_after = stats_in.params, stats_out.params
-    report.flops_before, report.flops_after = stats_in.flops, stats_out.flops
     per_op: dict[str, Counter[str]] = defaultdict(Counter)
-    for name, node in nodes.items():
-        per_op[node.op_type]["fp32" if name in decision.reasons else "fp16"] += 1
+    for name, op in result.nodes.items():
+        per_op[op]["fp32" if name in result.fp32 else "fp16"] += 1
     for op in sorted(per_op, key=lambda o: (-per_op[o]["fp32"], o)):
         c = per_op[op]
         report.rows.append({"op": op, "nodes": c["fp16"] + c["fp32"], "fp16": c["fp16"], "fp32": c["fp32"]})
-    for name in blocked:
-        report.skip(name, "kept FP32: " + "; ".join(decision.reasons[name]))
-    bytes_in, bytes_out = model.ByteSize(), out.ByteSize()
+    for name, reasons in result.fp32.items():
+        report.skip(name, "kept FP32: " + "; ".join(reasons))
     report.notes.append(
-        f"size {bytes_in / 1e6:.2f} MB -> {bytes_out / 1e6:.2f} MB; {len(blocked)} of {len(nodes)} nodes kept FP32; "
-        f"{folded} FP32->FP16->FP32 cast round trip(s) removed; I/O {'FP16' if config.fp16_io else 'FP32'}"
+        f"size {result.bytes_before / 1e6:.2f} MB -> {result.bytes_after / 1e6:.2f} MB; {len(result.fp32)} of "
+        f"{len(result.nodes)} nodes kept FP32; {result.folded} FP32->FP16->FP32 cast round trip(s) removed; I/O "
+        f"{'FP16' if config.fp16_io else 'FP32'}"
     )
     report.extra = {
-        "fp32_nodes": {n: decision.reasons[n] for n in blocked},
-        "clamped_constants": clamped,
-        "out_of_range_constants": bad,
-        "calibration": calib_info,
-        "bytes_before": bytes_in,
-        "bytes_after": bytes_out,
+        "fp32_nodes": dict(result.fp32),
+        "clamped_constants": result.clamped,
+        "out_of_range_constants": result.out_of_range,
+        "calibration": calib,
+        "bytes_before": result.bytes_before,
+        "bytes_after": result.bytes_after,
         "fp16_io": config.fp16_io,
     }
-    return out, report
+    return report
+
+
+def convert_fp16(
+    model: onnx.ModelProto,
+    config: FP16Config | None = None,
+    calib: Iterable[dict[str, np.ndarray]] | None = None,
+) -> tuple[onnx.ModelProto, PassReport]:
+    """Return a mixed-precision copy of ``model`` and the report (``model`` is not changed): :func:`run_fp16` and
+    :func:`describe`.
+
+    ``calib`` (input feeds, e.g. from :func:`models.calib.calibration_feeds`) enables the activation-range check.
+
+    Raises:
+        PassError: a ``--keep-fp32`` entry matches nothing, calibration was asked for with no feed, or the
+            converted model fails the ONNX checks.
+    """
+    result = run_fp16(model, config, calib)
+    return result.model, describe(result, config)
 
 
 # ----------------------------------------------------------------------------------------------------------- CLI
@@ -651,15 +590,12 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
     )
     if not args.calib or already_fp16(model):
         return convert_fp16(model, config)
-    from runtime._calib import CalibrationDataError, calibration_feeds
+    from models.calib import calibration_feeds
 
-    try:
-        with calibration_feeds(
-            model, args.calib, split=args.calib_split, count=args.calib_count, progress=not args.no_progress
-        ) as feeds:
-            return convert_fp16(model, config, feeds)
-    except CalibrationDataError as exc:
-        raise PassError(str(exc)) from None
+    with calibration_feeds(
+        model, args.calib, split=args.calib_split, count=args.calib_count, progress=not args.no_progress
+    ) as feeds:
+        return convert_fp16(model, config, feeds)
 
 
 @cli_main("python -m passes.fp16")

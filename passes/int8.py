@@ -10,7 +10,7 @@ What it does, in order:
    shape inference) and keeps its result when it succeeds and still holds the same ops to quantize; otherwise goes
    on with the model as given (the report says which);
 3. picks the nodes to leave in float: every ``LayerNormalization``, decomposed LayerNorm chain
-   (:func:`passes.fp16.find_layernorm_chains`) and ``Softmax``, the classifier (the last ``Conv`` before the
+   (:func:`passes._core.layernorm.find_layernorm_chains`) and ``Softmax``, the classifier (the last ``Conv`` before the
    output), plus ``--exclude`` (op types, node names or shell patterns on node names);
 4. calibrates on images streamed from DATA (a tqdm bar; ``--calib-count`` of them) and writes QDQ nodes with
    ``quantize_static``: INT8 weights, symmetric, per output channel; INT8 activations, symmetric or asymmetric by
@@ -46,7 +46,7 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,24 +127,28 @@ parse_early(__name__, _parser)  # --help and argument errors answer before onnx 
 import numpy as np
 import onnx
 
-from fileformat.errors import PassError, UsageError
+from fileformat.errors import PassError
 from fileformat.metadata import append_history, read_metadata
-from fileformat.targets import UnknownTargetError
+from fileformat.targets import resolve_target
 from passes._core.cli import run_pass_cli
 from passes._core.finalize import finalize
+from passes._core.layernorm import find_layernorm_chains
+from passes._core.precision import already_fp16, match_nodes, name_nodes
 from passes._core.report import PassReport
-from passes._core.stats import graph_stats
-from passes.fp16 import already_fp16, find_layernorm_chains, match_nodes
+from passes._core.stats import GraphStats, graph_stats
 
 __all__ = [
     "METHODS",
     "Int8Config",
+    "Int8Result",
     "activation_symmetry",
     "classifier_convs",
     "default_exclusions",
+    "describe",
     "is_quantized",
     "main",
     "quantize_int8",
+    "run_int8",
 ]
 
 logger = logging.getLogger(__name__)
@@ -191,16 +195,11 @@ def activation_symmetry(model: onnx.ModelProto, config: Int8Config) -> tuple[boo
     Raises:
         PassError: ``config.target`` (or the model's recorded target) names no known device profile.
     """
-    from passes.optimize import resolve_target
-
     name, source = config.target, "--target"
     if name is None:
         recorded = read_metadata(model).get("target")
         name, source = (recorded, "recorded in the model") if recorded else ("cpu", "default; the model records none")
-    try:
-        profile = resolve_target(name)
-    except UnknownTargetError as exc:
-        raise PassError(str(exc)) from None
+    profile = resolve_target(name)
     target = f"{profile.name} ({source})"
     if config.symmetric_activations is not None:
         kind = "--symmetric" if config.symmetric_activations else "--asymmetric"
@@ -286,17 +285,6 @@ def _float_inputs_for_excluded(model: onnx.ModelProto, excluded: set[str]) -> in
                 node.input[i] = q.input[0]
                 restored += 1
     return restored
-
-
-def _name_nodes(model: onnx.ModelProto) -> None:
-    used = {n.name for n in model.graph.node if n.name}
-    for i, node in enumerate(model.graph.node):
-        if not node.name:
-            name = f"{node.op_type}_{i}"
-            while name in used:
-                name += "_"
-            node.name = name
-            used.add(name)
 
 
 class _FeedReader:
@@ -393,18 +381,31 @@ def _preprocess(src: Path, dst: Path, notes: list[str]) -> Path:
     return src
 
 
-def quantize_int8(
-    model: onnx.ModelProto, calib: Iterable[dict[str, np.ndarray]], config: Int8Config | None = None
-) -> tuple[onnx.ModelProto, PassReport]:
-    """Return a QDQ INT8 copy of ``model`` calibrated on the feeds ``calib``, and the report.
+@dataclass
+class Int8Result:
+    """What :func:`run_int8` wrote: the QDQ model, the nodes left in float with the reason, the float inputs given
+    back to excluded nodes, the calibration images used, the activations' symmetry (for which target, and why) and
+    the pre-processing notes."""
 
-    Raises:
-        PassError: the model is already quantized or FP16, no calibration feed, an ``exclude`` entry matches
-            nothing, an unknown method, or quantization fails.
-    """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    model: onnx.ModelProto
+    before: GraphStats
+    after: GraphStats
+    excluded: dict[str, str] = field(default_factory=dict)
+    restored: int = 0
+    images: int = 0
+    symmetric: bool = True
+    target: str = ""
+    why: str = ""
+    notes: list[str] = field(default_factory=list)
+    bytes_before: int = 0
+    bytes_after: int = 0
 
-    config = config or Int8Config()
+
+_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}  # onnxruntime CalibrationMethod
+
+
+def _check_float_model(model: onnx.ModelProto, config: Int8Config) -> None:
+    """Refuse an unknown method, a quantized or an FP16 model."""
     if config.method not in METHODS:
         raise PassError(f"unknown calibration method {config.method!r}; choose one of {', '.join(METHODS)}")
     qnodes = is_quantized(model)
@@ -416,64 +417,90 @@ def quantize_int8(
     fp16 = already_fp16(model)
     if fp16:
         raise PassError(f"the model is FP16 ({fp16}); INT8 quantization starts from the float32 model.")
+
+
+def _exclusions(pre: onnx.ModelProto, config: Int8Config) -> dict[str, str]:
+    """``{node: reason}`` of the nodes left in float: the defaults, MatMuls of two activations, ``exclude``."""
+    excluded = default_exclusions(pre) if config.default_exclusions else {}
+    if config.matmul_const_b_only:
+        excluded.update({n: "MatMul of two activations (quantizes badly)" for n in _activation_matmuls(pre)})
+    for pat, hits in match_nodes(pre, config.exclude).items():
+        if not hits:
+            raise PassError(f"--exclude {pat!r} matches no op type or node name of the model; check the spelling.")
+        for name in hits:
+            excluded.setdefault(name, f"--exclude {pat}")
+    return excluded
+
+
+def _quantize(
+    path: Path, tmp: Path, excluded: dict[str, str], reader: _FeedReader, config: Int8Config, symmetric: bool
+) -> onnx.ModelProto:
+    """Calibrate on ``reader`` and write the QDQ model with ``quantize_static``; onnxruntime's failures are a
+    :class:`PassError`."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    method = getattr(CalibrationMethod, _METHODS[config.method])
+    extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": config.symmetric_weights}
+    out_path = tmp / "int8.onnx"
+    cache = tmp / "calibration.json"
+    try:
+        _calibrate(path, tmp / "augmented.onnx", cache, reader, method, config, symmetric)
+        quantize_static(
+            str(path),
+            str(out_path),
+            None,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(config.op_types),
+            per_channel=config.per_channel,
+            reduce_range=False,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=sorted(excluded),
+            calibrate_method=method,
+            extra_options=extra,
+            calibration_cache_path=str(cache),
+        )
+    except PassError:
+        raise
+    except Exception as exc:  # onnxruntime's quantizer raises plain exceptions of many types
+        raise PassError(f"onnxruntime quantization failed: {type(exc).__name__}: {exc}") from exc
+    return onnx.load(str(out_path))
+
+
+def run_int8(
+    model: onnx.ModelProto, calib: Iterable[dict[str, np.ndarray]], config: Int8Config | None = None
+) -> Int8Result:
+    """A QDQ INT8 copy of ``model`` (not changed) calibrated on the feeds ``calib``.
+
+    Raises:
+        PassError: the model is already quantized or FP16, no calibration feed, an ``exclude`` entry matches
+            nothing, an unknown method, or quantization fails.
+    """
+    config = config or Int8Config()
+    _check_float_model(model, config)
     symmetric, target, sym_why = activation_symmetry(model, config)
     stream = iter(calib)
     first = next(stream, None)
     if first is None:
         raise PassError("no calibration images: give a folder with images (--calib DATA) and --calib-count >= 1.")
-
-    report = PassReport("int8", columns=["op", "nodes", "quantized", "float"])
-    method = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }[config.method]
+    stats = graph_stats(model)
+    result = Int8Result(model, stats, stats, symmetric=symmetric, target=target, why=sym_why)
     work = copy.deepcopy(model)
     del work.graph.value_info[:]  # stale after any rewrite (the dynamo exporter writes them all)
-    _name_nodes(work)
+    name_nodes(work)
+    reader = _FeedReader(first, stream)
     with tempfile.TemporaryDirectory(prefix="vitseg-int8-") as tmp:
         src = Path(tmp) / "in.onnx"
         onnx.save_model(work, str(src))
-        path = _preprocess(src, Path(tmp) / "pre.onnx", report.notes) if config.preprocess else src
+        path = _preprocess(src, Path(tmp) / "pre.onnx", result.notes) if config.preprocess else src
         pre = onnx.load(str(path))
-        _name_nodes(pre)
+        name_nodes(pre)
         onnx.save_model(pre, str(path))
-        excluded = default_exclusions(pre) if config.default_exclusions else {}
-        if config.matmul_const_b_only:
-            excluded.update({n: "MatMul of two activations (quantizes badly)" for n in _activation_matmuls(pre)})
-        for pat, hits in match_nodes(pre, config.exclude).items():
-            if not hits:
-                raise PassError(f"--exclude {pat!r} matches no op type or node name of the model; check the spelling.")
-            for name in hits:
-                excluded.setdefault(name, f"--exclude {pat}")
-        reader = _FeedReader(first, stream)
-        extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": config.symmetric_weights}
-        out_path = Path(tmp) / "int8.onnx"
-        cache = Path(tmp) / "calibration.json"
-        try:
-            _calibrate(path, Path(tmp) / "augmented.onnx", cache, reader, method, config, symmetric)
-            quantize_static(
-                str(path),
-                str(out_path),
-                None,
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(config.op_types),
-                per_channel=config.per_channel,
-                reduce_range=False,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=sorted(excluded),
-                calibrate_method=method,
-                extra_options=extra,
-                calibration_cache_path=str(cache),
-            )
-        except PassError:
-            raise
-        except Exception as exc:  # onnxruntime's quantizer raises plain exceptions of many types
-            raise PassError(f"onnxruntime quantization failed: {type(exc).__name__}: {exc}") from exc
-        quantized = onnx.load(str(out_path))
-    restored = _float_inputs_for_excluded(quantized, set(excluded))
+        result.excluded = _exclusions(pre, config)
+        quantized = _quantize(path, Path(tmp), result.excluded, reader, config, symmetric)
+    result.restored = _float_inputs_for_excluded(quantized, set(result.excluded))
     out = finalize(quantized)
+    result.images = reader.count
     append_history(
         out,
         {
@@ -483,11 +510,21 @@ def quantize_int8(
             "per_channel": config.per_channel,
             "symmetric": [symmetric, config.symmetric_weights],
             "target": target.split(" (")[0],
-            "excluded": len(excluded),
+            "excluded": len(result.excluded),
         },
     )
+    result.model, result.after = out, graph_stats(out)
+    result.bytes_before, result.bytes_after = model.ByteSize(), out.ByteSize()
+    return result
 
-    # which nodes compute on dequantized inputs
+
+def describe(result: Int8Result, config: Int8Config | None = None) -> PassReport:
+    """The report of a :func:`run_int8`: per quantized op type the nodes that compute on dequantized inputs, a skip
+    per node left in float, the calibration and the sizes."""
+    config = config or Int8Config()
+    out = result.model
+    report = PassReport("int8", columns=["op", "nodes", "quantized", "float"])
+    report.notes.extend(result.notes)
     producers = {o: n for n in out.graph.node for o in n.output}
     per_op: dict[str, Counter[str]] = {}
     quantized_nodes: list[str] = []
@@ -502,53 +539,61 @@ def quantize_int8(
         report.rows.append(
             {"op": op, "nodes": c["quantized"] + c["float"], "quantized": c["quantized"], "float": c["float"]}
         )
-    for name, why in sorted(excluded.items()):
+    for name, why in sorted(result.excluded.items()):
         report.skip(name, "kept float: " + why)
-    stats_in, stats_out = graph_stats(model), graph_stats(out)
     report.modified = True
-    report.params_before, report.params_after = stats_in.params, stats_out.params
-    report.flops_before, report.flops_after = stats_in.flops, stats_out.flops
-    bytes_in, bytes_out = model.ByteSize(), out.ByteSize()
+    report.params_before, report.params_after = result.before.params, result.after.params
+    report.flops_before, report.flops_after = result.before.flops, result.after.flops
     n_qdq = Counter(n.op_type for n in out.graph.node if n.op_type in _QDQ_OPS)
     report.notes.append(
-        f"calibration: {reader.count} image(s), method {config.method}; weights INT8 "
+        f"calibration: {result.images} image(s), method {config.method}; weights INT8 "
         f"{'per channel' if config.per_channel else 'per tensor'}, "
         f"{'symmetric' if config.symmetric_weights else 'asymmetric'}; activations INT8 "
-        f"{'symmetric' if symmetric else 'asymmetric'} for target {target}: {sym_why}"
+        f"{'symmetric' if result.symmetric else 'asymmetric'} for target {result.target}: {result.why}"
     )
     report.notes.append(
-        f"size {bytes_in / 1e6:.2f} MB -> {bytes_out / 1e6:.2f} MB; {len(quantized_nodes)} nodes quantized; "
-        f"{n_qdq.get('QuantizeLinear', 0)} QuantizeLinear, {n_qdq.get('DequantizeLinear', 0)} DequantizeLinear"
+        f"size {result.bytes_before / 1e6:.2f} MB -> {result.bytes_after / 1e6:.2f} MB; {len(quantized_nodes)} nodes "
+        f"quantized; {n_qdq.get('QuantizeLinear', 0)} QuantizeLinear, {n_qdq.get('DequantizeLinear', 0)} "
+        "DequantizeLinear"
     )
     report.extra = {
         "quantized_nodes": quantized_nodes,
-        "excluded": dict(sorted(excluded.items())),
-        "float_inputs_restored": restored,
-        "calibration": {"images": reader.count, "method": config.method, "percentile": config.percentile},
-        "activations": {"symmetric": symmetric, "target": target, "why": sym_why},
-        "bytes_before": bytes_in,
-        "bytes_after": bytes_out,
+        "excluded": dict(sorted(result.excluded.items())),
+        "float_inputs_restored": result.restored,
+        "calibration": {"images": result.images, "method": config.method, "percentile": config.percentile},
+        "activations": {"symmetric": result.symmetric, "target": result.target, "why": result.why},
+        "bytes_before": result.bytes_before,
+        "bytes_after": result.bytes_after,
     }
-    return out, report
+    return report
+
+
+def quantize_int8(
+    model: onnx.ModelProto, calib: Iterable[dict[str, np.ndarray]], config: Int8Config | None = None
+) -> tuple[onnx.ModelProto, PassReport]:
+    """Return a QDQ INT8 copy of ``model`` calibrated on the feeds ``calib``, and the report: :func:`run_int8` and
+    :func:`describe`.
+
+    Raises:
+        PassError: the model is already quantized or FP16, no calibration feed, an ``exclude`` entry matches
+            nothing, an unknown method, or quantization fails.
+    """
+    result = run_int8(model, calib, config)
+    return result.model, describe(result, config)
 
 
 # ----------------------------------------------------------------------------------------------------------- CLI
 
 
 def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelProto, PassReport]:
-    from runtime._calib import CalibrationDataError, calibration_feeds
+    from models.calib import calibration_feeds
 
     if args.calib_count < 1:
         raise PassError(f"--calib-count must be at least 1, got {args.calib_count}: calibration needs images.")
     if not 0 < args.percentile <= 100:
         raise PassError(f"--percentile must be in (0, 100], got {args.percentile}")
     if args.target is not None:
-        from passes.optimize import resolve_target
-
-        try:
-            resolve_target(args.target)
-        except UnknownTargetError as exc:
-            raise UsageError(str(exc)) from None
+        resolve_target(args.target)
     config = Int8Config(
         method=args.method,
         percentile=args.percentile,
@@ -563,18 +608,15 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
     qnodes = is_quantized(model)
     if qnodes:  # say so before touching the data
         raise PassError(f"the model is already quantized ({len(qnodes)} quantization nodes); give the float32 model.")
-    try:
-        with calibration_feeds(
-            model,
-            args.calib,
-            split=args.calib_split,
-            count=args.calib_count,
-            progress=not args.no_progress,
-            desc="int8 calib",
-        ) as feeds:
-            return quantize_int8(model, feeds, config)
-    except CalibrationDataError as exc:
-        raise PassError(str(exc)) from None
+    with calibration_feeds(
+        model,
+        args.calib,
+        split=args.calib_split,
+        count=args.calib_count,
+        progress=not args.no_progress,
+        desc="int8 calib",
+    ) as feeds:
+        return quantize_int8(model, feeds, config)
 
 
 @cli_main("python -m passes.int8")

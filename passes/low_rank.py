@@ -39,7 +39,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fileformat.args import finite, fraction
@@ -87,7 +87,19 @@ from passes._core.stats import graph_stats
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LinearLayer", "LowRankConfig", "choose_rank", "factor", "find_linear_layers", "low_rank", "main"]
+__all__ = [
+    "Factoring",
+    "LinearLayer",
+    "LowRankConfig",
+    "LowRankResult",
+    "choose_rank",
+    "describe",
+    "factor",
+    "find_linear_layers",
+    "low_rank",
+    "main",
+    "run_low_rank",
+]
 
 _COLUMNS = ["layer", "op", "in", "out", "rank", "max_rank", "params", "params_after", "saving", "energy", "rel_error"]
 
@@ -168,6 +180,51 @@ def _weight_source(wmap: dict[str, Any], name: str, node: onnx.NodeProto) -> dic
     return mine[0] if len(mine) == 1 else None
 
 
+def _linear_dims(n: onnx.NodeProto, dims: list[int]) -> tuple[int, int] | None:
+    """``(in, out)`` of a linear node with weight dims ``dims``: a 1x1 Conv without groups, a 2-D MatMul or Gemm
+    weight; None for anything else."""
+    if n.op_type == "Conv":
+        if len(dims) < 3 or any(k != 1 for k in dims[2:]) or int(_attr(n, "group", 1)) != 1:
+            return None  # not a 1x1 conv without groups
+        return dims[1], dims[0]
+    if len(dims) != 2:
+        return None
+    trans_b = n.op_type == "Gemm" and int(_attr(n, "transB", 0))
+    return (dims[1], dims[0]) if trans_b else (dims[0], dims[1])
+
+
+def _skip_reason(
+    layer: LinearLayer, t: onnx.TensorProto, n: onnx.NodeProto, factored: dict[str, Any], mapped: bool
+) -> str | None:
+    """Why ``layer`` cannot be factored (None: it can)."""
+    parent = layer.module.rsplit(".", 1)[0]
+    if t.data_type != onnx.TensorProto.FLOAT:
+        return f"weight is {onnx.TensorProto.DataType.Name(t.data_type)}, not FLOAT; run low_rank before fp16/int8"
+    if n.op_type == "Gemm" and int(_attr(n, "transA", 0)):
+        return "Gemm with transA=1 (its input is transposed)"
+    if layer.module in factored or (layer.module.rsplit(".", 1)[-1] in ("0", "1") and parent in factored):
+        return "already factored (a factor of a low-rank layer of the plan)"
+    if mapped and layer.source is None:
+        return (
+            "not one torch layer's weight (the weight map names no single '*.weight' for it: a constant such as "
+            "a pooling matrix, or equal weights stored once); the torch side could not rebuild it"
+        )
+    return None
+
+
+def _name_tied(layers: list[LinearLayer], mapped: bool) -> None:
+    """One torch module read by several nodes (tied weights): name each by its node, and skip it where the weight
+    map says the weights are one torch module's."""
+    seen: dict[str, int] = {}
+    for ly in layers:
+        seen[ly.module] = seen.get(ly.module, 0) + 1
+    for ly in layers:
+        if seen[ly.module] > 1 and not ly.module.startswith("graph:"):
+            ly.module = f"graph:{ly.node}"
+            if ly.skip_reason is None and mapped:
+                ly.skip_reason = "the same torch module is read by several nodes (tied weights)"
+
+
 def find_linear_layers(model: onnx.ModelProto) -> list[LinearLayer]:
     """Every linear layer of the CANONICAL ``model`` (skipped ones included, with the reason), in node order."""
     graph = model.graph
@@ -181,46 +238,17 @@ def find_linear_layers(model: onnx.ModelProto) -> list[LinearLayer]:
             continue
         w = n.input[1]
         t = inits.get(w)
-        if t is None or n.input[0] in inits:
+        io = None if t is None or n.input[0] in inits else _linear_dims(n, [int(d) for d in t.dims])
+        if t is None or io is None:
             continue
-        dims = [int(d) for d in t.dims]
-        if n.op_type == "Conv":
-            if len(dims) < 3 or any(k != 1 for k in dims[2:]) or int(_attr(n, "group", 1)) != 1:
-                continue  # not a 1x1 conv without groups
-            n_out, n_in = dims[0], dims[1]
-        else:
-            if len(dims) != 2:
-                continue
-            trans_b = n.op_type == "Gemm" and int(_attr(n, "transB", 0))
-            n_in, n_out = (dims[1], dims[0]) if trans_b else (dims[0], dims[1])
         name = n.name or f"{n.op_type}_{index}"
         src = _weight_source(wmap, w, n) if wmap is not None else None
         param = str(src["param"]) if src else None
         module = param[: -len(".weight")] if param else (node_scope(n) if wmap is None else None) or f"graph:{name}"
-        layer = LinearLayer(index, name, n.op_type, w, n_in, n_out, module, param, src)
-        parent = module.rsplit(".", 1)[0]
-        if t.data_type != onnx.TensorProto.FLOAT:
-            layer.skip_reason = (
-                f"weight is {onnx.TensorProto.DataType.Name(t.data_type)}, not FLOAT; run low_rank before fp16/int8"
-            )
-        elif n.op_type == "Gemm" and int(_attr(n, "transA", 0)):
-            layer.skip_reason = "Gemm with transA=1 (its input is transposed)"
-        elif module in factored or (module.rsplit(".", 1)[-1] in ("0", "1") and parent in factored):
-            layer.skip_reason = "already factored (a factor of a low-rank layer of the plan)"
-        elif wmap is not None and src is None:
-            layer.skip_reason = (
-                "not one torch layer's weight (the weight map names no single '*.weight' for it: a constant such as "
-                "a pooling matrix, or equal weights stored once); the torch side could not rebuild it"
-            )
+        layer = LinearLayer(index, name, n.op_type, w, io[0], io[1], module, param, src)
+        layer.skip_reason = _skip_reason(layer, t, n, factored, wmap is not None)
         layers.append(layer)
-    seen: dict[str, int] = {}
-    for ly in layers:
-        seen[ly.module] = seen.get(ly.module, 0) + 1
-    for ly in layers:  # one torch module read by several nodes (tied weights): name each by its node
-        if seen[ly.module] > 1 and not ly.module.startswith("graph:"):
-            ly.module = f"graph:{ly.node}"
-            if ly.skip_reason is None and wmap is not None:
-                ly.skip_reason = "the same torch module is read by several nodes (tied weights)"
+    _name_tied(layers, wmap is not None)
     return layers
 
 
@@ -344,103 +372,131 @@ def _selected(layer: LinearLayer, config: LowRankConfig) -> str | None:
     return None
 
 
-def low_rank(model: onnx.ModelProto, config: LowRankConfig) -> tuple[onnx.ModelProto, PassReport]:
-    """Factor the linear layers of ``model`` as ``config`` says; returns a new checked model and the report
-    (``model`` is not changed)."""
-    start = time.perf_counter()
-    config.validate()
-    original, model = model, canonicalize(model)
-    before = graph_stats(model)
-    report = PassReport(pass_name=PASS_NAME, columns=list(_COLUMNS))
-    report.params_before = report.params_after = before.params
-    report.flops_before = report.flops_after = before.flops
-    layers = find_linear_layers(model)
-    candidates: list[LinearLayer] = []
-    for ly in layers:
-        why = ly.skip_reason or _selected(ly, config)
-        if why:
-            report.skip(ly.module, why)
-        else:
-            candidates.append(ly)
-    if not candidates:
-        if not layers:
-            report.nothing_to_do = (
-                "nothing to factor: no linear layer found (a MatMul or Gemm with a constant 2-D weight, or a 1x1 "
-                "Conv without groups)"
-            )
-        else:
-            report.nothing_to_do = "nothing to factor: every linear layer was skipped (the reasons are listed above)"
-        report.notes.append(report.nothing_to_do)
-        out = onnx.ModelProto()
-        out.CopyFrom(original)
-        return out, report
+@dataclass
+class Factoring:
+    """One candidate layer at its chosen rank: what the factors cost and how well they approximate the weight."""
 
+    layer: LinearLayer
+    rank: int
+    params_after: int
+    saving: float
+    energy: float
+    rel_error: float
+    applied: bool
+
+    def row(self) -> dict[str, Any]:
+        """The report row."""
+        ly = self.layer
+        return {
+            "layer": ly.module,
+            "op": ly.op,
+            "in": ly.n_in,
+            "out": ly.n_out,
+            "rank": self.rank,
+            "max_rank": ly.max_rank,
+            "params": ly.params,
+            "params_after": self.params_after if self.applied else ly.params,
+            "saving": round(self.saving, 4),
+            "energy": self.energy,
+            "rel_error": self.rel_error,
+            "applied": self.applied,
+            "weight": ly.weight,
+        }
+
+
+@dataclass
+class LowRankResult:
+    """What :func:`run_low_rank` did: the model (the input's copy when nothing was factored), the layers found,
+    every candidate at its rank (node order), the skips in the order they arose, the plan entries and factor names
+    of the layers factored, and the weights saved."""
+
+    model: onnx.ModelProto
+    before: Any  # graph_stats of the canonical input
+    after: Any
+    layers: list[LinearLayer] = field(default_factory=list)
+    candidates: int = 0
+    factorings: list[Factoring] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    plan: dict[str, dict[str, Any]] = field(default_factory=dict)
+    factors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    saved: int = 0
+    seconds: float = 0.0
+
+
+def _factoring(model: onnx.ModelProto, ly: LinearLayer, config: LowRankConfig) -> tuple[Factoring, Any, Any]:
+    """The layer at the rank ``config`` chooses: ``(Factoring, A, B)``."""
+    w = _math_weight(model, ly)
+    a, b, s = factor(w, ly.max_rank)  # the full SVD once; the rank is chosen from it
+    r = choose_rank(s, rank_ratio=config.rank_ratio, energy=config.energy)
+    a, b = np.ascontiguousarray(a[:, :r]), np.ascontiguousarray(b[:r])
+    after = r * (ly.n_in + ly.n_out)
+    saving = 1.0 - after / ly.params
+    sq = s.astype(np.float64) ** 2
+    energy = float(sq[:r].sum() / sq.sum()) if sq.sum() > 0 else 1.0
+    norm = float(np.linalg.norm(w))
+    rel = float(np.linalg.norm(w - a.astype(np.float64) @ b.astype(np.float64)) / norm) if norm > 0 else 0.0
+    applied = saving >= config.min_saving - 1e-9 and (saving > 1e-9 or config.min_saving < 0)
+    return Factoring(ly, r, after, saving, energy, rel, applied), a, b
+
+
+def _factor_all(
+    model: onnx.ModelProto, candidates: list[LinearLayer], config: LowRankConfig, result: LowRankResult
+) -> onnx.ModelProto:
+    """Factor the candidates that save enough on a copy of the canonical ``model``; fill ``result``."""
     new = onnx.ModelProto()
     new.CopyFrom(model)
     meta = read_metadata(new)
     wmap = dict(meta["weight_map"]) if isinstance(meta.get("weight_map"), dict) else None
     taken = {t.name for t in new.graph.initializer} | {o for n in new.graph.node for o in n.output}
     taken |= {n.name for n in new.graph.node} | {i.name for i in new.graph.input}
-    plan_entries: dict[str, dict[str, Any]] = {}
-    layer_info: dict[str, dict[str, Any]] = {}
-    saved = 0
     # rewrite from the last node backwards: inserting a node shifts only the positions after it
-    rows: list[dict[str, Any]] = []
     for ly in sorted(candidates, key=lambda x: -x.index):
-        w = _math_weight(model, ly)
-        a, b, s = factor(w, ly.max_rank)  # the full SVD once; the rank is chosen from it
-        r = choose_rank(s, rank_ratio=config.rank_ratio, energy=config.energy)
-        a, b = np.ascontiguousarray(a[:, :r]), np.ascontiguousarray(b[:r])
-        after = r * (ly.n_in + ly.n_out)
-        saving = 1.0 - after / ly.params
-        sq = s.astype(np.float64) ** 2
-        energy = float(sq[:r].sum() / sq.sum()) if sq.sum() > 0 else 1.0
-        norm = float(np.linalg.norm(w))
-        rel = float(np.linalg.norm(w - a.astype(np.float64) @ b.astype(np.float64)) / norm) if norm > 0 else 0.0
-        applied = saving >= config.min_saving - 1e-9 and (saving > 1e-9 or config.min_saving < 0)
-        rows.append(
-            {
-                "layer": ly.module,
-                "op": ly.op,
-                "in": ly.n_in,
-                "out": ly.n_out,
-                "rank": r,
-                "max_rank": ly.max_rank,
-                "params": ly.params,
-                "params_after": after if applied else ly.params,
-                "saving": round(saving, 4),
-                "energy": energy,
-                "rel_error": rel,
-                "applied": applied,
-                "weight": ly.weight,
-            }
-        )
-        if not applied:
-            report.skip(
-                ly.module,
-                f"at its rank the factors save less than --min-saving {config.min_saving:g} of the weights (a square "
-                "layer saves nothing at half rank; the rows give rank and saving)",
+        f, a, b = _factoring(model, ly, config)
+        result.factorings.append(f)
+        if not f.applied:
+            result.skipped.append(
+                (
+                    ly.module,
+                    f"at its rank the factors save less than --min-saving {config.min_saving:g} of the weights (a "
+                    "square layer saves nothing at half rank; the rows give rank and saving)",
+                )
             )
             continue
         names = _rewrite(new, ly, a, b, taken)
         if wmap is not None and ly.param is not None:
             _update_weight_map(wmap, ly, names)
         kind = "conv" if ly.op == "Conv" else "linear"
-        plan_entries[ly.module] = {"kind": kind, "in": ly.n_in, "out": ly.n_out, "rank": r}
-        layer_info[ly.module] = {"weight": ly.weight, "factors": [names[0], names[1]], "rank": r}
-        saved += ly.params - after
-    report.rows = rows[::-1]
-    report.extra["layers"] = layer_info
-    if not plan_entries:
-        report.notes.append(
-            f"no layer saves at least {config.min_saving:g} of its weights at the chosen ranks: the model is unchanged"
-        )
-        out = onnx.ModelProto()
-        out.CopyFrom(original)
-        return out, report
-    if wmap is not None:
+        result.plan[ly.module] = {"kind": kind, "in": ly.n_in, "out": ly.n_out, "rank": f.rank}
+        result.factors[ly.module] = {"weight": ly.weight, "factors": [names[0], names[1]], "rank": f.rank}
+        result.saved += ly.params - f.params_after
+    result.factorings.reverse()
+    if wmap is not None and result.plan:
         write_metadata(new, {"weight_map": wmap})
-    write_plan(new, {LOW_RANK: plan_entries})
+    return new
+
+
+def run_low_rank(model: onnx.ModelProto, config: LowRankConfig) -> LowRankResult:
+    """Factor the linear layers of ``model`` as ``config`` says (``model`` is not changed)."""
+    start = time.perf_counter()
+    config.validate()
+    original, model = model, canonicalize(model)
+    before = graph_stats(model)
+    result = LowRankResult(original, before, before, layers=find_linear_layers(model))
+    candidates: list[LinearLayer] = []
+    for ly in result.layers:
+        why = ly.skip_reason or _selected(ly, config)
+        if why:
+            result.skipped.append((ly.module, why))
+        else:
+            candidates.append(ly)
+    result.candidates = len(candidates)
+    if candidates:
+        new = _factor_all(model, candidates, config, result)
+    if not result.plan:
+        result.model = onnx.ModelProto()
+        result.model.CopyFrom(original)
+        return result
+    write_plan(new, {LOW_RANK: result.plan})
     append_history(
         new,
         {
@@ -448,19 +504,54 @@ def low_rank(model: onnx.ModelProto, config: LowRankConfig) -> tuple[onnx.ModelP
             "rank_ratio": config.rank_ratio,
             "energy": config.energy,
             "min_saving": config.min_saving,
-            "ranks": {k: v["rank"] for k, v in plan_entries.items()},
+            "ranks": {k: v["rank"] for k, v in result.plan.items()},
         },
     )
-    new = finalize(merge_constants(new))
-    after_stats = graph_stats(new)
+    result.model = finalize(merge_constants(new))
+    result.after = graph_stats(result.model)
+    result.seconds = round(time.perf_counter() - start, 3)
+    return result
+
+
+def describe(result: LowRankResult, config: LowRankConfig) -> PassReport:
+    """The report of a :func:`run_low_rank`: a row per candidate, the skips, the totals."""
+    report = PassReport(pass_name=PASS_NAME, columns=list(_COLUMNS))
+    report.params_before, report.flops_before = result.before.params, result.before.flops
+    report.params_after, report.flops_after = result.after.params, result.after.flops
+    for where, why in result.skipped:
+        report.skip(where, why)
+    if not result.candidates:
+        if not result.layers:
+            report.nothing_to_do = (
+                "nothing to factor: no linear layer found (a MatMul or Gemm with a constant 2-D weight, or a 1x1 "
+                "Conv without groups)"
+            )
+        else:
+            report.nothing_to_do = "nothing to factor: every linear layer was skipped (the reasons are listed above)"
+        report.notes.append(report.nothing_to_do)
+        return report
+    report.rows = [f.row() for f in result.factorings]
+    report.extra["layers"] = result.factors
+    if not result.plan:
+        report.notes.append(
+            f"no layer saves at least {config.min_saving:g} of its weights at the chosen ranks: the model is unchanged"
+        )
+        return report
     report.modified = True
-    report.params_after, report.flops_after = after_stats.params, after_stats.flops
+    worst = max(f.rel_error for f in result.factorings if f.applied)
     report.notes.append(
-        f"factored {len(plan_entries)} of {len(candidates)} candidate layer(s); {saved:,} weights saved; the largest "
-        f"relative error of a factored weight is {max(r['rel_error'] for r in rows if r['applied']):.3g}"
+        f"factored {len(result.plan)} of {result.candidates} candidate layer(s); {result.saved:,} weights saved; the "
+        f"largest relative error of a factored weight is {worst:.3g}"
     )
-    report.extra["seconds"] = round(time.perf_counter() - start, 3)
-    return new, report
+    report.extra["seconds"] = result.seconds
+    return report
+
+
+def low_rank(model: onnx.ModelProto, config: LowRankConfig) -> tuple[onnx.ModelProto, PassReport]:
+    """Factor the linear layers of ``model`` as ``config`` says; returns a new checked model and the report
+    (``model`` is not changed): :func:`run_low_rank` and :func:`describe`."""
+    result = run_low_rank(model, config)
+    return result.model, describe(result, config)
 
 
 # -------------------------------------------------------------------------------------------------------- CLI

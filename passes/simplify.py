@@ -31,7 +31,8 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from fileformat.args import non_negative, non_negative_int, positive_int
 from fileformat.cli import cli_main
@@ -66,6 +67,21 @@ from passes._core.cli import run_pass_cli
 from passes._core.finalize import finalize
 from passes._core.report import PassReport
 from passes._core.stats import graph_stats
+from passes._core.verify import input_feed, max_abs_diff, run_onnxruntime
+
+__all__ = [
+    "BACKENDS",
+    "SIMPLIFIERS",
+    "SimplifyConfig",
+    "SimplifyResult",
+    "describe",
+    "input_feed",
+    "main",
+    "max_abs_diff",
+    "run_onnxruntime",
+    "run_simplify",
+    "simplify",
+]
 
 log = logging.getLogger(__name__)
 
@@ -100,52 +116,6 @@ class SimplifyConfig:
     batch: int = 1
 
 
-def _input_feed(model: onnx.ModelProto, seed: int, batch: int) -> dict[str, np.ndarray]:
-    """Seeded ``N(0, 1)`` inputs of the declared shapes (integer inputs get zeros)."""
-    meta = read_metadata(model)
-    size = meta.get("input_size")
-    inits = {i.name for i in model.graph.initializer}
-    rng = np.random.default_rng(seed)
-    feed: dict[str, np.ndarray] = {}
-    for inp in model.graph.input:
-        if inp.name in inits:
-            continue
-        tt = inp.type.tensor_type
-        shape: list[int] = []
-        for axis, d in enumerate(tt.shape.dim):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                shape.append(d.dim_value)
-            elif axis == 0:
-                shape.append(batch)
-            elif size and len(tt.shape.dim) == 4 and axis in (2, 3):
-                shape.append(int(size[axis - 2]))
-            elif len(tt.shape.dim) == 4 and axis == 1:
-                shape.append(3)
-            else:
-                raise PassError(
-                    f"input {inp.name!r} axis {axis} is dynamic and the model has no vitseg.input_size: cannot build "
-                    "the check input. Export with a static input size."
-                )
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        if np.issubdtype(dtype, np.floating):
-            feed[inp.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feed[inp.name] = np.zeros(shape, dtype)
-    return feed
-
-
-def run_onnxruntime(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """All outputs of ``model`` on ``feed`` (CPU, graph optimisations off)."""
-    from fileformat.session import SessionConfig, load_session
-
-    try:
-        sess = load_session(model, SessionConfig(optimization="disable", spinning=True))
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
-        raise PassError(f"onnxruntime cannot load the model ({exc})") from exc
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feed)))
-
-
 def _interface(model: onnx.ModelProto) -> list[tuple[str, str, int, int]]:
     inits = {i.name for i in model.graph.initializer}
     out = []
@@ -158,54 +128,50 @@ def _interface(model: onnx.ModelProto) -> list[tuple[str, str, int, int]]:
     return out
 
 
-def max_abs_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
-    """``max |a - b|`` over all outputs (``inf`` on a shape mismatch or a missing output; NaN counts as inf)."""
-    worst = 0.0
-    for name, x in a.items():
-        y = b.get(name)
-        if y is None or x.shape != y.shape:
-            return float("inf")
-        if x.size:
-            d = np.abs(x.astype(np.float64) - y.astype(np.float64))
-            worst = max(worst, float(np.nanmax(np.where(np.isnan(d), np.inf, d))))
-    return worst
+@dataclass
+class SimplifyResult:
+    """What :func:`run_simplify` did: the accepted model, the backend that wrote it and its largest output
+    difference, a row per backend tried (in order), and the weight-map entries that no longer name an initializer."""
+
+    model: onnx.ModelProto
+    source: onnx.ModelProto
+    backend: str
+    max_abs_diff: float
+    attempts: list[dict[str, object]] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
 
 
-def simplify(model: onnx.ModelProto, config: SimplifyConfig | None = None) -> tuple[onnx.ModelProto, PassReport]:
-    """Simplify ``model`` (not modified) and verify the result; raise :class:`PassError` if no backend passes."""
+def _try(name: str, src: onnx.ModelProto, reference: dict[str, np.ndarray], feed: dict[str, np.ndarray]) -> Any:
+    """``(candidate, its max abs difference)`` of one backend on a copy of ``src``; raises whatever fails."""
+    work = onnx.ModelProto()
+    work.CopyFrom(src)
+    cand = SIMPLIFIERS[name](work)
+    # keep exactly the input's metadata (the plan included); drop what the simplifier added
+    del cand.metadata_props[:]
+    cand.metadata_props.extend(src.metadata_props)
+    cand = finalize(cand)
+    if _interface(cand) != _interface(src):
+        raise PassError(f"the graph interface changed: {_interface(src)} -> {_interface(cand)}")
+    return cand, max_abs_diff(reference, run_onnxruntime(cand, feed))
+
+
+def run_simplify(model: onnx.ModelProto, config: SimplifyConfig | None = None) -> SimplifyResult:
+    """Simplify ``model`` (not modified) with the backends in order until one matches it within ``atol``; raise
+    :class:`PassError` if none does."""
     cfg = config or SimplifyConfig()
     if cfg.backend not in BACKENDS:
         raise PassError(f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
     src = onnx.ModelProto()
     src.CopyFrom(model)
-    before = graph_stats(src)
-    feed = _input_feed(src, cfg.seed, cfg.batch)
+    feed = input_feed(src, cfg.seed, cfg.batch)
     reference = run_onnxruntime(src, feed)
-    report = PassReport(
-        "simplify",
-        params_before=before.params,
-        flops_before=before.flops,
-        columns=["backend", "status", "nodes_before", "nodes_after", "max_abs_diff", "seconds"],
-    )
-    order = ["onnxslim", "onnxsim"] if cfg.backend == "auto" else [cfg.backend]
-    accepted: onnx.ModelProto | None = None
-    used = ""
-    diff = float("nan")
-    for name in order:
+    attempts: list[dict[str, object]] = []
+    for name in ["onnxslim", "onnxsim"] if cfg.backend == "auto" else [cfg.backend]:
         t0 = time.perf_counter()
         row: dict[str, object] = {"backend": name, "nodes_before": len(src.graph.node)}
-        report.rows.append(row)
+        attempts.append(row)
         try:
-            work = onnx.ModelProto()
-            work.CopyFrom(src)
-            cand = SIMPLIFIERS[name](work)
-            # keep exactly the input's metadata (the plan included); drop what the simplifier added
-            del cand.metadata_props[:]
-            cand.metadata_props.extend(src.metadata_props)
-            cand = finalize(cand)
-            if _interface(cand) != _interface(src):
-                raise PassError(f"the graph interface changed: {_interface(src)} -> {_interface(cand)}")
-            d = max_abs_diff(reference, run_onnxruntime(cand, feed))
+            cand, d = _try(name, src, reference, feed)
         except Exception as exc:  # noqa: BLE001 - any failure of a backend means: try the next one
             row.update(status=f"failed: {type(exc).__name__}: {exc}"[:200], seconds=time.perf_counter() - t0)
             log.info("%s failed: %s", name, exc)
@@ -213,43 +179,67 @@ def simplify(model: onnx.ModelProto, config: SimplifyConfig | None = None) -> tu
         row.update(nodes_after=len(cand.graph.node), max_abs_diff=d, seconds=time.perf_counter() - t0)
         if d <= cfg.atol:
             row["status"] = "accepted"
-            accepted, used, diff = cand, name, d
-            break
+            return _accepted(SimplifyResult(cand, src, name, d, attempts), cfg)
         row["status"] = f"refused: outputs differ by {d:.3g} > {cfg.atol:g}"
         log.info("%s result refused: max abs diff %.3g", name, d)
-    if accepted is None:
-        detail = "; ".join(f"{r['backend']}: {r['status']}" for r in report.rows)
-        raise PassError(
-            f"no simplifier result matched the input model within {cfg.atol:g} on onnxruntime ({detail}). "
-            "Nothing was written; keep the unsimplified model (or raise --atol if a reordered sum explains it)."
-        )
-    after = graph_stats(accepted)
+    detail = "; ".join(f"{r['backend']}: {r['status']}" for r in attempts)
+    raise PassError(
+        f"no simplifier result matched the input model within {cfg.atol:g} on onnxruntime ({detail}). "
+        "Nothing was written; keep the unsimplified model (or raise --atol if a reordered sum explains it)."
+    )
+
+
+def _accepted(result: SimplifyResult, cfg: SimplifyConfig) -> SimplifyResult:
+    """Record the accepted simplification in the model's history; note the weight-map entries it made stale."""
+    accepted, src = result.model, result.source
     append_history(
         accepted,
         {
             "pass": "simplify",
-            "backend": used,
+            "backend": result.backend,
             "nodes_before": len(src.graph.node),
             "nodes_after": len(accepted.graph.node),
-            "max_abs_diff": diff,
+            "max_abs_diff": result.max_abs_diff,
             "atol": cfg.atol,
             "seed": cfg.seed,
         },
     )
+    result.stale = [k for k in (read_metadata(accepted).get("weight_map") or {}) if k not in _names(accepted)]
+    return result
+
+
+def describe(result: SimplifyResult, config: SimplifyConfig | None = None) -> PassReport:
+    """The report of a :func:`run_simplify`: a row per backend tried, the totals and the check."""
+    cfg = config or SimplifyConfig()
+    before, after = graph_stats(result.source), graph_stats(result.model)
+    report = PassReport(
+        "simplify",
+        params_before=before.params,
+        flops_before=before.flops,
+        columns=["backend", "status", "nodes_before", "nodes_after", "max_abs_diff", "seconds"],
+    )
+    report.rows = list(result.attempts)
     report.modified = True
     report.params_after = after.params
     report.flops_after = after.flops
-    stale = [k for k in (read_metadata(accepted).get("weight_map") or {}) if k not in _names(accepted)]
-    if stale:
+    if result.stale:
         report.notes.append(
-            f"{len(stale)} weight_map entries name initializers the simplifier renamed or fused; the plan (keyed by "
-            "torch names) is unaffected, but run structural passes on the unsimplified model"
+            f"{len(result.stale)} weight_map entries name initializers the simplifier renamed or fused; the plan "
+            "(keyed by torch names) is unaffected, but run structural passes on the unsimplified model"
         )
     report.notes.append(
-        f"verified: max |simplified - input| = {diff:.3g} <= {cfg.atol:g} on onnxruntime (seed {cfg.seed})"
+        f"verified: max |simplified - input| = {result.max_abs_diff:.3g} <= {cfg.atol:g} on onnxruntime (seed "
+        f"{cfg.seed})"
     )
-    report.extra.update(backend=used, max_abs_diff=diff)
-    return accepted, report
+    report.extra.update(backend=result.backend, max_abs_diff=result.max_abs_diff)
+    return report
+
+
+def simplify(model: onnx.ModelProto, config: SimplifyConfig | None = None) -> tuple[onnx.ModelProto, PassReport]:
+    """Simplify ``model`` (not modified) and verify the result (:func:`run_simplify`), and its report
+    (:func:`describe`); raise :class:`PassError` if no backend passes."""
+    result = run_simplify(model, config)
+    return result.model, describe(result, config)
 
 
 def _names(model: onnx.ModelProto) -> set[str]:

@@ -100,8 +100,8 @@ def test_activation_overflow_is_caught_only_with_calibration() -> None:
 
 def test_calibration_from_an_image_folder_cli(tmp_path: Path) -> None:
     """``--calib DATA`` reads images (resized to the 32x32 input) and keeps the hot conv in FP32."""
+    from models.calib import image_feeds, input_spec, list_images
     from models.synthetic import generate
-    from runtime._calib import image_feeds, input_spec, list_images
 
     data = tmp_path / "syn"
     generate(data, n_train=3, n_val=1, size=48, seed=0, workers=1)

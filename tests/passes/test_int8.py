@@ -13,8 +13,8 @@ from _helpers_precision import hot_conv, trained_model
 from onnx import TensorProto, numpy_helper
 
 from fileformat.errors import PassError
+from models.calib import image_feeds, input_spec, list_images
 from passes.int8 import Int8Config, activation_symmetry, classifier_convs, is_quantized, main, quantize_int8
-from runtime._calib import image_feeds, input_spec, list_images
 
 
 @pytest.fixture(scope="module")
