@@ -20,11 +20,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fileformat.errors import PassError, UsageError
 from fileformat.io import check_distinct, check_output_path, load_model, save_model
@@ -39,8 +40,11 @@ __all__ = [
     "parse_early",
     "pass_name",
     "quiet_onnxruntime",
+    "read_plan_file",
     "run_pass_cli",
+    "unit_config",
     "unit_headline",
+    "with_headline",
 ]
 
 if TYPE_CHECKING:
@@ -100,6 +104,43 @@ def unit_headline(
         removed += before - after
         touched += before > after
     return f"{removed} of {total} {unit} removed in {touched} of {len(report.rows)} {where}"
+
+
+def read_plan_file(path: str) -> dict[str, Any]:
+    """Load a ``--plan`` JSON file or raise :class:`PassError` saying what is wrong with it."""
+    p = Path(path)
+    if not p.is_file():
+        raise PassError(f"--plan {p}: no such file.")
+    try:
+        plan = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PassError(f"--plan {p}: not valid JSON ({exc}).") from exc
+    if not isinstance(plan, dict):
+        raise PassError(f"--plan {p}: expected a JSON object mapping blocks to kept indices.")
+    return plan
+
+
+Config = TypeVar("Config")
+
+
+def unit_config(cls: Callable[..., Config], args: argparse.Namespace) -> Config:
+    """The config of a unit pass (``cls``: a ``UnitPruneConfig``) from its shared options
+    (:func:`passes._parser.add_unit_arguments`): ``--keep``, ``--ratio``, ``--plan`` (read with
+    :func:`read_plan_file`), ``--norm``; none of the first three given means ``--ratio`` :data:`DEFAULT_RATIO`."""
+    plan = read_plan_file(args.plan) if args.plan else None
+    ratio = DEFAULT_RATIO if args.keep is None and args.ratio is None and plan is None else args.ratio
+    return cls(keep=args.keep, ratio=ratio, plan=plan, norm=args.norm)
+
+
+def with_headline(
+    result: tuple[onnx.ModelProto, PassReport], unit: str, where: str
+) -> tuple[onnx.ModelProto, PassReport]:
+    """Put "N of M UNIT removed in K of B WHERE" (:func:`unit_headline`) into the report's summary
+    (``extra["headline"]``)."""
+    headline = unit_headline(result[1], unit, where)
+    if headline:
+        result[1].extra["headline"] = headline
+    return result
 
 
 def _summary(report: PassReport, verbose: bool) -> str:
