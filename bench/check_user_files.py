@@ -26,9 +26,9 @@ def check(label: str, model) -> str:  # noqa: ANN001 - an onnx.ModelProto
     from test_compress import EXACT, _combined_oracle
 
     from fileformat.plan import read_plan
-    from passes._core.channels import ChannelAnalysis, zero_channels
-    from passes._core.oracle import zero_units
-    from passes._core.units import UnitPruneConfig, find_units, prune_units
+    from passes._core.oracle import zero_kept, zero_units
+    from passes._core.prune import UnitPruneConfig, prune_units
+    from passes._core.units import find_units
     from passes.compress import CompressConfig, compress
     from passes.slice_channels import SliceChannelsConfig, slice_channels
 
@@ -49,10 +49,10 @@ def check(label: str, model) -> str:  # noqa: ANN001 - an onnx.ModelProto
             err = oracle_error(model, out, units, keep, zero_units) / scale
             row.append(f"{kind}: {len(plan)} cut, oracle {err:.1e}, change {_change(out, x, ref) / scale:.1e}")
     out, _ = slice_channels(model, SliceChannelsConfig(ratio=0.5))
-    analysis = ChannelAnalysis(model)
-    gid = {g.name: g.gid for g in analysis.groups}
-    keep = {gid[n]: e["kept"] for n, e in read_plan(out)["channels"].items() if n in gid}
-    err = float(np.abs(run_ort(out, x) - run_ort(zero_channels(model, analysis, keep), x)).max()) / scale
+    groups = find_units(model, "channels")
+    names = {g.id for g in groups}
+    keep = {n: e["kept"] for n, e in read_plan(out)["channels"].items() if n in names}
+    err = float(np.abs(run_ort(out, x) - run_ort(zero_kept(model, groups, keep), x)).max()) / scale
     row.append(f"channels: {len(keep)} groups cut, oracle {err:.1e}, change {_change(out, x, ref) / scale:.1e}")
     out, rep = compress(model, CompressConfig(target_flops=0.5, units=EXACT))
     err = float(np.abs(run_ort(out, x) - run_ort(_combined_oracle(model, read_plan(out)), x)).max()) / scale

@@ -12,14 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fileformat.args import Parser, fraction, positive_int, unit_interval
-
-#: what a structural pass removes when given no amount: half of each block's units (of each group's channels),
-#: rounded down, every block keeping at least one. One number for every pass, easy to state; not tuned per model.
-DEFAULT_RATIO = 0.5
-
-#: onnxruntime threads latency is measured with by default: one thread's CPU time is what moves least with the
-#: machine's load (no worker threads spinning while they wait, nothing shared between threads to contend for)
-LATENCY_THREADS = 1
+from passes._core.defaults import DEFAULT_RATIO
 
 
 def model_file(text: str) -> str:
@@ -69,11 +62,6 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true", help="replace an existing default output file")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the full report, decisions, tracebacks")
     return parser
-
-
-SCOPES = ("all", "decoder", "backbone")
-# passes._core.importance.CHANNEL_METHODS, without importing onnx (a test holds them equal)
-IMPORTANCES = ("l1", "l2", "bn_scale")
 
 
 def add_budget_args(parser: argparse.ArgumentParser, latency: bool = False) -> None:

@@ -45,15 +45,12 @@ import onnx
 
 from fileformat.errors import PassError
 from passes._core.cli import run_pass_cli, unit_headline
+from passes._core.importance import importance
 from passes._core.oracle import zero_units
+from passes._core.prune import UnitPruneConfig, prune_units
 from passes._core.report import PassReport
-from passes._core.units import (
-    AttentionBlock,
-    UnitPruneConfig,
-    find_attention_blocks,
-    importance,
-    prune_units,
-)
+from passes._core.unit import AttentionBlock
+from passes._core.units import find_attention_blocks
 
 __all__ = [
     "AttentionBlock",
@@ -78,7 +75,7 @@ def head_importance(
     model: onnx.ModelProto, blocks: Sequence[AttentionBlock], norm: str = "l2"
 ) -> dict[str, np.ndarray]:
     """``{block id: [num_heads] scores}``: L1 or L2 norm of each head's q/k/v columns and projection rows."""
-    return importance(model, blocks, norm)
+    return importance(blocks, norm)  # the blocks carry the (canonical) model they were found on
 
 
 def prune_heads(model: onnx.ModelProto, config: PruneHeadsConfig) -> tuple[onnx.ModelProto, PassReport]:

@@ -38,8 +38,10 @@ import onnx
 from passes._core.cli import run_pass_cli
 from passes._core.importance import importance
 from passes._core.oracle import zero_units
+from passes._core.prune import UnitPruneConfig, prune_units
 from passes._core.report import PassReport
-from passes._core.units import Mlp, UnitPruneConfig, find_mlps, prune_units
+from passes._core.unit import Mlp
+from passes._core.units import find_mlps
 from passes.prune_heads import config_from_args, with_headline
 
 __all__ = ["Mlp", "SliceNeuronsConfig", "find_mlps", "main", "neuron_importance", "slice_neurons", "zero_neurons"]
@@ -55,7 +57,7 @@ class SliceNeuronsConfig(UnitPruneConfig):
 
 def neuron_importance(model: onnx.ModelProto, mlps: Sequence[Mlp], norm: str = "l2") -> dict[str, np.ndarray]:
     """``{mlp id: [hidden] scores}``: L1 or L2 norm of fc1's column and fc2's row of each neuron."""
-    return importance(model, mlps, norm)
+    return importance(mlps, norm)  # the MLPs carry the (canonical) model they were found on
 
 
 def slice_neurons(model: onnx.ModelProto, config: SliceNeuronsConfig) -> tuple[onnx.ModelProto, PassReport]:

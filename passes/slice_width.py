@@ -45,8 +45,8 @@ parse_early(__name__, _parser)  # --help and argument errors answer before onnx 
 import onnx
 
 from passes._core.cli import run_pass_cli
+from passes._core.prune import UnitPruneConfig, prune_units
 from passes._core.report import PassReport
-from passes._core.units import UnitPruneConfig, prune_units
 from passes.prune_heads import config_from_args, with_headline
 
 __all__ = ["KINDS", "SliceWidthConfig", "main", "slice_width"]

@@ -412,11 +412,3 @@ def test_synthetic_sweeps_a_killed_runs_folders_and_keeps_the_umask(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["syn", live.name])
     for d in (root, root / "IMG", root / "IMG" / "train"):
         assert d.stat().st_mode & 0o777 == 0o755, (d, oct(d.stat().st_mode))
-
-
-def test_light_parsers_name_what_the_engine_takes() -> None:
-    """A pass's parser is built before onnx loads, so its choices are repeated there: they must be the engine's."""
-    from passes._core.importance import CHANNEL_METHODS
-    from passes.slice_channels import IMPORTANCES
-
-    assert IMPORTANCES == CHANNEL_METHODS

@@ -1,9 +1,3 @@
-"""Shared machinery of the passes: model I/O, the common CLI, reports, graph statistics, finalisation."""
-
-from fileformat.errors import PassError
-from fileformat.io import load_model, save_model
-from passes._core.finalize import finalize
-from passes._core.report import PassReport
-from passes._core.stats import GraphStats, graph_stats
-
-__all__ = ["GraphStats", "PassError", "PassReport", "finalize", "graph_stats", "load_model", "save_model"]
+"""Shared machinery of the passes: the unit kinds and the one unit type, the coupled-dimension engine, cuts,
+importance, budgets, latency, reports and the common command line. Imports nothing itself, so that the light
+modules (:mod:`passes._core.kinds`) load without onnx."""

@@ -237,7 +237,8 @@ class Allocation:
         return {"flops": self.flops, "params": self.params}.get(self.metric, self.latency or 0.0)
 
 
-def _keep_top(scores: np.ndarray, count: int) -> list[int]:
+def select_top(scores: np.ndarray, count: int) -> list[int]:
+    """Indices of the ``count`` highest scores, sorted (ties: the lower index wins): what a unit group keeps."""
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     return sorted(int(i) for i in order[: max(0, int(count))])
 
@@ -269,7 +270,7 @@ def allocate(
         keep = {ly.name: [i for i in range(ly.size) if i not in removed[ly.name]] for ly in layers}
     else:
         counts, reached = _uniform(layers, model, goal, floors)
-        keep = {ly.name: _keep_top(ly.scores, counts[ly.name]) for ly in layers}
+        keep = {ly.name: select_top(ly.scores, counts[ly.name]) for ly in layers}
     at_floor = [name for name in sizes if counts[name] <= floors[name] < sizes[name]] if not reached else []
     f = flops.evaluate(counts) / flops.full if flops.full else 1.0
     p = params.evaluate(counts) / params.full if params.full else 1.0

@@ -12,7 +12,7 @@ the next layers' input channels, where it ends. A residual sum ties the producer
 axis is a :class:`passes._core.dims.Parts` layout, and each input's group cuts its own part of it.
 
 Removing channels ``R`` of a group deletes index ``R`` from every weight that carries them; the result equals the
-unpruned model with the consumers' input slices ``R`` zeroed (the oracle, :func:`zero_channels`).
+unpruned model with the consumers' input slices ``R`` zeroed (the oracle, :mod:`passes._core.oracle`).
 
 A group is *blocked* (never cut, reported with the walk's reason) when it reaches a graph input or output, a
 normalisation over channels (LayerNorm: MobileViT's transformer, which the width group cuts instead), a Reshape or
@@ -23,51 +23,18 @@ run time, a weight that another node also reads, or a weight axis that another u
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping, Sequence
 
-import numpy as np
 import onnx
 
-from fileformat.metadata import claim_sources, pick_source, read_metadata, write_metadata
-from passes._core.canonical import canonicalize
-from passes._core.dims import Dim, DimGroup, TraceError, apply_groups, kept_positions, trace, unit_positions
+from fileformat.metadata import pick_source
+from passes._core.dims import Dim, DimGroup, TraceError, trace
 from passes._core.graph import GraphView, NodeRef, metadata_scopes, node_scope
-from passes._core.oracle import zero_groups
-from passes._core.units import PruneUnit, merge_slices, torch_slices
+from passes._core.unit import ChannelGroup
 
 log = logging.getLogger(__name__)
 
 _LAYERS = ("Conv", "Gemm", "MatMul")
-
-
-@dataclass
-class ChannelGroup(PruneUnit):
-    """One set of channels cut together: the output channels of ``layers`` (their torch module paths; more than
-    one where a residual sum ties them), ``count`` of them. ``id`` is the path of the layer it was traced from, the
-    first in graph order whose output channels are the group's alone."""
-
-    gid: int = 0
-    layers: list[str] = field(default_factory=list)
-    source_nodes: list[int] = field(default_factory=list)
-    scope: str = "backbone"
-
-    @property
-    def name(self) -> str:
-        return self.id
-
-    @property
-    def size(self) -> int:
-        return self.count
-
-    @property
-    def blocked(self) -> list[str]:
-        return [self.skip_reason] if self.skip_reason else []
-
-    @property
-    def role(self) -> str:
-        return "residual" if len(self.source_nodes) > 1 else "conv"
 
 
 def module_path(view: GraphView, idx: int) -> str:
@@ -145,7 +112,7 @@ def find_channels(
         if any(seed in reached for _, reached in failed.values()):
             continue  # part of a group that was already found blocked
         path = module_path(view, ref.index)  # the seed's layer names the group: its output is the group's alone
-        unit = ChannelGroup(id=path, kind="channels", anchor=seed, count=dim.size, view=view, gid=len(found))
+        unit = ChannelGroup(id=path, kind="channels", anchor=seed, count=dim.size, view=view)
         unit.layers, unit.source_nodes, unit.scope = [path], [ref.index], _scope_of(view, ref.index, path)
         try:
             group = trace(view, seed, dim, channels=True)
@@ -176,138 +143,11 @@ def find_channels(
             unit.skip_reason = f"its axis is cut as {owner} (one owner per weight axis)"
         found.append(unit)
     # a blocked seed whose channels a later group took over (a conv added to a concatenation) is not a group
-    out = [g for g in found if g.group is not None or not any(g.anchor in h.group.dims for h in found if h.group)]
-    for k, g in enumerate(out):
-        g.gid = k
-    return out
+    return [g for g in found if g.group is not None or not any(g.anchor in h.group.dims for h in found if h.group)]
 
 
-class ChannelAnalysis:
-    """The channel groups of ``model``'s canonical form (``self.model``; with ``view``, ``model`` is that form
-    already). The input is not modified."""
-
-    def __init__(
-        self,
-        model: onnx.ModelProto,
-        view: GraphView | None = None,
-        claimed: Mapping[tuple[str, int], str] | None = None,
-    ) -> None:
-        self.model = model if view is not None else canonicalize(model)
-        self.view = view or GraphView(self.model)
-        self.groups = find_channels(self.model, self.view, claimed)
-        self.by_gid = {g.gid: g for g in self.groups}
-
-    def prunable(self, scope: str = "all") -> list[ChannelGroup]:
-        """Groups that can be cut, restricted to ``scope`` (``all``, ``decoder`` or ``backbone``)."""
-        if scope not in ("all", "decoder", "backbone"):
-            raise ValueError(f"unknown scope {scope!r}")
-        return [g for g in self.groups if g.prunable and (scope == "all" or g.scope == scope)]
-
-    def layer_index(self) -> dict[str, list[tuple[ChannelGroup, str, int]]]:
-        """``{module path: [(group, weight, axis)]}``: for every conv or linear layer whose output (or, for a
-        depthwise conv, whose channels) a prunable group carries, where that group sits in its weight."""
-        out: dict[str, list[tuple[ChannelGroup, str, int]]] = {}
-        for g in self.groups:
-            if g.group is None:
-                continue
-            for i in sorted(g.group.nodes):
-                node = self.view.nodes[i].node
-                if node.op_type in _LAYERS and node.output[0] in g.group.dims and node.input[1] in g.group.slices:
-                    ts = g.group.slices[node.input[1]]
-                    out.setdefault(module_path(self.view, i), []).append((g, ts.tensor, ts.axis))
-        return out
-
-
-@dataclass
-class CutResult:
-    """What :func:`apply_channel_cuts` wrote into the plan: per layer its kept output channels, and the torch
-    ``slices``."""
-
-    channels: dict[str, dict[str, object]] = field(default_factory=dict)
-    slices: dict[str, dict[str, list[int]]] = field(default_factory=dict)
-
-
-def _checked(
-    groups: Mapping[int, ChannelGroup], keep: Mapping[int, Sequence[int]], empty: bool = False
-) -> list[tuple[ChannelGroup, list[int]]]:
-    """The groups that lose channels, with their sorted kept channels (``empty``: a group may keep none)."""
-    out = []
-    for gid, kept in keep.items():
-        g = groups.get(gid)
-        if g is None or not g.prunable:
-            raise ValueError(f"group {gid} is not a prunable channel group")
-        bad = len(set(kept)) != len(kept) or (kept and (min(kept) < 0 or max(kept) >= g.size))
-        if bad or (not kept and not empty):
-            raise ValueError(f"group {g.name}: kept channels must be distinct indices in [0, {g.size}), not empty")
-        if len(kept) < g.size:
-            out.append((g, sorted(int(k) for k in kept)))
-    return out
-
-
-def apply_channel_cuts(
-    model: onnx.ModelProto, analysis: ChannelAnalysis, keep: Mapping[int, Sequence[int]]
-) -> tuple[onnx.ModelProto, CutResult]:
-    """A copy of ``model`` with every group ``gid`` in ``keep`` cut to the channels ``keep[gid]`` (indices
-    ``0 .. size - 1``), by :func:`passes._core.dims.apply_groups`; several groups on one axis (the parts of a
-    concatenation) compose. The plan's ``channels`` name every layer whose output lost channels (its kept output
-    positions), and ``slices`` hold the torch layout, folded BatchNorm statistics included. Not finalised."""
-    chosen = _checked(analysis.by_gid, keep)
-    view = analysis.view
-    result = CutResult()
-    out = apply_groups(model, view, [(g.group, kept) for g, kept in chosen])  # type: ignore[misc]
-    sources: dict[str, dict[str, Any]] = {}
-    masks: dict[str, np.ndarray] = {}
-    index = analysis.layer_index()
-    for g, kept in chosen:
-        merge_slices(result.slices, torch_slices(view, g, kept, sources))
-    for path, entries in index.items():
-        for g, tensor, axis in entries:
-            kept = next((k for h, k in chosen if h is g), None)
-            if kept is None:
-                continue
-            layout = g.group.slices[tensor].layout  # type: ignore[union-attr]
-            mask = np.zeros(view.shape(tensor)[axis], dtype=bool)  # type: ignore[index]
-            mask[kept_positions(layout, kept)] = True
-            masks[path] = masks[path] & mask if path in masks else mask
-    for path, mask in masks.items():
-        result.channels[path] = {"kept": np.flatnonzero(mask).tolist(), "total": int(mask.size)}
-    del out.graph.value_info[:]
-    wmap = read_metadata(out).get("weight_map")
-    if isinstance(wmap, dict) and sources:
-        claim_sources(wmap, sources)
-        write_metadata(out, {"weight_map": wmap})
-    return out, result
-
-
-def zero_channels(
-    model: onnx.ModelProto, analysis: ChannelAnalysis, keep: Mapping[int, Sequence[int]]
-) -> onnx.ModelProto:
-    """The zeroing oracle of channel groups ``{gid: kept channels}`` (a group may keep none):
-    :func:`passes._core.units.zero_groups`."""
-    cuts = [(g, sorted(set(range(g.size)) - set(kept))) for g, kept in _checked(analysis.by_gid, keep, True)]
-    return zero_groups(model, cuts)
-
-
-def channel_norms(group: ChannelGroup, method: str) -> Iterable[np.ndarray]:
-    """``[channels, ...]`` blocks of the group's source filters (``l1``/``l2``) or BatchNorm scales
-    (``bn_scale``), one per weight."""
-    g = group.group
-    assert g is not None and group.view is not None
-    view = group.view
-    if method == "bn_scale":
-        names = [
-            view.nodes[i].node.input[1] for i in sorted(g.nodes) if view.nodes[i].node.op_type == "BatchNormalization"
-        ]
-    else:
-        names = list(g.sources)
-    for name in names:
-        ts = g.slices[name]
-        each = np.stack([unit_positions(ts.layout, [u]) for u in range(g.count)])
-        yield np.take(view.constant(name), each, axis=ts.axis).swapaxes(0, ts.axis)  # type: ignore[arg-type]
-
-
-def keep_top(scores: np.ndarray, count: int) -> list[int]:
-    """Indices of the ``count`` highest scores, in ascending index order (ties: the lower index wins)."""
-    count = max(0, min(int(count), len(scores)))
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    return sorted(int(i) for i in order[:count])
+def in_scope(groups: Sequence[ChannelGroup], scope: str = "all") -> list[ChannelGroup]:
+    """The groups that can be cut, restricted to ``scope`` (``all``, ``decoder`` or ``backbone``)."""
+    if scope not in ("all", "decoder", "backbone"):
+        raise ValueError(f"unknown scope {scope!r}")
+    return [g for g in groups if g.prunable and (scope == "all" or g.scope == scope)]

@@ -19,7 +19,7 @@ import onnx
 from passes._core.budget import Factor, Term
 from passes._core.dims import Dim, Parts, part_size
 from passes._core.graph import GraphView
-from passes._core.units import PruneUnit
+from passes._core.unit import PruneUnit
 
 _CONTRACTIONS = ("MatMul", "Gemm", "Conv")
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)

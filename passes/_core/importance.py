@@ -2,11 +2,11 @@
 damage a cut does to the output, measured on calibration images.
 
 **Weight norms.** Unit ``u`` of a group scores ``L1 = sum |w|`` or ``L2 = sqrt(sum w^2)`` over its slices of the
-group's weights (:func:`norms`): for heads, head channels, neurons and widths (:func:`unit_scores`) the weights
-that produce and consume the unit (q/k/v columns and projection rows of a head, fc1's column and fc2's row of a
-neuron); for a conv channel group (:func:`channel_scores`) every source filter of the channel. ``bn_scale`` scores a
-channel by ``|gamma|`` of the group's BatchNormalization nodes, falling back to L2 where the exporter folded BN into
-the conv (:func:`channel_group_scores` says so in a note).
+group's weights (:func:`norms`, :func:`unit_scores`): for heads, head channels, neurons and widths the weights that
+produce and consume the unit (q/k/v columns and projection rows of a head, fc1's column and fc2's row of a
+neuron); for a conv channel group every source filter of the channel. ``bn_scale`` scores a channel by ``|gamma|`` of
+the group's BatchNormalization nodes, falling back to L2 where the exporter folded BN into the conv
+(:func:`importance` says so in a note).
 
 **Measured damage** (``compress --importance sensitivity``). Norms rank the units *within* a layer well, but they do
 not say whether the last quarter of a transformer's width costs more accuracy than half of a decoder conv: LAMP
@@ -40,24 +40,19 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnx
 
 from fileformat.errors import PassError
 from passes._core.budget import Layer
+from passes._core.defaults import CHANNEL_METHODS, NORMS
 from passes._core.dims import unit_positions
 from passes._core.oracle import all_ones, mask_input, maskable, masked_model
-
-if TYPE_CHECKING:
-    from passes._core.channels import ChannelGroup
-    from passes._core.units import PruneUnit
+from passes._core.unit import PruneUnit
 
 log = logging.getLogger(__name__)
-
-NORMS = ("l1", "l2")
-CHANNEL_METHODS = (*NORMS, "bn_scale")
 
 
 def norms(blocks: Iterable[np.ndarray], count: int, norm: str = "l2") -> np.ndarray:
@@ -72,58 +67,59 @@ def norms(blocks: Iterable[np.ndarray], count: int, norm: str = "l2") -> np.ndar
     return total if norm == "l1" else np.sqrt(total)
 
 
-def unit_scores(model: onnx.ModelProto, unit: PruneUnit, norm: str = "l2") -> np.ndarray:
-    """Per-unit weight norm of a head, head-channel, neuron or width group over its producing and consuming
-    weights."""
-    from passes._core.units import tensor_value
-
-    if unit.group is None:
-        raise PassError(f"{unit.id} was skipped ({unit.skip_reason}); it has no importance")
+def weight_blocks(unit: PruneUnit, method: str = "l2") -> Iterable[np.ndarray]:
+    """``[count, ...]`` blocks, one per weight, of what scores ``unit``: for heads, head channels, neurons and widths
+    the weights that make and consume the units (q/k/v columns and projection rows of a head, fc1's column and
+    fc2's row of a neuron); for a conv channel group its source filters, or (``bn_scale``) the ``gamma`` of its
+    BatchNormalization nodes."""
     g = unit.group
-    src = unit.view.model if unit.view is not None else model  # the (canonical) model the unit was found on
-
-    def blocks() -> Iterable[np.ndarray]:
-        for name in g.sources + g.sinks:
-            ts = g.slices[name]
-            each = np.stack([unit_positions(ts.layout, [u]) for u in range(g.count)])  # [count, entries of one]
-            yield np.take(tensor_value(src, name), each, axis=ts.axis).swapaxes(0, ts.axis)
-
-    return norms(blocks(), g.count, norm)
-
-
-def importance(model: onnx.ModelProto, units: Sequence[PruneUnit], norm: str = "l2") -> dict[str, np.ndarray]:
-    """``{unit id: scores}`` for every prunable unit."""
-    return {u.id: unit_scores(model, u, norm) for u in units if u.prunable}
-
-
-def channel_scores(group: ChannelGroup, method: str = "l2") -> np.ndarray:
-    """Per-channel importance of a conv channel group: the norm of every source filter of the channel (over all the
-    group's sources), or ``|gamma|`` of its BatchNormalization nodes (``bn_scale``; ValueError where it has none)."""
-    from passes._core.channels import channel_norms
-
+    if g is None or unit.view is None:
+        raise PassError(f"{unit.id} was skipped ({unit.skip_reason}); it has no importance")
+    view = unit.view
     if method == "bn_scale":
-        blocks = list(channel_norms(group, method))
+        nodes = [view.nodes[i].node for i in sorted(g.nodes)]
+        names = [n.input[1] for n in nodes if n.op_type == "BatchNormalization"]
+    elif unit.kind == "channels":
+        names = list(g.sources)
+    else:
+        names = g.sources + g.sinks
+    for name in names:
+        ts = g.slices[name]
+        each = np.stack([unit_positions(ts.layout, [u]) for u in range(g.count)])  # [count, entries of one]
+        yield np.take(view.constant(name), each, axis=ts.axis).swapaxes(0, ts.axis)  # type: ignore[arg-type]
+
+
+def unit_scores(unit: PruneUnit, method: str = "l2") -> np.ndarray:
+    """Per-unit importance of one group (:func:`weight_blocks`): its ``l1``/``l2`` norm, or for conv channels
+    ``bn_scale`` (``|gamma|``; ValueError where the group has no BatchNormalization)."""
+    if method == "bn_scale":
+        if unit.kind != "channels":
+            raise ValueError(f"bn_scale scores conv channels, not {unit.kind}")
+        blocks = list(weight_blocks(unit, method))
         if not blocks:
-            raise ValueError(f"group {group.name} has no BatchNormalization (folded into the conv?)")
-        return norms(blocks, group.size, "l1")
+            raise ValueError(f"group {unit.id} has no BatchNormalization (folded into the conv?)")
+        return norms(blocks, unit.count, "l1")
     if method not in NORMS:
         raise ValueError(f"unknown importance {method!r}; use {', '.join(CHANNEL_METHODS)}")
-    return norms(channel_norms(group, method), group.size, method)
+    return norms(weight_blocks(unit, method), unit.count, method)
 
 
-def channel_group_scores(groups: Sequence[ChannelGroup], method: str, notes: list[str]) -> dict[int, np.ndarray]:
-    """Importance per channel of each group; ``bn_scale`` falls back to ``l2`` where a group has no BN node."""
-    out: dict[int, np.ndarray] = {}
+def importance(units: Sequence[PruneUnit], method: str = "l2", notes: list[str] | None = None) -> dict[str, np.ndarray]:
+    """``{unit id: scores}`` of every prunable unit; ``bn_scale`` falls back to ``l2`` where a group has no BN node
+    (the exporter folded it into the conv), with a note in ``notes``."""
+    out: dict[str, np.ndarray] = {}
     fallback = []
-    for g in groups:
+    for u in units:
+        if not u.prunable:
+            continue
         try:
-            out[g.gid] = channel_scores(g, method)
+            out[u.id] = unit_scores(u, method)
         except ValueError:
             if method != "bn_scale":
                 raise
-            fallback.append(g.name)
-            out[g.gid] = channel_scores(g, "l2")
-    if fallback:
+            fallback.append(u.id)
+            out[u.id] = unit_scores(u, "l2")
+    if fallback and notes is not None:
         notes.append(
             f"importance bn_scale: {len(fallback)} group(s) have no BatchNormalization node (the exporter folded BN "
             f"into the conv), used the l2 filter norm instead: {', '.join(fallback[:6])}"

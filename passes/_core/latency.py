@@ -48,7 +48,7 @@ import onnx
 from fileformat.errors import PassError
 from fileformat.io import atomic_write_text
 from passes._core.budget import Factor, Term
-from passes._parser import LATENCY_THREADS
+from passes._core.defaults import LATENCY_THREADS
 
 log = logging.getLogger(__name__)
 

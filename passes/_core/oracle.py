@@ -32,12 +32,10 @@ from onnx import helper, numpy_helper
 from fileformat.errors import PassError
 from passes._core.canonical import canonicalize
 from passes._core.dims import unit_positions
+from passes._core.kinds import KINDS
 
 if TYPE_CHECKING:
-    from passes._core.units import PruneUnit
-
-#: unit kinds whose oracle zeroes only the consuming weights (the others zero every tensor carrying the unit)
-CONSUMERS_ONLY = ("heads", "neurons", "channels")
+    from passes._core.unit import PruneUnit
 
 
 def zeroed_weights(unit: PruneUnit) -> list[str]:
@@ -46,7 +44,7 @@ def zeroed_weights(unit: PruneUnit) -> list[str]:
     assert unit.group is not None
     if unit.group.inexact:
         raise PassError(f"{unit.id}: no zeroing oracle, {unit.group.inexact[0]}")
-    return list(unit.group.sinks) if unit.kind in CONSUMERS_ONLY else list(unit.group.slices)
+    return list(unit.group.sinks) if KINDS[unit.kind].consumers_only else list(unit.group.slices)
 
 
 def zero_units(model: onnx.ModelProto, unit: PruneUnit, removed: Sequence[int]) -> onnx.ModelProto:
@@ -68,6 +66,14 @@ def zero_groups(model: onnx.ModelProto, cuts: Sequence[tuple[PruneUnit, Sequence
             arr[tuple(sl)] = 0
             inits[name].CopyFrom(numpy_helper.from_array(arr, name))
     return out
+
+
+def zero_kept(model: onnx.ModelProto, units: Sequence[PruneUnit], keep: Mapping[str, Sequence[int]]) -> onnx.ModelProto:
+    """:func:`zero_groups` for the units of ``units`` named in ``keep`` (``{id: kept units}``; a group may keep
+    none): every unit not kept is zeroed."""
+    by_id = {u.id: u for u in units}
+    cuts = [(by_id[uid], sorted(set(range(by_id[uid].count)) - {int(k) for k in kept})) for uid, kept in keep.items()]
+    return zero_groups(model, cuts)
 
 
 def maskable(unit: PruneUnit, model: onnx.ModelProto) -> str | None:

@@ -10,8 +10,7 @@ import onnx
 import pytest
 
 from fileformat.plan import read_plan
-from passes._core.channels import ChannelAnalysis, zero_channels
-from passes._core.oracle import zero_units
+from passes._core.oracle import zero_kept, zero_units
 from passes._core.stats import graph_stats
 from passes._core.units import find_units
 from passes.compress import CompressConfig, compress, main
@@ -49,10 +48,9 @@ def _combined_oracle(model: onnx.ModelProto, plan: dict) -> onnx.ModelProto:
             if entry:
                 removed = [i for i in range(unit.count) if i not in entry["kept"]]
                 oracle = zero_units(oracle, unit, removed)
-    analysis = ChannelAnalysis(model)
-    by_name = {g.name: g.gid for g in analysis.groups}
-    keep = {by_name[name]: e["kept"] for name, e in plan["channels"].items() if name in by_name}
-    return zero_channels(oracle, analysis, keep)
+    groups = find_units(model, "channels")
+    names = {g.id for g in groups}
+    return zero_kept(oracle, groups, {name: e["kept"] for name, e in plan["channels"].items() if name in names})
 
 
 def test_uniform_budget_cuts_all_three_kinds_and_matches_the_oracle(exported) -> None:

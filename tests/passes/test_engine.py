@@ -8,6 +8,7 @@ import pytest
 from _helpers_prune import mha_model, run_ort
 from onnx import TensorProto, helper, numpy_helper
 
+from passes._core.budget import select_top
 from passes._core.dims import (
     Dim,
     Parts,
@@ -25,7 +26,8 @@ from passes._core.dims import (
 )
 from passes._core.finalize import finalize
 from passes._core.graph import GraphView
-from passes._core.units import find_attention_blocks, find_mlps, keep_count, select_top
+from passes._core.unit import keep_count
+from passes._core.units import find_attention_blocks, find_mlps
 from passes.prune_heads import PruneHeadsConfig, prune_heads, zero_heads
 
 
@@ -427,7 +429,8 @@ def test_fused_qkv_is_taken_apart_and_its_q_k_and_v_channels_are_two_groups() ->
     reaches k through the scores, so q/k form one group and v another, each exact against zeroing."""
     from passes._core.canonical import canonicalize
     from passes._core.oracle import zero_units
-    from passes._core.units import UnitPruneConfig, find_head_dims, prune_units
+    from passes._core.prune import UnitPruneConfig, prune_units
+    from passes._core.units import find_head_dims
 
     model = mha_model(blocks=2)
     canon = canonicalize(model)

@@ -13,9 +13,10 @@ import pytest
 from fileformat.errors import PassError
 from fileformat.plan import read_plan
 from passes._core.budget import BudgetConfig, CostModel, Layer, Term, allocate
-from passes._core.channels import ChannelAnalysis, zero_channels
 from passes._core.importance import damage_curve, distortion, measure_damage, removal_points
+from passes._core.oracle import zero_kept
 from passes._core.stats import graph_stats
+from passes._core.units import find_units
 from passes.compress import CompressConfig, compress, main
 
 from _helpers_channels import image, run  # isort: skip
@@ -127,9 +128,9 @@ def xxs(exported) -> Path:
 def test_the_measured_cut_is_the_cut_the_passes_write(xxs: Path) -> None:
     """Sensitivity rewrites one layer's group directly on the canonical model (no second discovery, no checks); for
     a layer of every kind that gives the model the passes write for the same one-layer plan, to the bit."""
-    from passes.compress import _apply, _channels_config, _discover, _plan_of, _unit_configs, cut_one_layer
+    from passes._core.problem import cut_one_layer, discover, plan_of
 
-    problem = _discover(onnx.load(str(xxs)), CompressConfig(target_flops=0.5))
+    problem = discover(onnx.load(str(xxs)), CompressConfig(target_flops=0.5))
     x = image(64, seed=2)
     kinds = set()
     for ly in problem.layers:
@@ -137,8 +138,8 @@ def test_the_measured_cut_is_the_cut_the_passes_write(xxs: Path) -> None:
             continue
         kinds.add(ly.kind)
         kept = list(range(0, ly.size, 2))  # every other unit: not a prefix, so the indices matter
-        plan = _plan_of(problem, {ly.name: kept})
-        written = _apply(problem.model, _unit_configs(plan), _channels_config(plan))[0]
+        plan = plan_of(problem, {ly.name: kept})
+        written = problem.apply(plan)[0]
         measured = cut_one_layer(problem, ly.name, kept)
         assert np.array_equal(run(measured, x), run(written, x)), ly.name
         assert not np.allclose(run(measured, x), run(problem.model, x)), ly.name  # the cut did change the output
@@ -150,9 +151,9 @@ def test_a_group_the_output_ignores_is_cut_first_whatever_its_norms(xxs: Path) -
     like any other, but cutting it changes nothing. The measured budget sees a flat damage curve and takes the
     group down to its floor before anything else; the magnitude budget keeps most of it."""
     model = onnx.load(str(xxs))
-    analysis = ChannelAnalysis(model)
-    group = next(g for g in analysis.groups if g.name == "decoder.fpn_convs.0.0")
-    dead = zero_channels(model, analysis, {group.gid: []})
+    groups = find_units(model, "channels")
+    group = next(g for g in groups if g.id == "decoder.fpn_convs.0.0")
+    dead = zero_kept(model, groups, {group.id: []})
     calib = [{model.graph.input[0].name: image(64, seed=s)} for s in range(3)]
     measured, rep = compress(dead, CompressConfig(target_flops=0.4, importance="sensitivity", calib=calib))
     magnitude, _ = compress(dead, CompressConfig(target_flops=0.4, allocation="halp"))

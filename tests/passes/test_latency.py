@@ -295,10 +295,11 @@ def test_the_latency_loop_lands_from_any_first_plan_under_a_noisy_timer(
 def test_the_loop_brackets_then_narrows() -> None:
     """Once cuts on both sides of the band were measured, each next asked target lies inside their bracket, in its
     middle half (so the bracket shrinks by a quarter at least)."""
-    from passes.compress import _Attempt, _next_asked
+    from passes._core.loop import Attempt
+    from passes._core.loop import next_asked as _next_asked
 
-    def attempt(asked: float, ratio: float) -> _Attempt:
-        return _Attempt(asked, None, None, [], None, ratio, 0.0, (0.30, 0.34), True)  # type: ignore[arg-type]
+    def attempt(asked: float, ratio: float) -> Attempt:
+        return Attempt(asked, asked, None, None, [], None, ratio, 0.0, (0.30, 0.34), True)  # type: ignore[arg-type]
 
     first = [attempt(0.35, 0.40)]  # over the band: the table's bias taken off the aim
     assert _next_asked(first) == pytest.approx(0.35 * 0.32 / 0.40)

@@ -11,7 +11,7 @@ import pytest
 
 from fileformat.errors import PassError
 from passes._core.oracle import all_ones, mask_input, maskable, masked_model, zero_units
-from passes.compress import CompressConfig, _discover, cut_one_layer
+from passes._core.problem import CompressConfig, cut_one_layer, discover
 
 from _helpers_channels import image, run  # isort: skip
 
@@ -20,7 +20,7 @@ from _helpers_channels import image, run  # isort: skip
 def problem(exported):
     """MobileViT-XXS with UPerNet-64 at 64 px: heads, head channels (q/k apart from v), neurons, widths, residual
     channel groups and the parts of the decoder's concatenation."""
-    return _discover(onnx.load(str(exported("mobilevit_xxs_upernet64", size=64))), CompressConfig(target_flops=0.5))
+    return discover(onnx.load(str(exported("mobilevit_xxs_upernet64", size=64))), CompressConfig(target_flops=0.5))
 
 
 def _masked_run(sess: ort.InferenceSession, x: np.ndarray, masks: dict[str, np.ndarray]) -> np.ndarray:
@@ -28,7 +28,7 @@ def _masked_run(sess: ort.InferenceSession, x: np.ndarray, masks: dict[str, np.n
 
 
 def test_a_masked_run_is_the_cut_model(problem) -> None:
-    units = {**problem.units, **problem.channel_groups}
+    units = problem.units
     exact = {name: u for name, u in units.items() if maskable(u, problem.model) is None}
     assert {u.kind for u in exact.values()} == {"heads", "head_dim", "neurons", "channels"}
     sess = ort.InferenceSession(

@@ -25,7 +25,8 @@ from _shared import perturb_
 from torch import nn
 
 from passes._core.oracle import zero_units
-from passes._core.units import UnitPruneConfig, find_mlps, find_units, not_mlps, prune_units
+from passes._core.prune import UnitPruneConfig, prune_units
+from passes._core.units import find_mlps, find_units, not_mlps
 from passes.compress import CompressConfig, compress
 from passes.prune_heads import PruneHeadsConfig, prune_heads, zero_heads
 from passes.slice_neurons import SliceNeuronsConfig, slice_neurons, zero_neurons

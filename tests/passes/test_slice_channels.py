@@ -23,8 +23,10 @@ from fileformat.errors import PassError
 from fileformat.metadata import read_metadata
 from fileformat.plan import read_plan
 from passes._core.canonical import canonicalize
-from passes._core.channels import ChannelAnalysis, zero_channels
+from passes._core.channels import in_scope
+from passes._core.oracle import zero_kept
 from passes._core.stats import graph_stats
+from passes._core.units import find_units
 from passes.slice_channels import SliceChannelsConfig, main, slice_channels
 
 TOL = 1e-4
@@ -69,13 +71,13 @@ def _load(path: Path) -> onnx.ModelProto:
     return canonicalize(onnx.load(str(path)))
 
 
-def _random_plan(analysis: ChannelAnalysis, seed: int) -> tuple[dict, dict[int, list[int]]]:
+def _random_plan(groups: list, seed: int) -> tuple[dict, dict[str, list[int]]]:
     rng = np.random.default_rng(seed)
     plan, keep = {"channels": {}}, {}
-    for g in analysis.prunable():
+    for g in in_scope(groups):
         kept = sorted(rng.choice(g.size, size=int(rng.integers(1, g.size)), replace=False).tolist())
         plan["channels"][g.name] = {"kept": kept, "total": g.size}
-        keep[g.gid] = kept
+        keep[g.id] = kept
     return plan, keep
 
 
@@ -87,12 +89,12 @@ def _weight(model: onnx.ModelProto, param: str) -> np.ndarray:
 @pytest.mark.parametrize(("exporter", "opset"), [("legacy", 17), ("legacy", 13), ("dynamo", 17), ("dynamo", 13)])
 def test_random_cuts_match_zeroing_oracle_on_mobilevit(exported, exporter: str, opset: int) -> None:
     model = _load(exported("mobilevit_xxs", size=64, opset=opset, exporter=exporter))
-    analysis = ChannelAnalysis(model)
-    assert {g.name: g.size for g in analysis.prunable()} == XXS_GROUPS
-    plan, keep = _random_plan(analysis, seed=opset)
+    groups = find_units(model, "channels")
+    assert {g.name: g.size for g in in_scope(groups)} == XXS_GROUPS
+    plan, keep = _random_plan(groups, seed=opset)
     out, report = slice_channels(model, SliceChannelsConfig(plan=plan))
     x = image(64)
-    want = run(zero_channels(model, analysis, keep), x)
+    want = run(zero_kept(model, groups, keep), x)
     got = run(out, x)
     assert np.abs(got - want).max() <= TOL
     assert np.abs(run(model, x) - want).max() > 1e-2  # the cut really changed the function
@@ -215,7 +217,7 @@ def test_keep_all_leaves_the_model_unchanged(exported) -> None:
     out, report = slice_channels(model, SliceChannelsConfig(ratio=0.0))
     assert not report.modified
     assert out.SerializeToString() == model.SerializeToString()
-    groups = ChannelAnalysis(model).prunable()
+    groups = in_scope(find_units(model, "channels"))
     full = {"channels": {g.name: {"kept": list(range(g.size)), "total": g.size} for g in groups}}
     out2, report2 = slice_channels(model, SliceChannelsConfig(plan=full))
     assert not report2.modified and out2.SerializeToString() == model.SerializeToString()
@@ -224,14 +226,14 @@ def test_keep_all_leaves_the_model_unchanged(exported) -> None:
 @pytest.mark.parametrize("fold_bn", [True, False])
 def test_cnn_classifier_with_flatten_gemm_head(fold_bn: bool) -> None:
     model, net = export_cnn(fold_bn)
-    analysis = ChannelAnalysis(model)
-    groups = {g.name: g for g in analysis.groups}
+    found = find_units(model, "channels")
+    groups = {g.name: g for g in found}
     assert {n for n, g in groups.items() if g.prunable} == {"stem.0", "expand.0", "stage2.0", "fc1"}
     assert groups["stem.0"].layers == ["stem.0", "project.0"]  # the residual sum
-    plan, keep = _random_plan(analysis, seed=11)
+    plan, keep = _random_plan(found, seed=11)
     out, _ = slice_channels(model, SliceChannelsConfig(plan=plan))
     x = image(16, seed=2)
-    assert np.abs(run(out, x) - run(zero_channels(model, analysis, keep), x)).max() <= 1e-5
+    assert np.abs(run(out, x) - run(zero_kept(model, found, keep), x)).max() <= 1e-5
     kept_stage2 = plan["channels"]["stage2.0"]["kept"]
     fc1 = _weight(out, "fc1.weight")  # Gemm transB=1: [out, in]; channel c owns features 4c .. 4c + 3
     assert fc1.shape == (len(plan["channels"]["fc1"]["kept"]), 4 * len(kept_stage2))
@@ -354,22 +356,24 @@ def test_unequal_concat_pool_resize_instance_norm(exporter: str, e_first: bool, 
     torch.manual_seed(0)
     net = perturb_(_CatNet(e_first), 0).eval()
     model = canonicalize(onnx.load(str(export(net, (1, 3, 16, 16), tmp_path / "cat.onnx", exporter, 17))))
-    analysis = ChannelAnalysis(model)
-    sizes = {g.size for g in analysis.prunable()}
-    assert len(analysis.groups) == 4 and not analysis.groups[-1].prunable  # d reaches the output
-    assert len(analysis.prunable()) == 3 and sizes == {8, 12, 6}, [(g.name, g.skip_reason) for g in analysis.groups]
-    assert sorted(len(g.layers) for g in analysis.prunable()) == [1, 2, 2]  # a and e, b and e, c
+    found = find_units(model, "channels")
+    prunable = in_scope(found)
+    sizes = {g.size for g in prunable}
+    assert len(found) == 4 and not found[-1].prunable  # d reaches the output
+    assert len(prunable) == 3 and sizes == {8, 12, 6}, [(g.name, g.skip_reason) for g in found]
+    assert sorted(len(g.layers) for g in prunable) == [1, 2, 2]  # a and e, b and e, c
     out, report = slice_channels(model, SliceChannelsConfig(ratio=0.5))
     channels = read_plan(out)["channels"]
-    keep = {g.gid: channels[g.name]["kept"] for g in analysis.prunable()}
+    keep = {g.id: channels[g.name]["kept"] for g in prunable}
     assert sorted(len(k) for k in keep.values()) == [3, 4, 6]
-    a, b = (next(g for g in analysis.prunable() if g.size == n) for n in (8, 12))
+    a, b = (next(g for g in prunable if g.size == n) for n in (8, 12))
     (e,) = set(a.layers) & set(b.layers)  # its kept outputs: a's channels, then b's after the first 8
-    assert channels[e] == {"kept": keep[a.gid] + [8 + c for c in keep[b.gid]], "total": 20}
+    assert channels[e] == {"kept": keep[a.id] + [8 + c for c in keep[b.id]], "total": 20}
     fusion = next(w for w in (numpy_helper.to_array(t) for t in out.graph.initializer) if w.shape[:2] == (3, 10))
     assert fusion.shape == (3, 10, 1, 1)  # 4 + 6 of its 8 + 12 input channels, 3 of its 6 outputs
     x = image(16, seed=3)
-    want = run(zero_channels(model, analysis, keep), x)
+    want = run(zero_kept(model, found, keep), x)
     assert np.abs(run(out, x) - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))
-    shifted = {gid: [(k + 1) % analysis.by_gid[gid].size for k in kept] for gid, kept in keep.items()}
-    assert np.abs(run(out, x) - run(zero_channels(model, analysis, shifted), x)).max() > 1e-3
+    size = {g.id: g.size for g in found}
+    shifted = {uid: [(k + 1) % size[uid] for k in kept] for uid, kept in keep.items()}
+    assert np.abs(run(out, x) - run(zero_kept(model, found, shifted), x)).max() > 1e-3

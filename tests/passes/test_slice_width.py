@@ -119,7 +119,8 @@ def test_a_width_keeps_its_name_when_an_earlier_cut_leaves_one_head(exported) ->
     cuts heads before widths, and a block left with one head no longer seeds the width search: the width must keep
     its name, or the plan's width entry no longer fits (found on transformers' MobileViT, latency budget)."""
     from fileformat.metadata import PREFIX
-    from passes._core.units import UnitPruneConfig, find_attention_blocks, prune_units
+    from passes._core.prune import UnitPruneConfig, prune_units
+    from passes._core.units import find_attention_blocks
 
     model = onnx.load(str(exported("mobilevit_xxs", size=64)))
     kept_props = [p for p in model.metadata_props if p.key != f"{PREFIX}weight_map"]

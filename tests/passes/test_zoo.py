@@ -31,9 +31,8 @@ from test_compress import EXACT, _combined_oracle
 
 from fileformat.errors import PassError
 from fileformat.plan import read_plan
-from passes._core.channels import ChannelAnalysis, zero_channels
-from passes._core.oracle import zero_units
-from passes._core.units import find_head_dims, find_widths
+from passes._core.oracle import zero_kept, zero_units
+from passes._core.units import find_head_dims, find_units, find_widths
 from passes.compress import CompressConfig, compress
 from passes.prune_heads import PruneHeadsConfig, find_attention_blocks, prune_heads, zero_heads
 from passes.slice_channels import SliceChannelsConfig, slice_channels
@@ -154,11 +153,11 @@ def test_slice_channels(zoo_root: Path, model: str, export_id: str, variant: str
         assert report.modified and report.flops_after < report.flops_before, f"nothing cut: {report.skipped}"
     _check_runs(proto, out)
     if report.modified:  # the oracle: the consumers' input channels of the removed channels zeroed
-        analysis = ChannelAnalysis(proto)
-        by_name = {g.name: g.gid for g in analysis.groups}
-        keep = {by_name[name]: e["kept"] for name, e in read_plan(out)["channels"].items() if name in by_name}
+        groups = find_units(proto, "channels")
+        names = {g.id for g in groups}
+        keep = {name: e["kept"] for name, e in read_plan(out)["channels"].items() if name in names}
         x = input_for(proto)
-        want = run_ort(zero_channels(proto, analysis, keep), x)
+        want = run_ort(zero_kept(proto, groups, keep), x)
         err = float(np.abs(run_ort(out, x) - want).max()) / float(np.abs(want).max())
         assert err <= RTOL, f"cut model != zeroing oracle: relative error {err:.3g}"
 
