@@ -1,8 +1,8 @@
-"""What the benchmark scripts share: the registry model with the tests' seeded perturbation, and its export."""
+"""What the benchmark scripts share: the registry model with the tests' seeded perturbation (:mod:`models.perturb`),
+and its export."""
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,8 @@ def perturbed_model(model: str, seed: int) -> Any:
     """Registry model ``model``, seeded, every weight perturbed like the tests' (no two weights equal), in eval."""
     import torch
 
+    from models.perturb import perturb_
     from models.registry import build_model
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    from _shared import perturb_
 
     torch.manual_seed(seed)
     return perturb_(build_model(model), seed).eval()

@@ -27,7 +27,7 @@ def _timers(paths: list[Path], batch: int) -> dict[str, list[Any]]:
     import torch
 
     from fileformat.session import SessionConfig, load_session
-    from models.prune_torch import student_from_onnx
+    from models.onnx_weights import student_from_onnx
 
     cpu = SessionConfig(spinning=True, log_severity=None)  # onnxruntime's defaults, as a user's session
     cuda = SessionConfig(providers=("CUDAExecutionProvider", "CPUExecutionProvider"), spinning=True, log_severity=None)

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from fileformat.args import Parser, check_output_folder, fraction, int_in, non_negative, non_negative_int, positive
 from fileformat.cli import cli_main
-from fileformat.errors import PassError, UsageError
+from fileformat.errors import InputError, PassError, UsageError
 from models.configs import CONFIGS, model_name
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ LOSS_DEFAULTS: dict[str, Any] = {
 }
 
 
-class DistillError(ValueError):
+class DistillError(InputError):
     """A distillation that cannot run as asked (bad student, teacher, checkpoint or options); says why."""
 
 
@@ -260,8 +260,9 @@ def _load_student(cfg: DistillConfig) -> tuple[Segmentor, dict[str, Any] | None,
     """(student, plan or None, export options dict) from an ONNX file or a configuration name."""
     import torch
 
-    from models.prune_torch import PlanError, student_from_onnx
+    from models.onnx_weights import student_from_onnx
     from models.registry import UnknownModelError, build_model
+    from models.torch_plan import PlanError
     from models.weights import WeightsError
 
     src = Path(cfg.student)
@@ -828,9 +829,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume = Path(args.out) / "checkpoint.pt" if args.resume == "auto" else Path(args.resume)
     try:
         res = distill(cfg, resume=resume, progress=None if args.quiet or args.no_progress else "distill")
-    except DistillError as exc:
-        print(f"error: models.distill: {exc}", file=sys.stderr)
-        return 1
     finally:
         torch = sys.modules.get("torch")
         if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():

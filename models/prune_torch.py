@@ -42,20 +42,32 @@ from typing import Any
 from fileformat.args import Parser, non_negative
 from fileformat.cli import cli_main
 
-# what ``from models.prune_torch import apply_plan`` (PlanError, QkSplitAttention, RoundTripReport,
-# check_roundtrip, load_onnx_weights, student_from_onnx, ...) finds lives in models._prune_torch
+#: where each name ``from models.prune_torch import ...`` finds lives (imported, with torch, on first use)
+_HOMES = {
+    "PlanError": "torch_plan",
+    "normalize_plan": "torch_plan",
+    "apply_plan": "surgery",
+    "QkSplitAttention": "surgery",
+    "LoadSummary": "onnx_weights",
+    "load_onnx_weights": "onnx_weights",
+    "student_from_onnx": "onnx_weights",
+    "RoundTripReport": "roundtrip",
+    "check_roundtrip": "roundtrip",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """Everything but the command line lives in :mod:`models._prune_torch`, imported (with torch) on first use."""
-    if name.startswith("__"):
-        raise AttributeError(name)
-    from models import _prune_torch
+    """The torch side lives in four modules, one per job: :mod:`models.surgery` (a plan applied to a torch model),
+    :mod:`models.low_rank` (its factorisations), :mod:`models.onnx_weights` (a file's weights loaded into it) and
+    :mod:`exporters.roundtrip` (the round-trip check); :mod:`models.torch_plan` holds :class:`PlanError`. This
+    module is the command line; it imports them (and torch) on first use, so ``--help`` answers at once."""
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from exporters import roundtrip
+    from models import onnx_weights, surgery, torch_plan
 
-    try:
-        return getattr(_prune_torch, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    homes = {"torch_plan": torch_plan, "surgery": surgery, "onnx_weights": onnx_weights, "roundtrip": roundtrip}
+    return getattr(homes[_HOMES[name]], name)
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
@@ -82,13 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     check_distinct([args.model], [("--json", args.json)])
     load_model(args.model)  # a missing or unreadable file is refused before torch is imported
-    from models._prune_torch import PlanError, check_roundtrip
+    from exporters.roundtrip import check_roundtrip
 
-    try:
-        report = check_roundtrip(args.model, tolerance=args.tolerance)
-    except PlanError as exc:
-        print(f"error: python -m models.prune_torch: {exc}", file=sys.stderr)
-        return 1
+    report = check_roundtrip(args.model, tolerance=args.tolerance)
     print(report.format())
     if args.json:
         import json

@@ -1,73 +1,31 @@
-"""The implementation of :mod:`models.prune_torch` (read its notes): torch and timm are imported here, not in the
-module a user runs, so ``python -m models.prune_torch --help`` answers at once."""
+"""Surgery: a plan applied to an unpruned torch model (the notes of :mod:`models.prune_torch` say how each entry
+is cut), the attention with q/k channels of their own, and the check that the cut model still runs."""
 
 from __future__ import annotations
 
 import copy
 import logging
-import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnx
 import torch
-from onnx import numpy_helper
 from timm.layers import Attention
 from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
 from torch import nn
 
-from fileformat.metadata import weight_sources
-from fileformat.plan import QK_SUFFIX, check_indices
-from fileformat.plan import normalize_plan as _normalize_plan
-from models.registry import ModelConfig, Segmentor
+from fileformat.plan import QK_SUFFIX
+from models.low_rank import apply_low_rank
+from models.registry import Segmentor
+from models.torch_plan import PlanError, Slices, normalize_plan, plan_indices, plan_module, probe_size
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "PlanError",
-    "RoundTripReport",
-    "apply_plan",
-    "check_roundtrip",
-    "load_onnx_weights",
-    "normalize_plan",
-    "student_from_onnx",
-]
-
-
-class PlanError(ValueError):
-    """A plan (or pruned ONNX file) that does not fit the model configuration; the message says where and why."""
-
-
-# ---------------------------------------------------------------------------------------------- plan parsing
-
-Slices = dict[str, dict[int, list[int]]]
-
-
-def _indices(where: str, kept: Any, total: int) -> list[int]:
-    return check_indices(where, kept, total, error=PlanError)
-
-
-def normalize_plan(plan: dict[str, Any]) -> dict[str, Any]:
-    """Check the plan's container format (version, sections); a deep copy with all sections present."""
-    return _normalize_plan(plan, error=PlanError)
-
-
-def _module(model: nn.Module, path: str, section: str) -> nn.Module:
-    try:
-        return model.get_submodule(path)
-    except AttributeError:
-        raise PlanError(
-            f"plan {section}: {path!r} is not a module of this model ({model.config.name}); the plan was made "
-            "for another configuration."
-        ) from None
+__all__ = ["QkSplitAttention", "apply_plan"]
 
 
 def _attention_parts(model: nn.Module, path: str) -> tuple[nn.Module, nn.Linear, nn.Linear, int, int]:
     """(module, qkv, proj, num_heads, head_dim) of a fused-qkv multi-head attention module (timm's Attention)."""
-    attn = _module(model, path, "heads")
+    attn = plan_module(model, path, "heads")
     qkv, proj = getattr(attn, "qkv", None), getattr(attn, "proj", None)
     if not (hasattr(attn, "num_heads") and isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)):
         raise PlanError(
@@ -122,7 +80,7 @@ def _collect_slices(model: nn.Module, plan: dict[str, Any]) -> tuple[Slices, dic
                 raise PlanError(f"plan slices {name}: axis {axis_key!r} is not an integer.") from None
             if not 0 <= axis < len(shape):
                 raise PlanError(f"plan slices {name}: axis {axis} out of range for shape {list(shape)}.")
-            slices.setdefault(name, {})[axis] = _indices(f"plan slices {name} axis {axis}", kept, shape[axis])
+            slices.setdefault(name, {})[axis] = plan_indices(f"plan slices {name} axis {axis}", kept, shape[axis])
 
     heads: dict[str, list[int]] = {}
     for path, entry in plan["heads"].items():
@@ -131,7 +89,7 @@ def _collect_slices(model: nn.Module, plan: dict[str, Any]) -> tuple[Slices, dic
             raise PlanError(f"plan heads {path}: expected {{'kept': [...], 'total': N}}, got {entry!r}.")
         if int(entry.get("total", total)) != total:
             raise PlanError(f"plan heads {path}: the plan says {entry['total']} heads, the model has {total}.")
-        kept = _indices(f"plan heads {path}", entry["kept"], total)
+        kept = plan_indices(f"plan heads {path}", entry["kept"], total)
         heads[path] = kept
         dims, qk_dims = _head_dims(plan, path, head_dim), _head_dims(plan, path + QK_SUFFIX, head_dim, path)
         # fused qkv rows are [3, heads, head_dim] flattened: row = part * total * head_dim + h * head_dim + d
@@ -145,7 +103,7 @@ def _collect_slices(model: nn.Module, plan: dict[str, Any]) -> tuple[Slices, dic
         _merge_derived(slices, f"{path}.proj.weight", 1, cols, src)
 
     for path, entry in plan["neurons"].items():
-        mlp = _module(model, path, "neurons")
+        mlp = plan_module(model, path, "neurons")
         fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
         if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)):
             # an MLP the graph shows but no one torch module holds (a 1x1-conv pair across two blocks): the plan's
@@ -158,7 +116,7 @@ def _collect_slices(model: nn.Module, plan: dict[str, Any]) -> tuple[Slices, dic
         total = fc1.out_features
         if int(entry.get("total", total)) != total:
             raise PlanError(f"plan neurons {path}: the plan says {entry['total']} neurons, the model has {total}.")
-        kept = _indices(f"plan neurons {path}", entry["kept"], total)
+        kept = plan_indices(f"plan neurons {path}", entry["kept"], total)
         src = f"plan neurons {path}"
         _merge_derived(slices, f"{path}.fc1.weight", 0, kept, src)
         if fc1.bias is not None:
@@ -166,14 +124,14 @@ def _collect_slices(model: nn.Module, plan: dict[str, Any]) -> tuple[Slices, dic
         _merge_derived(slices, f"{path}.fc2.weight", 1, kept, src)
 
     for path, entry in plan["channels"].items():
-        mod = _module(model, path, "channels")
+        mod = plan_module(model, path, "channels")
         conv = mod if isinstance(mod, nn.Conv2d) else getattr(mod, "conv", None)
         if conv is None and isinstance(mod, nn.Sequential) and len(mod) and isinstance(mod[0], nn.Conv2d):
             conv = mod[0]
         if not isinstance(conv, nn.Conv2d) or not isinstance(entry, dict) or "kept" not in entry:
             raise PlanError(f"plan channels: {path!r} must name a Conv2d (or conv block) with {{'kept': [...]}}.")
         conv_name = path if conv is mod else next(n for n, m in model.named_modules() if m is conv)
-        kept = _indices(f"plan channels {path}", entry["kept"], conv.out_channels)
+        kept = plan_indices(f"plan channels {path}", entry["kept"], conv.out_channels)
         have = slices.get(f"{conv_name}.weight", {}).get(0)
         if have is None or have != kept:
             raise PlanError(
@@ -192,7 +150,7 @@ def _head_dims(plan: dict[str, Any], path: str, head_dim: int, default: str | No
         return _head_dims(plan, default, head_dim) if default is not None else list(range(head_dim))
     if not isinstance(entry, dict) or "kept" not in entry or int(entry.get("total", head_dim)) != head_dim:
         raise PlanError(f"plan head_dim {path}: expected {{'kept': [...], 'total': {head_dim}}}, got {entry!r}.")
-    return _indices(f"plan head_dim {path}", entry["kept"], head_dim)
+    return plan_indices(f"plan head_dim {path}", entry["kept"], head_dim)
 
 
 # ------------------------------------------------------------------------------------------- applying a plan
@@ -325,10 +283,6 @@ def _resize_module(path: str, mod: nn.Module, new: dict[str, torch.Tensor]) -> N
     # other modules (e.g. an attention module's per-head tables) only hold tensors: nothing to fix
 
 
-def _probe_size(config: ModelConfig) -> int:
-    return config.input_size if config.family == "swin" else 32
-
-
 def apply_plan(model: Segmentor, plan: dict[str, Any]) -> Segmentor:
     """Return a copy of the UNPRUNED ``model`` cut to ``plan``'s structure (its weights sliced; input untouched).
 
@@ -384,8 +338,8 @@ def apply_plan(model: Segmentor, plan: dict[str, Any]) -> Segmentor:
                     f"{path}: qkv keeps {qkv.out_features} outputs but {mod.num_heads} heads x (q/k {qk_dim} x 2 + "
                     f"v {mod.head_dim}) = {want}; cut whole heads through a 'heads' entry."
                 )
-    _apply_low_rank(new_model, plan)  # after the cuts: a factored layer has its cut widths
-    size = _probe_size(model.config)
+    apply_low_rank(new_model, plan)  # after the cuts: a factored layer has its cut widths
+    size = probe_size(model.config)
     new_model.eval()
     feats: list[torch.Tensor] = []
     handle = new_model.backbone.register_forward_hook(lambda _m, _i, out: feats.extend(out))
@@ -444,354 +398,3 @@ def _split_qk(path: str, attn: nn.Module, qk_dim: int) -> None:
         )
     attn.__class__ = QkSplitAttention
     attn.qk_dim = qk_dim
-
-
-# ------------------------------------------------------------------------------------- low-rank factorisations
-
-
-def _low_rank_entry(path: str, entry: Any) -> tuple[str, int, int, int]:
-    """``(kind, in, out, rank)`` of a ``plan["low_rank"]`` entry, or :class:`PlanError` saying what is wrong."""
-    if not isinstance(entry, dict) or entry.get("kind") not in ("linear", "conv"):
-        raise PlanError(
-            f"plan low_rank {path}: expected {{'kind': 'linear' | 'conv', 'in': N, 'out': M, 'rank': R}}, got "
-            f"{entry!r}."
-        )
-    dims = [entry.get(k) for k in ("in", "out", "rank")]
-    if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in dims):
-        raise PlanError(f"plan low_rank {path}: in, out and rank must be positive integers, got {dims}.")
-    return str(entry["kind"]), int(dims[0]), int(dims[1]), int(dims[2])
-
-
-def _svd_factors(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(first [rank, in], second [out, rank])`` with ``second @ first`` the best rank-``rank`` approximation of
-    ``w [out, in]`` (balanced: the square roots of the singular values on both sides), as ``passes.low_rank``."""
-    u, s, vh = torch.linalg.svd(w.detach().to(torch.float64), full_matrices=False)
-    root = s[:rank].sqrt()
-    return (root[:, None] * vh[:rank]).to(w.dtype), (u[:, :rank] * root).to(w.dtype)
-
-
-def _apply_low_rank(model: nn.Module, plan: dict[str, Any]) -> int:
-    """Replace each module of ``plan["low_rank"]`` (in place) by its two factors; return how many.
-
-    An ``nn.Linear(in, out)`` becomes ``nn.Sequential(nn.Linear(in, r, bias=False), nn.Linear(r, out))``, a 1x1
-    ``nn.Conv2d`` two 1x1 convs (the first with its stride, padding and dilation; the second with its bias). The
-    factors start as the truncated SVD of the module's weight (so a plan applied without the file's weights is
-    still the nearest rank-``r`` model); :func:`load_onnx_weights` then loads the file's factors.
-    """
-    entries = plan.get("low_rank") or {}
-    for path, entry in entries.items():
-        kind, n_in, n_out, rank = _low_rank_entry(path, entry)
-        mod = _module(model, path, "low_rank")
-        if kind == "linear":
-            if not isinstance(mod, nn.Linear):
-                raise PlanError(
-                    f"plan low_rank {path}: a linear factorisation, but the module is a {type(mod).__name__}."
-                )
-            have = (mod.in_features, mod.out_features)
-        else:
-            if not (isinstance(mod, nn.Conv2d) and tuple(mod.kernel_size) == (1, 1) and mod.groups == 1):
-                raise PlanError(f"plan low_rank {path}: a 1x1 conv factorisation, but the module is {mod}.")
-            have = (mod.in_channels, mod.out_channels)
-        if have != (n_in, n_out):
-            raise PlanError(
-                f"plan low_rank {path}: factored as {n_in} -> {n_out}, but the module here is {have[0]} -> "
-                f"{have[1]}; the plan was made for another configuration (or a cut after the factorisation)."
-            )
-        if rank > min(n_in, n_out):
-            raise PlanError(f"plan low_rank {path}: rank {rank} exceeds min(in, out) = {min(n_in, n_out)}.")
-        w = mod.weight.detach().reshape(n_out, n_in)
-        first_w, second_w = _svd_factors(w, rank)
-        bias = mod.bias is not None
-        kw = {"device": mod.weight.device, "dtype": mod.weight.dtype}
-        if kind == "linear":
-            first: nn.Module = nn.Linear(n_in, rank, bias=False, **kw)
-            second: nn.Module = nn.Linear(rank, n_out, bias=bias, **kw)
-        else:
-            first = nn.Conv2d(
-                n_in, rank, 1, stride=mod.stride, padding=mod.padding, dilation=mod.dilation, bias=False,
-                padding_mode=mod.padding_mode, **kw,
-            )  # fmt: skip
-            second = nn.Conv2d(rank, n_out, 1, bias=bias, **kw)
-        with torch.no_grad():
-            first.weight.copy_(first_w.reshape(first.weight.shape))
-            second.weight.copy_(second_w.reshape(second.weight.shape))
-            if bias:
-                second.bias.copy_(mod.bias)
-        for p in (*first.parameters(), *second.parameters()):
-            p.requires_grad_(mod.weight.requires_grad)
-        seq = nn.Sequential(first, second).train(mod.training)
-        parent_path, _, name = path.rpartition(".")
-        setattr(model.get_submodule(parent_path) if parent_path else model, name, seq)
-    if entries:
-        log.info("low-rank: %d module(s) replaced by two factors", len(entries))
-    return len(entries)
-
-
-# ----------------------------------------------------------------------------------------- ONNX -> torch weights
-
-
-@dataclass
-class LoadSummary:
-    """What :func:`load_onnx_weights` did: tensors loaded, BatchNorms set to the folded identity scheme."""
-
-    loaded: list[str] = field(default_factory=list)
-    folded_bn: list[str] = field(default_factory=list)
-
-
-def load_onnx_weights(model: nn.Module, proto: onnx.ModelProto, weight_map: dict[str, Any]) -> LoadSummary:
-    """Copy the initializers of ``proto`` into ``model`` (in place) through ``weight_map``.
-
-    ``weight_map`` is ``{initializer: {"param", "transposed", "folded_bn", "alts"}}`` (``exporters.weight_map``). A
-    transposed entry is ``W^T`` (Linear, ``[in, out]``). An initializer the exporter stored once for several equal
-    torch tensors (``alts``: the zero biases of an untrained model) fills each of them whose shape matches, after
-    every tensor with its own initializer is loaded, and never the statistics of a BatchNorm folded into a conv. A
-    BatchNorm whose bias is loaded but whose weight and running statistics are not (folded by the exporter) becomes
-    the identity scheme of the module docstring. Every floating-point parameter or buffer must end up set;
-    otherwise :class:`PlanError` names the missing ones.
-    """
-    inits = {i.name: i for i in proto.graph.initializer}
-    state = dict(model.named_parameters())
-    state.update({k: v for k, v in model.named_buffers() if v.is_floating_point()})
-    summary = LoadSummary()
-    loaded: dict[str, str] = {}
-    folded_convs: dict[str, str] = {}  # bn path -> conv weight name
-
-    def torch_value(init_name: str, src: dict[str, Any]) -> torch.Tensor:
-        arr = numpy_helper.to_array(inits[init_name]).astype(np.float32)
-        return torch.from_numpy(np.ascontiguousarray(arr.T if src.get("transposed") else arr))
-
-    present = [(name, weight_sources(entry)) for name, entry in weight_map.items() if name in inits]
-    with torch.no_grad():
-        for init_name, sources in present:  # removed initializers (a whole unit cut away) are checked below
-            if len(sources) != 1:
-                continue
-            src = sources[0]
-            param = src["param"]
-            if param not in state:
-                raise PlanError(
-                    f"weight_map: initializer {init_name!r} maps to {param!r}, which is not a tensor of the rebuilt "
-                    "model; the file's metadata does not describe this configuration."
-                )
-            value, target = torch_value(init_name, src), state[param]
-            if tuple(value.shape) != tuple(target.shape):
-                raise PlanError(
-                    f"initializer {init_name!r} has shape {list(value.shape)} (torch layout) but {param} of the "
-                    f"rebuilt model is {list(target.shape)}: the file's plan does not describe its weights."
-                )
-            if param in loaded and not torch.equal(target, value):
-                raise PlanError(f"{param} is given twice with different values ({loaded[param]}, {init_name}).")
-            target.copy_(value)
-            loaded[param] = init_name
-        for _, sources in present:
-            for src in sources:
-                bn, param = src.get("folded_bn"), str(src["param"])
-                if bn and param.endswith(".weight") and not param.startswith(bn + "."):
-                    folded_convs[bn] = param
-        folded_stats = {f"{bn}.{s}" for bn in folded_convs for s in ("weight", "running_mean", "running_var")}
-        for init_name, sources in present:  # equal tensors stored once: fill what is still missing
-            if len(sources) == 1:
-                continue
-            for src in sources:
-                param = src["param"]
-                if param not in state or param in loaded or param in folded_stats:
-                    continue
-                value = torch_value(init_name, src)
-                if tuple(value.shape) == tuple(state[param].shape):
-                    state[param].copy_(value)
-                    loaded[param] = init_name
-        for path, mod in model.named_modules():
-            if not isinstance(mod, nn.modules.batchnorm._NormBase):
-                continue
-            pre = f"{path}."
-            stats = [pre + "weight", pre + "running_mean", pre + "running_var"]
-            if path in folded_convs and pre + "bias" not in loaded and not any(s in loaded for s in stats):
-                # folded into its conv with a zero bias, which the dynamo exporter's optimiser then removed
-                mod.bias.zero_()
-                loaded[pre + "bias"] = "folded"
-            if pre + "bias" in loaded and not any(s in loaded for s in stats):
-                mod.weight.fill_(1.0)
-                mod.running_mean.zero_()
-                mod.running_var.fill_(1.0 - mod.eps)  # sqrt(var + eps) == 1 exactly in float32
-                for s in stats:
-                    loaded[s] = "folded"
-                conv_w = folded_convs.get(path)
-                if conv_w is not None:
-                    conv = model.get_submodule(conv_w.rsplit(".", 1)[0])
-                    if getattr(conv, "bias", None) is not None and conv_w[:-6] + "bias" not in loaded:
-                        conv.bias.zero_()  # the folded bias b' already holds it
-                        loaded[conv_w[:-6] + "bias"] = "folded"
-                summary.folded_bn.append(path)
-    missing = [k for k in state if k not in loaded]
-    if missing:
-        raise PlanError(
-            f"the ONNX file holds no weight for {len(missing)} tensors of the rebuilt model (e.g. "
-            f"{', '.join(missing[:4])}); its weight_map is incomplete (a pass renamed initializers without updating "
-            "vitseg.weight_map?)."
-        )
-    summary.loaded = sorted(k for k, v in loaded.items() if v != "folded")
-    return summary
-
-
-def _load(path: str | Path) -> onnx.ModelProto:
-    from fileformat.errors import PassError
-    from fileformat.io import load_model
-
-    try:
-        return load_model(path)
-    except PassError as exc:
-        raise PlanError(str(exc)) from exc
-
-
-def student_from_onnx(path: str | Path) -> tuple[Segmentor, dict[str, Any], dict[str, Any]]:
-    """Rebuild the pruned torch model of an ONNX file: ``(model in eval mode, plan, metadata)``.
-
-    Builds ``vitseg.config``'s model, applies ``vitseg.plan`` (:func:`apply_plan`) and loads the file's weights
-    (:func:`load_onnx_weights`). The result reproduces the file's outputs (float32 noise; see
-    :func:`check_roundtrip`).
-    """
-    from fileformat.metadata import read_metadata
-    from fileformat.plan import read_plan
-
-    proto = _load(path)
-    meta = read_metadata(proto)
-    if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("weight_map"), dict):
-        raise PlanError(
-            f"{path}: no vitseg.config / vitseg.weight_map metadata; only files written by exporters.export (and "
-            "the passes) can be rebuilt in torch."
-        )
-    try:
-        config = ModelConfig.from_dict(meta["config"])
-        model = Segmentor(config)
-    except Exception as exc:
-        raise PlanError(f"{path}: cannot build the recorded configuration {meta['config']!r} ({exc}).") from exc
-    plan = read_plan(proto)
-    model = apply_plan(model, plan)
-    load_onnx_weights(model, proto, meta["weight_map"])
-    model.eval()
-    return model, plan, meta
-
-
-# -------------------------------------------------------------------------------------------- round-trip check
-
-
-@dataclass
-class RoundTripReport:
-    """Comparison of a pruned ONNX file with the re-export of its rebuilt torch model."""
-
-    source: str
-    params_onnx: int
-    params_rebuilt: int
-    params_torch: int
-    shape_mismatches: list[str]
-    max_abs_error: float
-    tolerance: float
-    heads: int
-    neurons: int
-    channels: int
-    sliced_tensors: int
-    low_rank: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return (
-            self.params_onnx == self.params_rebuilt
-            and not self.shape_mismatches
-            and self.max_abs_error <= self.tolerance
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
-
-    def format(self) -> str:
-        lines = [
-            f"round-trip of {self.source}: {'OK' if self.ok else 'MISMATCH'}",
-            f"  plan: {self.heads} attention blocks, {self.neurons} MLPs, {self.channels} conv units, "
-            f"{self.sliced_tensors} tensors cut" + (f", {self.low_rank} low-rank layers" if self.low_rank else ""),
-            f"  parameters: ONNX {self.params_onnx}, rebuilt export {self.params_rebuilt}, torch {self.params_torch}",
-            "  initializer shapes: "
-            + ("all equal" if not self.shape_mismatches else "; ".join(self.shape_mismatches[:5])),
-            f"  outputs: max abs {self.max_abs_error:.3g} (tolerance {self.tolerance:g})",
-        ]
-        return "\n".join(lines)
-
-
-def _torch_shapes(proto: onnx.ModelProto, weight_map: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """``{torch tensor: shape in torch layout}`` of the weight initializers of ``proto`` that hold one torch tensor
-    (through its weight map; one stored for several equal tensors, such as zero biases, names none of them)."""
-    out: dict[str, tuple[int, ...]] = {}
-    for init in proto.graph.initializer:
-        sources = weight_sources(weight_map.get(init.name))
-        if len(sources) == 1:
-            shape = tuple(int(d) for d in init.dims)
-            out[str(sources[0]["param"])] = shape[::-1] if sources[0].get("transposed") else shape
-    return out
-
-
-def _run(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    from fileformat.session import SessionConfig, load_session
-
-    sess = load_session(proto, SessionConfig(threads=1, spinning=True))
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
-
-
-def check_roundtrip(onnx_path: str | Path, *, tolerance: float = 1e-4, seed: int = 0) -> RoundTripReport:
-    """Rebuild ``onnx_path`` in torch, re-export it with the same options and compare the two ONNX files.
-
-    Compared: parameter counts (``fileformat.params.count_params``), the shape of every weight initializer per
-    torch tensor name, and the onnxruntime outputs on two seeded inputs (max abs). Raises :class:`PlanError` when
-    the file cannot be rebuilt; a rebuilt model that differs gives a report with ``ok`` false.
-    """
-    from exporters.export import ExportError, ExportOptions, export_torch_model
-    from fileformat.metadata import read_metadata
-    from fileformat.params import count_params
-
-    src = _load(onnx_path)
-    model, plan, meta = student_from_onnx(onnx_path)
-    size = int((meta.get("input_size") or [_probe_size(model.config)])[0])
-    opts = ExportOptions(
-        model=model.config.name,
-        input_size=size,
-        opset=int(meta.get("opset", 17)),
-        exporter=str(meta.get("exporter", "legacy")),
-        fused_attn=meta.get("fused_attn"),
-        target=meta.get("target"),
-        tolerance=max(tolerance, 1e-4),
-        seed=seed,
-    )
-    with tempfile.TemporaryDirectory(prefix="roundtrip-") as tmp:
-        out = Path(tmp) / "rebuilt.onnx"
-        try:
-            export_torch_model(model, out, opts, extra_metadata={"plan": plan})
-        except ExportError as exc:
-            raise PlanError(f"the rebuilt model does not export: {exc}") from exc
-        rebuilt = onnx.load(str(out))
-    shapes_src = _torch_shapes(src, meta["weight_map"])
-    shapes_new = _torch_shapes(rebuilt, read_metadata(rebuilt)["weight_map"])
-    # tensors both files name unambiguously (completeness is load_onnx_weights' check)
-    mismatches = [
-        f"{k}: {list(shapes_src[k])} vs {list(shapes_new[k])}"
-        for k in sorted(set(shapes_src) & set(shapes_new))
-        if shapes_src[k] != shapes_new[k]
-    ]
-    gen = np.random.default_rng(seed)
-    err = 0.0
-    for _ in range(2):
-        x = gen.standard_normal((1, 3, size, size)).astype(np.float32)
-        err = max(err, float(np.abs(_run(src, x) - _run(rebuilt, x)).max()))
-    report = RoundTripReport(
-        source=str(onnx_path),
-        # counted once per reader: how the exporter merged equal tensors is storage, not structure
-        params_onnx=count_params(src),
-        params_rebuilt=count_params(rebuilt),
-        params_torch=sum(p.numel() for p in model.parameters()),
-        shape_mismatches=mismatches,
-        max_abs_error=err,
-        tolerance=tolerance,
-        heads=len(plan["heads"]),
-        neurons=len(plan["neurons"]),
-        channels=len(plan["channels"]),
-        sliced_tensors=len(plan["slices"]),
-        low_rank=len(plan.get("low_rank") or {}),
-    )
-    log.info("%s", report.format())
-    return report
