@@ -65,7 +65,7 @@ from fileformat.args import (
     target_name,
 )
 from fileformat.cli import cli_main
-from fileformat.errors import UsageError
+from fileformat.errors import PassError, UsageError
 from fileformat.io import atomic_write_text
 from models.configs import CONFIGS, model_name, model_names
 from models.synthetic import GENERATOR_VERSION, GENERATOR_VERSIONS
@@ -76,7 +76,7 @@ log = logging.getLogger(__name__)
 PROGRESS_LOG_SECONDS = 10.0
 
 
-class StageFailed(RuntimeError):
+class StageFailed(PassError, RuntimeError):
     """A stage's command exited non-zero; the message carries the tail of its log."""
 
 
@@ -402,6 +402,134 @@ class StageRunner:
         return [sys.executable, "-m", module, *(str(a) for a in args)]
 
 
+@dataclass(frozen=True)
+class StageSpec:
+    """One kind of stage of :class:`Pipeline`: the toolchain command it runs and the files it reads and writes.
+
+    ``args``, ``inputs``, ``outputs`` and ``clean`` are templates: ``"{key}"`` is one value the pipeline fills in,
+    ``"*key"`` a list of values spliced in, anything else a literal argument (``""`` included). ``module`` may name
+    a key too (``"passes.{precision}"``). ``resume_from`` names the checkpoint a killed stage continues from (with
+    ``--resume``)."""
+
+    module: str
+    args: tuple[str, ...]
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    ok_codes: tuple[int, ...] = (0,)
+    clean: tuple[str, ...] = ()
+    resume_from: str | None = None
+
+    def build(self, name: str, values: dict[str, Any], python: str) -> Stage:
+        """The :class:`Stage` called ``name`` with ``values`` filled in, run by ``python``."""
+
+        def fill(template: Sequence[str]) -> list[Any]:
+            out: list[Any] = []
+            for item in template:
+                if item.startswith("*"):
+                    out.extend(values[item[1:]])
+                elif item.startswith("{") and item.endswith("}"):
+                    out.append(values[item[1:-1]])
+                else:
+                    out.append(item)
+            return out
+
+        return Stage(
+            name,
+            [python, "-m", self.module.format(**values), *(str(a) for a in fill(self.args))],
+            fill(self.inputs),
+            fill(self.outputs),
+            ok_codes=self.ok_codes,
+            clean=fill(self.clean),
+            resume_args=["--resume"] if self.resume_from else [],
+            resume_from=values[self.resume_from] if self.resume_from else None,
+        )
+
+
+_LOOP = ("--batch-size", "{batch_size}", "--crop", "{size}", "--seed", "{seed}", "--threads", "{threads}")
+
+#: every kind of stage of the demo, in the order :meth:`Pipeline.stages` runs them
+STAGES: dict[str, StageSpec] = {
+    "data": StageSpec(
+        "models.synthetic",
+        ("{data}", "--train", "{n_train}", "--val", "{n_val}", "--size", "{size}", "--seed", "{seed}")
+        + ("--generator-version", "{generator_version}", "--force"),
+        outputs=("{marker}",),
+    ),
+    "train": StageSpec(
+        "models.train",
+        # --force: a stage that runs again (its inputs changed) starts afresh; no -q: its progress bar (step/total,
+        # loss, time left) is shown and logged
+        ("--force", "--model", "{model}", "--data", "{data}", "--out", "{out}", "--steps", "{steps}")
+        + _LOOP
+        + ("--eval-split", ""),
+        inputs=("{marker}",),
+        outputs=("{checkpoint}",),
+        resume_from="checkpoint",
+    ),
+    "export": StageSpec(
+        "exporters.export",
+        ("--model", "{model}", "--weights", "{checkpoint}", "--input-size", "{size}", "--exporter", "{exporter}")
+        + ("--target", "{target}", "-o", "{path}", "--force"),  # --force: it replaces its own earlier export
+        inputs=("{checkpoint}",),
+        outputs=("{path}",),
+    ),
+    "compress": StageSpec(
+        "passes.compress",
+        ("{baseline}", "-o", "{pruned}", "*budget", "--report", "{report}"),
+        inputs=("{baseline}", "*budget_inputs"),
+        outputs=("{pruned}", "{report}"),
+    ),
+    "distill": StageSpec(
+        "models.distill",
+        ("--force", "--student", "{pruned}", "--teacher", "{teacher}", "--data", "{data}", "--out", "{out}")
+        + ("--steps", "{steps}")
+        + _LOOP
+        + ("*cache_teacher", "--eval-split", ""),
+        inputs=("{pruned}", "{teacher}", "{marker}"),
+        outputs=("{distilled}",),
+        resume_from="checkpoint",
+    ),
+    "precision": StageSpec(
+        "passes.{precision}",
+        ("{model}", "-o", "{path}", "*calib", "--report", "{report}"),
+        inputs=("{model}",),
+        outputs=("{path}",),
+    ),
+    "parity": StageSpec(
+        "runtime.parity",
+        # --force: a stage that runs again replaces its own earlier files
+        ("{model}", "{path}", "--data", "{data}", "--json", "{json}", "--save-dir", "{save_dir}", "--force"),
+        inputs=("{model}", "{path}", "{marker}"),
+        outputs=("{json}",),
+        ok_codes=(0, 1),  # parity exits 1 on a failed verdict: recorded in the report, not fatal
+    ),
+    "eval": StageSpec(
+        "runtime.evaluate",
+        ("*models", "--data", "{data}", "--json", "{json}", "--out-dir", "{out}", "--no-progress")
+        + ("--threads", "{threads}"),
+        inputs=("*models_read", "{marker}"),
+        outputs=("{json}",),
+    ),
+    "bench": StageSpec(
+        "runtime.bench",
+        # --no-isolate: as compress times (see runtime.bench)
+        ("*models", "--runs", "{runs}", "--threads", "{latency_threads}", "--json", "{json}", "--no-isolate"),
+        inputs=("*models",),
+        outputs=("{json}",),
+    ),
+    "check_target": StageSpec(
+        "passes.check_target", ("{model}", "--target", "{target}", "--json", "{json}"), ("{model}",), ("{json}",)
+    ),
+    "bundle": StageSpec(
+        "runtime.bundle",
+        ("{model}", "--target", "{target}", "-o", "{out}"),
+        inputs=("{model}",),
+        outputs=("{script}",),
+        clean=("{out}",),
+    ),
+}
+
+
 class Pipeline(StageRunner):
     """Runs the stages of :class:`PipelineConfig` in order, skipping those up to date (:class:`StageRunner`)."""
 
@@ -413,207 +541,90 @@ class Pipeline(StageRunner):
         self.reports = self.run / "reports"
 
     # ------------------------------------------------------------------ the stages
-    def stages(self) -> list[Stage]:
-        c, run, data, onnx, rep = self.cfg, self.run, self.data, self.onnx, self.reports
-        marker = data / "IMG" / "val"
-        out: list[Stage] = []
-        if c.data is None:
-            out.append(
-                Stage(
-                    "data",
-                    self._py(
-                        "models.synthetic",
-                        data,
-                        "--train",
-                        c.n_train,
-                        "--val",
-                        c.n_val,
-                        "--size",
-                        c.size,
-                        "--seed",
-                        c.seed,
-                        "--generator-version",
-                        c.generator_version,
-                        "--force",
-                    ),
-                    [],
-                    [marker],
-                )
-            )
-
-        def train(name: str, model: str, steps: int) -> Path:
-            ckpt = run / "train" / name / "checkpoint.pt"
-            out.append(
-                Stage(
-                    f"train_{name}",
-                    self._py(
-                        "models.train",
-                        "--force",  # a stage that runs again (its inputs changed) starts afresh
-                        "--model",
-                        model,
-                        "--data",
-                        data,
-                        "--out",
-                        ckpt.parent,
-                        "--steps",
-                        steps,
-                        "--batch-size",
-                        c.batch_size,
-                        "--crop",
-                        c.size,
-                        "--seed",
-                        c.seed,
-                        "--threads",
-                        c.threads,
-                        "--eval-split",
-                        "",  # no -q: its progress bar (step/total, loss, time left) is shown and logged
-                    ),
-                    [marker],
-                    [ckpt],
-                    resume_args=["--resume"],
-                    resume_from=ckpt,
-                )
-            )
-            return ckpt
-
-        def export(name: str, model: str, ckpt: Path) -> Path:
-            path = onnx / f"{name}.onnx"
-            out.append(
-                Stage(
-                    f"export_{name}",
-                    self._py(
-                        "exporters.export",
-                        "--model",
-                        model,
-                        "--weights",
-                        ckpt,
-                        "--input-size",
-                        c.size,
-                        "--exporter",
-                        c.exporter,
-                        "--target",
-                        c.target,
-                        "-o",
-                        path,
-                        "--force",  # a stage that runs again replaces its own earlier export
-                    ),
-                    [ckpt],
-                    [path],
-                )
-            )
-            return path
-
-        teacher_ckpt = train("teacher", c.teacher, c.teacher_steps)
-        self.teacher_onnx = export("teacher", c.teacher, teacher_ckpt)
-        self.files: dict[str, Path] = {
-            "baseline": export("baseline", c.student, train("student", c.student, c.student_steps))
+    def _stage(self, kind: str, name: str, **values: Any) -> Stage:
+        """The stage ``name`` of kind ``kind`` (:data:`STAGES`), the configuration's values and ``values`` filled
+        in."""
+        c = self.cfg
+        common = {
+            "data": self.data,
+            "marker": self.data / "IMG" / "val",
+            "size": c.size,
+            "seed": c.seed,
+            "threads": c.threads,
+            "batch_size": c.batch_size,
+            "target": c.target,
+            "exporter": c.exporter,
         }
+        return STAGES[kind].build(name, {**common, **values}, sys.executable)
+
+    def _train(self, out: list[Stage], name: str, model: str, steps: int) -> Path:
+        ckpt = self.run / "train" / name / "checkpoint.pt"
+        out.append(self._stage("train", f"train_{name}", model=model, out=ckpt.parent, steps=steps, checkpoint=ckpt))
+        return ckpt
+
+    def _export(self, out: list[Stage], name: str, model: str, ckpt: Path) -> Path:
+        path = self.onnx / f"{name}.onnx"
+        out.append(self._stage("export", f"export_{name}", model=model, checkpoint=ckpt, path=path))
+        return path
+
+    def _models(self, out: list[Stage]) -> Path:
+        """The teacher, the student and the frontier models, trained and exported; returns the teacher's
+        checkpoint."""
+        c = self.cfg
+        teacher_ckpt = self._train(out, "teacher", c.teacher, c.teacher_steps)
+        self.teacher_onnx = self._export(out, "teacher", c.teacher, teacher_ckpt)
+        student = self._train(out, "student", c.student, c.student_steps)
+        self.files: dict[str, Path] = {"baseline": self._export(out, "baseline", c.student, student)}
         # the uncompressed models, trained as long as the compressed student in all: the frontier it should beat
         self.frontier: dict[str, Path] = {c.student: self.files["baseline"]}
-        wanted = [*c.frontier, *([c.match_latency_of] if c.match_latency_of else [])]
-        for model in wanted:
+        for model in [*c.frontier, *([c.match_latency_of] if c.match_latency_of else [])]:
             if model in self.frontier:
                 continue
             total = c.student_steps + c.distill_steps
             if model == c.teacher and c.teacher_steps == total:  # same recipe: the teacher is that point
                 self.frontier[model] = self.teacher_onnx
             else:
-                self.frontier[model] = export(model, model, train(model, model, total))
+                self.frontier[model] = self._export(out, model, model, self._train(out, model, model, total))
+        return teacher_ckpt
 
-        pruned = onnx / "pruned.onnx"
+    def _compress(self) -> Stage:
+        c = self.cfg
         budget: list[object] = ["--target-flops", c.target_flops]
-        budget_inputs = [marker] if c.importance == "sensitivity" else []
+        budget_inputs = [self.data / "IMG" / "val"] if c.importance == "sensitivity" else []
         if c.match_latency_of:
             ref = self.frontier[c.match_latency_of]
             budget = ["--target-latency-of", ref, "--latency-threads", c.latency_threads]
             budget_inputs.append(ref)
         if c.importance == "sensitivity":
-            budget += ["--importance", "sensitivity", "--calib", data, "--calib-count", c.calib_count]
+            budget += ["--importance", "sensitivity", "--calib", self.data, "--calib-count", c.calib_count]
         else:
             budget += ["--importance", c.importance]
-        out.append(
-            Stage(
-                "compress",
-                self._py(
-                    "passes.compress", self.files["baseline"], "-o", pruned, *budget, "--report", rep / "compress.json"
-                ),
-                [self.files["baseline"], *budget_inputs],
-                [pruned, rep / "compress.json"],
-            )
-        )
+        pruned = self.onnx / "pruned.onnx"
         self.files["pruned"] = pruned
-
-        distilled = run / "distill" / "student.onnx"  # models.distill re-exports with the student's options
-        out.append(
-            Stage(
-                "distill",
-                self._py(
-                    "models.distill",
-                    "--force",  # a stage that runs again (its inputs changed) starts afresh
-                    "--student",
-                    pruned,
-                    "--teacher",
-                    teacher_ckpt,
-                    "--data",
-                    data,
-                    "--out",
-                    distilled.parent,
-                    "--steps",
-                    c.distill_steps,
-                    "--batch-size",
-                    c.batch_size,
-                    "--crop",
-                    c.size,
-                    "--seed",
-                    c.seed,
-                    "--threads",
-                    c.threads,
-                    *(["--cache-teacher"] if c.cache_teacher else []),
-                    "--eval-split",
-                    "",
-                ),
-                [pruned, teacher_ckpt, marker],
-                [distilled],
-                resume_args=["--resume"],
-                resume_from=distilled.parent / "checkpoint.pt",
-            )
+        return self._stage(
+            "compress",
+            "compress",
+            baseline=self.files["baseline"],
+            pruned=pruned,
+            budget=budget,
+            budget_inputs=budget_inputs,
+            report=self.reports / "compress.json",
         )
-        self.files["distilled"] = distilled
 
+    def _precision(self, out: list[Stage], distilled: Path) -> None:
+        """FP16 and INT8 of the distilled model, each with its parity check."""
+        rep = self.reports
         for prec in ("fp16", "int8"):
-            path = onnx / f"{prec}.onnx"
-            extra = ["--calib", data, "--calib-count", c.calib_count, "--no-progress"] if prec == "int8" else []
-            out.append(
-                Stage(
-                    prec,
-                    self._py(f"passes.{prec}", distilled, "-o", path, *extra, "--report", rep / f"{prec}.json"),
-                    [distilled],
-                    [path],
-                )
-            )
+            path = self.onnx / f"{prec}.onnx"
+            calib = ["--calib", self.data, "--calib-count", self.cfg.calib_count, "--no-progress"]
+            values = {"model": distilled, "path": path, "report": rep / f"{prec}.json"}
+            out.append(self._stage("precision", prec, precision=prec, calib=calib if prec == "int8" else [], **values))
             self.files[prec] = path
-            out.append(
-                Stage(
-                    f"parity_{prec}",
-                    self._py(
-                        "runtime.parity",
-                        distilled,
-                        path,
-                        "--data",
-                        data,
-                        "--json",
-                        rep / f"parity_{prec}.json",
-                        "--save-dir",
-                        rep / f"parity_{prec}",
-                        "--force",  # a stage that runs again replaces its own earlier files
-                    ),
-                    [distilled, path, marker],
-                    [rep / f"parity_{prec}.json"],
-                    ok_codes=(0, 1),
-                )
-            )
+            parity = {"json": rep / f"parity_{prec}.json", "save_dir": rep / f"parity_{prec}"}
+            out.append(self._stage("parity", f"parity_{prec}", model=distilled, path=path, **parity))
 
-        # every stage is scored against the previous one (pixel agreement); teacher and frontier alone
+    def _evaluations(self, out: list[Stage]) -> None:
+        """Every stage scored against the previous one (pixel agreement); teacher and frontier alone."""
         prev: Path | None = None
         for name, path in self.files.items():
             cmd = [prev, "--compare", path] if prev is not None else [path]
@@ -624,47 +635,46 @@ class Pipeline(StageRunner):
             if path not in self.files.values() and path != self.teacher_onnx:
                 out.append(self._eval_stage(f"frontier_{model}", [path], [path]))
 
+    def stages(self) -> list[Stage]:
+        """The run's stages in order (:data:`STAGES` filled in); sets ``files`` (baseline, pruned, distilled,
+        fp16, int8), ``frontier`` and ``teacher_onnx``."""
+        c, rep = self.cfg, self.reports
+        out: list[Stage] = []
+        if c.data is None:
+            out.append(
+                self._stage("data", "data", n_train=c.n_train, n_val=c.n_val, generator_version=c.generator_version)
+            )
+        teacher_ckpt = self._models(out)
+        out.append(self._compress())
+        distilled = self.run / "distill" / "student.onnx"  # models.distill re-exports with the student's options
+        out.append(
+            self._stage(
+                "distill",
+                "distill",
+                pruned=self.files["pruned"],
+                teacher=teacher_ckpt,
+                out=distilled.parent,
+                steps=c.distill_steps,
+                cache_teacher=["--cache-teacher"] if c.cache_teacher else [],
+                distilled=distilled,
+                checkpoint=distilled.parent / "checkpoint.pt",
+            )
+        )
+        self.files["distilled"] = distilled
+        self._precision(out, distilled)
+        self._evaluations(out)
         # one benchmark run for every file, so that all latencies share the machine's state; ratios to the baseline
         bench_models = list(dict.fromkeys([*self.files.values(), *self.frontier.values(), self.teacher_onnx]))
-        bench_cmd = self._py("runtime.bench", *bench_models, "--runs", c.bench_runs, "--threads", c.latency_threads)
-        bench_cmd += ["--json", str(rep / "bench.json"), "--no-isolate"]  # as compress times (see runtime.bench)
-        out.append(Stage("bench", bench_cmd, bench_models, [rep / "bench.json"]))
-        out.append(
-            Stage(
-                "check_target",
-                self._py("passes.check_target", distilled, "--target", c.target, "--json", rep / "check_target.json"),
-                [distilled],
-                [rep / "check_target.json"],
-            )
-        )
-        out.append(
-            Stage(
-                "bundle",
-                self._py("runtime.bundle", distilled, "--target", c.target, "-o", run / "bundle"),
-                [distilled],
-                [run / "bundle" / "build_engine.sh"],
-                clean=[run / "bundle"],
-            )
-        )
+        values = {"models": bench_models, "runs": c.bench_runs, "latency_threads": c.latency_threads}
+        out.append(self._stage("bench", "bench", json=rep / "bench.json", **values))
+        out.append(self._stage("check_target", "check_target", model=distilled, json=rep / "check_target.json"))
+        bundle = self.run / "bundle"
+        out.append(self._stage("bundle", "bundle", model=distilled, out=bundle, script=bundle / "build_engine.sh"))
         return out
 
     def _eval_stage(self, name: str, args: list[Path], inputs: list[Path]) -> Stage:
-        js = self.reports / f"eval_{name}.json"
-        marker = self.data / "IMG" / "val"
-        cmd = self._py(
-            "runtime.evaluate",
-            *args,
-            "--data",
-            self.data,
-            "--json",
-            js,
-            "--out-dir",
-            self.reports / f"eval_{name}",
-            "--no-progress",
-            "--threads",
-            self.cfg.threads,
-        )
-        return Stage(f"eval_{name}", cmd, inputs + [marker], [js])
+        values = {"json": self.reports / f"eval_{name}.json", "out": self.reports / f"eval_{name}"}
+        return self._stage("eval", f"eval_{name}", models=args, models_read=inputs, **values)
 
     def run_all(self, only: Sequence[str] | None = None) -> dict[str, Any]:
         self.run.mkdir(parents=True, exist_ok=True)
@@ -672,7 +682,7 @@ class Pipeline(StageRunner):
         chosen = [s for s in self.stages() if not only or s.name in only]
         for i, stage in enumerate(chosen, start=1):
             self.execute(stage, (i, len(chosen)))
-        from runtime.report import write_report
+        from runtime.run_report import write_report
 
         return write_report(self)
 
@@ -838,13 +848,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum)) if main_thread else None
     try:
         report = pipeline.run_all(args.only.split(",") if args.only else None)
-    except StageFailed as exc:
-        print(f"error: {parser.prog}: {exc}", file=sys.stderr)
-        return 1
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
-    from runtime.report import format_markdown_table
+    from runtime.run_report import format_markdown_table
 
     print(format_markdown_table(report))
     for line in report.get("warnings") or []:
