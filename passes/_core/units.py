@@ -321,14 +321,22 @@ def _contraction_axis(view: GraphView, ref: NodeRef, data: str) -> int | None:
     return rank - 1 if data == ref.node.input[0] else rank - 2
 
 
-def _from_constants(view: GraphView, t: str, depth: int = 6) -> bool:
-    """Whether ``t`` is a constant or computed from constants alone (within ``depth`` ops)."""
-    if view.value(t) is not None:
-        return True
-    ref = view.producer.get(t)
-    if ref is None or depth == 0:
-        return False
-    return all(_from_constants(view, i, depth - 1) for i in ref.node.input if i)
+_DATA: dict[int, tuple[GraphView, set[str]]] = {}  # id(view) -> the tensors computed from the graph's inputs
+
+
+def _from_constants(view: GraphView, t: str) -> bool:
+    """Whether ``t`` is a constant or computed from constants alone, however deep (SwinV2's relative-position bias
+    is an MLP over a constant table, gathered, scaled and squashed: a dozen ops from any input)."""
+    cached = _DATA.get(id(view))
+    if cached is None or cached[0] is not view:
+        inits = {i.name for i in view.model.graph.initializer}
+        data = {i.name for i in view.model.graph.input if i.name not in inits}
+        for ref in view.nodes:  # topological order: a node's inputs are settled before it
+            if any(i in data for i in ref.node.input if i):
+                data.update(o for o in ref.node.output if o)
+        _DATA.clear()  # one view at a time: discovery runs on one model
+        cached = _DATA[id(view)] = (view, data)
+    return t not in cached[1] or view.value(t) is not None
 
 
 def _scores_matmul(view: GraphView, block: AttentionBlock) -> NodeRef | None:
@@ -409,6 +417,7 @@ def find_head_dims(model: onnx.ModelProto, view: GraphView | None = None) -> lis
             out += pair
             continue
         if not block.prunable:
+            out.append(_not_seeded(view, block, block.id, f"its attention block cannot be cut: {block.skip_reason}"))
             continue
         g = block.group
         assert g is not None
@@ -422,16 +431,45 @@ def find_head_dims(model: onnx.ModelProto, view: GraphView | None = None) -> lis
             if i + 1 < len(d.layout):
                 seeds.append((hit[1], Dim(d.axis, tuple((s, k == i + 1) for k, (s, _) in enumerate(d.layout)))))
         ids = [block.id] * len(seeds)
-        scores = _scores_matmul(view, block)
-        if scores is not None:
-            q = scores.node.input[0]
-            rank = view.rank(q)
-            if rank and q in g.dims and g.dims[q].axis != rank - 1:
-                seeds.append((q, Dim(rank - 1, ((view.shape(q)[rank - 1], True),))))  # type: ignore[index]
-                ids.append(block.id + QK_SUFFIX if ids else block.id)  # q/k's own group when v's is apart
+        if not seeds:
+            why = "no weight consumes the heads' channels in a [..., heads, head_dim] layout (the output projection)"
+            out.append(_not_seeded(view, block, block.id, why))
+        q, why = _q_seed(view, block)
+        if q is not None:
+            seeds.append(q)
+            ids.append(block.id + QK_SUFFIX if ids else block.id)  # q/k's own group when v's is apart
+        else:
+            out.append(_not_seeded(view, block, block.id + QK_SUFFIX, why))
         out += _trace_seeds("head_dim", view, [(t, d, block.count, i) for (t, d), i in zip(seeds, ids)], out)
     _dedupe_ids(out)
     return out
+
+
+def _q_seed(view: GraphView, block: AttentionBlock) -> tuple[tuple[str, Dim] | None, str]:
+    """``q`` of the block's ``q @ k^T`` MatMul with its last axis (the heads' q channels) as the unit, or None and
+    why there is none."""
+    g = block.group
+    assert g is not None
+    scores = _scores_matmul(view, block)
+    if scores is None:
+        return None, (
+            "the q @ k^T MatMul was not found from the Softmax (the path back branches into more than one computed "
+            "tensor, or meets no MatMul within 12 ops)"
+        )
+    q = scores.node.input[0]
+    rank = view.rank(q)
+    if not rank or q not in g.dims:
+        return None, f"q of {scores.name} does not carry the head axis"
+    if g.dims[q].axis == rank - 1:
+        return None, f"q of {scores.name} holds the heads on its last axis: no per-head channel axis to cut"
+    return (q, Dim(rank - 1, ((view.shape(q)[rank - 1], True),))), ""  # type: ignore[index]
+
+
+def _not_seeded(view: GraphView, block: AttentionBlock, uid: str, why: str) -> PruneUnit:
+    """A head-channel group discovery could not start, listed with the reason (never skipped silently)."""
+    unit = _new_unit("head_dim", view, block.anchor, block.count, block.unit_size)
+    unit.id, unit.skip_reason = uid, why
+    return unit
 
 
 def _trace_seeds(

@@ -30,7 +30,7 @@ from _zoo import EXPORTS, MODELS, VARIANTS, exported
 from test_compress import EXACT, _combined_oracle
 
 from fileformat.errors import PassError
-from fileformat.plan import read_plan
+from fileformat.plan import QK_SUFFIX, read_plan
 from passes._core.oracle import zero_kept, zero_units
 from passes._core.units import find_head_dims, find_units, find_widths
 from passes.compress import CompressConfig, compress
@@ -188,6 +188,27 @@ def test_head_dim(zoo_root: Path, model: str, export_id: str, variant: str) -> N
     assert report.modified and plan, f"no head channels cut; skipped: {report.skipped}"
     keep = {uid: entry["kept"] for uid, entry in plan.items()}
     _check_oracle(proto, pruned, units, keep, zero_units)
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("model", list(MODELS))
+def test_head_channel_groups_do_not_depend_on_the_exporter(zoo_root: Path, model: str) -> None:
+    """Every attention block of two or more heads yields its head-channel groups, found or listed with a reason,
+    and as many q/k groups (apart from v) and v groups on every export of the model."""
+    counts = {}
+    for export_id in EXPORTS:
+        if MODELS[model].export_skip(export_id):
+            continue
+        proto = _load(zoo_root, model, export_id, "perturbed")
+        units = find_head_dims(proto)
+        blocks = [b for b in find_attention_blocks(proto) if b.count > 1]
+        listed = {u.id.removesuffix(QK_SUFFIX) for u in units}
+        assert {b.id for b in blocks} <= listed, f"{export_id}: blocks without head-channel groups"
+        counts[export_id] = (
+            sum(u.prunable and u.id.endswith(QK_SUFFIX) for u in units),
+            sum(u.prunable and not u.id.endswith(QK_SUFFIX) for u in units),
+        )
+    assert len(set(counts.values())) == 1, counts
 
 
 @pytest.mark.parametrize(("model", "export_id", "variant"), cases("width"))
