@@ -22,14 +22,12 @@ be followed safely is skipped with its reason; the plan that was applied is merg
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from fileformat.cli import cli_main
-from passes._parser import DEFAULT_RATIO, add_unit_arguments, make_parser, parse_early
+from passes._parser import add_unit_arguments, make_parser, parse_early
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,8 +41,7 @@ parse_early(__name__, _parser)  # --help and argument errors answer before onnx 
 import numpy as np
 import onnx
 
-from fileformat.errors import PassError
-from passes._core.cli import run_pass_cli, unit_headline
+from passes._core.cli import run_pass_cli, unit_config, with_headline
 from passes._core.importance import importance
 from passes._core.oracle import zero_units
 from passes._core.prune import UnitPruneConfig, prune_units
@@ -88,38 +85,8 @@ def zero_heads(model: onnx.ModelProto, block: AttentionBlock, heads: Sequence[in
     return zero_units(model, block, heads)
 
 
-def read_plan_file(path: str) -> dict:
-    """Load a ``--plan`` JSON file or raise :class:`PassError` saying what is wrong with it."""
-    p = Path(path)
-    if not p.is_file():
-        raise PassError(f"--plan {p}: no such file.")
-    try:
-        plan = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise PassError(f"--plan {p}: not valid JSON ({exc}).") from exc
-    if not isinstance(plan, dict):
-        raise PassError(f"--plan {p}: expected a JSON object mapping blocks to kept indices.")
-    return plan
-
-
-def config_from_args(cls: type[UnitPruneConfig], args: argparse.Namespace) -> UnitPruneConfig:
-    plan = read_plan_file(args.plan) if args.plan else None
-    ratio = DEFAULT_RATIO if args.keep is None and args.ratio is None and plan is None else args.ratio
-    return cls(keep=args.keep, ratio=ratio, plan=plan, norm=args.norm)
-
-
-def with_headline(
-    result: tuple[onnx.ModelProto, PassReport], unit: str, where: str
-) -> tuple[onnx.ModelProto, PassReport]:
-    """Put "N of M UNIT removed in K of B WHERE" into the report's summary (``extra["headline"]``)."""
-    headline = unit_headline(result[1], unit, where)
-    if headline:
-        result[1].extra["headline"] = headline
-    return result
-
-
 def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelProto, PassReport]:
-    config = config_from_args(PruneHeadsConfig, args)
+    config = unit_config(PruneHeadsConfig, args)
     return with_headline(prune_heads(model, config), "heads", "attention blocks")  # type: ignore[arg-type]
 
 

@@ -35,14 +35,13 @@ parse_early(__name__, _parser)  # --help and argument errors answer before onnx 
 import numpy as np
 import onnx
 
-from passes._core.cli import run_pass_cli
+from passes._core.cli import run_pass_cli, unit_config, with_headline
 from passes._core.importance import importance
 from passes._core.oracle import zero_units
 from passes._core.prune import UnitPruneConfig, prune_units
 from passes._core.report import PassReport
 from passes._core.unit import Mlp
 from passes._core.units import find_mlps
-from passes.prune_heads import config_from_args, with_headline
 
 __all__ = ["Mlp", "SliceNeuronsConfig", "find_mlps", "main", "neuron_importance", "slice_neurons", "zero_neurons"]
 
@@ -71,7 +70,7 @@ def zero_neurons(model: onnx.ModelProto, mlp: Mlp, neurons: Sequence[int]) -> on
 
 
 def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelProto, PassReport]:
-    config = config_from_args(SliceNeuronsConfig, args)
+    config = unit_config(SliceNeuronsConfig, args)
     return with_headline(slice_neurons(model, config), "neurons", "MLPs")  # type: ignore[arg-type]
 
 

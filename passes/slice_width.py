@@ -44,10 +44,9 @@ parse_early(__name__, _parser)  # --help and argument errors answer before onnx 
 
 import onnx
 
-from passes._core.cli import run_pass_cli
+from passes._core.cli import run_pass_cli, unit_config, with_headline
 from passes._core.prune import UnitPruneConfig, prune_units
 from passes._core.report import PassReport
-from passes.prune_heads import config_from_args, with_headline
 
 __all__ = ["KINDS", "SliceWidthConfig", "main", "slice_width"]
 
@@ -69,7 +68,7 @@ def slice_width(model: onnx.ModelProto, config: SliceWidthConfig) -> tuple[onnx.
 
 
 def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelProto, PassReport]:
-    base = config_from_args(UnitPruneConfig, args)
+    base = unit_config(UnitPruneConfig, args)
     config = SliceWidthConfig(keep=base.keep, ratio=base.ratio, plan=base.plan, norm=base.norm, kind=args.kind)
     where = "transformers" if args.kind == "width" else "q/k and v groups"
     unit = "width channels" if args.kind == "width" else "head channels"

@@ -194,6 +194,24 @@ def test_no_import_cycle_between_modules() -> None:
     assert not _cycles(graph), "import cycles (hidden or not by imports inside functions)"
 
 
+def test_each_pass_is_a_leaf() -> None:
+    """A pass (``passes.NAME``) imports no other pass: what two passes share lives in ``passes._core`` (or the light
+    ``passes._parser``)."""
+
+    def is_pass(module: str) -> bool:
+        parts = module.split(".")
+        return len(parts) == 2 and parts[0] == "passes" and not parts[1].startswith("_")
+
+    siblings = [
+        f"{module} imports {target} at line {line}"
+        for module, imports in GRAPH.items()
+        if is_pass(module)
+        for target, line, _ in imports
+        if is_pass(target)
+    ]
+    assert not siblings, "passes importing passes:\n" + "\n".join(siblings)
+
+
 def test_pending_imports_still_exist() -> None:
     gone = [f"{a} -> {b}" for a, b in PENDING if not any(t == b for t, _, _ in GRAPH.get(a, []))]
     assert not gone, f"no longer imported; remove from PENDING: {gone}"
