@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from fileformat.args import Parser, fraction, positive_int, unit_interval
+from fileformat.args import Parser, fraction, non_negative, non_negative_int, positive_int, unit_interval
 from passes._core.defaults import DEFAULT_RATIO
 
 
@@ -78,3 +78,30 @@ def add_budget_args(parser: argparse.ArgumentParser, latency: bool = False) -> N
     parser.add_argument(
         "--floor", type=unit_interval, default=0.1, help="every layer keeps at least this fraction of its units"
     )
+
+
+def add_check_arguments(parser: argparse.ArgumentParser, atol_help: str) -> None:
+    """``--atol``, ``--seed``, ``--batch``: the onnxruntime check an exact rewrite is held to (``passes.simplify``,
+    ``passes.optimize``; :mod:`passes._core.verify`)."""
+    parser.add_argument("--atol", type=non_negative, default=1e-5, help=atol_help)
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random check input")
+    parser.add_argument(
+        "--batch", type=positive_int, default=1, help="batch used for a dynamic batch dimension in the check"
+    )
+
+
+def add_calibration_arguments(
+    parser: argparse.ArgumentParser, purpose: str, count: int, *, required: bool = False
+) -> None:
+    """``--calib DATA``, ``--calib-count``, ``--calib-split``: the images a pass calibrates on
+    (:func:`models.calib.calibration_feeds`); ``purpose`` says what for, ``count`` is the default number."""
+    parser.add_argument(
+        "--calib",
+        required=required,
+        metavar="DATA",
+        help=f"{purpose}: LPCV-layout root (IMG/<split>/), a folder of images, or 'synthetic'",
+    )
+    parser.add_argument(
+        "--calib-count", type=positive_int, default=count, help=f"calibration images to use (default {count})"
+    )
+    parser.add_argument("--calib-split", default="train", help="split of an LPCV-layout root (default train)")

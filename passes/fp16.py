@@ -40,9 +40,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fileformat.args import positive, positive_int
+from fileformat.args import positive
 from fileformat.cli import cli_main
-from passes._parser import make_parser, parse_early
+from passes._parser import add_calibration_arguments, make_parser, parse_early
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,13 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         help="remove op types from the default FP32 list (only where measured safe)",
     )
     p.add_argument("--no-layernorm-chains", action="store_true", help="let decomposed LayerNorm chains run in FP16")
-    p.add_argument(
-        "--calib",
-        metavar="DATA",
-        help="images to measure activation ranges on: LPCV-layout root, image folder, or 'synthetic'",
-    )
-    p.add_argument("--calib-count", type=positive_int, default=16, help="calibration images (default 16)")
-    p.add_argument("--calib-split", default="train", help="split of an LPCV-layout root (default train)")
+    add_calibration_arguments(p, "images to measure activation ranges on", 16)
     p.add_argument(
         "--calib-margin",
         type=positive,

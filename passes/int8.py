@@ -50,9 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fileformat.args import percent, positive_int
+from fileformat.args import percent
 from fileformat.cli import cli_main
-from passes._parser import make_parser, parse_early
+from passes._parser import add_calibration_arguments, make_parser, parse_early
 
 METHODS = ("minmax", "entropy", "percentile")
 OP_TYPES = ("Conv", "MatMul", "Gemm")  # quantized by default
@@ -68,14 +68,7 @@ def percentile(text: str) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     p = make_parser("python -m passes.int8", "Static INT8 quantization (QDQ) calibrated on images.")
-    p.add_argument(
-        "--calib",
-        required=True,
-        metavar="DATA",
-        help="calibration images: LPCV-layout root (IMG/<split>/), a folder of images, or 'synthetic'",
-    )
-    p.add_argument("--calib-count", type=positive_int, default=32, help="calibration images to use (default 32)")
-    p.add_argument("--calib-split", default="train", help="split of an LPCV-layout root (default train)")
+    add_calibration_arguments(p, "calibration images", 32, required=True)
     p.add_argument("--method", choices=METHODS, default="minmax", help="calibration method (default minmax)")
     p.add_argument("--percentile", type=percentile, default=99.999, help="for --method percentile (default 99.999)")
     p.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor (default per channel)")

@@ -58,10 +58,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fileformat.args import non_negative, positive_int
 from fileformat.cli import cli_main
 from fileformat.targets import TARGETS, TargetProfile, resolve_target
-from passes._parser import make_parser, parse_early
+from passes._parser import add_check_arguments, make_parser, parse_early
 
 ORT_LEVELS = ("extended", "basic", "all")
 
@@ -88,13 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         help="onnxruntime level for --ort-offline: all adds the CPU layout transforms (NCHWc, for this CPU's vector "
         "width), for a deploying session that does not optimise again",
     )
-    p.add_argument(
-        "--atol", type=non_negative, default=1e-5, help="largest absolute output difference a rewrite may cause"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the random check input")
-    p.add_argument(
-        "--batch", type=positive_int, default=1, help="batch used for a dynamic batch dimension in the check"
-    )
+    add_check_arguments(p, "largest absolute output difference a rewrite may cause")
     return p
 
 

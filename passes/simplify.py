@@ -34,9 +34,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fileformat.args import non_negative, non_negative_int, positive_int
 from fileformat.cli import cli_main
-from passes._parser import make_parser, parse_early
+from passes._parser import add_check_arguments, make_parser, parse_early
 
 BACKENDS = ("auto", "onnxsim", "onnxslim")
 
@@ -46,13 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--backend", choices=BACKENDS, default="auto", help="simplifier (default: onnxslim, then onnxsim)"
     )
-    parser.add_argument(
-        "--atol", type=non_negative, default=1e-5, help="max abs output difference accepted (default 1e-5)"
-    )
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random check input")
-    parser.add_argument(
-        "--batch", type=positive_int, default=1, help="batch used for a dynamic batch dimension in the check"
-    )
+    add_check_arguments(parser, "max abs output difference accepted (default 1e-5)")
     return parser
 
 

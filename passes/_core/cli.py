@@ -29,10 +29,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from fileformat.errors import PassError, UsageError
 from fileformat.io import check_distinct, check_output_path, load_model, save_model
-from passes._parser import DEFAULT_RATIO, add_unit_arguments, make_parser, parse_early, pass_name
+from passes._parser import (
+    DEFAULT_RATIO,
+    add_calibration_arguments,
+    add_check_arguments,
+    add_unit_arguments,
+    make_parser,
+    parse_early,
+    pass_name,
+)
 
 __all__ = [
     "DEFAULT_RATIO",
+    "add_calibration_arguments",
+    "add_check_arguments",
     "add_unit_arguments",
     "check_onnxruntime_loads",
     "default_output",
