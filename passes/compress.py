@@ -142,6 +142,7 @@ from passes._core import latency as latency_model
 from passes._core.budget import Allocation
 from passes._core.canonical import canonicalize
 from passes._core.cli import run_pass_cli
+from passes._core.graph import copy_model
 from passes._core.loop import Attempt, LoopConfig, close_loop
 from passes._core.problem import (
     CompressConfig,
@@ -216,8 +217,7 @@ def run_compress(model: onnx.ModelProto, config: CompressConfig) -> CompressResu
                     "more was cut than asked"
                 )
     if result.model is model:
-        result.model = onnx.ModelProto()
-        result.model.CopyFrom(model)
+        result.model = copy_model(model)
     result.after = graph_stats(result.model) if result.steps else before
     alloc = result.plan.allocation if result.plan else None
     if alloc is not None and not alloc.reached and alloc.metric == "latency":

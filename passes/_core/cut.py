@@ -20,7 +20,7 @@ import onnx
 from fileformat.metadata import claim_sources, ranked_sources, read_metadata, weight_sources, write_metadata
 from fileformat.plan import QK_SUFFIX
 from passes._core.dims import apply_groups, kept_positions
-from passes._core.graph import GraphView, node_scope
+from passes._core.graph import GraphView, copy_model, node_scope
 from passes._core.kinds import KINDS
 from passes._core.unit import ChannelGroup, PruneUnit
 
@@ -136,9 +136,7 @@ def apply_cuts(
     plan: dict[str, Any] = {KINDS[u.kind].section: {} for u, _ in chosen}
     plan["slices"] = {}
     if not chosen:
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
-        return out, plan
+        return copy_model(model), plan
     view = chosen[0][0].view
     assert view is not None
     if view.model is not model:

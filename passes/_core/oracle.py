@@ -32,6 +32,7 @@ from onnx import helper, numpy_helper
 from fileformat.errors import PassError
 from passes._core.canonical import canonicalize
 from passes._core.dims import unit_positions
+from passes._core.graph import copy_model
 from passes._core.kinds import KINDS
 
 if TYPE_CHECKING:
@@ -101,8 +102,7 @@ def masked_model(model: onnx.ModelProto, units: Mapping[str, PruneUnit]) -> onnx
 
     ``model`` must be the model the units were found on (the canonical form), every unit :func:`maskable`. A weight
     that several groups zero (a head's projection rows and its v channels) is multiplied by each mask in turn."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_model(model)
     graph = out.graph
     shapes = {t.name: list(t.dims) for t in graph.initializer}
     current: dict[str, str] = {}  # weight -> the tensor that now stands for it (after the masks so far)

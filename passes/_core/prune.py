@@ -32,7 +32,7 @@ from passes._core.cut import apply_cuts, layer_index
 from passes._core.defaults import CHANNEL_METHODS, NORMS, SCOPES
 from passes._core.dims import unit_positions
 from passes._core.finalize import finalize
-from passes._core.graph import GraphView
+from passes._core.graph import GraphView, copy_model
 from passes._core.importance import importance
 from passes._core.kinds import KINDS
 from passes._core.report import PassReport
@@ -223,9 +223,7 @@ def prune_units(
         report.notes.append(report.nothing_to_do)
         if config.keep_sets or config.plan:
             resolve_keep_sets(model, units, config)  # still reject plans naming blocks this model lacks
-        out = onnx.ModelProto()
-        out.CopyFrom(original)
-        return out, report
+        return copy_model(original), report
     keep_sets = resolve_keep_sets(model, units, config)
     new, plan = apply_cuts(model, units, keep_sets)
     changed = plan.get(KINDS[kind].section, {})
@@ -464,7 +462,7 @@ def prune_channels(
             report.skip(g.name, "; ".join(g.blocked))
     size = {g.id: g.size for g in decision.found}
     cut = {uid: kept for uid, kept in decision.keep.items() if len(kept) < size[uid]}
-    out, plan = _apply(decision, cut) if cut else (_copy(original), {})
+    out, plan = _apply(decision, cut) if cut else (copy_model(original), {})
     after = graph_stats(out) if cut else stats
     report.modified = bool(cut)
     report.params_after, report.flops_after = after.params, after.flops
@@ -485,12 +483,6 @@ def prune_channels(
             },
         )
     return out, report
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
 
 
 def _apply(decision: ChannelDecision, cut: Mapping[str, list[int]]) -> tuple[onnx.ModelProto, dict[str, Any]]:
