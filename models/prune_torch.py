@@ -5,8 +5,9 @@ The ONNX passes cut heads, MLP neurons and conv channels on the graph and record
 module replays that plan on the torch model built from the recorded configuration:
 
 * :func:`apply_plan` slices every tensor named in ``plan["slices"]`` (``t' = index_select(t, axis, kept)`` per axis)
-  and resizes the modules that own them: ``nn.Linear`` (``in/out_features``), ``nn.Conv2d`` (``in/out_channels``;
-  a depthwise conv keeps ``groups = in = out``), ``nn.BatchNorm2d`` (``num_features``; timm's ``BatchNormAct2d``
+  and resizes the modules that own them: ``nn.Linear`` (``in/out_features``), ``nn.Conv2d`` and
+  ``nn.ConvTranspose2d`` (``in/out_channels``; a depthwise conv keeps ``groups = in = out``, another grouped conv
+  loses whole groups: ``groups`` follows them), ``nn.BatchNorm2d`` (``num_features``; timm's ``BatchNormAct2d``
   too) and ``nn.LayerNorm`` (``normalized_shape``). Attention modules named in ``plan["heads"]`` get
   ``num_heads = len(kept)`` (and ``attn_dim``); ``head_dim`` and ``scale`` stay, so ``softmax(q k^T * scale)`` is
   the same function per kept head. ``plan["head_dim"]`` sets ``head_dim`` (the v channels, and q/k's with them) and,

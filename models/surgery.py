@@ -239,8 +239,36 @@ def _check_couplings(model: nn.Module, slices: Slices) -> None:
             )
 
 
-def _resize_module(path: str, mod: nn.Module, new: dict[str, torch.Tensor]) -> None:
-    """Replace ``mod``'s tensors by the sliced ``new`` ones and fix its width attributes, checking shapes."""
+def _whole_groups(path: str, kept: Sequence[int] | None, per: int) -> None:
+    """Check that the kept output indices ``kept`` of a grouped conv take whole groups of ``per`` channels (the
+    passes cut a grouped conv by whole groups: each group's filters stay together)."""
+    if kept is None or per == 1:
+        return
+    groups = sorted({k // per for k in kept})
+    if sorted(kept) != [g * per + j for g in groups for j in range(per)]:
+        raise PlanError(
+            f"{path}: the plan cuts channels inside the groups of a grouped conv; only whole groups can be cut."
+        )
+
+
+def _regroup(path: str, mod: nn.Conv2d | nn.ConvTranspose2d, w: torch.Tensor, kept: Sequence[int] | None) -> None:
+    """A grouped conv cut by whole groups: the channels of one group stay (weight axis 1), the group count follows
+    the kept ones. Conv2d's weight is ``[groups x co, ci, k...]``, ConvTranspose2d's ``[groups x ci, co, k...]``."""
+    transposed = isinstance(mod, nn.ConvTranspose2d)
+    ci, co = mod.in_channels // mod.groups, mod.out_channels // mod.groups
+    axis0, axis1 = (ci, co) if transposed else (co, ci)
+    if int(w.shape[1]) != axis1 or int(w.shape[0]) % axis0:
+        raise PlanError(
+            f"{path}: grouped conv with {mod.groups} groups cut inside its groups; only whole groups can be cut."
+        )
+    _whole_groups(path, kept, axis0)
+    mod.groups = int(w.shape[0]) // axis0
+    mod.in_channels, mod.out_channels = mod.groups * ci, mod.groups * co
+
+
+def _resize_module(path: str, mod: nn.Module, new: dict[str, torch.Tensor], kept: Sequence[int] | None = None) -> None:
+    """Replace ``mod``'s tensors by the sliced ``new`` ones and fix its width attributes, checking shapes.
+    ``kept``: the weight's kept indices on axis 0, where the plan slices it (whole groups of a grouped conv)."""
     for attr, t in new.items():
         if attr in mod._parameters:
             old = mod._parameters[attr]
@@ -262,10 +290,22 @@ def _resize_module(path: str, mod: nn.Module, new: dict[str, torch.Tensor]) -> N
             if in_per_group != 1:
                 raise PlanError(f"{path}: a depthwise conv's weight axis 1 has size 1 and cannot be cut.")
             mod.groups = mod.in_channels = mod.out_channels = int(out_c)
-        else:
-            raise PlanError(f"{path}: grouped conv with {mod.groups} groups (not depthwise) cannot be cut.")
+        else:  # grouped (a channel multiplier, ResNeXt): by whole groups
+            _regroup(path, mod, mod.weight, kept)
         if mod.bias is not None and mod.bias.shape[0] != out_c:
             raise PlanError(f"{path}: weight keeps {out_c} output channels but bias keeps {mod.bias.shape[0]}.")
+    elif isinstance(mod, nn.ConvTranspose2d):
+        in_c, out_per_group, kh, kw = mod.weight.shape
+        if (kh, kw) != tuple(mod.kernel_size):
+            raise PlanError(f"{path}: the plan cuts the kernel's spatial axes; only channel axes can be cut.")
+        if mod.groups == 1:
+            mod.in_channels, mod.out_channels = int(in_c), int(out_per_group)
+        else:
+            _regroup(path, mod, mod.weight, kept)
+        if mod.bias is not None and mod.bias.shape[0] != mod.out_channels:
+            raise PlanError(
+                f"{path}: weight keeps {mod.out_channels} output channels but bias keeps {mod.bias.shape[0]}."
+            )
     elif isinstance(mod, nn.modules.batchnorm._NormBase):
         sizes = {
             t: int(getattr(mod, t).shape[0])
@@ -309,7 +349,7 @@ def apply_plan(model: Segmentor, plan: dict[str, Any]) -> Segmentor:
         path, _, attr = name.rpartition(".")
         per_module.setdefault(path, {})[attr] = t
     for path, new in per_module.items():
-        _resize_module(path, new_model.get_submodule(path), new)
+        _resize_module(path, new_model.get_submodule(path), new, slices.get(f"{path}.weight", {}).get(0))
     for path, kept in heads.items():
         attn = new_model.get_submodule(path)
         head_dim = int(getattr(attn, "head_dim", attn.qkv.out_features // 3 // len(kept)))

@@ -539,3 +539,35 @@ def test_qk_split_attention_equals_timm_attention_at_equal_sizes(kw: dict) -> No
     x = torch.randn(2, 5, 32)
     with torch.no_grad():
         assert torch.allclose(plain(x, **kw), split(x, **kw), atol=1e-6)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_grouped_convs_are_rebuilt_by_whole_groups(transposed: bool) -> None:
+    """A grouped conv (here 4 groups: a channel multiplier of 1 -> 2, or a ConvTranspose of 2 -> 3 per group) cut
+    by whole groups, as the passes cut it: the rebuilt module on the kept groups' input channels gives the kept
+    groups' output channels of the original exactly; a cut inside the groups is refused."""
+    from models.surgery import _resize_module
+
+    torch.manual_seed(0)
+    if transposed:
+        conv: torch.nn.Module = torch.nn.ConvTranspose2d(8, 12, 2, stride=2, groups=4)
+        ci, co, axis0 = 2, 3, 2
+    else:
+        conv = torch.nn.Conv2d(4, 8, 3, padding=1, groups=4)
+        ci, co, axis0 = 1, 2, 2
+    groups = [1, 3]
+    rows = [g * axis0 + j for g in groups for j in range(axis0)]  # weight axis 0: outputs (Conv) or inputs (ConvT)
+    inputs = [g * ci + j for g in groups for j in range(ci)]
+    outputs = [g * co + j for g in groups for j in range(co)]
+    x = torch.randn(1, 4 * ci, 5, 5)
+    with torch.no_grad():
+        want = conv(x)[:, outputs]
+        cut = copy.deepcopy(conv)
+        new = {"weight": conv.weight[rows], "bias": conv.bias[outputs]}
+        _resize_module("conv", cut, new, rows)
+        got = cut(x[:, inputs])
+    assert (cut.groups, cut.in_channels, cut.out_channels) == (2, 2 * ci, 2 * co)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    inside = [0, 2, 4, 6]  # one channel of each group (rows 0, 2, ... of groups of two)
+    with pytest.raises(PlanError, match="inside the groups|inside its groups"):
+        _resize_module("conv", copy.deepcopy(conv), {"weight": conv.weight[inside]}, inside)

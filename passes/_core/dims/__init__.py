@@ -34,7 +34,7 @@ The package, bottom up:
 
 from passes._core.dims import rules
 from passes._core.dims.apply import apply_groups
-from passes._core.dims.group import DimGroup, GroupEdit, ShapeEdit, SliceEdit, SplitEdit, TensorSlice
+from passes._core.dims.group import DimGroup, GroupEdit, IndexEdit, ShapeEdit, SliceEdit, SplitEdit, TensorSlice
 from passes._core.dims.layout import (
     Dim,
     Factor,
@@ -64,6 +64,7 @@ __all__ = [
     "DimGroup",
     "Factor",
     "GroupEdit",
+    "IndexEdit",
     "Layout",
     "Parts",
     "Rule",

@@ -9,6 +9,8 @@ composed as the AND of every group's mask. Then
 * a constant becomes ``np.compress(m, W, axis)`` (keeping its name, so the exporter's weight map stays valid);
 * a shape entry, a Split size or a depthwise ``group`` becomes ``sum(m)``;
 * a Slice's ``[start, end)`` becomes ``[sum(m[:start]), sum(m[:end]))``, what remains of its range;
+* a ScatterND's index rows on the axis keep the rows ``j`` with ``m[p_j]``, each position ``p_j`` becoming
+  ``sum(m[:p_j])``;
 
 and every rewritten vector becomes a fresh initializer read only by its node, so constants shared with other blocks
 are never edited.
@@ -48,6 +50,7 @@ class _Masks:
     vectors: dict[tuple[int, int], list[int]] = field(default_factory=dict)
     split_nodes: dict[int, tuple[bool, int]] = field(default_factory=dict)  # node -> (sizes from input, outputs)
     slice_nodes: dict[tuple[int, int], SliceEdit] = field(default_factory=dict)
+    indexed: dict[tuple[int, int, int], np.ndarray] = field(default_factory=dict)  # (node, input, column)
 
     def add(self, group: DimGroup, kept: list[int]) -> None:
         """AND the masks of keeping ``kept`` (sorted) units of ``group`` into these."""
@@ -65,6 +68,8 @@ class _Masks:
         for se in group.slice_edits:
             self.slice_nodes[(se.node, se.position)] = se
             _keep(self.sliced, (se.node, se.position), se.layout, kept)
+        for ie in group.index_edits:
+            _keep(self.indexed, (ie.node, ie.input, ie.column), ie.layout, kept)
 
     def arrays(self, view: GraphView) -> dict[str, np.ndarray]:
         """Every cut constant's new value (all its cut axes applied in turn)."""
@@ -84,6 +89,27 @@ class _Masks:
             se = self.slice_nodes[(idx, pos)]
             self.vectors.setdefault((idx, 1), list(se.starts))[pos] = int(mask[: se.start].sum())
             self.vectors.setdefault((idx, 2), list(se.ends))[pos] = int(mask[: se.end].sum())
+
+
+def _set_indices(graph: onnx.GraphProto, view: GraphView, masks: _Masks, taken: set[str]) -> None:
+    """Each cut index tensor (:class:`IndexEdit`): the rows whose position is kept, renumbered, as a fresh
+    initializer read only by its node. Rows are removed once for all of the node's columns."""
+    by_input: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+    for (idx, k, column), mask in masks.indexed.items():
+        by_input.setdefault((idx, k), []).append((column, mask))
+    for (idx, k), columns in by_input.items():
+        node = graph.node[idx]
+        value = view.value(node.input[k])
+        assert value is not None
+        rows = np.asarray(value, dtype=np.int64).copy()  # [n, q]
+        keep = np.ones(rows.shape[0], dtype=bool)
+        for column, mask in columns:
+            pos = rows[:, column] % mask.size
+            keep &= mask[pos]
+            rows[:, column] = (np.cumsum(mask) - 1)[pos]  # position among the kept ones (read where kept)
+        name = _pruned_name(node.input[k], taken)
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(rows[keep]).astype(value.dtype), name))
+        node.input[k] = name
 
 
 def _pruned_name(base: str, taken: set[str]) -> str:
@@ -142,6 +168,7 @@ def apply_groups(
             if a.name == "group":
                 a.i = int(mask.sum())
     _set_splits(graph, masks, taken)
+    _set_indices(graph, view, masks, taken)
     _set_constants(graph, view, arrays)
     for (idx, k), vec in masks.vectors.items():
         node = graph.node[idx]

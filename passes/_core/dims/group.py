@@ -6,7 +6,9 @@ Each edit names what :func:`passes._core.dims.apply.apply_groups` rewrites for k
 * :class:`ShapeEdit`: one entry of a shape vector becomes ``layout_size(layout, k)``;
 * :class:`SplitEdit`: a Split's sizes become ``layout_size(layout_j, k)`` per output ``j``;
 * :class:`SliceEdit`: a Slice's ``[start, end)`` becomes the kept entries before ``start`` and before ``end``;
-* :class:`GroupEdit`: a depthwise Conv's ``group`` becomes ``layout_size(layout, k)``.
+* :class:`GroupEdit`: a depthwise (or channel-multiplier) Conv's ``group`` becomes ``layout_size(layout, k)``;
+* :class:`IndexEdit`: a constant index tensor whose entries are positions along the unit axis (ScatterND's indices
+  on that axis) keeps the entries whose position is kept, each renumbered to its place among the kept positions.
 """
 
 from __future__ import annotations
@@ -69,9 +71,22 @@ class SliceEdit:
 
 @dataclass(frozen=True)
 class GroupEdit:
-    """A depthwise Conv on the unit axis: its ``group`` attribute is the axis size."""
+    """A Conv whose groups follow the unit axis (depthwise: one group per channel; a channel multiplier: one group
+    per input channel): its ``group`` attribute is ``layout_size(layout, k)``."""
 
     node: int
+    layout: Layout
+
+
+@dataclass(frozen=True)
+class IndexEdit:
+    """Input ``input`` of node ``node`` is a constant ``[n, q]`` index tensor whose column ``column`` holds positions
+    along the unit axis, whose layout is ``layout``. With keep mask ``m`` over that axis, row ``j`` stays iff
+    ``m[idx[j, column]]``, and its position becomes ``sum(m[:idx[j, column]])``."""
+
+    node: int
+    input: int
+    column: int
     layout: Layout
 
 
@@ -88,6 +103,7 @@ class DimGroup:
     split_edits: list[SplitEdit] = field(default_factory=list)
     slice_edits: list[SliceEdit] = field(default_factory=list)
     group_edits: list[GroupEdit] = field(default_factory=list)
+    index_edits: list[IndexEdit] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # weights whose OUTPUT axis is the unit axis
     sinks: list[str] = field(default_factory=list)  # weights whose CONTRACTION axis is the unit axis
     #: FLOPs of the contraction ops in the group that scale with the unit count (the unit's share of the axis)

@@ -178,12 +178,12 @@ class Tracer:
                 names = ", ".join(repr(r.name) for r in users)
                 raise TraceError(f"constant {name!r} is shared (read by {names}); a shared weight is never cut")
         for ref in (self.view.nodes[i] for i in sorted(g.nodes)):
-            if ref.node.op_type not in ("MatMul", "Gemm", "Conv"):
+            if ref.node.op_type not in ("MatMul", "Gemm", "Conv", "ConvTranspose", "Einsum"):
                 continue
             carried = [g.dims[t] for t in (ref.node.output[0], *ref.node.input[:2]) if t in g.dims]
             g.flops += round(self.view.node_flops(ref) * (unit_share(carried[0].layout) if carried else 1.0))
-            if ref.node.op_type == "Conv" and int(self.view.attrs(ref.node).get("group", 1)) != 1:
-                continue  # a depthwise filter goes with its channel: neither makes nor consumes the unit
+            if ref.node.op_type in ("Conv", "ConvTranspose") and int(self.view.attrs(ref.node).get("group", 1)) != 1:
+                continue  # a grouped filter goes with its groups (depthwise: its channel): neither makes nor consumes
             for pos in (0, 1):
                 w = ref.node.input[pos]
                 if w in g.slices and len(g._shapes[w]) >= 2:

@@ -1,5 +1,7 @@
 """Normalisation rules (passes/_core/dims/rules/normalization.py): BatchNormalization and InstanceNormalization pass
-the channels with their parameters; LayerNormalization passes other axes, and its own axis only in width mode."""
+the channels with their parameters; LayerNormalization passes other axes, and its own axis only in width mode; a
+GroupNorm written as an InstanceNormalization of reshaped channels passes a width (inexact: the statistics are taken
+over the kept channels, as in a model built that narrow)."""
 
 from __future__ import annotations
 
@@ -111,3 +113,45 @@ def test_layernorm_refusals() -> None:
     }
     """
     assert "saved mean/inverse std" in refusal(parse(text), *HIDDEN, width=True)
+
+
+# torch's GroupNorm(1, 8) as its exporters write it: X.reshape(N, 1, -1), an InstanceNormalization of one channel,
+# the reshape back, then the affine per channel
+_GROUPNORM_1 = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,3,4,4] X, float[8,3,1,1] W1, float[1] s1, float[1] b1, float[8,1,1] w, float[8,1,1] b,
+   float[5,8,1,1] W2) => (float[1,5,4,4] Y) <int64[3] flat = {0, 1, -1}, int64[4] back = {1, 8, 4, 4}> {
+    H = Conv(X, W1)
+    F = Reshape(H, flat)
+    N = InstanceNormalization<epsilon = 1e-5>(F, s1, b1)
+    R = Reshape(N, back)
+    M = Mul(R, w)
+    A = Add(M, b)
+    Y = Conv(A, W2)
+}
+"""
+
+
+def _groupnorm(h: np.ndarray, groups: int, eps: float = 1e-5) -> np.ndarray:
+    """torch's group_norm without the affine: statistics per sample over each group's channels and positions."""
+    n, c = h.shape[:2]
+    g = h.reshape(n, groups, -1)
+    return ((g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + eps)).reshape(h.shape)
+
+
+def test_a_groupnorm_of_one_group_passes_a_width_over_the_kept_channels() -> None:
+    """The width lies on the reshaped spatial axis of the InstanceNormalization (with the positions); in width mode
+    it passes, inexact, and the cut model is GroupNorm(1, kept) of the kept channels (MobileViTv2's norms)."""
+    model = parse(_GROUPNORM_1)
+    assert "normalises with statistics taken over the unit axis" in refusal(model, "H", Dim(1, ((8, True),)))
+    group = trace_from(model, "H", Dim(1, ((8, True),)), width=True)
+    assert group.dims["F"] == Dim(2, ((8, True), (16, False))) and {"s1", "b1"}.isdisjoint(group.slices)
+    assert group.inexact == ["InstanceNormalization 'InstanceNormalization_2' normalises over the cut axis"]
+    assert [(e.node, e.position) for e in group.shape_edits] == [(3, 1)]  # the reshape back, not the -1
+    kept = [0, 3, 4, 7]
+    x = input_for(model)
+    w = {n: initializer(model, n) for n in ("W1", "s1", "b1", "w", "b", "W2")}
+    h = np.einsum("nchw,kc->nkhw", x, w["W1"][kept, :, 0, 0])
+    a = (_groupnorm(h, 1) * w["s1"][0] + w["b1"][0]) * w["w"][kept] + w["b"][kept]
+    expected = np.einsum("nchw,kc->nkhw", a, w["W2"][:, kept, 0, 0])
+    np.testing.assert_allclose(run(cut(model, group, kept), x), expected, atol=1e-5, rtol=1e-5)

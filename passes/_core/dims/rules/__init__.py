@@ -8,6 +8,7 @@ Importing this package registers them all. A new family is a new module here, im
 from passes._core.dims.rules import (  # noqa: F401 - imported to register their rules
     contraction,
     elementwise,
+    indexing,
     layout,
     normalization,
     parts,

@@ -1,10 +1,22 @@
-"""Contractions: MatMul, Gemm, Conv. The unit axis is an output axis (rows of ``A``, columns of ``B``, output
-channels) that passes to the output, a contracted axis that ends here (the next layer's rows: a *sink*), or a batch
-axis that passes through.
+"""Contractions: MatMul, Gemm, Einsum, Conv, ConvTranspose. The unit axis is an output axis (rows of ``A``, columns
+of ``B``, output channels) that passes to the output, a contracted axis that ends here (the next layer's rows: a
+*sink*), or a batch axis that passes through.
 
 * MatMul ``Y[..., m, n] = sum_k A[..., m, k] B[..., k, n]`` (batch axes broadcast, aligned right);
 * Gemm ``Y = op(A) op(B) + C`` (``op`` transposes with ``transA`` / ``transB``; ``C`` broadcasts to ``Y``);
-* Conv ``Y[N, M, ...] = conv(X[N, C, ...], W[M, C/g, k...]) + B[M]``.
+* Einsum ``Y[out labels] = sum over the other labels of prod_i X_i[labels_i]``: a label is one axis in every
+  operand that has it, summed when the output lacks it (torchvision's MaxViT: ``BGHID,BGHJD->BGHIJ``);
+* Conv ``Y[N, M, ...] = conv(X[N, C, ...], W[M, C/g, k...]) + B[M]``;
+* ConvTranspose ``Y[N, M, ...] = conv_transpose(X[N, C, ...], W[C, M/g, k...]) + B[M]`` (its weight holds the input
+  channels first).
+
+A grouped convolution (``g`` groups of ``ci = C/g`` input and ``co = M/g`` output channels, of either kind) is cut by
+whole groups: the unit is the group, ``X``'s channel axis has the layout ``groups x (ci, carried)``, ``Y``'s and
+the weight's output axis ``groups x (co, carried)``, and ``group`` follows the kept count
+(:class:`~passes._core.dims.group.GroupEdit`). A depthwise conv (``ci = co = 1``) passes the channel; a channel
+multiplier (``ci = 1``: PiT's and FastViT's downsampling, ``co`` outputs per input channel) turns each input
+channel into ``co`` consecutive outputs. Cutting some channels inside each group is not followed: the unit would
+have to be the same channels of every group, which no tensor outside the conv is laid out as.
 """
 
 from __future__ import annotations
@@ -12,7 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from passes._core.dims.group import GroupEdit
-from passes._core.dims.layout import Dim, canonical
+from passes._core.dims.layout import Dim, Layout, canonical
 from passes._core.dims.registry import register
 
 if TYPE_CHECKING:
@@ -119,7 +131,8 @@ def conv(tr: Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None
 
     ``group == 1``: X's channels are contracted with W's axis 1 (the unit ends there); Y's channels come from W's
     axis 0 and B. Depthwise (``group == C == M``): the channel passes through with W's axis 0 and B, and ``group``
-    follows the kept count. Other groupings, and the unit axis anywhere but the channels, are not followed.
+    follows the kept count. Other groupings are cut by whole groups (the module docstring); the unit axis anywhere
+    but the channels is not followed.
     """
     n = ref.node
     x, w, y = n.input[0], n.input[1], n.output[0]
@@ -150,4 +163,137 @@ def conv(tr: Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None
             out[b] = Dim(0, L)
         tr.group.group_edits.append(GroupEdit(ref.index, canonical(L)))
         return out
-    raise tr.fail(ref, f"a grouped Conv (group {group}) that is not depthwise")
+    return _by_groups(tr, ref, known, dim, group, (sw[1], sw[0] // group))
+
+
+def _inner(layout: Layout, n: int) -> Layout | None:
+    """``layout`` without a trailing carried factor of ``n`` entries (the channels of one group): the layout of the
+    groups, or ``None`` when the axis is not laid out as ``groups x (n, carried)``."""
+    if n == 1:
+        return canonical(layout)
+    size, unit = layout[-1]
+    if unit or size % n:
+        return None
+    return canonical(layout[:-1] + (((size // n, False),) if size > n else ()))
+
+
+def _by_groups(
+    tr: Tracer, ref: NodeRef, known: str, dim: Dim, group: int, per: tuple[int, int]
+) -> dict[str, Dim | None]:
+    """A grouped Conv or ConvTranspose cut by whole groups (see the module docstring): ``per`` is ``(ci, co)``, the
+    input and output channels of one group. The weight's axis 0 holds the groups (Conv: ``groups x co`` outputs,
+    ConvTranspose: ``groups x ci`` inputs), its axis 1 the channels inside one group."""
+    n = ref.node
+    x, w, y = n.input[0], n.input[1], n.output[0]
+    b = n.input[2] if len(n.input) > 2 and n.input[2] else None
+    ci, co = per
+    why = (
+        f"a grouped {n.op_type} (group {group}) that is not depthwise, whose groups the unit does not follow: each "
+        f"group's {ci} input and {co} output channels would be cut inside it (only whole groups are)"
+    )
+    if known == w and dim.axis == 1:
+        raise tr.fail(ref, why)
+    from_input = known == x or (known == w and n.op_type == "ConvTranspose")
+    groups = _inner(dim.layout, ci if from_input else co)
+    if groups is None or not any(unit for _, unit in groups):
+        raise tr.fail(ref, why)
+    xl, yl = canonical(groups + ((ci, False),)), canonical(groups + ((co, False),))
+    out: dict[str, Dim | None] = {x: Dim(1, xl), y: Dim(1, yl)}
+    out[w] = Dim(0, xl) if n.op_type == "ConvTranspose" else Dim(0, yl)
+    if b is not None:
+        out[b] = Dim(0, yl)
+    tr.group.group_edits.append(GroupEdit(ref.index, groups))
+    return out
+
+
+@register("ConvTranspose")
+def conv_transpose(tr: Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    """``Y[N, M, ...] = conv_transpose(X[N, C, ...], W[C, M/g, k...]) + B[M]`` on the channel axis (axis 1 of X and
+    Y; BEiT's and ViTDet's feature pyramids upsample with it).
+
+    ``group == 1``: X's channels are contracted with W's axis 0 (the unit ends there); Y's channels come from W's
+    axis 1 and B. Grouped: cut by whole groups (the module docstring); a depthwise one passes the channel."""
+    n = ref.node
+    x, w, y = n.input[0], n.input[1], n.output[0]
+    b = n.input[2] if len(n.input) > 2 and n.input[2] else None
+    group = int(tr.view.attrs(n).get("group", 1))  # type: ignore[call-overload]
+    sw = tr.shape(ref, w)
+    L = dim.layout
+    out: dict[str, Dim | None] = {x: None, w: None, y: None}
+    if b is not None:
+        out[b] = None
+    if not tr.view.is_constant(w) or (b is not None and not tr.view.is_constant(b)):
+        raise tr.fail(ref, "a ConvTranspose whose weight is computed at run time")
+    if known in (x, y) and dim.axis != 1:
+        raise tr.fail(ref, "the unit axis is a spatial or batch axis of a ConvTranspose")
+    if known == w and dim.axis not in (0, 1):
+        raise tr.fail(ref, "the unit axis is a kernel axis of a ConvTranspose")
+    if group == 1:
+        if known == x or (known == w and dim.axis == 0):
+            out.update({x: Dim(1, L), w: Dim(0, L)})
+        else:
+            out.update({y: Dim(1, L), w: Dim(1, L)})
+            if b is not None:
+                out[b] = Dim(0, L)
+        return out
+    return _by_groups(tr, ref, known, dim, group, (sw[0] // group, sw[1]))
+
+
+def einsum_labels(equation: str, ranks: list[int]) -> tuple[list[str], str] | None:
+    """The labels of each input (one per axis) and of the output of an Einsum ``equation`` over inputs of
+    ``ranks``; an ellipsis becomes labels of its own (``0``, ``1``, ...; aligned right, as it broadcasts). Implicit
+    output: the ellipsis, then the labels used once, sorted. ``None`` when the equation does not parse."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ranks):
+        return None
+    dots = max((r - len(t.replace("...", "")) for t, r in zip(terms, ranks, strict=True) if "..." in t), default=0)
+    ell = "".join(str(i) for i in range(dots))
+    labels = []
+    for t, r in zip(terms, ranks, strict=True):
+        k = r - len(t.replace("...", ""))
+        full = t.replace("...", ell[dots - k :]) if "..." in t else t
+        if len(full) != r or not all(c.isalpha() or c.isdigit() for c in full):
+            return None
+        labels.append(full)
+    if arrow:
+        out = rhs.replace("...", ell)
+    else:
+        counts = "".join(labels)
+        out = ell + "".join(sorted(c for c in set(counts) if c.isalpha() and counts.count(c) == 1))
+    return labels, out
+
+
+@register("Einsum")
+def einsum(tr: Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | None]:
+    """The unit axis's label is that axis in every operand that has it (an operand where it has size 1 broadcasts
+    and does not carry it); when the output lacks the label the unit is summed over and ends here, as at a
+    MatMul's contracted axis (a sum over one operand alone is a reduction: only in ``sums`` mode, as ReduceSum). A
+    label repeated in one operand (a diagonal or trace) is refused."""
+    n = ref.node
+    ins = list(n.input)
+    y = n.output[0]
+    if len(set(ins)) != len(ins):
+        raise tr.fail(ref, "an Einsum of a tensor with itself")
+    shapes = [tr.shape(ref, i) for i in ins]
+    equation = tr.view.attrs(n).get("equation", b"")
+    text = equation.decode() if isinstance(equation, bytes) else str(equation)
+    parsed = einsum_labels(text, [len(s) for s in shapes])
+    if parsed is None:
+        raise tr.fail(ref, "an Einsum equation that does not parse")
+    labels, out_labels = parsed
+    where = labels[ins.index(known)] if known != y else out_labels
+    label = where[dim.axis]
+    if any(t.count(label) > 1 for t in (*labels, out_labels)):
+        raise tr.fail(ref, f"takes a diagonal along the unit axis (label {label!r} repeats in one operand)")
+    out: dict[str, Dim | None] = {}
+    for i, t, s in zip(ins, labels, shapes, strict=True):
+        if label in t and (s[t.index(label)] != 1 or i == known):
+            out[i] = Dim(t.index(label), dim.layout)
+        else:
+            out[i] = None
+    if label not in out_labels and sum(d is not None for d in out.values()) < 2 and not tr.sums:
+        raise tr.fail(ref, f"sums over the unit axis (label {label!r} of one operand only)")
+    out[y] = Dim(out_labels.index(label), dim.layout) if label in out_labels else None
+    return out

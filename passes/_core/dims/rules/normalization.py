@@ -2,9 +2,17 @@
 
 * BatchNormalization ``Y = (X - mean[c]) / sqrt(var[c] + eps) * scale[c] + bias[c]`` (inference) and
   InstanceNormalization ``Y = (X - mu_c) / sqrt(sigma_c^2 + eps) * scale[c] + bias[c]`` (statistics per sample and
-  channel over the spatial axes): the channel axis 1 passes, its parameter vectors go with it.
+  channel over the spatial axes): the channel axis 1 passes, its parameter vectors go with it. In width mode a
+  unit on a spatial axis passes too, not exactly: torch writes ``GroupNorm(G, C)`` as ``X.reshape(N, G, -1)``, an
+  InstanceNormalization of ``G`` channels, the reshape back and the affine ``* w[C] + b[C]``, so a width of
+  MobileViTv2 (its GroupNorm of one group) lies on the spatial axis there; after the cut the statistics are taken
+  over the kept channels, as the torch model built with that width takes them.
 * LayerNormalization ``Y = (X - mu) / sqrt(sigma^2 + eps) * scale + bias``, statistics over axes ``axis ..``: an
   axis before ``axis`` passes; the normalised axis only in width mode, and not exactly (:meth:`Tracer.note_inexact`).
+
+The GroupNormalization op (opset 18 and 21) has no rule: onnx's shape inference does not see through it (a
+function), so its output has no static shape to trace; torch's exporters write GroupNorm as the InstanceNormalization
+above.
 """
 
 from __future__ import annotations
@@ -33,6 +41,11 @@ def batchnorm(tr: Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim |
             raise tr.fail(ref, "a BatchNormalization parameter that is not a vector")
         dim = Dim(1, dim.layout)
     elif dim.axis != 1:
+        if n.op_type == "InstanceNormalization" and dim.axis > 1 and tr.width:
+            tr.note_inexact(ref)  # a GroupNorm's statistics (module docstring): over the kept channels
+            out_spatial: dict[str, Dim | None] = {x: dim, y: dim}
+            out_spatial.update({p: None for p in params})
+            return out_spatial
         raise tr.fail(ref, "normalises with statistics taken over the unit axis")
     out: dict[str, Dim | None] = {x: dim, y: dim}
     for p in params:
