@@ -29,7 +29,7 @@ import onnx
 
 from fileformat.metadata import pick_source
 from passes._core.dims import Dim, DimGroup, TraceError, trace
-from passes._core.graph import GraphView, NodeRef, metadata_scopes, node_scope
+from passes._core.graph import GraphView, NodeRef, analysis_view, metadata_scopes, node_scope
 from passes._core.unit import ChannelGroup
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def find_channels(
     """Every channel group of ``model`` (blocked ones included, with the reason), in graph order of their first
     layer. ``claimed``: ``{(weight, axis): owner}`` axes that another unit kind cuts; a group touching one is
     blocked (one owner per weight axis)."""
-    view = view or GraphView(model)
+    view = view or analysis_view(model)
     found: list[ChannelGroup] = []
     failed: dict[str, tuple[ChannelGroup, set[str]]] = {}  # reason -> the blocked group, the tensors it reached
     for ref in view.nodes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,11 +45,17 @@ class NodeRef:
 class GraphView:
     """Producers, consumers, constant values and static shapes of one model's main graph."""
 
-    def __init__(self, model: onnx.ModelProto, *, pin_dynamic: bool = False) -> None:
-        """``pin_dynamic``: read every symbolic dimension of the graph inputs as 1 (a dynamic batch becomes batch
-        1), so shapes computed at run time from them fold; the view FLOPs are counted on."""
+    def __init__(
+        self, model: onnx.ModelProto, *, pin_dynamic: bool = False, bind: Mapping[str, int] | None = None
+    ) -> None:
+        """``bind``: read the symbolic dimensions of the graph inputs named there as those sizes (a dynamic batch
+        as 1, a dynamic height as the size the model is traced at: :func:`bindings`), so that shapes computed at
+        run time from them fold; :meth:`runtime` then tells which values hold only under that binding.
+        ``pin_dynamic``: also read every other symbolic dimension as 1 (the view FLOPs are counted on)."""
         self.model = model
         self.pin_dynamic = pin_dynamic
+        self.bind = dict(bind or {})
+        self._free: GraphView | None = None
         self.graph = model.graph
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
         self.nodes = [NodeRef(i, n) for i, n in enumerate(self.graph.node)]
@@ -115,11 +121,14 @@ class GraphView:
         light.functions.extend(self.model.functions)
         g.node.extend(self.graph.node)
         g.input.extend(i for i in self.graph.input if i.name not in self.initializers)
-        if self.pin_dynamic:
+        if self.pin_dynamic or self.bind:
             for vi in g.input:
                 for d in vi.type.tensor_type.shape.dim:
                     if not d.HasField("dim_value") or d.dim_value <= 0:
-                        d.dim_value = 1
+                        if d.dim_param in self.bind:
+                            d.dim_value = int(self.bind[d.dim_param])
+                        elif self.pin_dynamic:
+                            d.dim_value = 1
         g.output.extend(self.graph.output)
         for init in self.graph.initializer:
             if int(np.prod(init.dims)) > _LIGHT_LIMIT and init.data_type != onnx.TensorProto.INT64:
@@ -275,6 +284,45 @@ class GraphView:
             self._no_value.add(name)
         return out
 
+    def runtime(self, name: str) -> bool:
+        """Whether the value of ``name`` is known only under this view's binding: a shape or size vector computed at
+        run time from a symbolic dimension, which a rewrite must not write down as a constant."""
+        if not self.bind or self.value(name) is None:
+            return False
+        if self._free is None:
+            self._free = GraphView(self.model)
+        return self._free.value(name) is None
+
+    def value_at(self, name: str, shapes: Mapping[str, Sequence[int]], depth: int = 32) -> np.ndarray | None:
+        """The value of ``name`` (as :meth:`value`) were the tensors in ``shapes`` of those shapes: what a shape
+        vector computed at run time becomes once the graph is cut (``Shape`` reads ``shapes`` first)."""
+        if name in shapes or depth == 0:
+            return None
+        const = self.constant(name)
+        if const is not None:
+            return const
+        ref = self.producer.get(name)
+        if ref is None or len(ref.node.output) != 1:
+            return None
+        node = ref.node
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type in ("Shape", "Size"):
+            s = shapes.get(node.input[0]) or self.shape(node.input[0])
+            if s is None:
+                return None
+            if node.op_type == "Size":
+                return np.array(int(np.prod(s)), dtype=np.int64)
+            return np.array(list(s)[attrs.get("start", 0) : attrs.get("end", None)], dtype=np.int64)
+        ins = [self.value_at(i, shapes, depth - 1) if i else None for i in node.input]
+        present = [x for i, x in zip(node.input, ins) if i]
+        if any(x is None for x in present):
+            return None
+        evaluate = _EVALUATORS.get(node.op_type)
+        try:
+            return None if evaluate is None else evaluate(ins, present, attrs, self.opset)
+        except Exception:  # numpy refusing an odd combination means "not computable here"
+            return None
+
     def _evaluate(self, node: onnx.NodeProto, name: str) -> np.ndarray | None:
         """The value of ``node``'s one output from its inputs' values (:data:`_EVALUATORS`), or ``None``."""
         op = node.op_type
@@ -287,11 +335,31 @@ class GraphView:
                 return np.array(int(np.prod(s)), dtype=np.int64)
             return np.array(s[attrs.get("start", 0) : attrs.get("end", None)], dtype=np.int64)
         ins = [self.value(i) if i else None for i in node.input]
+        if op in ("Gather", "Slice") and ins[0] is None and all(x is not None for x in ins[1:] if x is not None):
+            ins[0] = self._partial_shape(node.input[0])  # the static entries of a shape read at run time
+            if ins[0] is not None and all(ins[k] is not None for k, i in enumerate(node.input) if i):
+                present = [x for i, x in zip(node.input, ins) if i]
+                out = _EVALUATORS[op](ins, present, attrs, self.opset)
+                return None if out is None or (np.asarray(out) < 0).any() else out
+            return None
         present = [x for i, x in zip(node.input, ins) if i]
         if any(x is None for x in present) or len(node.output) != 1:
             return None
         evaluate = _EVALUATORS.get(op)
         return None if evaluate is None else evaluate(ins, present, attrs, self.opset)
+
+    def _partial_shape(self, name: str) -> np.ndarray | None:
+        """``Shape(x)`` with -1 for the dimensions of ``x`` that are not static, where ``name`` is such a Shape's
+        output and ``x``'s rank is known: a Gather or Slice of its static entries has a value (timm's attention
+        scale ``q.shape[-1] ** -0.5`` under a dynamic batch)."""
+        ref = self.producer.get(name)
+        if ref is None or ref.node.op_type != "Shape":
+            return None
+        dims = self._dims.get(ref.node.input[0])
+        if dims is None:
+            return None
+        attrs = {a.name: helper.get_attribute_value(a) for a in ref.node.attribute}
+        return np.array(dims[attrs.get("start", 0) : attrs.get("end", None)], dtype=np.int64)
 
     # ------------------------------------------------------------------------------------------------- FLOPs
     def counting_view(self) -> GraphView:
@@ -476,6 +544,35 @@ _EVALUATORS: dict[str, Evaluator] = {
     ),
     "Expand": lambda ins, present, attrs, opset: ins[0] * np.ones(ins[1].tolist(), dtype=ins[0].dtype),
 }
+
+
+def bindings(model: onnx.ModelProto, size: Sequence[int] | None = None) -> dict[str, int]:
+    """The sizes the symbolic dimensions of ``model``'s inputs are traced at: a batch (axis 0) as 1, and the height
+    and width of an image input (``N x C x H x W``) as ``size``, else the ``vitseg.input_size`` metadata. A channel,
+    head or width count never depends on them; only shape vectors do, and the passes cut only what does not depend
+    on this binding (:meth:`GraphView.runtime`). Dimensions it cannot size are left out."""
+    if size is None:
+        meta = read_metadata(model).get("input_size")
+        size = [int(v) for v in meta] if isinstance(meta, list) and len(meta) == 2 else None
+    inits = {t.name for t in model.graph.initializer}
+    out: dict[str, int] = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        for axis, d in enumerate(dims):
+            if d.HasField("dim_value") and d.dim_value > 0 or not d.dim_param:
+                continue
+            if axis == 0:
+                out.setdefault(d.dim_param, 1)
+            elif len(dims) == 4 and axis >= 2 and size is not None:
+                out.setdefault(d.dim_param, int(size[axis - 2]))
+    return out
+
+
+def analysis_view(model: onnx.ModelProto) -> GraphView:
+    """The view units are found and traced on: symbolic input dimensions bound by :func:`bindings`."""
+    return GraphView(model, bind=bindings(model))
 
 
 def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:

@@ -24,7 +24,7 @@ from passes._core.channels import in_scope
 from passes._core.cost import cost_terms, tensor_factors
 from passes._core.cut import apply_cuts
 from passes._core.defaults import CHANNEL_METHODS, SCOPES
-from passes._core.graph import GraphView
+from passes._core.graph import GraphView, analysis_view
 from passes._core.importance import importance, measure_damage
 from passes._core.kinds import ORDER, TRANSFORMER
 from passes._core.prune import SliceChannelsConfig, UnitPruneConfig, prune_channels, prune_units
@@ -257,7 +257,7 @@ def discover(model: onnx.ModelProto, config: CompressConfig) -> Problem:
     budget = BudgetConfig(target=1.0, metric=metric, floor=config.floor)
     model = canonicalize(model)
     stats = graph_stats(model)
-    view = GraphView(model)
+    view = analysis_view(model)
     layers: list[Layer] = []
     skipped: list[tuple[str, str]] = []
     notes: list[str] = []

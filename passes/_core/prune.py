@@ -32,7 +32,7 @@ from passes._core.cut import apply_cuts, layer_index
 from passes._core.defaults import CHANNEL_METHODS, NORMS, SCOPES
 from passes._core.dims import unit_positions
 from passes._core.finalize import finalize
-from passes._core.graph import GraphView, copy_model
+from passes._core.graph import analysis_view, copy_model
 from passes._core.importance import importance
 from passes._core.kinds import KINDS
 from passes._core.report import PassReport
@@ -196,7 +196,7 @@ def prune_units(
     start = time.perf_counter()
     config.validate()
     original, model = model, canonicalize(model)
-    view = GraphView(model)
+    view = analysis_view(model)
     units = find_units(model, kind, view)
     label = KINDS[kind].unit.replace(" ", "_")
     report = PassReport(pass_name=pass_name, columns=list(_COLUMNS))
@@ -413,7 +413,7 @@ def decide_channels(model: onnx.ModelProto, config: SliceChannelsConfig, stats: 
     """Analyse ``model`` (in canonical form) and choose the kept channels of every group in scope (no graph change
     yet)."""
     config.validate()
-    view = GraphView(model)
+    view = analysis_view(model)
     found = find_channels(model, view)
     by_id = {g.id: g for g in found}
     notes: list[str] = []

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from fileformat.params import count_params
-from passes._core.graph import GraphView
+from passes._core.graph import GraphView, bindings
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def graph_stats(model: onnx.ModelProto) -> GraphStats:
     """Count parameters and contraction FLOPs of ``model`` (never changes it, never copies its weights)."""
     params = count_params(model)
     try:
-        node_flops = GraphView(model, pin_dynamic=True).flops_by_node()
+        node_flops = GraphView(model, pin_dynamic=True, bind=bindings(model)).flops_by_node()
     except Exception as exc:  # a model too odd for the view still gets its parameter count
         log.warning("could not count FLOPs (%s); reporting 0", exc)
         node_flops = {}

@@ -28,7 +28,7 @@ from fileformat.metadata import weight_sources
 from fileformat.plan import QK_SUFFIX
 from passes._core.canonical import canonicalize
 from passes._core.dims import ELEMENTWISE, Dim, DimGroup, TraceError, trace, unit_copies, unit_count, unit_inner
-from passes._core.graph import GraphView, NodeRef, metadata_scopes, node_scope
+from passes._core.graph import GraphView, NodeRef, analysis_view, metadata_scopes, node_scope
 from passes._core.unit import AttentionBlock, Mlp, PruneUnit
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def find_attention_blocks(model: onnx.ModelProto, view: GraphView | None = None)
 
     Without ``view`` the blocks are found on the canonical form of ``model`` (:mod:`passes._core.canonical`);
     their tensor names are that form's (``block.view.model``)."""
-    view = view or GraphView(canonicalize(model))
+    view = view or analysis_view(canonicalize(model))
     if "heads" in view.found:  # the head-channel and width discovery start from the blocks found here
         return list(view.found["heads"])
     blocks: list[AttentionBlock] = []
@@ -241,7 +241,7 @@ def _is_gate(view: GraphView, t: str, fc1: NodeRef) -> bool:
 
 def not_mlps(model: onnx.ModelProto, view: GraphView | None = None) -> list[tuple[str, str]]:
     """``(linear layer, why it does not start an MLP)`` for every linear layer that is not an MLP's fc1."""
-    view = view or GraphView(canonicalize(model))
+    view = view or analysis_view(canonicalize(model))
     out = []
     for ref in view.nodes:
         if _linear_weight(view, ref) is not None:
@@ -255,7 +255,7 @@ def find_mlps(model: onnx.ModelProto, view: GraphView | None = None) -> list[Mlp
     """Every transformer MLP of ``model`` (fc1 -> elementwise activation -> fc2, or a gated one: fc2(act(fc1_g(x))
     * fc1_x(x)), with two fc1 or one halved), skipped ones with a reason; found on the canonical form of ``model``
     unless ``view`` is given (as :func:`find_attention_blocks`). The neurons are traced from fc2's input."""
-    view = view or GraphView(canonicalize(model))
+    view = view or analysis_view(canonicalize(model))
     if "neurons" in view.found:
         return list(view.found["neurons"])
     mlps: list[Mlp] = []
@@ -407,7 +407,7 @@ def find_head_dims(model: onnx.ModelProto, view: GraphView | None = None) -> lis
     gives the pruned output exactly; the scale ``1/sqrt(head_dim)`` stays that of the original model. A block with
     one head has no head axis to trace: its groups are seeded at ``q`` and ``v`` (:func:`_one_head_seeds`).
     """
-    view = view or GraphView(canonicalize(model))
+    view = view or analysis_view(canonicalize(model))
     out: list[PruneUnit] = []
     for block in find_attention_blocks(model, view):
         if block.count == 1 and block.group is None:  # no head axis to follow: seed v and q themselves
@@ -522,7 +522,7 @@ def find_widths(model: onnx.ModelProto, view: GraphView | None = None) -> list[P
     projection columns and MLP, to the weights that consume it. LayerNorm then normalises over the kept channels
     (as a torch model built with that width does), so this cut is checked against torch, not by zeroing.
     """
-    view = view or GraphView(canonicalize(model))
+    view = view or analysis_view(canonicalize(model))
     seeds: list[tuple[str, int | None]] = []
     for block in find_attention_blocks(model, view):
         if block.prunable and block.group is not None and block.group.sources:
@@ -564,5 +564,5 @@ def find_units(
     if kind == "channels":
         from passes._core.channels import find_channels  # its discovery shares nothing with the transformer kinds'
 
-        return list(find_channels(model, view or GraphView(canonicalize(model)), claimed))
+        return list(find_channels(model, view or analysis_view(canonicalize(model)), claimed))
     raise ValueError(f"unknown unit kind {kind!r}")

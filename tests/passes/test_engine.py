@@ -115,9 +115,18 @@ def test_weight_stored_once_for_two_blocks_is_cut_per_block() -> None:
     assert np.abs(got - wrong).max() > 1e-3
 
 
-def test_runtime_shape_from_dynamic_batch_is_skipped() -> None:
-    (block,) = find_attention_blocks(mha_model(dynamic_batch=True))
-    assert not block.prunable and "run time" in (block.skip_reason or "")
+def test_runtime_shape_from_dynamic_batch_is_cut_where_it_is_built() -> None:
+    """A reshape target built at run time from a dynamic batch (``Concat(Shape(x)[:1], [5, 3, 4, 4])``): the block is
+    traced with the batch bound to 1, the heads' entry is rewritten in the Concat that builds the vector, and the
+    file runs at any batch, equal to the zeroing oracle."""
+    model = mha_model(dynamic_batch=True)
+    (block,) = find_attention_blocks(model)
+    assert block.prunable, block.skip_reason
+    pruned, _ = prune_heads(model, PruneHeadsConfig(keep_sets={block.id: [1, 2]}))
+    assert pruned.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # still a dynamic batch
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 5, 16)).astype(np.float32)
+        assert np.abs(run_ort(pruned, x) - run_ort(zero_heads(model, block, [0, 3]), x)).max() <= 1e-5
 
 
 def test_trace_refuses_a_shape_vector_it_cannot_compute() -> None:

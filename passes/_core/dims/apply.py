@@ -27,6 +27,7 @@ from onnx import helper, numpy_helper
 
 from passes._core.dims.group import DimGroup, SliceEdit
 from passes._core.dims.layout import Layout, kept_positions, layout_size
+from passes._core.dims.symbolic import apply_part_edits
 from passes._core.graph import GraphView, copy_model, unique_name
 
 
@@ -51,6 +52,7 @@ class _Masks:
     split_nodes: dict[int, tuple[bool, int]] = field(default_factory=dict)  # node -> (sizes from input, outputs)
     slice_nodes: dict[tuple[int, int], SliceEdit] = field(default_factory=dict)
     indexed: dict[tuple[int, int, int], np.ndarray] = field(default_factory=dict)  # (node, input, column)
+    parts: dict[tuple[int, int, int], np.ndarray] = field(default_factory=dict)  # (Concat node, input, offset)
 
     def add(self, group: DimGroup, kept: list[int]) -> None:
         """AND the masks of keeping ``kept`` (sorted) units of ``group`` into these."""
@@ -68,6 +70,8 @@ class _Masks:
         for se in group.slice_edits:
             self.slice_nodes[(se.node, se.position)] = se
             _keep(self.sliced, (se.node, se.position), se.layout, kept)
+        for pe in group.part_edits:
+            _keep(self.parts, (pe.node, pe.input, pe.offset), pe.layout, kept)
         for ie in group.index_edits:
             _keep(self.indexed, (ie.node, ie.input, ie.column), ie.layout, kept)
 
@@ -169,6 +173,7 @@ def apply_groups(
                 a.i = int(mask.sum())
     _set_splits(graph, masks, taken)
     _set_indices(graph, view, masks, taken)
+    apply_part_edits(graph, view, masks.parts, taken)
     _set_constants(graph, view, arrays)
     for (idx, k), vec in masks.vectors.items():
         node = graph.node[idx]

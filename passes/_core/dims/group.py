@@ -14,6 +14,7 @@ Each edit names what :func:`passes._core.dims.apply.apply_groups` rewrites for k
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -104,6 +105,10 @@ class DimGroup:
     slice_edits: list[SliceEdit] = field(default_factory=list)
     group_edits: list[GroupEdit] = field(default_factory=list)
     index_edits: list[IndexEdit] = field(default_factory=list)
+    #: entries of shape vectors computed at run time, written where the vector is built (:mod:`.symbolic`)
+    part_edits: list[Any] = field(default_factory=list)
+    #: Shape nodes that read the unit axis's size at run time (a file with symbolic sizes; see :mod:`.symbolic`)
+    unit_reads: list[int] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # weights whose OUTPUT axis is the unit axis
     sinks: list[str] = field(default_factory=list)  # weights whose CONTRACTION axis is the unit axis
     #: FLOPs of the contraction ops in the group that scale with the unit count (the unit's share of the axis)

@@ -18,6 +18,7 @@ import numpy as np
 from passes._core.dims.group import DimGroup, TensorSlice
 from passes._core.dims.layout import Dim, canonical, unit_count, unit_share
 from passes._core.dims.registry import lookup
+from passes._core.dims.symbolic import RuntimeShapeError, resolve_runtime
 from passes._core.graph import GraphView, NodeRef
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,10 @@ class Tracer:
                 if w in g.slices and len(g._shapes[w]) >= 2:
                     carried_out = ref.node.output[0] in g.dims
                     (g.sources if carried_out else g.sinks).append(w)
+        try:  # shape vectors computed at run time from a dynamic size: written where they are built, or refused
+            resolve_runtime(self.view, g)
+        except RuntimeShapeError as exc:
+            raise TraceError(str(exc)) from None
 
 
 def trace(

@@ -52,7 +52,11 @@ def shape(tr: Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | Non
         if picked is None:
             raise tr.fail(ref, f"the size of the unit axis is read at run time by {user.node.op_type} {user.name!r}")
         if pos in picked:
-            raise tr.fail(user, "reads the size of the unit axis at run time; it would keep the old count")
+            if not tr.view.bind:
+                raise tr.fail(user, "reads the size of the unit axis at run time; it would keep the old count")
+            # a file with symbolic sizes reads it to rebuild shapes (F.interpolate's sizes, a reshape's): allowed
+            # when every such read ends in a shape entry that then follows the cut (checked at the end of the walk)
+            tr.group.unit_reads.append(ref.index)
     return {known: dim, n.output[0]: None}
 
 
