@@ -146,7 +146,7 @@ def cut_ours(method: str, budget: str, parent: Path, ref: Path, dirs: dict[str, 
     import onnx
 
     from passes.compress import CompressConfig, compress
-    from runtime._calib import calibration_feeds
+    from models.calib import calibration_feeds
 
     model, reference = onnx.load(str(parent)), onnx.load(str(ref))
     config = CompressConfig(threads=args.threads)

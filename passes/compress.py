@@ -438,7 +438,7 @@ def _valuation_args(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[s
         raise UsageError(f"--calib is read to measure damage; drop --importance {importance}, or drop --calib.")
     count = args.calib_count
     if count is None:
-        from runtime._calib import CalibrationDataError, input_spec
+        from models.calib import CalibrationDataError, input_spec
 
         try:
             count = default_calib_count(input_spec(model).size)
@@ -478,7 +478,7 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
         config.target_latency = latency_of(model, config.latency_reference, args.latency_threads)
     if importance != "sensitivity" or config.plan is not None:
         return compress(model, config)
-    from runtime._calib import CalibrationDataError, calibration_feeds
+    from models.calib import CalibrationDataError, calibration_feeds
 
     try:
         with calibration_feeds(model, calib, split=args.calib_split, count=count, desc="calibration images") as feeds:

@@ -38,10 +38,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-#: imports up the layers that are being switched (``passes.compress`` still reads calibration images through the old
-#: ``runtime._calib`` path, which re-exports ``models.calib``): each entry goes with its import, and
+#: imports up the layers that are being switched (none left): each entry goes with its import, and
 #: :func:`test_pending_imports_still_exist` fails once an entry names an import that is gone
-PENDING: set[tuple[str, str]] = {("passes.compress", "runtime._calib")}
+PENDING: set[tuple[str, str]] = set()
 
 
 def _module_name(path: Path) -> str:

@@ -127,26 +127,22 @@ def cache_path(model: onnx.ModelProto, threads: int) -> Path:
 def _session(
     model: onnx.ModelProto, threads: int, profile: bool, optimized: str | None = None, basic: bool = False
 ) -> Any:
-    """A CPU session with onnxruntime's default (full) optimisation, as the model is deployed; ``basic``: only the
-    basic graph rewrites (constant folding, redundant nodes), which builds in half the time, for sessions that are
-    run a few times for their outputs rather than timed. Worker threads do not spin while they wait: a spinning
-    thread's CPU time grows with the machine's load, not with the model's work."""
-    import onnxruntime as ort
+    """A CPU session (:func:`fileformat.session.load_session`) with onnxruntime's default (full) optimisation, as
+    the model is deployed; ``basic``: only the basic graph rewrites (constant folding, redundant nodes), which
+    builds in half the time, for sessions that are run a few times for their outputs rather than timed. Worker
+    threads do not spin while they wait: a spinning thread's CPU time grows with the machine's load, not with the
+    model's work."""
+    from fileformat.session import SessionConfig, load_session
 
-    so = ort.SessionOptions()
-    if basic:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    so.log_severity_level = 3
-    so.enable_profiling = profile
-    if optimized:
-        so.optimized_model_filepath = optimized
-    if profile:
-        so.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"vitseg_profile_{os.getpid()}")
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    prefix = str(Path(tempfile.gettempdir()) / f"vitseg_profile_{os.getpid()}") if profile else None
+    config = SessionConfig(
+        threads=threads,
+        inter_threads=1,
+        optimization="basic" if basic else None,
+        profile_prefix=prefix,
+        optimized_model_path=optimized,
+    )
+    return load_session(model, config)
 
 
 def _feed(sess: Any) -> dict[str, np.ndarray]:
