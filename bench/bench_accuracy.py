@@ -145,8 +145,8 @@ def cut_ours(method: str, budget: str, parent: Path, ref: Path, dirs: dict[str, 
     """``passes.compress`` as ``method`` values it: the cut model and the report."""
     import onnx
 
-    from passes.compress import CompressConfig, compress
     from models.calib import calibration_feeds
+    from passes.compress import CompressConfig, compress
 
     model, reference = onnx.load(str(parent)), onnx.load(str(ref))
     config = CompressConfig(threads=args.threads)
