@@ -42,6 +42,7 @@ def add_unit_arguments(parser: argparse.ArgumentParser, unit: str, block: str = 
         f"{DEFAULT_RATIO})",
     )
     how.add_argument("--plan", help=f"JSON plan naming the {unit} each {block} keeps (original-model indices)")
+    add_size_argument(parser)
     parser.add_argument("--norm", choices=("l1", "l2"), default="l2", help="weight norm used to rank (default l2)")
 
 
@@ -64,8 +65,22 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def add_size_argument(parser: argparse.ArgumentParser) -> None:
+    """``--input-size H [W]`` of the structural passes: the size a file with a dynamic height and width is traced
+    at (:func:`passes._core.graph.bindings`)."""
+    parser.add_argument(
+        "--input-size",
+        type=positive_int,
+        nargs="+",
+        metavar="H [W]",
+        help="for a file whose height and width are dynamic: trace it at this size (default: its vitseg.input_size "
+        "metadata); the written file keeps its dynamic sizes",
+    )
+
+
 def add_budget_args(parser: argparse.ArgumentParser, latency: bool = False) -> None:
     """The budget options shared with ``passes.compress`` (``latency``: its time budgets, allocated by HALP)."""
+    add_size_argument(parser)
     parser.add_argument("--target-flops", type=fraction, help="keep this fraction of the model's FLOPs, in (0, 1]")
     parser.add_argument("--target-params", type=fraction, help="keep this fraction of the model's parameters")
     parser.add_argument(

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from fileformat.errors import PassError, UsageError
 from fileformat.io import check_distinct, check_output_path, load_model, save_model
+from fileformat.metadata import write_metadata
 from passes._parser import (
     DEFAULT_RATIO,
     add_calibration_arguments,
@@ -184,6 +185,11 @@ def run_pass_cli(parser: argparse.ArgumentParser, run: RunFn, argv: Sequence[str
     check_output_path(out_path)
     quiet_onnxruntime(args.verbose)
     model = load_model(args.model)
+    size = getattr(args, "input_size", None)
+    if size:  # the size a dynamic height and width are traced at (the file's own metadata otherwise)
+        if len(size) > 2:
+            raise UsageError(f"--input-size {' '.join(map(str, size))}: give H, or H W.")
+        write_metadata(model, {"input_size": [size[0], size[-1]]})
     new_model, report = run(model, args)
     if report.nothing_to_do:
         print(_summary(report, args.verbose), file=sys.stderr)

@@ -145,10 +145,15 @@ def _session(
     return load_session(model, config)
 
 
-def _feed(sess: Any) -> dict[str, np.ndarray]:
+def _feed(sess: Any, model: onnx.ModelProto | None = None) -> dict[str, np.ndarray]:
+    """Seeded random inputs for ``sess``; a symbolic dimension at the size ``model`` is traced at
+    (:func:`passes._core.graph.bindings`: a batch of 1, the recorded height and width), else 1."""
+    from passes._core.graph import bindings
+
+    sizes = bindings(model) if model is not None else {}
     out = {}
     for i in sess.get_inputs():
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+        shape = [d if isinstance(d, int) and d > 0 else int(sizes.get(str(d), 1)) for d in i.shape]
         out[i.name] = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     return out
 
@@ -204,7 +209,7 @@ def profile(
     with tempfile.TemporaryDirectory() as tmp:
         opt = str(Path(tmp) / "optimized.onnx")
         sess = _session(model, threads, True, opt)
-        feed = _feed(sess)
+        feed = _feed(sess, model)
         t0 = time.perf_counter()
         sess.run(None, feed)
         first = time.perf_counter() - t0
@@ -319,7 +324,7 @@ def fit_table(
 def run_cpu_ms(model: onnx.ModelProto, threads: int, runs: int, warmup: int, bar: Any = None) -> float:
     """The median CPU ms per run of ``model`` in a session that does not profile (:func:`cpu_clock`)."""
     sess = _session(model, threads, False)
-    feed = _feed(sess)
+    feed = _feed(sess, model)
     clock = cpu_clock(threads)
     for _ in range(warmup):
         sess.run(None, feed)
@@ -420,7 +425,7 @@ def measure_pair(
     ``settled(ratio, se)``: asked after every round from the third on; True stops the measurement there (a caller
     that only needs to know on which side of a band the ratio lies need not wait for the precision)."""
     sa, sb = _session(a, threads, False), _session(b, threads, False)
-    fa, fb = _feed(sa), _feed(sb)
+    fa, fb = _feed(sa, a), _feed(sb, b)
     t0 = time.perf_counter()
     warm = 1
     for i in range(3):

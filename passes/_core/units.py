@@ -105,8 +105,8 @@ def find_attention_blocks(model: onnx.ModelProto, view: GraphView | None = None)
         block = AttentionBlock(id=f"graph:{ref.name}", kind="heads", anchor=ref.name, count=0, view=view)
         if shape is None or len(shape) < 3:
             block.skip_reason = (
-                "the attention scores have no static shape (a dynamic batch or size?): shapes computed at run time "
-                "cannot be rewritten; export with fixed sizes to prune"
+                "the attention scores have no static shape: dynamic height and width (give --input-size H W, or "
+                "export with fixed sizes)"
                 if shape is None
                 else "the attention scores are not [..., heads, N, M]"
             )
@@ -276,7 +276,7 @@ def find_mlps(model: onnx.ModelProto, view: GraphView | None = None) -> list[Mlp
         hidden = shape[axis] if shape is not None and axis is not None else 0
         mlp = Mlp(id=f"graph:{ref.name}", kind="neurons", anchor=ref.name, count=hidden, view=view)
         if shape is None or axis is None:
-            mlp.skip_reason = "the fc2 input has no static shape"
+            mlp.skip_reason = "the fc2 input has no static shape (a dynamic size: give --input-size H W)"
             mlps.append(mlp)
             continue
         if hidden < 2:

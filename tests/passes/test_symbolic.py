@@ -141,3 +141,18 @@ def test_a_size_that_is_not_known_leaves_the_spatial_cuts_with_a_reason(tmp_path
     _, report = prune_heads(model, PruneHeadsConfig(ratio=0.5))
     reasons = " ".join(s.reason for s in report.skipped)
     assert not report.modified and "static" in reasons, reasons
+
+
+def test_the_command_line_takes_the_size_to_trace_at(tmp_path: Path) -> None:
+    """``--input-size H W`` sizes a file whose height and width are dynamic; without it the refusal says to give
+    it."""
+    from passes.prune_heads import main
+
+    src = tmp_path / "size.onnx"
+    _export(src, "tinyseg", AXES["size"])
+    out = tmp_path / "cut.onnx"
+    assert main([str(src), "-o", str(out)]) == 1 and not out.exists()
+    assert main([str(src), "-o", str(out), "--input-size", "64", "64"]) == 0
+    cut = onnx.load(str(out))
+    assert _symbols(cut) == ["batch", "height", "width"]
+    assert _run(cut, 2, 96).shape == (2, 5, 96, 96)

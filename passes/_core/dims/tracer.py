@@ -68,7 +68,7 @@ class Tracer:
         """The static shape of ``name``; refuses (naming ``ref``) when it is not static."""
         s = self.view.shape(name)
         if s is None:
-            raise self.fail(ref, f"the shape of {name!r} is not static")
+            raise self.fail(ref, f"the shape of {name!r} is not static (a dynamic size: give --input-size H W)")
         return s
 
     def shape_vector(self, ref: NodeRef, k: int) -> tuple[tuple[int, ...], bool]:
@@ -106,7 +106,7 @@ class Tracer:
             raise self.fail(ref, f"the unit axis reaches the model output {name!r}; outputs are never cut")
         shape = self.view.shape(name)
         if shape is None:
-            raise self.fail(ref, f"the shape of {name!r} is not static")
+            raise self.fail(ref, f"the shape of {name!r} is not static (a dynamic size: give --input-size H W)")
         if shape[dim.axis] != dim.size:
             raise self.fail(ref, f"{name!r} axis {dim.axis} has size {shape[dim.axis]}, expected {dim.size}")
         self.group.dims[name] = dim
