@@ -1,23 +1,26 @@
 """Convolution-channel groups of an ONNX graph, found by the coupled-dimension engine (docs/architecture.md).
 
-Every Conv with constant weights (``group`` 1), every Gemm and every 2-D MatMul with a constant right operand
-makes a set of output channels: axis 1 of its output. :func:`find_channels` follows each such axis with
-:func:`passes._core.dims.trace` (in ``channels`` mode), the walk that also finds heads, neurons and widths: through
-activations, BatchNormalization and InstanceNormalization (their vectors go with the channels), depthwise convs
-(their filters go with the channels, ``group`` follows the count), pooling, Resize (a ``sizes`` entry follows the
-count), Pad and Slice on other axes, Flatten / Reshape (channel ``c`` becomes features ``c * S .. c * S + S - 1``
-of a classifier), MatMuls with a constant on the spatial axes (UPerNet's pyramid pooling ``P_h @ x @ P_w^T``), to
-the next layers' input channels, where it ends. A residual sum ties the producers of its inputs into ONE group
-(cut together or not at all). A Concat along the channels lays its inputs side by side: the next conv's input
-axis is a :class:`passes._core.dims.Parts` layout, and each input's group cuts its own part of it.
+Every Conv with constant weights (``group`` 1), every Gemm and every 2-D MatMul with a constant right operand makes
+a set of output channels: axis 1 of its output (a ConvTranspose passes or ends channels but makes no group: the
+plan's channel entries and the torch side name Conv, Gemm and MatMul layers only). :func:`find_channels` follows
+each such axis with :func:`passes._core.dims.trace` (in ``channels`` mode), the walk that also finds heads, neurons
+and widths: through activations, BatchNormalization and InstanceNormalization (their vectors go with the channels),
+depthwise convs (their filters go with the channels, ``group`` follows the count), channel multipliers (a grouped
+conv of one input channel per group: its groups follow the channels), pooling, Resize (a ``sizes`` entry follows the
+count), Pad and Slice on other axes, Flatten / Reshape (channel ``c`` becomes features ``c * S .. c * S + S - 1`` of
+a classifier), MatMuls with a constant on the spatial axes (UPerNet's pyramid pooling ``P_h @ x @ P_w^T``), to the
+next layers' input channels, where it ends. A residual sum ties the producers of its inputs into ONE group (cut
+together or not at all). A Concat along the channels lays its inputs side by side: the next conv's input axis is a
+:class:`passes._core.dims.Parts` layout, and each input's group cuts its own part of it.
 
 Removing channels ``R`` of a group deletes index ``R`` from every weight that carries them; the result equals the
 unpruned model with the consumers' input slices ``R`` zeroed (the oracle, :mod:`passes._core.oracle`).
 
 A group is *blocked* (never cut, reported with the walk's reason) when it reaches a graph input or output, a
-normalisation over channels (LayerNorm: MobileViT's transformer, which the width group cuts instead), a Reshape or
-Transpose that splits the channel axis, an op with no rule, a grouped (non-depthwise) convolution, a shape read at
-run time, a weight that another node also reads, or a weight axis that another unit kind owns.
+normalisation over channels (LayerNorm: MobileViT's transformer, or a GroupNorm, which the width group cuts
+instead), a Reshape or Transpose that splits the channel axis, an op with no rule, a grouped convolution whose
+groups the channels do not follow (several input channels per group), a shape read at run time, a weight that
+another node also reads, or a weight axis that another unit kind owns.
 """
 
 from __future__ import annotations
@@ -118,7 +121,9 @@ def find_channels(
             group = trace(view, seed, dim, channels=True)
         except TraceError as exc:
             unit.skip_reason = str(exc)
-            if "LayerNormalization" in unit.skip_reason and "normalises over the unit axis" in unit.skip_reason:
+            if ("LayerNormalization" in unit.skip_reason and "normalises over the unit axis" in unit.skip_reason) or (
+                "a GroupNorm's statistics" in unit.skip_reason
+            ):
                 unit.skip_reason += " (a transformer's width: python -m passes.slice_width --kind width cuts it)"
             if unit.skip_reason in failed:  # stopped at the same node for the same reason: reported as one
                 first, reached = failed[unit.skip_reason]

@@ -28,6 +28,7 @@ from fileformat.metadata import weight_sources
 from fileformat.plan import QK_SUFFIX
 from passes._core.canonical import canonicalize
 from passes._core.dims import ELEMENTWISE, Dim, DimGroup, TraceError, trace, unit_copies, unit_count, unit_inner
+from passes._core.dims.rules.contraction import einsum_labels
 from passes._core.graph import GraphView, NodeRef, analysis_view, metadata_scopes, node_scope
 from passes._core.unit import AttentionBlock, Mlp, PruneUnit
 
@@ -86,7 +87,10 @@ def _finish(unit: PruneUnit, group: DimGroup) -> None:
 
 
 def find_attention_blocks(model: onnx.ModelProto, view: GraphView | None = None) -> list[AttentionBlock]:
-    """Every attention block of ``model`` (skipped ones included, with ``skip_reason``), in graph order.
+    """Every attention block of ``model`` (skipped ones included, with ``skip_reason``), in graph order: a Softmax
+    over the keys of ``[..., heads, N, M]`` scores, or over the tokens of ``[..., heads, N, C]`` keys that a
+    factorised attention multiplies with the values (CoaT: :func:`_factorised`); a Softmax of constants alone (ConViT's
+    positional scores, mixed into a block by a gate) is no block and does not count as a second one.
 
     Without ``view`` the blocks are found on the canonical form of ``model`` (:mod:`passes._core.canonical`);
     their tensor names are that form's (``block.view.model``)."""
@@ -99,8 +103,8 @@ def find_attention_blocks(model: onnx.ModelProto, view: GraphView | None = None)
         n = ref.node
         if n.op_type != "Softmax" or n.domain not in ("", "ai.onnx"):
             continue
-        if n.output[0] in claimed:
-            continue
+        if n.output[0] in claimed or _from_constants(view, n.input[0]):
+            continue  # (a softmax of constants, as ConViT's positional attention, attends to no data)
         shape = view.shape(n.input[0])
         block = AttentionBlock(id=f"graph:{ref.name}", kind="heads", anchor=ref.name, count=0, view=view)
         if shape is None or len(shape) < 3:
@@ -114,7 +118,8 @@ def find_attention_blocks(model: onnx.ModelProto, view: GraphView | None = None)
             continue
         r = len(shape)
         axis = int(view.attrs(n).get("axis", -1 if view.opset >= 13 else 1))
-        if axis % r != r - 1:
+        factorised = axis % r == r - 2 and _factorised(view, ref)
+        if axis % r != r - 1 and not factorised:
             continue  # not attention over keys
         block.count = shape[r - 3]
         if block.count < 2:
@@ -123,7 +128,11 @@ def find_attention_blocks(model: onnx.ModelProto, view: GraphView | None = None)
             continue
         try:
             group = trace(view, n.output[0], Dim(r - 3, ((block.count, True),)))
-            softmaxes = [i for i in group.nodes if view.nodes[i].node.op_type == "Softmax"]
+            softmaxes = [
+                i
+                for i in group.nodes
+                if view.nodes[i].node.op_type == "Softmax" and not _from_constants(view, view.nodes[i].node.input[0])
+            ]  # a softmax of constants mixed in (ConViT's gated positional scores) is not another block
             if len(softmaxes) != 1:
                 raise TraceError(
                     f"the head axis is coupled with {len(softmaxes) - 1} other attention block(s) (shared weights?)"
@@ -135,11 +144,30 @@ def find_attention_blocks(model: onnx.ModelProto, view: GraphView | None = None)
             block.unit_size = unit_inner(group.slices[group.sinks[0]].layout)
             _finish(block, group)
         except TraceError as exc:
-            block.skip_reason = str(exc)
+            block.skip_reason = ("factorised attention (a softmax of k over the tokens): " if factorised else "") + str(
+                exc
+            )
         blocks.append(block)
     _dedupe_ids(blocks)  # type: ignore[arg-type]
     view.found["heads"] = blocks
     return list(blocks)
+
+
+def _factorised(view: GraphView, soft: NodeRef) -> bool:
+    """Whether a Softmax over the tokens of ``[..., heads, N, C]`` is the key side of a factorised attention
+    (CoaT's ``q @ (softmax_N(k)^T @ v)``, per head): its output, transposed or not, is an operand of a MatMul of
+    two computed tensors."""
+    frontier = [soft.node.output[0]]
+    for _ in range(2):
+        nxt = []
+        for t in frontier:
+            for ref in view.consumer_nodes(t):
+                if ref.node.op_type == "MatMul" and not any(view.is_constant(i) for i in ref.node.input):
+                    return True
+                if ref.node.op_type == "Transpose":
+                    nxt.append(ref.node.output[0])
+        frontier = nxt
+    return False
 
 
 def _linear_weight(view: GraphView, ref: NodeRef) -> tuple[str, int] | None:
@@ -340,13 +368,14 @@ def _from_constants(view: GraphView, t: str) -> bool:
 
 
 def _scores_matmul(view: GraphView, block: AttentionBlock) -> NodeRef | None:
-    """The ``q @ k^T`` MatMul whose output reaches the block's Softmax through elementwise/layout ops."""
+    """The ``q @ k^T`` MatMul (or two-operand Einsum, as torchvision's MaxViT writes it) whose output reaches the
+    block's Softmax through elementwise/layout ops."""
     t = view.nodes[next(i for i in block.group.nodes if view.nodes[i].name == block.anchor)].node.input[0]  # type: ignore[union-attr]
     for _ in range(12):
         ref = view.producer.get(t)
         if ref is None:
             return None
-        if ref.node.op_type == "MatMul":
+        if ref.node.op_type == "MatMul" or (ref.node.op_type == "Einsum" and len(ref.node.input) == 2):
             return ref
         # (a bias computed from constants alone, as LeViT's gathered attention biases or SwinV2's exp(clamp(logit
         # scale)), is not the path)
@@ -369,6 +398,27 @@ def _one_head_seeds(view: GraphView, block: AttentionBlock) -> list[tuple[str, D
         found.append(context.node.input[1])
     shapes = {name: view.shape(name) for name in found}
     return [(name, Dim(len(shape) - 1, ((shape[-1], True),))) for name, shape in shapes.items() if shape]
+
+
+def _separable_seed(view: GraphView, block: AttentionBlock) -> list[tuple[str, Dim]]:
+    """The keys of a separable self-attention (MobileViTv2: ``context = sum_N(k * softmax_N(q))`` over a one-channel
+    query, then ``out = proj(relu(v) * context)``): the other operand of the product that weighs them by the Softmax
+    output, with the axis the scores broadcast over (size 1 there, the keys' channels) as the unit. The keys, the
+    context and the values share those channels, made by the fused ``[q | k | v]`` projection and consumed by the
+    output projection, so they are the block's head channels (one head)."""
+    soft = next(r for r in view.nodes if r.name == block.anchor)
+    scores = view.shape(soft.node.output[0])
+    for ref in view.consumer_nodes(soft.node.output[0]):
+        if ref.node.op_type != "Mul" or scores is None:
+            continue
+        others = [i for i in ref.node.input if i and i != soft.node.output[0] and not _from_constants(view, i)]
+        shape = view.shape(others[0]) if len(others) == 1 else None
+        if shape is None or len(shape) != len(scores):
+            continue
+        axes = [a for a, (s, k) in enumerate(zip(scores, shape, strict=True)) if s == 1 and k > 1]
+        if len(axes) == 1:
+            return [(others[0], Dim(axes[0], ((shape[axes[0]], True),)))]
+    return []
 
 
 def _walk_to_matmul(view: GraphView, t: str, up: bool) -> tuple[NodeRef | None, str]:
@@ -405,15 +455,21 @@ def find_head_dims(model: onnx.ModelProto, view: GraphView | None = None) -> lis
     is split into its parts by the canonical form, so this holds for it too; q and v stay one group only where the
     graph ties them. Zeroing a unit's consuming weights (the projection rows, or the k columns)
     gives the pruned output exactly; the scale ``1/sqrt(head_dim)`` stays that of the original model. A block with
-    one head has no head axis to trace: its groups are seeded at ``q`` and ``v`` (:func:`_one_head_seeds`).
+    one head has no head axis to trace: its groups are seeded at ``q`` and ``v`` (:func:`_one_head_seeds`), or, in a
+    separable attention with no ``q @ k^T`` (MobileViTv2), at the keys the Softmax weighs (:func:`_separable_seed`);
+    one with neither is listed with the reason.
     """
     view = view or analysis_view(canonicalize(model))
     out: list[PruneUnit] = []
     for block in find_attention_blocks(model, view):
         if block.count == 1 and block.group is None:  # no head axis to follow: seed v and q themselves
-            pair = _trace_seeds("head_dim", view, [(t, d, 1, None) for t, d in _one_head_seeds(view, block)[::-1]], out)
+            one = _one_head_seeds(view, block) or _separable_seed(view, block)
+            pair = _trace_seeds("head_dim", view, [(t, d, 1, None) for t, d in one[::-1]], out)
             if len(pair) == 2:  # v's channels, and q/k's apart from them: named like a block with heads
                 pair[1].id = pair[0].id + QK_SUFFIX
+            if not one:
+                why = "one head, and no q @ k^T nor softmax-weighted context found from its Softmax to seed"
+                pair = [_not_seeded(view, block, block.id, why)]
             out += pair
             continue
         if not block.prunable:
@@ -460,9 +516,26 @@ def _q_seed(view: GraphView, block: AttentionBlock) -> tuple[tuple[str, Dim] | N
     rank = view.rank(q)
     if not rank or q not in g.dims:
         return None, f"q of {scores.name} does not carry the head axis"
-    if g.dims[q].axis == rank - 1:
+    axis = rank - 1 if scores.node.op_type == "MatMul" else _contracted_axis(view, scores)
+    if axis is None:
+        return None, f"{scores.name} does not contract q with k over one axis"
+    if g.dims[q].axis == axis:
         return None, f"q of {scores.name} holds the heads on its last axis: no per-head channel axis to cut"
-    return (q, Dim(rank - 1, ((view.shape(q)[rank - 1], True),))), ""  # type: ignore[index]
+    return (q, Dim(axis, ((view.shape(q)[axis], True),))), ""  # type: ignore[index]
+
+
+def _contracted_axis(view: GraphView, ref: NodeRef) -> int | None:
+    """The axis of input 0 of a two-operand Einsum whose label is summed with input 1's (``D`` of MaxViT's
+    ``BGHID,BGHJD->BGHIJ``: q's channels), if there is exactly one."""
+    ranks = [view.rank(i) for i in ref.node.input]
+    equation = view.attrs(ref.node).get("equation", b"")
+    text = equation.decode() if isinstance(equation, bytes) else str(equation)
+    parsed = einsum_labels(text, ranks) if all(ranks) else None  # type: ignore[arg-type]
+    if parsed is None:
+        return None
+    (a, b), out = parsed
+    summed = [i for i, c in enumerate(a) if c in b and c not in out]
+    return summed[0] if len(summed) == 1 else None
 
 
 def _not_seeded(view: GraphView, block: AttentionBlock, uid: str, why: str) -> PruneUnit:
@@ -488,7 +561,8 @@ def _trace_seeds(
             if width and not (group.sources and group.sinks):
                 raise TraceError("no weight produces or consumes the width (it reaches a model input or output?)")
             if not width and not group.sinks and sum(unit_copies(group.slices[w].layout) for w in group.sources) < 2:
-                raise TraceError("no weight consumes the head channels")
+                if not _meet(view, group):  # (a fused q/k projection split in equal halves makes both with one copy)
+                    raise TraceError("no weight consumes the head channels")
             if width:  # named after the group, not the seed: an earlier cut must not rename the width
                 unit.anchor = _width_anchor(view, group, seed)
             unit.id = uid or _unit_id(view, group, unit.anchor)
@@ -499,6 +573,16 @@ def _trace_seeds(
             unit.skip_reason = f"one {'channel' if width else 'channel per head'}: nothing to remove"
         out.append(unit)
     return out
+
+
+def _meet(view: GraphView, group: DimGroup) -> bool:
+    """Whether two computed tensors of ``group`` meet in a product that sums over the unit (``q @ k^T``)."""
+    for i in group.nodes:
+        n = view.nodes[i].node
+        if n.op_type in ("MatMul", "Einsum") and len(n.input) == 2 and n.output[0] not in group.dims:
+            if all(t in group.dims and not view.is_constant(t) for t in n.input):
+                return True
+    return False
 
 
 def _width_anchor(view: GraphView, group: DimGroup, seed: str) -> str:
@@ -526,7 +610,10 @@ def find_widths(model: onnx.ModelProto, view: GraphView | None = None) -> list[P
     seeds: list[tuple[str, int | None]] = []
     for block in find_attention_blocks(model, view):
         if block.prunable and block.group is not None and block.group.sources:
-            hit = _data_operand(view, block.group.sources[0])
+            # the first q/k/v projection: a weight whose data is computed from constants alone (Swin-V2's position
+            # bias MLP over its coordinate table, which makes the heads too) does not read the width
+            hits = (_data_operand(view, w) for w in block.group.sources)
+            hit = next((h for h in hits if h is None or not _from_constants(view, h[1])), None)
             if hit is not None:
                 seeds.append((hit[1], _contraction_axis(view, hit[0], hit[1])))
     for mlp in find_mlps(model, view):

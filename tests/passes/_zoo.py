@@ -40,7 +40,10 @@ class ZooModel:
     ``requires``: the module a test must ``importorskip`` first; ``calibrate_bn``: BatchNorm statistics are
     measured on random images before the weight variant is made (with its init statistics the model's activations
     vanish into denormals, so every output is 0); ``cannot_export``: ``(export id, why)`` of the exports torch
-    itself refuses.
+    itself refuses. ``head_dims``: the head-channel groups that can be cut, where a block count does not say it (a
+    block of one head has them too: MobileViTv2's separable attention); ``refused``: ``(kind, reason)``: every unit
+    of that kind is refused, each with a reason that holds ``reason`` (the engine cannot cut them exactly and says
+    why; a regression that cut them, or refused them for another reason, fails).
     """
 
     name: str
@@ -52,10 +55,16 @@ class ZooModel:
     requires: str | None = None
     calibrate_bn: bool = False
     cannot_export: tuple[tuple[str, str], ...] = ()
+    head_dims: int | None = None
+    refused: tuple[tuple[str, str], ...] = ()
 
     def export_skip(self, export_id: str) -> str | None:
         """Why the exporter itself cannot export this model as ``export_id`` (``None``: it can)."""
         return dict(self.cannot_export).get(export_id)
+
+    def refusal(self, kind: str) -> str | None:
+        """What the reason of every refused unit of ``kind`` holds, where all are refused (``None``: none is)."""
+        return dict(self.refused).get(kind)
 
 
 class _Logits(nn.Module):
@@ -186,6 +195,105 @@ def hf_segformer() -> nn.Module:
     return _Logits(SegformerForSemanticSegmentation(config))
 
 
+def tv_swinv2() -> nn.Module:
+    """torchvision Swin-V2 (cosine attention, continuous position bias by an MLP over a log-spaced table, post-norm,
+    PatchMergingV2): 32x32, 2x2 patches, 4x4 windows, two stages of 2 blocks (2 and 4 heads). Its attention masks
+    the shifted windows by writing into a zero tensor (ScatterND on the legacy export, a GatherND on dynamo's)."""
+    from torchvision.models import swin_transformer as sw
+
+    return sw.SwinTransformer(
+        patch_size=[2, 2], embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4], stochastic_depth_prob=0.0,
+        num_classes=5, block=sw.SwinTransformerBlockV2, downsample_layer=sw.PatchMergingV2,
+    )  # fmt: skip
+
+
+def tv_maxvit() -> nn.Module:
+    """torchvision MaxViT: 64x64, a 16-channel stem, two stages of one MBConv + block- and grid-attention layer
+    (32 and 64 channels, heads of 16 channels), partitions of 4x4; its attention is written with ``einsum``."""
+    from torchvision.models.maxvit import MaxVit
+
+    return MaxVit(
+        input_size=(64, 64), stem_channels=16, partition_size=4, block_channels=[32, 64], block_layers=[1, 1],
+        head_dim=16, stochastic_depth_prob=0.0, num_classes=5,
+    )  # fmt: skip
+
+
+def timm_coat_lite() -> nn.Module:
+    """timm CoaT-Lite (factorised attention ``q @ (softmax_N(k)^T @ v)`` plus a convolutional relative position
+    encoding whose depthwise kernels are 3/5/7 for 2/3/3 of the 8 heads): 64x64, four serial stages of one block
+    (32, 32, 64, 64 channels), MLP ratio 2."""
+    from timm.models.coat import CoaT
+
+    return CoaT(
+        img_size=64, patch_size=4, embed_dims=(32, 32, 64, 64), serial_depths=(1, 1, 1, 1), parallel_depth=0,
+        num_heads=8, mlp_ratios=(2, 2, 2, 2), num_classes=5,
+    )  # fmt: skip
+
+
+def timm_convit() -> nn.Module:
+    """timm ConViT: 32x32, 8x8 patches, 4 heads of 16 (ConViT multiplies its embed_dim by the heads), one gated
+    positional self-attention block (two softmaxes: content and position, mixed by a per-head gate) and one plain
+    multi-head attention block (after the class token is appended)."""
+    from timm.models.convit import ConVit
+
+    return ConVit(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=4, local_up_to_layer=1, num_classes=5)
+
+
+def timm_mobilevitv2() -> nn.Module:
+    """timm MobileViTv2-0.5 (1.1M params) at 64x64: separable self-attention (a one-channel query softmaxed over
+    the patches weighs the keys into one context vector, which scales ``relu(v)``), GroupNorm of one group as its
+    LayerNorm, 1x1-conv MLPs."""
+    import timm
+
+    return timm.create_model("mobilevitv2_050", pretrained=False, num_classes=5)
+
+
+def timm_beit() -> nn.Module:
+    """timm BEiT: 32x32, 8x8 patches, 2 blocks of 4 heads x 16, a relative position bias per block, layer scales
+    (``gamma_1``, ``gamma_2``) initialised to 0.5, a trained model's order (at 0.1 a residual branch adds too little
+    for a wrong cut to show against the zeroing oracle), q and v biases (k's a zero buffer, concatenated with them
+    at run time)."""
+    from timm.models.beit import Beit
+
+    net = Beit(
+        img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, init_values=0.5, use_abs_pos_emb=False,
+        use_rel_pos_bias=True, num_classes=5,
+    )  # fmt: skip
+    # timm draws the output projections at std 0.02 / sqrt(2 * layer): a fresh block's heads then move the output by
+    # under 1%, which no zeroing control can tell apart; they get nn.Linear's own init, as the other zoo models' have
+    for block in net.blocks:
+        block.attn.proj.reset_parameters()
+    return net
+
+
+def hf_swinv2() -> nn.Module:
+    """transformers Swinv2ForImageClassification, tiny: 32x32, 2x2 patches, 4x4 windows, two stages of 2 blocks
+    (2 and 4 heads)."""
+    from transformers import Swinv2Config, Swinv2ForImageClassification
+
+    config = Swinv2Config(
+        image_size=32, patch_size=2, embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=4, num_labels=5,
+        attn_implementation="eager",
+    )  # fmt: skip
+    return _Logits(Swinv2ForImageClassification(config))
+
+
+def hf_beit_seg() -> nn.Module:
+    """transformers BeitForSemanticSegmentation, tiny: 64x64, 8x8 patches, 4 layers of 4 heads x 16 (relative
+    position bias, layer scales ``lambda_1``/``lambda_2`` initialised to 0.5, as timm's BEiT), the FPN of
+    ConvTranspose2d / MaxPool and a UPerNet head with pooling bins 1, 2, 4. Its ``out_indices`` 1 .. 4 pick
+    ``hidden_states[i - 1]``: the embeddings and the first three layers' outputs, so the fourth layer is dead code
+    and the exporters drop it."""
+    from transformers import BeitConfig, BeitForSemanticSegmentation
+
+    config = BeitConfig(
+        image_size=64, patch_size=8, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+        out_indices=[1, 2, 3, 4], use_relative_position_bias=True, layer_scale_init_value=0.5, pool_scales=[1, 2, 4],
+        auxiliary_channels=32, num_labels=3, attn_implementation="eager",
+    )  # fmt: skip
+    return _Logits(BeitForSemanticSegmentation(config))
+
+
 MODELS: dict[str, ZooModel] = {
     m.name: m
     for m in (
@@ -217,6 +325,48 @@ MODELS: dict[str, ZooModel] = {
         ),
         # stage 1 has one head; MLPs: 4 Mix-FFNs (a depthwise conv between fc1 and fc2) and the head's 1x1 convs
         ZooModel("hf_segformer", hf_segformer, (1, 3, 64, 64), heads=3, mlps=5, channels=True, requires="transformers"),
+        ZooModel("tv_swinv2", tv_swinv2, (1, 3, 32, 32), heads=4, mlps=4, channels=False),
+        # MLPs: 2 MBConv squeeze-excitations (1x1 convs) and 1x1 classifier pair besides the 4 transformer MLPs
+        ZooModel("tv_maxvit", tv_maxvit, (1, 3, 64, 64), heads=4, mlps=7, channels=True),
+        ZooModel(
+            "timm_coat_lite",
+            timm_coat_lite,
+            (1, 3, 64, 64),
+            heads=4,
+            mlps=4,
+            channels=False,
+            refused=(
+                ("heads", "factorised attention (a softmax of k over the tokens): Split node"),
+                ("head_dim", "its attention block cannot be cut: factorised attention"),
+            ),  # the position encoding's Split gives each group of heads its own kernel size: a head cut would move
+            # heads between groups of convolutions that the layout of one axis cannot express
+        ),
+        ZooModel("timm_convit", timm_convit, (1, 3, 32, 32), heads=2, mlps=2, channels=False),
+        # separable attention: one head per block (nothing to cut in heads), its key/value channels are head channels;
+        # MLPs: 9 transformer MLPs and 3 1x1-conv pairs of the MobileNet blocks
+        ZooModel("timm_mobilevitv2", timm_mobilevitv2, (1, 3, 64, 64), heads=0, mlps=12, channels=True, head_dims=9),
+        ZooModel(
+            "timm_beit",
+            timm_beit,
+            (1, 3, 32, 32),
+            heads=2,
+            mlps=2,
+            channels=False,
+            cannot_export=(("dynamo18", "torch's decomposition fails on BEiT's fused attention (cannot view as)"),),
+        ),
+        ZooModel("hf_swinv2", hf_swinv2, (1, 3, 32, 32), heads=4, mlps=4, channels=False, requires="transformers"),
+        # its FPN upsamples with ConvTranspose2d; the width is concatenated with the pyramid pooling's channels in the
+        # UPerNet head, which keeps it whole
+        ZooModel(
+            "hf_beit_seg",
+            hf_beit_seg,
+            (1, 3, 64, 64),
+            heads=3,
+            mlps=3,
+            channels=True,
+            requires="transformers",
+            refused=(("width", "carries the unit axis but Conv node"),),
+        ),
     )
 }
 

@@ -5,7 +5,9 @@ Every case is model x export (legacy opset 13/17, dynamo saved as one file) x we
 * prune_heads and slice_neurons at ratio 0.5 must remove units where the model has them and equal the zeroing
   oracle (the unpruned model with the removed units' consuming weights zeroed) to 1e-4 of the output's scale,
   while zeroing other units (the kept sets shifted by one) must not match;
-* every attention block with two or more heads and every MLP must be found and followed (none skipped);
+* every attention block with two or more heads and every MLP must be found and followed (none skipped), except
+  where the model's entry says a kind is refused (``ZooModel.refused``): then every unit of it is refused, each with
+  that reason;
 * slice_width cuts half the head channels of every attention block, exactly (the zeroing oracle), and half of
   every transformer width the model has; LayerNorm statistics change, so a width has no zeroing oracle: timm's
   ViT and Swin are compared with the torch model built narrower (the project's models:
@@ -43,10 +45,13 @@ RTOL = 1e-4  # max abs difference over the reference output's max abs
 # transformer widths slice_width can cut (tv_vit's identity head makes its width the model output; the transformers
 # models concatenate one stage's width with other channels, which keeps that stage whole)
 WIDTHS = {"timm_vit": 1, "tv_vit": 0, "timm_swin": 2, "timm_mobilevit": 3, "tiny_cnn": 0, "hf_mobilevit": 3,
-          "hf_segformer": 4, "timm_swinv2": 2, "timm_pvt_v2": 4, "timm_levit": 3}  # fmt: skip
+          "hf_segformer": 4, "timm_swinv2": 2, "timm_pvt_v2": 4, "timm_levit": 3, "tv_swinv2": 2, "tv_maxvit": 4,
+          "timm_coat_lite": 4, "timm_convit": 1, "timm_mobilevitv2": 4, "timm_beit": 1, "hf_swinv2": 2,
+          "hf_beit_seg": 0}  # fmt: skip
 # widths an export form stops: SwinV2-CR's last stage reaches the classifier through the head's global pooling,
-# which dynamo writes as an as_strided Gather along the width
-WIDTHS_STOPPED = {("timm_swinv2", "dynamo"): 1}
+# which dynamo writes as an as_strided Gather along the width (torchvision's and transformers' Swin-V2: both stages,
+# the first through the patch merging into the last)
+WIDTHS_STOPPED = {("timm_swinv2", "dynamo"): 1, ("tv_swinv2", "dynamo"): 1, ("hf_swinv2", "dynamo"): 1}
 CONTROL = 100 * RTOL  # zeroing other units must differ by at least this much
 
 # The default run: small models, the default legacy export and the dynamo file, both weight variants. The rest
@@ -97,6 +102,18 @@ def _check_oracle(model: onnx.ModelProto, pruned: onnx.ModelProto, units: list, 
     assert control >= CONTROL, f"the shifted control matches too (relative {control:.3g}): the oracle is blind"
 
 
+def _check_refused(model: str, kind: str, units: list) -> None:
+    """No unit of ``kind`` is skipped; or, where the zoo says the kind is refused, every one is, with its reason."""
+    skipped = [f"{u.id}: {u.skip_reason}" for u in units if not u.prunable]
+    why = MODELS[model].refusal(kind)
+    if why is None:
+        assert not skipped, f"{len(skipped)} of {len(units)} {kind} units skipped; first: {skipped[0]}"
+        return
+    assert units and len(skipped) == len(units), f"{kind}: {len(units) - len(skipped)} cut where all are refused"
+    wrong = [s for s in skipped if why not in s]
+    assert not wrong, f"{kind} refused for another reason than {why!r}: {wrong[0]}"
+
+
 def _check_runs(model: onnx.ModelProto, out: onnx.ModelProto) -> None:
     x = input_for(model)
     want, got = run_ort(model, x), run_ort(out, x)
@@ -107,11 +124,11 @@ def _check_runs(model: onnx.ModelProto, out: onnx.ModelProto) -> None:
 # ------------------------------------------------------------------------------------------------------- tests
 @pytest.mark.parametrize(("model", "export_id", "variant"), cases("found"))
 def test_units_are_found(zoo_root: Path, model: str, export_id: str, variant: str) -> None:
-    """Every attention block of two or more heads and every MLP is found and can be pruned (none skipped)."""
+    """Every attention block of two or more heads and every MLP is found and can be pruned (none skipped), or every
+    block is refused with the reason the zoo states."""
     proto = _load(zoo_root, model, export_id, variant)
     blocks = [b for b in find_attention_blocks(proto) if b.count != 1]
-    skipped = [f"{b.id}: {b.skip_reason}" for b in blocks if not b.prunable]
-    assert not skipped, f"{len(skipped)} of {len(blocks)} attention blocks skipped; first: {skipped[0]}"
+    _check_refused(model, "heads", blocks)
     assert len(blocks) == MODELS[model].heads
     mlps = find_mlps(proto)
     skipped = [f"{m.id}: {m.skip_reason}" for m in mlps if not m.prunable]
@@ -123,7 +140,7 @@ def test_units_are_found(zoo_root: Path, model: str, export_id: str, variant: st
 def test_prune_heads(zoo_root: Path, model: str, export_id: str, variant: str) -> None:
     proto = _load(zoo_root, model, export_id, variant)
     pruned, report = prune_heads(proto, PruneHeadsConfig(ratio=0.5))
-    if not MODELS[model].heads:
+    if not MODELS[model].heads or MODELS[model].refusal("heads"):
         assert not report.modified
         return
     plan = read_plan(pruned)["heads"]
@@ -178,10 +195,12 @@ def test_compress(zoo_root: Path, model: str, export_id: str, variant: str) -> N
 def test_head_dim(zoo_root: Path, model: str, export_id: str, variant: str) -> None:
     proto = _load(zoo_root, model, export_id, variant)
     units = find_head_dims(proto)
-    skipped = [f"{u.id}: {u.skip_reason}" for u in units if not u.prunable]
-    assert not skipped, f"{len(skipped)} of {len(units)} head-channel groups skipped; first: {skipped[0]}"
+    _check_refused(model, "head_dim", units)
+    spec = MODELS[model]
+    if spec.head_dims is not None:
+        assert sum(u.prunable for u in units) == spec.head_dims
     pruned, report = slice_width(proto, SliceWidthConfig(ratio=0.5, kind="head_dim"))
-    if not MODELS[model].heads:
+    if not (spec.heads or spec.head_dims) or spec.refusal("head_dim"):
         assert not report.modified
         return
     plan = read_plan(pruned)["head_dim"]
@@ -214,9 +233,12 @@ def test_head_channel_groups_do_not_depend_on_the_exporter(zoo_root: Path, model
 @pytest.mark.parametrize(("model", "export_id", "variant"), cases("width"))
 def test_width(zoo_root: Path, model: str, export_id: str, variant: str) -> None:
     proto = _load(zoo_root, model, export_id, variant)
-    widths = [u for u in find_widths(proto) if u.prunable]
+    found = find_widths(proto)
+    widths = [u for u in found if u.prunable]
     want = WIDTHS[model] - WIDTHS_STOPPED.get((model, EXPORTS[export_id][0]), 0)
-    assert len(widths) == want, [u.skip_reason for u in find_widths(proto)]
+    assert len(widths) == want, [u.skip_reason for u in found]
+    if MODELS[model].refusal("width"):
+        _check_refused(model, "width", found)
     out, report = slice_width(proto, SliceWidthConfig(ratio=0.5, kind="width"))
     assert report.modified == bool(want)
     if report.modified:
@@ -225,7 +247,7 @@ def test_width(zoo_root: Path, model: str, export_id: str, variant: str) -> None
         _check_runs(proto, out)
         if any(u.group.inexact for u in widths):  # LayerNorm over the width: the torch model built narrower instead
             with pytest.raises(PassError, match="no zeroing oracle"):
-                zero_units(proto, widths[0], [0])
+                zero_units(proto, next(u for u in widths if u.group.inexact), [0])
         else:  # BatchNorm only (LeViT): a width is exact against zeroing
             keep = {uid: entry["kept"] for uid, entry in read_plan(out)["width"].items()}
             _check_oracle(proto, out, widths, keep, zero_units)

@@ -41,7 +41,9 @@ def batchnorm(tr: Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim |
             raise tr.fail(ref, "a BatchNormalization parameter that is not a vector")
         dim = Dim(1, dim.layout)
     elif dim.axis != 1:
-        if n.op_type == "InstanceNormalization" and dim.axis > 1 and tr.width:
+        if n.op_type == "InstanceNormalization" and dim.axis > 1:
+            if not tr.width:
+                raise tr.fail(ref, "normalises over the unit axis with the spatial axes (a GroupNorm's statistics)")
             tr.note_inexact(ref)  # a GroupNorm's statistics (module docstring): over the kept channels
             out_spatial: dict[str, Dim | None] = {x: dim, y: dim}
             out_spatial.update({p: None for p in params})
