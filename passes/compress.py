@@ -478,13 +478,10 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
         config.target_latency = latency_of(model, config.latency_reference, args.latency_threads)
     if importance != "sensitivity" or config.plan is not None:
         return compress(model, config)
-    from models.calib import CalibrationDataError, calibration_feeds
+    from models.calib import calibration_feeds
 
-    try:
-        with calibration_feeds(model, calib, split=args.calib_split, count=count, desc="calibration images") as feeds:
-            config.calib = list(feeds)
-    except CalibrationDataError as exc:
-        raise PassError(str(exc)) from None
+    with calibration_feeds(model, calib, split=args.calib_split, count=count, desc="calibration images") as feeds:
+        config.calib = list(feeds)  # a CalibrationDataError is an InputError: exit 1, its message
     return compress(model, config)
 
 
