@@ -127,22 +127,7 @@ def find_attention_blocks(model: onnx.ModelProto, view: GraphView | None = None)
             blocks.append(block)
             continue
         try:
-            group = trace(view, n.output[0], Dim(r - 3, ((block.count, True),)))
-            softmaxes = [
-                i
-                for i in group.nodes
-                if view.nodes[i].node.op_type == "Softmax" and not _from_constants(view, view.nodes[i].node.input[0])
-            ]  # a softmax of constants mixed in (ConViT's gated positional scores) is not another block
-            if len(softmaxes) != 1:
-                raise TraceError(
-                    f"the head axis is coupled with {len(softmaxes) - 1} other attention block(s) (shared weights?)"
-                )
-            if not group.sources or not group.sinks:
-                raise TraceError("no q/k/v or output-projection weight carries the head axis")
-            claimed.update(group.dims)
-            block.id = _unit_id(view, group, ref.name)
-            block.unit_size = unit_inner(group.slices[group.sinks[0]].layout)
-            _finish(block, group)
+            claimed.update(_trace_block(view, ref, block, Dim(r - 3, ((block.count, True),))))
         except TraceError as exc:
             block.skip_reason = ("factorised attention (a softmax of k over the tokens): " if factorised else "") + str(
                 exc
@@ -151,6 +136,28 @@ def find_attention_blocks(model: onnx.ModelProto, view: GraphView | None = None)
     _dedupe_ids(blocks)  # type: ignore[arg-type]
     view.found["heads"] = blocks
     return list(blocks)
+
+
+def _trace_block(view: GraphView, soft: NodeRef, block: AttentionBlock, heads: Dim) -> set[str]:
+    """Trace ``block``'s head axis ``heads`` from its Softmax ``soft``, fill the block in and return the tensors it
+    claims; :class:`TraceError` when the heads are coupled with another block's or no weight makes or consumes
+    them."""
+    group = trace(view, soft.node.output[0], heads)
+    softmaxes = [
+        i
+        for i in group.nodes
+        if view.nodes[i].node.op_type == "Softmax" and not _from_constants(view, view.nodes[i].node.input[0])
+    ]  # a softmax of constants mixed in (ConViT's gated positional scores) is not another block
+    if len(softmaxes) != 1:
+        raise TraceError(
+            f"the head axis is coupled with {len(softmaxes) - 1} other attention block(s) (shared weights?)"
+        )
+    if not group.sources or not group.sinks:
+        raise TraceError("no q/k/v or output-projection weight carries the head axis")
+    block.id = _unit_id(view, group, soft.name)
+    block.unit_size = unit_inner(group.slices[group.sinks[0]].layout)
+    _finish(block, group)
+    return set(group.dims)
 
 
 def _factorised(view: GraphView, soft: NodeRef) -> bool:
@@ -400,6 +407,19 @@ def _one_head_seeds(view: GraphView, block: AttentionBlock) -> list[tuple[str, D
     return [(name, Dim(len(shape) - 1, ((shape[-1], True),))) for name, shape in shapes.items() if shape]
 
 
+def _one_head_units(view: GraphView, block: AttentionBlock, found: list[PruneUnit]) -> list[PruneUnit]:
+    """The head-channel groups of a block with one head: v's and q/k's (:func:`_one_head_seeds`), or the keys' of a
+    separable attention (:func:`_separable_seed`), else one unit listing why there are none."""
+    one = _one_head_seeds(view, block) or _separable_seed(view, block)
+    if not one:
+        why = "one head, and no q @ k^T nor softmax-weighted context found from its Softmax to seed"
+        return [_not_seeded(view, block, block.id, why)]
+    pair = _trace_seeds("head_dim", view, [(t, d, 1, None) for t, d in one[::-1]], found)
+    if len(pair) == 2:  # v's channels, and q/k's apart from them: named like a block with heads
+        pair[1].id = pair[0].id + QK_SUFFIX
+    return pair
+
+
 def _separable_seed(view: GraphView, block: AttentionBlock) -> list[tuple[str, Dim]]:
     """The keys of a separable self-attention (MobileViTv2: ``context = sum_N(k * softmax_N(q))`` over a one-channel
     query, then ``out = proj(relu(v) * context)``): the other operand of the product that weighs them by the Softmax
@@ -463,14 +483,7 @@ def find_head_dims(model: onnx.ModelProto, view: GraphView | None = None) -> lis
     out: list[PruneUnit] = []
     for block in find_attention_blocks(model, view):
         if block.count == 1 and block.group is None:  # no head axis to follow: seed v and q themselves
-            one = _one_head_seeds(view, block) or _separable_seed(view, block)
-            pair = _trace_seeds("head_dim", view, [(t, d, 1, None) for t, d in one[::-1]], out)
-            if len(pair) == 2:  # v's channels, and q/k's apart from them: named like a block with heads
-                pair[1].id = pair[0].id + QK_SUFFIX
-            if not one:
-                why = "one head, and no q @ k^T nor softmax-weighted context found from its Softmax to seed"
-                pair = [_not_seeded(view, block, block.id, why)]
-            out += pair
+            out += _one_head_units(view, block, out)
             continue
         if not block.prunable:
             out.append(_not_seeded(view, block, block.id, f"its attention block cannot be cut: {block.skip_reason}"))
