@@ -219,63 +219,80 @@ def profile(
             if not bar.total:
                 bar.total = runs + warmup
             bar.update(1)
-        clock = cpu_clock(threads)
-        cpu: list[float] = []
-        for _ in range(warmup - 1 + runs):
-            c0 = clock()
-            sess.run(None, feed)
-            cpu.append((clock() - c0) * 1e3)
-            if bar is not None:
-                bar.update(1)
-        cpu = cpu[warmup - 1 :]
+        cpu = _timed_runs(sess, feed, warmup - 1 + runs, threads, bar)[warmup - 1 :]
         trace = sess.end_profiling()
         try:
             events = json.loads(Path(trace).read_text())
         finally:
             Path(trace).unlink(missing_ok=True)
-        spans = sorted(
-            (e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"
-        )[warmup:]
-        start = spans[0][0] if spans else 0
-        # per run: CPU time over wall time (1 on an idle core; a single-threaded run cannot compute faster than
-        # its wall clock, so the scale never exceeds 1)
-        scale = [min(1.0, c / max((b - a) / 1e3, 1e-9)) if threads == 1 else 1.0 for (a, b), c in zip(spans, cpu)]
-        per: dict[str, list[float]] = {}
-        in_run = [0.0] * len(spans)
-        for e in events:
-            name = e.get("name", "")
-            if e.get("cat") == "Node" and name.endswith("_kernel_time") and e.get("ts", 0) >= start:
-                k = next((i for i, (a, b) in enumerate(spans) if a <= e["ts"] <= b), None)
-                ms = e["dur"] / 1e3 * (scale[k] if k is not None else 1.0)
-                per.setdefault(name[: -len("_kernel_time")], []).append(ms)
-                if k is not None:
-                    in_run[k] += ms
-        overhead = (
-            statistics.median([(b - a) / 1e3 * f - t for (a, b), f, t in zip(spans, scale, in_run)]) if spans else 0.0
-        )
-        wall = statistics.median([(b - a) / 1e3 for a, b in spans]) if spans else 0.0
-        tensors: dict[str, list[str]] = {}
-        # a node of the optimised graph stands for the nodes of ``model`` whose outputs it writes; the NCHWc layout
-        # rewrite renames a conv's tensors but names the node after the output it replaces (``<output>_nchwc``)
-        original = {o: [t for t in (*n.input, *n.output) if t] for n in model.graph.node for o in n.output if o}
-        by_name = {n.name: [t for t in (*n.input, *n.output) if t] for n in model.graph.node if n.name}
-        try:
-            optimized = onnx.load(opt, load_external_data=False)
-            for n in optimized.graph.node:
-                own = [t for t in (*n.input, *n.output) if t]
-                stands_for = [*n.output, n.name.removesuffix("_nchwc")]
-                found = own + [t for o in stands_for for t in original.get(o, [])]
-                # a fusion is named after the node it started from (``<node>/QuickGeluFusion/``), whose tensors
-                # an NCHWc layout may have renamed
-                name = n.name
-                while name and name not in by_name and "/" in name:
-                    name = name.rsplit("/", 1)[0]
-                found += by_name.get(name, [])
-                tensors[n.name] = list(dict.fromkeys(found))
-        except Exception as exc:  # an optimised graph onnx cannot read: names only
-            log.warning("could not read onnxruntime's optimised graph (%s); node tensors unknown", exc)
-    times = {name: statistics.median(v) for name, v in per.items()}
+        times, wall, overhead = _node_times(events, warmup, cpu, threads)
+        tensors = _node_tensors(model, opt)
     return Profile(times, tensors, wall, max(0.0, overhead), runs, warmup, statistics.median(cpu) if cpu else wall)
+
+
+def _timed_runs(sess: Any, feed: dict[str, np.ndarray], n: int, threads: int, bar: Any) -> list[float]:
+    """The CPU ms of ``n`` runs (:func:`cpu_clock`), advancing ``bar`` once per run."""
+    clock = cpu_clock(threads)
+    cpu: list[float] = []
+    for _ in range(n):
+        c0 = clock()
+        sess.run(None, feed)
+        cpu.append((clock() - c0) * 1e3)
+        if bar is not None:
+            bar.update(1)
+    return cpu
+
+
+def _node_times(
+    events: list[dict[str, Any]], warmup: int, cpu: Sequence[float], threads: int
+) -> tuple[dict[str, float], float, float]:
+    """``(median ms per node, median run ms, median overhead ms)`` of the profiled runs after ``warmup``, each
+    run's node times scaled by its CPU time over its wall time (1 on an idle core; a single-threaded run cannot
+    compute faster than its wall clock, so the scale never exceeds 1)."""
+    spans = sorted(
+        (e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )[warmup:]
+    start = spans[0][0] if spans else 0
+    scale = [min(1.0, c / max((b - a) / 1e3, 1e-9)) if threads == 1 else 1.0 for (a, b), c in zip(spans, cpu)]
+    per: dict[str, list[float]] = {}
+    in_run = [0.0] * len(spans)
+    for e in events:
+        name = e.get("name", "")
+        if e.get("cat") == "Node" and name.endswith("_kernel_time") and e.get("ts", 0) >= start:
+            k = next((i for i, (a, b) in enumerate(spans) if a <= e["ts"] <= b), None)
+            ms = e["dur"] / 1e3 * (scale[k] if k is not None else 1.0)
+            per.setdefault(name[: -len("_kernel_time")], []).append(ms)
+            if k is not None:
+                in_run[k] += ms
+    if not spans:
+        return {n: statistics.median(v) for n, v in per.items()}, 0.0, 0.0
+    overhead = statistics.median([(b - a) / 1e3 * f - t for (a, b), f, t in zip(spans, scale, in_run)])
+    wall = statistics.median([(b - a) / 1e3 for a, b in spans])
+    return {n: statistics.median(v) for n, v in per.items()}, wall, overhead
+
+
+def _node_tensors(model: onnx.ModelProto, optimized_path: str) -> dict[str, list[str]]:
+    """The tensors of ``model`` each node of onnxruntime's optimised graph stands for: the outputs it writes (a
+    fusion keeps them), the node it is named after (``<node>/QuickGeluFusion/``), and for an NCHWc conv (named
+    ``<output>_nchwc``, its tensors renamed) the conv whose output it replaces."""
+    original = {o: [t for t in (*n.input, *n.output) if t] for n in model.graph.node for o in n.output if o}
+    by_name = {n.name: [t for t in (*n.input, *n.output) if t] for n in model.graph.node if n.name}
+    tensors: dict[str, list[str]] = {}
+    try:
+        optimized = onnx.load(optimized_path, load_external_data=False)
+    except Exception as exc:  # an optimised graph onnx cannot read: names only
+        log.warning("could not read onnxruntime's optimised graph (%s); node tensors unknown", exc)
+        return tensors
+    for n in optimized.graph.node:
+        own = [t for t in (*n.input, *n.output) if t]
+        stands_for = [*n.output, n.name.removesuffix("_nchwc")]
+        found = own + [t for o in stands_for for t in original.get(o, [])]
+        name = n.name
+        while name and name not in by_name and "/" in name:
+            name = name.rsplit("/", 1)[0]
+        found += by_name.get(name, [])
+        tensors[n.name] = list(dict.fromkeys(found))
+    return tensors
 
 
 def fit_table(

@@ -146,33 +146,16 @@ def resolve_keep_sets(
     config.validate()
     prunable = [u for u in units if u.prunable]
     what = units[0].kind if units else "units"
-    if config.keep is not None:
-        too_few = [u for u in prunable if config.keep > u.count]
-        if too_few:
-            u = too_few[0]
-            raise PassError(
-                f"--keep {config.keep} is above the {u.count} {KINDS[what].unit if what in KINDS else what} of {u.id}"
-                f"{f' (and {len(too_few) - 1} more blocks)' if len(too_few) > 1 else ''}; "
-                f"give at most {min(x.count for x in prunable)}."
-            )
     if config.keep is not None or config.ratio is not None:
-        scores = importance(prunable, config.norm)
-        out = {}
-        for u in prunable:
-            n = int(config.keep) if config.keep is not None else keep_count(u.count, float(config.ratio))  # type: ignore[arg-type]
-            out[u.id] = select_top(scores[u.id], n)
-        return out
+        return _by_count(prunable, config, what)
     if config.plan is not None:
         check_fingerprint(model, units, config.plan, what)
     requested = (
         dict(config.keep_sets) if config.keep_sets is not None else plan_to_keep_sets(model, config.plan or {}, what)
     )
     by_id = {u.id: u for u in units}
-    if config.plan is not None and what == "head_dim":  # a plan made before q/k were apart from v named all three
-        for uid in [u for u in requested if not u.endswith(QK_SUFFIX) and u + QK_SUFFIX not in requested]:
-            qk, v = by_id.get(uid + QK_SUFFIX), by_id.get(uid)
-            if qk is not None and v is not None and qk.count == v.count:
-                requested[qk.id] = list(requested[uid])
+    if config.plan is not None and what == "head_dim":
+        _qk_with_v(requested, by_id)
     out = {u.id: list(range(u.count)) for u in prunable}
     for uid, kept in requested.items():
         if uid not in by_id:
@@ -183,6 +166,34 @@ def resolve_keep_sets(
             raise PassError(f"{uid} cannot be pruned ({u.skip_reason}); remove it from the plan.")
         out[uid] = check_indices(uid, kept, u.count, what)
     return out
+
+
+def _by_count(prunable: Sequence[PruneUnit], config: UnitPruneConfig, what: str) -> dict[str, list[int]]:
+    """``--keep N`` or ``--ratio R``: the highest-scored units of every block (:class:`PassError` for a count above
+    a block's)."""
+    if config.keep is not None:
+        too_few = [u for u in prunable if config.keep > u.count]
+        if too_few:
+            u = too_few[0]
+            more = f" (and {len(too_few) - 1} more blocks)" if len(too_few) > 1 else ""
+            raise PassError(
+                f"--keep {config.keep} is above the {u.count} {KINDS[what].unit if what in KINDS else what} of {u.id}"
+                f"{more}; give at most {min(x.count for x in prunable)}."
+            )
+    scores = importance(prunable, config.norm)
+    out = {}
+    for u in prunable:
+        n = int(config.keep) if config.keep is not None else keep_count(u.count, float(config.ratio))  # type: ignore[arg-type]
+        out[u.id] = select_top(scores[u.id], n)
+    return out
+
+
+def _qk_with_v(requested: dict[str, list[int]], by_id: Mapping[str, PruneUnit]) -> None:
+    """A plan made before q/k were apart from v named all three by the block: its q/k group keeps the same."""
+    for uid in [u for u in requested if not u.endswith(QK_SUFFIX) and u + QK_SUFFIX not in requested]:
+        qk, v = by_id.get(uid + QK_SUFFIX), by_id.get(uid)
+        if qk is not None and v is not None and qk.count == v.count:
+            requested[qk.id] = list(requested[uid])
 
 
 # ---------------------------------------------------------------------------------------------------------- run
