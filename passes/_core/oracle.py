@@ -77,6 +77,24 @@ def zero_kept(model: onnx.ModelProto, units: Sequence[PruneUnit], keep: Mapping[
     return zero_groups(model, cuts)
 
 
+def plan_oracle(model: onnx.ModelProto, plan: Mapping[str, Any]) -> onnx.ModelProto:
+    """The zeroing oracle of a whole plan (``vitseg.plan``, indices of ``model``): every unit it removes of the
+    kinds with an oracle (heads, head channels, neurons, conv channels, by the group that names each entry) zeroed
+    at once. A file the passes wrote from ``model`` with that plan must compute the same."""
+    from passes._core.units import find_units
+
+    cuts: list[tuple[PruneUnit, list[int]]] = []
+    for kind, spec in KINDS.items():
+        entries = plan.get(spec.section) or {}
+        if not spec.exact or not entries:
+            continue
+        for unit in find_units(model, kind):
+            entry = entries.get(unit.id)
+            if entry and unit.prunable:
+                cuts.append((unit, sorted(set(range(unit.count)) - set(entry["kept"]))))
+    return zero_groups(model, cuts)
+
+
 def maskable(unit: PruneUnit, model: onnx.ModelProto) -> str | None:
     """None when :func:`masked_model` can mask ``unit`` on ``model``; else why not (no zeroing oracle, or a weight
     that is not a float32 initializer of ``model``)."""

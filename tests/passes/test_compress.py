@@ -10,9 +10,8 @@ import onnx
 import pytest
 
 from fileformat.plan import read_plan
-from passes._core.oracle import zero_kept, zero_units
+from passes._core.oracle import plan_oracle
 from passes._core.stats import graph_stats
-from passes._core.units import find_units
 from passes.compress import CompressConfig, compress, main
 from passes.slice_channels import SliceChannelsConfig, slice_channels
 
@@ -41,16 +40,7 @@ def test_all_kinds_round_trip_to_torch(exported) -> None:
 def _combined_oracle(model: onnx.ModelProto, plan: dict) -> onnx.ModelProto:
     """The unpruned model with the consumers of every removed unit zeroed: projection rows of removed heads, fc2
     rows of removed neurons, input channels of the consumers of removed conv channels."""
-    oracle = model
-    for kind in ("heads", "head_dim", "neurons"):
-        for unit in find_units(model, kind):
-            entry = plan[kind].get(unit.id)
-            if entry:
-                removed = [i for i in range(unit.count) if i not in entry["kept"]]
-                oracle = zero_units(oracle, unit, removed)
-    groups = find_units(model, "channels")
-    names = {g.id for g in groups}
-    return zero_kept(oracle, groups, {name: e["kept"] for name, e in plan["channels"].items() if name in names})
+    return plan_oracle(model, plan)
 
 
 def test_uniform_budget_cuts_all_three_kinds_and_matches_the_oracle(exported) -> None:
