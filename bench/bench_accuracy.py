@@ -378,6 +378,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ckpt, parent = parents[seed]
         ref = export_reference(seed_dir, seed, args)
         for budget, methods in (("latency", LATENCY_METHODS), ("flops", FLOPS_METHODS)):
+            if budget not in args.budgets:
+                continue
             for method in methods:
                 if method not in args.methods:
                     continue
@@ -406,7 +408,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     info["cpu_seconds"] = round(time.process_time() - start, 1)
                     _write(cut, info)
                 row.update(_read(cut))
-                if "error" not in row and not (work / "score.json").exists():
+                if "error" not in row and not args.no_distill and not (work / "score.json").exists():
                     jobs.append(
                         {
                             "work": str(work), "tp": method.startswith("tp-"), "teacher": str(ckpt),
@@ -474,7 +476,9 @@ def summarize(doc: dict[str, Any]) -> list[dict[str, Any]]:
     for budget, method in keys:
         rs = [r for r in doc["rows"] if r["budget"] == budget and r["method"] == method]
         ok = [r for r in rs if "miou" in r]
-        entry: dict[str, Any] = {"budget": budget, "method": method, "runs": len(ok), "failed": len(rs) - len(ok)}
+        failed = [r for r in rs if r.get("error")]
+        entry: dict[str, Any] = {"budget": budget, "method": method, "runs": len(ok), "failed": len(failed)}
+        entry["pending"] = len(rs) - len(ok) - len(failed)
         if ok:
             mious = [100 * r["miou"] for r in ok]
             entry["miou"] = statistics.mean(mious)
@@ -501,14 +505,16 @@ def table(doc: dict[str, Any]) -> str:
     ]
     for e in doc["summary"]:
         if "miou" not in e:
-            lines.append(f"| {e['budget']} | {e['method']} | failed: {str(e.get('error', ''))[:80]} | | | |")
+            what = f"failed: {str(e.get('error', ''))[:80]}" if e["failed"] else "not distilled"
+            lines.append(f"| {e['budget']} | {e['method']} | {what} | | | |")
             continue
         lat = "" if e.get("latency_ratio") is None else f"{e['latency_ratio']:.3f}"
         ref = "" if e.get("of_reference") is None else f"{e['of_reference']:.3f}"
         params = "" if e.get("params") is None else f"{e['params'] / 1e6:.2f}"
-        failed = f" ({e['failed']} failed)" if e["failed"] else ""
+        seeds = f" ({e['runs']} seed{'s' if e['runs'] > 1 else ''}"
+        seeds += f", {e['failed']} failed)" if e["failed"] else ")"
         lines.append(
-            f"| {e['budget']} | {e['method']} | {e['miou']:.1f} ± {e['miou_std']:.1f}{failed} | {lat} | {ref} | "
+            f"| {e['budget']} | {e['method']} | {e['miou']:.1f} ± {e['miou_std']:.1f}{seeds} | {lat} | {ref} | "
             f"{params} |"
         )
     return "\n".join(lines)
@@ -553,6 +559,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", default="mobilevit_xxs_upernet64", help="the model whose latency is matched")
     p.add_argument("--flops", type=float, default=0.5, help="the FLOPs budget (default 0.5)")
     p.add_argument("--methods", nargs="+", default=list(dict.fromkeys(LATENCY_METHODS + FLOPS_METHODS)))
+    p.add_argument("--budgets", nargs="+", choices=("latency", "flops"), default=["latency", "flops"])
+    p.add_argument(
+        "--no-distill", action="store_true", help="distill nothing new: tabulate what is scored (a partial run's table)"
+    )
     p.add_argument("--jobs", type=int, default=2, help="distillations at once (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads per job (default 1)")
     p.add_argument("--bench-runs", type=int, default=40)
