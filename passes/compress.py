@@ -17,7 +17,8 @@ so the kinds interact as in the graph (a narrower width makes every head of its 
 **Valuation.** By default (``--importance auto``) a cut is valued by the damage it does to the model's output on the
 ``--calib`` images (:mod:`passes._core.importance`: each layer cut alone at a few fractions, the KL divergence of
 the class scores from the uncut model's), and HALP removes the unit with the least damage per unit of cost saved.
-Without images, :data:`NO_IMAGES` says what is used (chosen by the accuracy race in ``bench/bench_accuracy.py``).
+Without images, the damage is measured on noise images (:data:`NO_IMAGES`, chosen by the accuracy race in
+``bench/bench_accuracy.py``).
 ``--importance l1|l2`` values units by weight norms instead: LAMP (default for FLOPs and parameters) ranks every unit
 of every kind on one scale and removes the lowest until the target is met; uniform keeps one fraction everywhere;
 HALP (default for latency) removes the unit with the least importance per millisecond saved
@@ -51,8 +52,11 @@ KINDS = ORDER  # the order the cuts are applied in (passes._core.kinds)
 CLI_IMPORTANCES = ("auto", *CHANNEL_METHODS, "sensitivity")  # auto: resolved by the command line (_valuation_args)
 
 
-#: what ``--importance auto`` values units by when no images are given: (importance, calibration source)
-NO_IMAGES: tuple[str, str | None] = ("l2", None)
+#: what ``--importance auto`` values units by when no images are given: (importance, calibration source). Chosen by
+#: the accuracy race (``bench/bench_accuracy.py``, README "Which cuts keep accuracy"): at equal measured latency,
+#: damage measured on noise images kept as much mIoU after distillation as damage measured on the data, and about
+#: twice what L2 weight norms kept.
+NO_IMAGES: tuple[str, str | None] = ("sensitivity", "noise")
 
 
 def _in_words(choice: tuple[str, str | None]) -> str:
