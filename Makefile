@@ -36,7 +36,7 @@ DISTILL_ARGS ?=
 FRONTIER_RUN  ?= runs/frontier
 FRONTIER_ARGS ?=
 
-.PHONY: setup test test-zoo lint export demo demo-quick distill frontier clean
+.PHONY: setup test test-zoo test-full lint export demo demo-quick distill frontier clean
 
 setup: $(STAMP)
 
@@ -52,8 +52,8 @@ lint: setup
 
 # Two workers for most tests; the ones that assert on measured latency then run alone (a busy neighbour skews timing).
 test: lint
-	$(VENV)/bin/pytest -q -n 2 -m 'not zoo and not timing'
-	$(VENV)/bin/pytest -q -m 'timing and not zoo'
+	$(VENV)/bin/pytest -q -n 2 -m 'not zoo and not sweep and not timing'
+	$(VENV)/bin/pytest -q -m 'timing and not zoo and not sweep'
 
 # The external-model zoo at every export and weight variant, and the exports of the built-in width variants (about
 # 11 minutes on 2 slow cores). transformers and its tokenizers install beside the pinned torch without their
@@ -61,6 +61,10 @@ test: lint
 test-zoo: setup
 	$(PY) -m pip install --quiet --no-deps transformers tokenizers regex
 	$(VENV)/bin/pytest -q -n 2 -m zoo tests/passes/test_zoo.py tests/exporters/test_export.py
+
+# Everything: make test, the zoo, and the sweeps (the tiny frontier run end to end, timed alone).
+test-full: test test-zoo
+	$(VENV)/bin/pytest -q -m sweep
 
 export: setup
 	mkdir -p $(ARTIFACTS)

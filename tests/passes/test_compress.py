@@ -62,7 +62,8 @@ def test_lamp_budget_and_plan_reuse_on_the_other_exporter(exported, tmp_path: Pa
     legacy = exported("mobilevit_xxs", size=64, opset=17, exporter="legacy")
     model = onnx.load(str(legacy))
     out_path = tmp_path / "c.onnx"
-    assert main([str(legacy), "-o", str(out_path), "--target-flops", "0.2", "--units", ",".join(EXACT), "--importance", "l2"]) == 0
+    args = [str(legacy), "-o", str(out_path), "--target-flops", "0.2", "--units", ",".join(EXACT), "--importance", "l2"]
+    assert main(args) == 0
     out = onnx.load(str(out_path))
     assert abs(graph_stats(out).flops / graph_stats(model).flops - 0.2) <= 0.01
     plan = read_plan(out)

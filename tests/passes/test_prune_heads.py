@@ -187,10 +187,20 @@ def test_importance_is_the_norm_of_qkv_columns_and_proj_rows() -> None:
     assert read_plan(pruned)["heads"][block.id]["kept"] == sorted(np.argsort(-l1)[:2].tolist())
 
 
-def test_report_lists_skips_and_metadata(tmp_path: Path) -> None:
-    model = mha_model(blocks=2, dynamic_batch=True)  # reshape sizes computed from a symbolic batch
+def test_a_symbolic_batch_is_cut_and_the_report_has_metadata(tmp_path: Path) -> None:
+    """Reshape sizes computed from a symbolic batch (once two skips, "nothing to prune") are rewritten in the
+    constant part of the shape (passes._core.dims.symbolic): both blocks lose heads, the file keeps its symbolic
+    batch and equals the zeroing oracle at other batches."""
+    from passes._core.oracle import plan_oracle
+
+    model = mha_model(blocks=2, dynamic_batch=True)
     out, report = prune_heads(model, PruneHeadsConfig(keep=1))
-    assert not report.modified and len(report.skipped) == 2 and "nothing to prune" in report.format()
+    assert report.modified and not report.skipped and len(read_plan(out)["heads"]) == 2
+    assert out.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    oracle = plan_oracle(model, read_plan(out))
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 5, 16)).astype(np.float32)
+        assert np.abs(run_ort(out, x) - run_ort(oracle, x)).max() <= ATOL
     good, rep = prune_heads(mha_model(blocks=2), PruneHeadsConfig(keep=3))
     hist = read_metadata(good)["history"]
     assert hist[-1]["pass"] == "prune_heads" and rep.extra["units"]["graph:Softmax_11"]["params_per_unit"] > 0

@@ -20,7 +20,9 @@ from runtime.frontier import Frontier, FrontierConfig, main, summarize
 TEACHER_STEPS = 120  # a teacher long enough to be killed in the middle (it checkpoints every 2 steps)
 TINY_ARGS = ["--tiny", "--teacher-steps", str(TEACHER_STEPS), "-q"]
 
-pytestmark = pytest.mark.timing  # compress and the benchmark time the students against their reference
+# The tests on the tiny frontier run end to end (teacher, students, references, ablations: minutes alone on 2 idle
+# cores) are a sweep, run by `make test-full`; compress and the benchmark time the students against their reference,
+# so they run alone (timing).
 
 
 def _start(run: Path) -> subprocess.Popen[bytes]:
@@ -52,6 +54,8 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     return run, log_before, again.stdout + again.stderr
 
 
+@pytest.mark.sweep
+@pytest.mark.timing
 def test_a_killed_run_resumes_from_the_checkpoint(killed_and_resumed: tuple[Path, str, str]) -> None:
     run, log_before, _ = killed_and_resumed
     assert "trained mobilevit_xxs for" not in log_before  # killed before the training finished
@@ -63,6 +67,8 @@ def test_a_killed_run_resumes_from_the_checkpoint(killed_and_resumed: tuple[Path
     assert not list((run / "stages").glob("*.started.json"))  # every stage finished
 
 
+@pytest.mark.sweep
+@pytest.mark.timing
 def test_report_files_and_records(killed_and_resumed: tuple[Path, str, str]) -> None:
     run, _, out = killed_and_resumed
     doc = json.loads((run / "frontier.json").read_text())
@@ -86,6 +92,8 @@ def test_report_files_and_records(killed_and_resumed: tuple[Path, str, str]) -> 
     assert comparison["goal_met"] is False  # two seeds never meet a goal stated over three or more
 
 
+@pytest.mark.sweep
+@pytest.mark.timing
 def test_students_match_their_reference_latency(killed_and_resumed: tuple[Path, str, str]) -> None:
     run, _, _ = killed_and_resumed
     doc = json.loads((run / "frontier.json").read_text())
@@ -102,6 +110,8 @@ def test_students_match_their_reference_latency(killed_and_resumed: tuple[Path, 
         assert r["params"] < next(x["params"] for x in doc["records"] if x["name"] == f"paper_base_s{r['seed']}")
 
 
+@pytest.mark.sweep
+@pytest.mark.timing
 def test_an_unreachable_ablation_is_recorded_and_the_run_goes_on(killed_and_resumed: tuple[Path, str, str]) -> None:
     run, _, _ = killed_and_resumed
     doc = json.loads((run / "frontier.json").read_text())
@@ -112,6 +122,8 @@ def test_an_unreachable_ablation_is_recorded_and_the_run_goes_on(killed_and_resu
     assert "units_heads" in (run / "frontier.md").read_text().split("## Not measured", 1)[1]
 
 
+@pytest.mark.sweep
+@pytest.mark.timing
 def test_a_rerun_skips_every_stage(killed_and_resumed: tuple[Path, str, str]) -> None:
     run, _, _ = killed_and_resumed
     from runtime.frontier import Frontier

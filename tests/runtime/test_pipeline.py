@@ -36,7 +36,9 @@ TINY = dict(
     importance="l2",  # measuring every cut costs a minute; test_compress_measures_damage... checks the command
 )
 
-pytestmark = pytest.mark.timing  # the student is compressed to the measured latency of another model
+# The student is compressed to the measured latency of another model. Latency is one onnxruntime thread's CPU time,
+# timed interleaved, which a busy neighbour moves little: the run goes beside the other tests (its one latency
+# assertion allows 30 %), not alone with the timing tests.
 
 
 @pytest.fixture(scope="module")
