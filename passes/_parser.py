@@ -65,16 +65,17 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def add_size_argument(parser: argparse.ArgumentParser) -> None:
-    """``--input-size H [W]`` of the structural passes: the size a file with a dynamic height and width is traced
-    at (:func:`passes._core.graph.bindings`)."""
+def add_size_argument(parser: argparse.ArgumentParser, what: str = "trace it at this size") -> None:
+    """``--input-size H [W]``: the size a file with a dynamic height and width is traced at by the structural passes
+    (:func:`passes._core.graph.bindings`), or checked at by ``simplify`` and ``optimize``; recorded as the written
+    file's ``vitseg.input_size`` (:func:`passes._core.cli.run_pass`)."""
     parser.add_argument(
         "--input-size",
         type=positive_int,
         nargs="+",
         metavar="H [W]",
-        help="for a file whose height and width are dynamic: trace it at this size (default: its vitseg.input_size "
-        "metadata); the written file keeps its dynamic sizes",
+        help=f"for a file whose height and width are dynamic: {what} (default: its vitseg.input_size metadata); the "
+        "written file keeps its dynamic sizes",
     )
 
 
@@ -103,6 +104,7 @@ def add_check_arguments(parser: argparse.ArgumentParser, atol_help: str) -> None
     parser.add_argument(
         "--batch", type=positive_int, default=1, help="batch used for a dynamic batch dimension in the check"
     )
+    add_size_argument(parser, "build the check input at this size")
 
 
 def add_calibration_arguments(

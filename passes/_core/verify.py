@@ -27,7 +27,7 @@ def _dim(tt: onnx.TypeProto.Tensor, axis: int, batch: int, size: list[int] | Non
         return 3
     raise PassError(
         f"input {name!r} axis {axis} is dynamic and the model has no vitseg.input_size: cannot build "
-        "the check input. Export with a static input size."
+        "the check input. Give --input-size H W (the size to check at), or export with a static input size."
     )
 
 

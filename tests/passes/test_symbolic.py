@@ -156,3 +156,23 @@ def test_the_command_line_takes_the_size_to_trace_at(tmp_path: Path) -> None:
     cut = onnx.load(str(out))
     assert _symbols(cut) == ["batch", "height", "width"]
     assert _run(cut, 2, 96).shape == (2, 5, 96, 96)
+
+
+@pytest.mark.parametrize("name", ["optimize", "simplify"])
+def test_the_exact_rewrites_take_the_size_to_check_at(tmp_path: Path, name: str, capsys) -> None:
+    """``optimize`` and ``simplify`` hold their rewrite to the input on a check input; for a dynamic height and
+    width with no recorded size that input needs ``--input-size``: refused with the option named, then checked at
+    that size, and the written file keeps its dynamic sizes and computes what the input computes at another size."""
+    import importlib
+
+    main = importlib.import_module(f"passes.{name}").main
+    extra = ["--ort-offline"] if name == "optimize" else []  # its own rewrites find nothing in this model
+    src = tmp_path / "size.onnx"
+    model = _export(src, "tinyseg", AXES["size"])
+    out = tmp_path / "out.onnx"
+    assert main([str(src), "-o", str(out), *extra]) == 1 and not out.exists()
+    assert "--input-size" in capsys.readouterr().err
+    assert main([str(src), "-o", str(out), "--input-size", "64", *extra]) == 0
+    written = onnx.load(str(out))
+    assert _symbols(written) == ["batch", "height", "width"]
+    assert np.abs(_run(written, 2, 96) - _run(model, 2, 96)).max() <= 1e-4
