@@ -53,7 +53,7 @@ CLI_IMPORTANCES = ("auto", *CHANNEL_METHODS, "sensitivity")  # auto: resolved by
 
 
 #: what ``--importance auto`` values units by when no images are given: (importance, calibration source). Chosen by
-#: the accuracy race (``bench/bench_accuracy.py``, README "Which cuts keep accuracy"): at equal measured latency,
+#: the accuracy race (``bench/bench_accuracy.py``, README "The accuracy race"): at equal measured latency,
 #: damage measured on noise images kept as much mIoU after distillation as damage measured on the data, and about
 #: twice what L2 weight norms kept.
 NO_IMAGES: tuple[str, str | None] = ("sensitivity", "noise")

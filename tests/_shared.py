@@ -6,6 +6,41 @@ first. ``perturb_`` lives in the package (:mod:`models.perturb`), where the benc
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
 from models.perturb import perturb_
 
-__all__ = ["perturb_"]
+__all__ = ["perturb_", "shared_dir", "shared_file", "write_once"]
+
+
+def shared_dir(factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder of this test run that the pytest-xdist workers share (under the run's temporary root)."""
+    base = factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def write_once(path: Path, build: Callable[[Path], object]) -> Path:
+    """``path``, written by ``build(tmp)`` and renamed into place by the first worker that asks, behind a file lock
+    (the other worker waits for it instead of making it again)."""
+    from filelock import FileLock
+
+    with FileLock(f"{path}.lock"):
+        if not path.exists():
+            tmp = path.with_name(f"tmp-{os.getpid()}-{path.name}")
+            build(tmp)
+            os.replace(tmp, path)
+    return path
+
+
+def shared_file(factory: pytest.TempPathFactory, key: object, stem: str, build: Callable[[Path], object]) -> Path:
+    """A file made once per test run, whichever worker asks first (:func:`write_once`); ``key`` names what is built,
+    ``stem`` makes the name readable."""
+    name = f"{stem}-{hashlib.sha1(repr(key).encode()).hexdigest()[:12]}.onnx"
+    return write_once(shared_dir(factory, "shared-files") / name, build)

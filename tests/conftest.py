@@ -1,4 +1,4 @@
-"""Shared fixtures: small exported models, built once per test session and cached on disk.
+"""Shared fixtures: small exported models, built once per test run (both pytest-xdist workers) and cached on disk.
 
 Weights are perturbed away from their init before export (docs/field-notes.md section 5: with init weights the legacy
 exporter merges equal initializers, which hides bugs of passes that edit shared tensors).
@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from _shared import perturb_
+from _shared import perturb_, shared_file
 
 # under pytest-xdist (`make test`) each of the two workers takes one core
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
@@ -26,8 +26,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     from exporters.export import ExportOptions, export_torch_model
     from models.registry import build_model, get_config
 
-    root = tmp_path_factory.mktemp("exported")
-    cache: dict[tuple, Path] = {}
+    cache: dict[tuple, Path] = {}  # in this worker; the files are shared by the workers (shared_file)
 
     def make(
         model: str = "mobilevit_xxs",
@@ -41,16 +40,20 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     ) -> Path:
         key = (model, size, opset, exporter, fused_attn, seed, fresh, tuple(sorted(overrides.items())))
         if key not in cache:
-            if get_config(model).family == "swin":
-                overrides.setdefault("input_size", size)
-            torch.manual_seed(seed)
-            net = build_model(model, **overrides)
-            if not fresh:
-                perturb_(net, seed)
-            path = root / f"m{len(cache)}_{model}_{size}_{exporter}_{opset}.onnx"
-            opts = ExportOptions(model=model, input_size=size, opset=opset, exporter=exporter, fused_attn=fused_attn)
-            export_torch_model(net, path, opts)
-            cache[key] = path
+
+            def build(path: Path) -> None:
+                if get_config(model).family == "swin":
+                    overrides.setdefault("input_size", size)
+                torch.manual_seed(seed)
+                net = build_model(model, **overrides)
+                if not fresh:
+                    perturb_(net, seed)
+                opts = ExportOptions(
+                    model=model, input_size=size, opset=opset, exporter=exporter, fused_attn=fused_attn
+                )
+                export_torch_model(net, path, opts)
+
+            cache[key] = shared_file(tmp_path_factory, key, f"{model}_{size}_{exporter}_{opset}", build)
         return cache[key]
 
     return make

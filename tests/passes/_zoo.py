@@ -20,7 +20,7 @@ from pathlib import Path
 
 import onnx
 import torch
-from _shared import perturb_
+from _shared import perturb_, write_once
 from torch import nn
 
 VARIANTS = ("fresh", "perturbed")
@@ -470,6 +470,10 @@ def exported(root: Path, name: str, export_id: str, variant: str) -> tuple[onnx.
     key = (root, name, export_id, variant)
     if key not in _CACHE:
         exporter, opset = EXPORTS[export_id]
-        net, shape = build(name, variant)
-        _CACHE[key] = export(net, shape, root / f"{name}_{export_id}_{variant}.onnx", exporter, opset)
+
+        def make(path: Path) -> None:
+            net, shape = build(name, variant)
+            export(net, shape, path, exporter, opset)
+
+        _CACHE[key] = write_once(root / f"{name}_{export_id}_{variant}.onnx", make)  # once for both workers
     return onnx.load(str(_CACHE[key])), _CACHE[key]

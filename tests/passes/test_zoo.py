@@ -28,6 +28,7 @@ import onnx
 import pytest
 import torch
 from _helpers_prune import input_for, oracle_error, run_ort
+from _shared import shared_dir
 from _zoo import EXPORTS, MODELS, VARIANTS, exported
 from test_compress import EXACT, _combined_oracle
 
@@ -80,7 +81,7 @@ def cases(check: str) -> list:
 
 @pytest.fixture(scope="session")
 def zoo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("zoo")
+    return shared_dir(tmp_path_factory, "zoo")  # exported once for both workers
 
 
 def _load(root: Path, model: str, export_id: str, variant: str) -> onnx.ModelProto:
