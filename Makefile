@@ -52,7 +52,7 @@ lint: setup
 
 # Two workers for most tests; the ones that assert on measured latency then run alone (a busy neighbour skews timing).
 test: lint
-	$(VENV)/bin/pytest -q -n 2 -m 'not zoo and not sweep and not timing'
+	$(VENV)/bin/pytest -q -n 2 --dist loadscope -m 'not zoo and not sweep and not timing'
 	$(VENV)/bin/pytest -q -m 'timing and not zoo and not sweep'
 
 # The external-model zoo at every export and weight variant, and the exports of the built-in width variants (about

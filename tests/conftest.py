@@ -62,3 +62,29 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def load() -> Callable[[Path], onnx.ModelProto]:
     return lambda p: onnx.load(str(p))
+
+
+#: the test modules that take longest on 2 cores (a whole pipeline run; the README's commands; exports at two
+#: opsets with both exporters; trained models), started first: `make test` sends whole modules to its two workers
+#: (`--dist loadscope`, so that a module's fixtures are built once), and a long module started last would leave one
+#: worker waiting for the other
+LONG_FIRST = (
+    "tests/runtime/test_pipeline.py",
+    "tests/test_readme.py",
+    "tests/passes/test_zoo.py",
+    "tests/exporters/test_export.py",
+    "tests/passes/test_patterns.py",
+    "tests/models/test_prune_torch.py",
+    "tests/models/test_distill.py",
+    "tests/passes/test_fp16.py",
+    "tests/passes/test_latency.py",
+    "tests/passes/test_importance.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONG_FIRST.index(path) if path in LONG_FIRST else len(LONG_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a module, and of the other modules, is kept
