@@ -11,11 +11,24 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 
 from models.perturb import perturb_
 
-__all__ = ["perturb_", "shared_dir", "shared_file", "write_once"]
+__all__ = ["perturb_", "run_ort", "shared_dir", "shared_file", "write_once"]
+
+
+def run_ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """First output of ``model`` on ``x`` (onnxruntime, CPU, one thread): what the oracle tests compare."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
 def shared_dir(factory: pytest.TempPathFactory, name: str) -> Path:

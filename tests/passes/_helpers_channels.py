@@ -8,21 +8,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
+from _shared import run_ort as run  # noqa: F401 (the channel tests import it from here)
 from onnx import numpy_helper
 from torch import nn
 
 from exporters.weight_map import build_weight_map
 from fileformat.metadata import read_metadata, write_metadata
-
-
-def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
 def image(size: int = 64, seed: int = 1, channels: int = 3) -> np.ndarray:

@@ -2,41 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import torch
+from _shared import perturb_, run_ort  # perturb_: the `exported` fixture's own perturbation
 from onnx import TensorProto, helper, numpy_helper
 
 ATOL = 1e-4
-
-
-def _load_shared_conftest() -> Any:
-    """tests/conftest.py by path (a bare ``import conftest`` may find another directory's conftest)."""
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_vitseg_tests_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-perturb_ = _load_shared_conftest().perturb_  # the `exported` fixture's own perturbation (same seeds, same weights)
-
-
-def run_ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """First output of ``model`` on ``x`` with onnxruntime (CPU, one thread)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
 def input_for(model: onnx.ModelProto, seed: int = 0) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnx.parser
 import pytest
+from _shared import run_ort as run
 from onnx import numpy_helper
 
 from passes._core.dims import Dim, DimGroup, Layout, TraceError, apply_groups, trace
@@ -80,17 +81,6 @@ def refusal(model: onnx.ModelProto, name: str, dim: Dim, **mode: bool) -> str:
 def units(n: int) -> Layout:
     """The layout of an axis that is one unit factor of ``n`` units."""
     return ((n, True),)
-
-
-def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """First output of ``model`` on ``x`` (onnxruntime, CPU, one thread)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
 def input_for(model: onnx.ModelProto, seed: int = 1) -> np.ndarray:
