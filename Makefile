@@ -55,12 +55,12 @@ test: lint
 	$(VENV)/bin/pytest -q -n 2 --dist loadscope -m 'not zoo and not sweep and not timing'
 	$(VENV)/bin/pytest -q -m 'timing and not zoo and not sweep'
 
-# The external-model zoo at every export and weight variant, and the exports of the built-in width variants (about
-# 11 minutes on 2 slow cores). transformers and its tokenizers install beside the pinned torch without their
-# dependencies: a plain install would pull a second torch.
+# The external-model zoo at every export and weight variant and with a dynamic batch and size, and the exports of the
+# built-in width variants (about 16 minutes on 2 slow cores). transformers and its tokenizers install beside the
+# pinned torch without their dependencies: a plain install would pull a second torch.
 test-zoo: setup
 	$(PY) -m pip install --quiet --no-deps transformers tokenizers regex
-	$(VENV)/bin/pytest -q -n 2 -m zoo tests/passes/test_zoo.py tests/exporters/test_export.py
+	$(VENV)/bin/pytest -q -n 2 -m zoo tests/passes/test_zoo.py tests/passes/test_zoo_dynamic.py tests/exporters/test_export.py
 
 # Everything: make test, the zoo, and the sweeps (the tiny frontier run end to end, timed alone).
 test-full: test test-zoo

@@ -31,7 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 from fileformat.metadata import merge_sources, read_metadata, write_metadata
-from passes._core.graph import GraphView, NodeRef, constant_node_value, consumers, copy_model, unique_name
+from passes._core.graph import GraphView, NodeRef, bindings, constant_node_value, consumers, copy_model, unique_name
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,54 @@ def _fold_input(
     return 1
 
 
+def _fold_parts(
+    graph: onnx.GraphProto, view: GraphView, taken: set[str], new_inits: dict[str, str], n: onnx.NodeProto
+) -> int:
+    """The inputs of ``Concat`` ``n`` whose values hold whatever the symbolic dimensions are, as constants: a cut
+    then rewrites such an entry in place (the embedding width that ``nn.MultiheadAttention`` reads from its input's
+    shape, beside the run-time ``tokens * batch``)."""
+    folded = 0
+    for k, name in enumerate(n.input):
+        if not name or view.is_constant(name):
+            continue
+        if name in new_inits:
+            n.input[k] = new_inits[name]
+            folded += 1
+        else:
+            folded += _fold_input(graph, view, taken, new_inits, n, k)
+    return folded
+
+
+def _unshare_shape_vectors(graph: onnx.GraphProto) -> int:
+    """Give each reader of a shape vector still computed at run time (a ``Concat``: only a symbolic dimension keeps
+    one from folding) its own copy of that Concat, as :func:`_unshare` gives each reader of an initializer its own
+    copy: dynamo builds ``[batch * windows, heads, tokens, head_dim]`` once for the blocks that share those sizes,
+    and a cut of one block's heads must not rewrite the other's. Returns the number of copies."""
+    inits = {t.name for t in graph.initializer}
+    if not any(d.dim_param for i in graph.input if i.name not in inits for d in i.type.tensor_type.shape.dim):
+        return 0  # every shape vector of a static graph was folded into a constant
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for m in graph.node:
+        for k, name in enumerate(m.input):
+            readers.setdefault(name, []).append((m, k))
+    taken = _taken_names(graph)
+    copies: list[tuple[int, onnx.NodeProto]] = []
+    for index, n in enumerate(graph.node):
+        if n.op_type != "Concat" or len(n.output) != 1:
+            continue
+        shape_reads = [(m, k) for m, k in readers.get(n.output[0], []) if k in _SHAPE_INPUTS.get(m.op_type, ())]
+        for m, k in shape_reads[1:]:
+            dup = onnx.NodeProto()
+            dup.CopyFrom(n)
+            dup.name = _unique(f"{n.name or n.output[0]}_copy", taken)
+            dup.output[0] = _unique(f"{n.output[0]}_copy", taken)
+            m.input[k] = dup.output[0]
+            copies.append((index, dup))
+    for index, dup in reversed(copies):
+        graph.node.insert(index + 1, dup)
+    return len(copies)
+
+
 def _fold_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Replace shape-carrying integer inputs computable from static shapes by constants, to a fixed point."""
     folded = 0
@@ -186,8 +234,16 @@ def _fold_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
                 if view._types.get(name) in _INT_TYPES:
                     changed += _fold_input(graph, view, taken, new_inits, n, k)
         # small values derived from static shapes anywhere else: the 1/sqrt(head_dim) scale that the exporters
-        # compute from q's shape for fused attention (Shape -> Slice -> Cast -> Sqrt -> Div), read by a Mul
+        # compute from q's shape for fused attention (Shape -> Slice -> Cast -> Sqrt -> Div), read by a Mul. Where
+        # the chain goes on computing a shape (a node whose output is a value once the symbolic dimensions are bound:
+        # MobileViT's ``B * C * n_h`` under a dynamic batch), it is folded where it ends, if at all: a channel count
+        # folded into a run-time product would not follow a cut of the channels
+        bound = GraphView(model, bind=bindings(model)) if view.symbolic_inputs else None
         for n in graph.node:
+            if bound is not None and n.op_type in _SHAPE_MATH and n.output and bound.value(n.output[0]) is not None:
+                if n.op_type == "Concat" and view.value(n.output[0]) is None:  # a run-time shape vector: its parts
+                    changed += _fold_parts(graph, view, taken, new_inits, n)  # free of the binding as constants
+                continue
             for k, name in enumerate(n.input):
                 if not name or k in _SHAPE_INPUTS.get(n.op_type, ()) or name in view.graph_inputs:
                     continue
@@ -289,7 +345,7 @@ def _parts_axis(view: GraphView, n: onnx.NodeProto) -> tuple[int, int] | None:
     ``[..., P, *rest]`` by a constant target without 0 entries from ``k`` on; else ``None``."""
     if n.op_type != "Reshape" or len(n.input) < 2:
         return None
-    target = view.constant(n.input[1])
+    target = view.value(n.input[1])
     s_in, s_out = view.shape(n.input[0]), view.shape(n.output[0])
     if target is None or s_in is None or s_out is None or len(s_in) < 2:
         return None
@@ -302,9 +358,30 @@ def _parts_axis(view: GraphView, n: onnx.NodeProto) -> tuple[int, int] | None:
         or len(target) != len(s_out)
         or int(target[k]) != parts
         or any(int(v) == 0 for v in target[k:])
+        or view.runtime(n.input[1])
+        and not _tail_is_constant(view, n.input[1], k)
     ):
         return None
     return k, parts
+
+
+def _tail_is_constant(view: GraphView, target: str, k: int) -> bool:
+    """Whether the entries of shape vector ``target`` from ``k`` on hold whatever the symbolic dimensions are:
+    ``target`` is a ``Concat`` whose inputs that cover those entries are free of the binding (a dynamic batch's
+    ``Concat(Unsqueeze(Gather(Shape(x), 0)), [N], [P, heads, head_dim])``); the entries before may be computed at
+    run time."""
+    ref = view.producer.get(target)
+    if ref is None or ref.node.op_type != "Concat":
+        return False
+    start = 0
+    for name in ref.node.input:
+        value = view.value(name)
+        if value is None:
+            return False
+        start += int(np.size(value))
+        if start > k and view.free_value(name) is None:
+            return False
+    return True
 
 
 def _transposed_picks(view: GraphView, n: onnx.NodeProto, k: int) -> tuple[list[int], dict[str, int]] | None:
@@ -334,7 +411,7 @@ def _part_nodes(
     """``Split`` of axis ``k`` of the Reshape's input into ``parts`` equal parts, and per part picked a Reshape to
     the target without axis ``k`` and the Transpose without it; the picks' readers are to read those."""
     n = ref.node
-    x, target = n.input[0], np.asarray(view.constant(n.input[1]), dtype=np.int64)
+    x, target = n.input[0], np.asarray(view.value(n.input[1]), dtype=np.int64)
     base = _unique(f"{n.name or x}_parts".lstrip("/"), taken)
     outs = [f"{base}_{i}" for i in range(parts)]
     size = (view.shape(x) or [])[k] // parts
@@ -345,12 +422,23 @@ def _part_nodes(
         split.input.append(sizes)
     else:
         split.attribute.append(onnx.helper.make_attribute("split", [size] * parts))
-    shape = _unique(f"{base}_shape", taken)
-    new_inits.append(numpy_helper.from_array(np.delete(target, k), shape))  # [..., P, *rest] -> [..., *rest]
-    new_perm = [p - (p > k) for p in perm if p != k]
     nodes = [split]
+    runtime = view.runtime(n.input[1])
+    if runtime:  # [..., P, *rest] -> [..., *rest]: the run-time head of the target, then the rest (one per part)
+        head, starts, ends = (_unique(f"{base}_{s}", taken) for s in ("head", "starts", "ends"))
+        new_inits.append(numpy_helper.from_array(np.array([0], dtype=np.int64), starts))
+        new_inits.append(numpy_helper.from_array(np.array([k], dtype=np.int64), ends))
+        nodes.append(onnx.helper.make_node("Slice", [n.input[1], starts, ends], [head], name=f"{base}_head"))
+    new_perm = [p - (p > k) for p in perm if p != k]
     for i in sorted(set(picks.values())):
         r_out, t_out = f"{base}_{i}_reshaped", f"{base}_{i}_out"
+        shape = _unique(f"{base}_{i}_shape", taken)  # each part its own: q, k and v are cut apart
+        if runtime:
+            tail = _unique(f"{base}_{i}_tail", taken)
+            new_inits.append(numpy_helper.from_array(target[k + 1 :], tail))
+            nodes.append(onnx.helper.make_node("Concat", [head, tail], [shape], name=f"{base}_target_{i}", axis=0))
+        else:
+            new_inits.append(numpy_helper.from_array(np.delete(target, k), shape))
         nodes.append(onnx.helper.make_node("Reshape", [outs[i], shape], [r_out], name=f"{base}_reshape_{i}"))
         nodes.append(onnx.helper.make_node("Transpose", [r_out], [t_out], name=f"{base}_transpose_{i}", perm=new_perm))
         renames.update({t: t_out for t, j in picks.items() if j == i})
@@ -368,7 +456,7 @@ def _split_fused_projections(model: onnx.ModelProto) -> int:
     readers = consumers(model)
     if not any(_maybe_fused(readers, n) for n in graph.node):  # a canonical model, mostly: no view to build
         return 0
-    view = GraphView(model)
+    view = GraphView(model, bind=bindings(model))  # symbolic dimensions as the passes trace them (runtime())
     taken = _taken_names(graph)
     new_inits: list[onnx.TensorProto] = []
     inserts: list[tuple[int, list[onnx.NodeProto]]] = []
@@ -465,6 +553,7 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     aliases = _drop_identity_aliases(graph)
     _remove_dead(graph)
     out, folded = _fold_shapes(out)
+    folded += _unshare_shape_vectors(out.graph)
     fused = _split_fused_projections(out)
     copies = _unshare(out.graph, weight_map)
     if copies and "weight_map" in meta:

@@ -289,9 +289,16 @@ class GraphView:
         run time from a symbolic dimension, which a rewrite must not write down as a constant."""
         if not self.bind or self.value(name) is None:
             return False
+        return self.free_value(name) is None
+
+    def free_value(self, name: str) -> np.ndarray | None:
+        """The value of ``name`` (as :meth:`value`) whatever the symbolic dimensions are: ``None`` where it is known
+        only under this view's binding."""
+        if not self.bind:
+            return self.value(name)
         if self._free is None:
             self._free = GraphView(self.model)
-        return self._free.value(name) is None
+        return self._free.value(name)
 
     def value_at(self, name: str, shapes: Mapping[str, Sequence[int]], depth: int = 32) -> np.ndarray | None:
         """The value of ``name`` (as :meth:`value`) were the tensors in ``shapes`` of those shapes: what a shape

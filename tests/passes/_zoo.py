@@ -29,6 +29,15 @@ EXPORTS = {  # id: (exporter, opset); dynamo builds opset 18 (its default here i
     "legacy17": ("legacy", 17),
     "dynamo18": ("dynamo", 18),
 }
+#: exports with symbolic dimensions, as users make them: id -> (static export of the same form, axes). ``batch``: a
+#: dynamic batch (``dynamic_axes={"input": {0: ...}}``; dynamo: ``dynamic_shapes`` of ``Dim.AUTO``); ``size``: a
+#: dynamic batch, height and width
+DYNAMIC = {
+    "legacy17-batch": ("legacy17", "batch"),
+    "dynamo18-batch": ("dynamo18", "batch"),
+    "legacy17-size": ("legacy17", "size"),
+    "dynamo18-size": ("dynamo18", "size"),
+}
 
 
 @dataclass(frozen=True)
@@ -43,7 +52,9 @@ class ZooModel:
     itself refuses. ``head_dims``: the head-channel groups that can be cut, where a block count does not say it (a
     block of one head has them too: MobileViTv2's separable attention); ``refused``: ``(kind, reason)``: every unit
     of that kind is refused, each with a reason that holds ``reason`` (the engine cannot cut them exactly and says
-    why; a regression that cut them, or refused them for another reason, fails).
+    why; a regression that cut them, or refused them for another reason, fails). ``sides``: other input sides its
+    export with a dynamic height and width runs at (empty: the export holds its size, as a learned position
+    embedding or a baked patch grid does, so no dynamic-size export is made).
     """
 
     name: str
@@ -57,6 +68,7 @@ class ZooModel:
     cannot_export: tuple[tuple[str, str], ...] = ()
     head_dims: int | None = None
     refused: tuple[tuple[str, str], ...] = ()
+    sides: tuple[int, ...] = ()
 
     def export_skip(self, export_id: str) -> str | None:
         """Why the exporter itself cannot export this model as ``export_id`` (``None``: it can)."""
@@ -310,7 +322,9 @@ MODELS: dict[str, ZooModel] = {
         ZooModel("timm_swin", timm_swin, (1, 3, 32, 32), heads=4, mlps=4, channels=False),
         ZooModel("timm_mobilevit", timm_mobilevit, (1, 3, 64, 64), heads=9, mlps=9, channels=True),
         ZooModel("timm_swinv2", timm_swinv2, (1, 3, 64, 64), heads=4, mlps=4, channels=False),
-        ZooModel("timm_pvt_v2", timm_pvt_v2, (1, 3, 64, 64), heads=6, mlps=8, channels=False),  # stage 1: one head
+        ZooModel(
+            "timm_pvt_v2", timm_pvt_v2, (1, 3, 64, 64), heads=6, mlps=8, channels=False, sides=(96, 128)
+        ),  # stage 1: one head
         ZooModel("timm_levit", timm_levit, (1, 3, 64, 64), heads=11, mlps=11, channels=True),
         ZooModel("tiny_cnn", tiny_cnn, (1, 3, 16, 16), heads=0, mlps=1, channels=True),
         ZooModel(
@@ -324,8 +338,17 @@ MODELS: dict[str, ZooModel] = {
             calibrate_bn=True,
         ),
         # stage 1 has one head; MLPs: 4 Mix-FFNs (a depthwise conv between fc1 and fc2) and the head's 1x1 convs
-        ZooModel("hf_segformer", hf_segformer, (1, 3, 64, 64), heads=3, mlps=5, channels=True, requires="transformers"),
-        ZooModel("tv_swinv2", tv_swinv2, (1, 3, 32, 32), heads=4, mlps=4, channels=False),
+        ZooModel(
+            "hf_segformer",
+            hf_segformer,
+            (1, 3, 64, 64),
+            heads=3,
+            mlps=5,
+            channels=True,
+            requires="transformers",
+            sides=(96, 128),
+        ),
+        ZooModel("tv_swinv2", tv_swinv2, (1, 3, 32, 32), heads=4, mlps=4, channels=False, sides=(48, 64)),
         # MLPs: 2 MBConv squeeze-excitations (1x1 convs) and 1x1 classifier pair besides the 4 transformer MLPs
         ZooModel("tv_maxvit", tv_maxvit, (1, 3, 64, 64), heads=4, mlps=7, channels=True),
         ZooModel(
@@ -366,6 +389,10 @@ MODELS: dict[str, ZooModel] = {
             channels=True,
             requires="transformers",
             refused=(("width", "carries the unit axis but Conv node"),),
+            cannot_export=(
+                ("legacy17-batch", "adaptive_avg_pool2d of a dynamic size (the UPerNet head's pooling)"),
+                ("legacy17-size", "adaptive_avg_pool2d of a dynamic size (the UPerNet head's pooling)"),
+            ),
         ),
     )
 }
@@ -427,13 +454,25 @@ def example_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
+#: the input axes each kind of dynamic export leaves symbolic
+AXES = {"batch": (0,), "size": (0, 2, 3)}
+
+
 def export(
-    model: nn.Module, shape: tuple[int, ...], path: str | Path, exporter: str = "legacy", opset: int = 17
+    model: nn.Module,
+    shape: tuple[int, ...],
+    path: str | Path,
+    exporter: str = "legacy",
+    opset: int = 17,
+    axes: str | None = None,
 ) -> Path:
     """Export ``model`` to ONE ``.onnx`` file as a user does: ``torch.onnx.export(dynamo=False)`` for ``legacy``;
-    for ``dynamo`` ``prog = torch.onnx.export(dynamo=True); prog.save(path)`` (value_info included)."""
+    for ``dynamo`` ``prog = torch.onnx.export(dynamo=True); prog.save(path)`` (value_info included). ``axes``
+    (:data:`AXES`) leaves those input axes symbolic: ``dynamic_axes`` for legacy; for dynamo ``dynamic_shapes``
+    of ``Dim.AUTO``, traced at a batch of 2 (torch.export specialises a dimension it sees as 1)."""
     path = Path(path)
-    x = example_input(shape)
+    dims = AXES[axes] if axes else ()
+    x = example_input(shape if exporter == "legacy" or not dims else (2, *shape[1:]))
     with _export_mode(model, opset):
         if exporter == "legacy":
             torch.onnx.export(
@@ -444,6 +483,7 @@ def export(
                 opset_version=opset,
                 input_names=["input"],
                 output_names=["output"],
+                dynamic_axes={"input": {d: f"input_{d}" for d in dims}} if dims else None,
             )
         elif exporter == "dynamo":
             prog = torch.onnx.export(
@@ -453,6 +493,7 @@ def export(
                 opset_version=opset,
                 input_names=["input"],
                 output_names=["output"],
+                dynamic_shapes=({d: torch.export.Dim.AUTO for d in dims},) if dims else None,
                 verbose=False,
             )
             prog.save(str(path))
@@ -465,15 +506,17 @@ _CACHE: dict[tuple[Path, str, str, str], Path] = {}
 
 
 def exported(root: Path, name: str, export_id: str, variant: str) -> tuple[onnx.ModelProto, Path]:
-    """``(model, path)``: zoo model ``name`` with ``variant`` weights exported per ``EXPORTS[export_id]`` under
-    ``root``, once per test session (the file is reused; a fresh ModelProto is loaded each call)."""
+    """``(model, path)``: zoo model ``name`` with ``variant`` weights exported per ``EXPORTS[export_id]`` (or
+    ``DYNAMIC[export_id]``) under ``root``, once per test session (the file is reused; a fresh ModelProto is loaded
+    each call)."""
     key = (root, name, export_id, variant)
     if key not in _CACHE:
-        exporter, opset = EXPORTS[export_id]
+        static, axes = DYNAMIC.get(export_id, (export_id, None))
+        exporter, opset = EXPORTS[static]
 
         def make(path: Path) -> None:
             net, shape = build(name, variant)
-            export(net, shape, path, exporter, opset)
+            export(net, shape, path, exporter, opset, axes)
 
         _CACHE[key] = write_once(root / f"{name}_{export_id}_{variant}.onnx", make)  # once for both workers
     return onnx.load(str(_CACHE[key])), _CACHE[key]

@@ -126,13 +126,29 @@ def test_a_dynamic_file_is_cut_and_stays_dynamic(dynamic: tuple, name: str) -> N
 
 
 def test_the_same_cut_as_the_static_export(dynamic: tuple) -> None:
-    """Bound to the size it was exported at, a dynamic file loses exactly what the static export loses (head
-    channels aside: a fused qkv whose reshape is computed at run time is not taken apart, so q/k and v channels are
-    cut as one group there, still exactly)."""
+    """Bound to the size it was exported at, a dynamic file loses exactly what the static export loses: head
+    channels included, where the fused qkv's reshape target is computed at run time from the batch (its q/k and
+    v parts are taken apart all the same, each part's target the run-time batch followed by its own constants)."""
     _, model, static = dynamic
-    for name, section in (("prune_heads", "heads"), ("slice_neurons", "neurons"), ("slice_channels", "channels")):
+    sections = (("prune_heads", "heads"), ("slice_neurons", "neurons"), ("slice_channels", "channels"))
+    for name, section in (*sections, ("head_dim", "head_dim")):
         a, b = read_plan(PASSES[name](model)[0]), read_plan(PASSES[name](static)[0])
         assert a[section] and a[section] == b[section], name
+
+
+def test_a_width_is_cut_as_on_the_static_export(dynamic: tuple) -> None:
+    """A transformer width (LayerNorm statistics change, so no zeroing oracle): the dynamic file loses the widths the
+    static export loses, computes what the static export's cut computes at the size both were exported at, and runs
+    at the other sizes (MobileViT's unfold ``B * C * n_h`` under a dynamic batch follows the cut of ``C``)."""
+    axes, model, static = dynamic
+    cut = lambda m: slice_width(m, SliceWidthConfig(ratio=0.5, kind="width"))[0]  # noqa: E731
+    out, out_static = cut(model), cut(static)
+    assert read_plan(out)["width"] and read_plan(out)["width"] == read_plan(out_static)["width"]
+    assert _symbols(out) == _symbols(model)
+    want, got = _run(out_static, 1, 64), _run(out, 1, 64)
+    assert np.abs(got - want).max() <= 1e-4 * float(np.abs(want).max())
+    for batch, side in SHAPES[axes]:
+        assert np.isfinite(_run(out, batch, side)).all()
 
 
 def test_a_size_that_is_not_known_leaves_the_spatial_cuts_with_a_reason(tmp_path: Path) -> None:

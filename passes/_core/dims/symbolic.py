@@ -73,6 +73,54 @@ def _part_of(view: GraphView, name: str, position: int) -> tuple[NodeRef, int, i
     return None
 
 
+def _constant_factor(
+    view: GraphView, group: DimGroup, part: tuple[NodeRef, int, int], size: int
+) -> tuple[NodeRef, int] | None:
+    """``(Mul node, its input)`` where the Concat part of one entry is ``run-time value x constant`` and the constant
+    is the axis size (``nn.MultiheadAttention``'s ``batch * num_heads``, shared by its q, k and v reshapes): the cut
+    rewrites that constant. The product must reach only shape inputs of the group's own nodes."""
+    ref, k, offset = part
+    name = ref.node.input[k]
+    for _ in range(4):
+        producer = view.producer.get(name)
+        if offset != 0 or producer is None:
+            return None
+        node = producer.node
+        if node.op_type in (*_PASS_THROUGH, "Unsqueeze", "Squeeze"):
+            name = node.input[0]
+            continue
+        if node.op_type != "Mul" or not _read_as_shape_by(view, group, node.output[0]):
+            return None
+        for j in (0, 1):
+            const, other = node.input[j], node.input[1 - j]
+            value = view.constant(const)
+            if value is not None and value.size == 1 and int(value.reshape(-1)[0]) == size:
+                return (producer, j) if view.free_value(other) is None else None
+        return None
+    return None
+
+
+def _read_as_shape_by(view: GraphView, group: DimGroup, name: str) -> bool:
+    """Whether every reader of ``name``, through shape arithmetic that passes it on, is a shape input of a node of
+    ``group``."""
+    todo, seen = [name], set()
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        for ref, k in view.consumers.get(t, []):
+            op = ref.node.op_type
+            if k in SHAPE_INPUTS.get(op, ()):
+                if ref.index not in group.nodes:
+                    return False
+            elif op in (*_PASS_THROUGH, "Unsqueeze", "Squeeze", "Concat"):
+                todo.extend(o for o in ref.node.output if o)
+            else:
+                return False
+    return True
+
+
 def _cut_shapes(view: GraphView, group: DimGroup) -> dict[str, list[int]]:
     """The shapes of every tensor the group carries, with one unit fewer on its axis."""
     fewer = group.count - 1
@@ -98,6 +146,9 @@ def _resolve(view: GraphView, group: DimGroup, e: ShapeEdit, cut: dict[str, list
     if part is not None and view.is_constant(part[0].node.input[part[1]]):
         ref, k, offset = part
         return PartEdit(ref.index, k, offset, e.layout)
+    factor = _constant_factor(view, group, part, layout_size(e.layout, group.count)) if part is not None else None
+    if factor is not None:
+        return PartEdit(factor[0].index, factor[1], 0, e.layout)
     raise RuntimeShapeError(
         f"{node.op_type} node {view.nodes[e.node].name!r}: entry {e.position} of its shape input {name!r} is "
         "computed at run time from a dynamic size together with the cut axis; writing it down would fix the size "
