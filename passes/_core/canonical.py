@@ -150,9 +150,10 @@ def _unshare(graph: onnx.GraphProto, weight_map: dict[str, dict]) -> int:
 def _fold_input(
     graph: onnx.GraphProto, view: GraphView, taken: set[str], new_inits: dict[str, str], n: onnx.NodeProto, k: int
 ) -> int:
-    """Input ``k`` of node ``n`` becomes a new constant holding its value, when the view can compute it (1, else 0)."""
+    """Input ``k`` of node ``n`` becomes a new constant holding its value, when the view can compute it whatever the
+    symbolic dimensions are (:meth:`GraphView.free_value`; 1, else 0)."""
     name = n.input[k]
-    value = view.value(name)
+    value = view.free_value(name)
     if value is None:
         return 0
     const = _unique(f"{name}_folded".lstrip("/"), taken)
@@ -211,10 +212,13 @@ def _unshare_shape_vectors(graph: onnx.GraphProto) -> int:
 
 
 def _fold_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """Replace shape-carrying integer inputs computable from static shapes by constants, to a fixed point."""
+    """Replace shape-carrying integer inputs computable from static shapes by constants, to a fixed point. With
+    symbolic input dimensions, only values that hold whatever they are (:meth:`GraphView.free_value`) are folded."""
     folded = 0
     for _ in range(_MAX_FOLD_ROUNDS):
         view = GraphView(model)
+        bound = GraphView(model, bind=bindings(model)) if view.symbolic_inputs else None
+        fold = view if bound is None else bound
         graph = model.graph
         taken = _taken_names(graph)
         new_inits: dict[str, str] = {}
@@ -225,38 +229,37 @@ def _fold_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
                 if k >= len(n.input) or not n.input[k]:
                     continue
                 name = n.input[k]
-                if view.is_constant(name) or name in view.graph_inputs:
+                if fold.is_constant(name) or name in fold.graph_inputs:
                     continue
                 if name in new_inits:
                     n.input[k] = new_inits[name]
                     changed += 1
                     continue
-                if view._types.get(name) in _INT_TYPES:
-                    changed += _fold_input(graph, view, taken, new_inits, n, k)
+                if fold._types.get(name) in _INT_TYPES:
+                    changed += _fold_input(graph, fold, taken, new_inits, n, k)
         # small values derived from static shapes anywhere else: the 1/sqrt(head_dim) scale that the exporters
         # compute from q's shape for fused attention (Shape -> Slice -> Cast -> Sqrt -> Div), read by a Mul. Where
         # the chain goes on computing a shape (a node whose output is a value once the symbolic dimensions are bound:
         # MobileViT's ``B * C * n_h`` under a dynamic batch), it is folded where it ends, if at all: a channel count
         # folded into a run-time product would not follow a cut of the channels
-        bound = GraphView(model, bind=bindings(model)) if view.symbolic_inputs else None
         for n in graph.node:
             if bound is not None and n.op_type in _SHAPE_MATH and n.output and bound.value(n.output[0]) is not None:
-                if n.op_type == "Concat" and view.value(n.output[0]) is None:  # a run-time shape vector: its parts
-                    changed += _fold_parts(graph, view, taken, new_inits, n)  # free of the binding as constants
+                if n.op_type == "Concat" and bound.free_value(n.output[0]) is None:  # a run-time shape vector: its
+                    changed += _fold_parts(graph, bound, taken, new_inits, n)  # parts free of the binding folded
                 continue
             for k, name in enumerate(n.input):
-                if not name or k in _SHAPE_INPUTS.get(n.op_type, ()) or name in view.graph_inputs:
+                if not name or k in _SHAPE_INPUTS.get(n.op_type, ()) or name in fold.graph_inputs:
                     continue
                 if name in new_inits:
                     n.input[k] = new_inits[name]
                     changed += 1
                     continue
-                ref = view.producer.get(name)
-                if ref is None or ref.node.op_type not in _SHAPE_MATH or view.is_constant(name):
+                ref = fold.producer.get(name)
+                if ref is None or ref.node.op_type not in _SHAPE_MATH or fold.is_constant(name):
                     continue
-                shape = view.shape(name)
-                if shape is not None and len(shape) <= 1 and int(np.prod(shape)) <= 16 and _from_shape(view, name):
-                    changed += _fold_input(graph, view, taken, new_inits, n, k)
+                shape = fold.shape(name)
+                if shape is not None and len(shape) <= 1 and int(np.prod(shape)) <= 16 and _from_shape(fold, name):
+                    changed += _fold_input(graph, fold, taken, new_inits, n, k)
         if not changed:
             break
         folded += changed

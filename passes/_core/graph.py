@@ -56,6 +56,7 @@ class GraphView:
         self.pin_dynamic = pin_dynamic
         self.bind = dict(bind or {})
         self._free: GraphView | None = None
+        self._moved: GraphView | None = None  # the same graph bound to other sizes (free_value)
         self.graph = model.graph
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
         self.nodes = [NodeRef(i, n) for i, n in enumerate(self.graph.node)]
@@ -293,12 +294,22 @@ class GraphView:
 
     def free_value(self, name: str) -> np.ndarray | None:
         """The value of ``name`` (as :meth:`value`) whatever the symbolic dimensions are: ``None`` where it is known
-        only under this view's binding."""
+        only under this view's binding. A value that shape inference cannot carry through the symbolic graph (a
+        head_dim read from ``q``'s shape after a reshape whose target holds the batch) counts as free when the graph
+        bound to three times every size gives the same value."""
         if not self.bind:
             return self.value(name)
         if self._free is None:
             self._free = GraphView(self.model)
-        return self._free.value(name)
+        out = self._free.value(name)
+        here = self.value(name) if out is None else None
+        if here is None:
+            return out
+        if self._moved is None:
+            self._moved = GraphView(self.model, bind={k: 3 * v for k, v in self.bind.items()})
+        there = self._moved.value(name)
+        same = there is not None and np.shape(there) == np.shape(here) and bool(np.all(there == here))
+        return here if same else None
 
     def value_at(self, name: str, shapes: Mapping[str, Sequence[int]], depth: int = 32) -> np.ndarray | None:
         """The value of ``name`` (as :meth:`value`) were the tensors in ``shapes`` of those shapes: what a shape

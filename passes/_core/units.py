@@ -201,6 +201,8 @@ def _linear_weight(view: GraphView, ref: NodeRef) -> tuple[str, int] | None:
 # per-channel ops (LeViT's BatchNorm, SegFormer's depthwise conv in MixFFN) and the halving of a packed gated MLP
 # (SwiGLU: fc1 -> Split or two Slices -> silu(a) * b -> fc2); the tracer checks each exactly
 _MLP_PATH = {"BatchNormalization", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Split", "Slice"}
+#: the inputs of those ops that are sizes, not activations
+_SIZE_INPUTS = {"Reshape": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,), "Slice": (1, 2, 3, 4)}
 
 
 def _on_mlp_path(view: GraphView, ref: NodeRef, depthwise: bool) -> bool:
@@ -234,6 +236,8 @@ def _mlp_sink(view: GraphView, fc1: NodeRef, limit: int = 64) -> tuple[NodeRef |
             if k == 0 and _linear_weight(view, ref) is not None and (ref.node.op_type == "Conv") == (not depthwise):
                 sinks[ref.index] = ref  # fc2 is of fc1's kind: token-wise linears, or 1x1 convs
                 continue
+            if ref.node.op_type in ("Shape", "Size"):  # reads no activation (under a dynamic batch, a reshape's
+                continue  # sizes); the tracer checks that what it reads follows the cut
             if not _on_mlp_path(view, ref, depthwise):
                 return None, f"its output reaches {ref.node.op_type} {ref.name!r}, which an MLP activation is not"
             for o in ref.node.output:
@@ -244,7 +248,11 @@ def _mlp_sink(view: GraphView, fc1: NodeRef, limit: int = 64) -> tuple[NodeRef |
         for ref, _ in view.consumers.get(t, []):
             if ref.index in sinks:
                 continue
-            others = [i for i in ref.node.input if i and i not in closure and not view.is_constant(i)]
+            sizes = _SIZE_INPUTS.get(ref.node.op_type, ())  # (a size computed at run time: the tracer checks it)
+            others = [
+                i for k, i in enumerate(ref.node.input) if i and k not in sizes and i not in closure
+                and not view.is_constant(i)
+            ]  # fmt: skip
             if any(not _is_gate(view, i, fc1) for i in others):
                 return None, f"{ref.node.op_type} {ref.name!r} mixes it with another computed tensor"
     if len(sinks) != 1:
@@ -361,13 +369,14 @@ _DATA: dict[int, tuple[GraphView, set[str]]] = {}  # id(view) -> the tensors com
 
 def _from_constants(view: GraphView, t: str) -> bool:
     """Whether ``t`` is a constant or computed from constants alone, however deep (SwinV2's relative-position bias
-    is an MLP over a constant table, gathered, scaled and squashed: a dozen ops from any input)."""
+    is an MLP over a constant table, gathered, scaled and squashed: a dozen ops from any input). The shape of a
+    tensor is no data: ConViT's positional scores expanded to a dynamic batch are still from constants."""
     cached = _DATA.get(id(view))
     if cached is None or cached[0] is not view:
         inits = {i.name for i in view.model.graph.initializer}
         data = {i.name for i in view.model.graph.input if i.name not in inits}
         for ref in view.nodes:  # topological order: a node's inputs are settled before it
-            if any(i in data for i in ref.node.input if i):
+            if ref.node.op_type not in ("Shape", "Size") and any(i in data for i in ref.node.input if i):
                 data.update(o for o in ref.node.output if o)
         _DATA.clear()  # one view at a time: discovery runs on one model
         cached = _DATA[id(view)] = (view, data)

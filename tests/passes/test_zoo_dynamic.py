@@ -6,7 +6,7 @@ Per case (model x dynamic export, perturbed weights) and pass:
 
 * the pass cuts as on the static export of the same form: as many units of each kind, each kept to the same count
   (the file is traced with the batch bound to 1 and the size to the one it was exported at); or, for the cases
-  :data:`GAPS` lists, refuses what it does not cut with the reason the table states (known defects: strict xfail);
+  :data:`GAPS` lists, refuses what it does not cut with the reason the table states;
 * the written file keeps its symbolic dimensions;
 * it equals its zeroing oracle at the traced shape and at other batches and sizes (a width, whose LayerNorm
   statistics change, has no zeroing oracle: it computes what the static export's cut computes, and runs at the
@@ -50,39 +50,11 @@ PASSES = {  # name: (run, plan section)
 
 
 RUNTIME = "read at run time by"  # a Shape of a cut tensor read by a node that would keep the old count
-SQRT = "reads the size of the cut axis at run time"  # 1/sqrt(head_dim) computed from q's run-time shape
-#: (model, dynamic export) -> {pass: what every refusal that the static export does not make says}: the cases still
-#: refused under symbolic dimensions (issue: graphs users bring). ``None``: a known defect (units missed with no
-#: reason, or a wrong one), run as a strict xfail. A gap that closes fails the test until it is taken out of here.
-GAPS: dict[tuple[str, str], dict[str, str | None]] = {
-    ("hf_beit_seg", "dynamo18-batch"): {"compress": RUNTIME, "slice_channels": RUNTIME},
-    ("hf_mobilevit", "dynamo18-batch"): {"compress": RUNTIME, "slice_channels": RUNTIME},
-    ("hf_swinv2", "legacy17-batch"): {"head_dim": RUNTIME, "prune_heads": RUNTIME},
-    ("timm_beit", "legacy17-batch"): {"head_dim": SQRT},
-    ("timm_levit", "legacy17-batch"): {
-        **dict.fromkeys(("compress", "head_dim", "prune_heads", "slice_channels"), RUNTIME),
-        "slice_neurons": None,  # "not an MLP's fc1: its output reaches Shape" (its BatchNorm's run-time reshape)
-        "width": None,
-    },
-    ("timm_mobilevitv2", "dynamo18-batch"): {"width": RUNTIME},
-    ("timm_mobilevitv2", "legacy17-batch"): dict.fromkeys(("compress", "head_dim", "width"), RUNTIME),
-    ("timm_swinv2", "legacy17-batch"): dict.fromkeys(("head_dim", "prune_heads", "slice_channels"), RUNTIME),
-    ("tv_swinv2", "legacy17-batch"): dict.fromkeys(("head_dim", "prune_heads"), RUNTIME),
-    ("tv_swinv2", "legacy17-size"): dict.fromkeys(("head_dim", "prune_heads"), RUNTIME),
+#: (model, dynamic export) -> {pass: what a refusal that the static export does not make says}: the cases still
+#: refused under symbolic dimensions. A gap that closes fails the test until it is taken out of here.
+GAPS: dict[tuple[str, str], dict[str, str]] = {
+    # the crop after padding to whole windows slices with ends read from the shape of the channels-last tensor
     ("tv_swinv2", "dynamo18-size"): {"width": RUNTIME},
-    # ConViT: its gated attention is called "coupled with another block" again (a wrong reason)
-    ("timm_convit", "legacy17-batch"): dict.fromkeys(("head_dim", "prune_heads")),
-    ("timm_convit", "dynamo18-batch"): dict.fromkeys(("head_dim", "prune_heads")),
-    # SegFormer's Mix-FFNs and PVTv2's first stage: not found under a dynamic batch, and no reason given
-    **{
-        ("hf_segformer", e): dict.fromkeys(("compress", "slice_neurons", "width"))
-        for e in ("legacy17-batch", "legacy17-size", "dynamo18-size")
-    },  # fmt: skip
-    **{
-        ("timm_pvt_v2", e): {"compress": SQRT, "head_dim": SQRT, "slice_neurons": None, "width": None}
-        for e in ("legacy17-batch", "legacy17-size")
-    },  # fmt: skip
-    ("timm_pvt_v2", "dynamo18-size"): dict.fromkeys(("compress", "slice_neurons", "width")),
 }
 
 
@@ -96,11 +68,8 @@ def cases() -> list:
                 marks.append(pytest.mark.skip(reason=f"torch cannot export it: {skip}"))
             elif axes == "size" and not spec.sides:
                 marks.append(pytest.mark.skip(reason="its export runs at the size it was exported at only"))
-            gaps = GAPS.get((model, export_id), {})
             for name in PASSES:
-                defect = name in gaps and gaps[name] is None and not marks
-                mark = [pytest.mark.xfail(strict=True, reason="known defect under symbolic dimensions")] * defect
-                out.append(pytest.param(model, export_id, name, marks=marks + mark, id=f"{model}-{export_id}-{name}"))
+                out.append(pytest.param(model, export_id, name, marks=marks, id=f"{model}-{export_id}-{name}"))
     return out
 
 
@@ -157,11 +126,9 @@ def test_a_dynamic_export_is_cut_as_the_static_one(zoo_root: Path, model: str, e
     gaps = GAPS.get((model, export_id), {})
     if name not in gaps:
         assert not differ, f"cut otherwise than the static export in {differ}: {report.skipped[:3]}"
-    elif gaps[name] is not None:  # refused, each time with its reason
+    else:  # refused, with its reason
         assert differ, f"cut as the static export now: take {name} of {model} {export_id} out of GAPS"
         assert any(gaps[name] in r.reason for r in report.skipped), report.skipped[:3]
-    else:  # a known defect (strict xfail)
-        assert not differ, f"cut otherwise than the static export in {differ}: {report.skipped[:3]}"
     if not report.modified:
         return
     assert _symbols(out) == _symbols(dynamic)

@@ -1,7 +1,9 @@
 """Ops that read sizes: ``Shape`` of a tensor that carries the unit axis, and ``Pad``.
 
 * Shape: what is read from the shape vector must exclude the unit axis (its size would keep the old count);
-  only constant ``Gather`` / ``Slice`` readers are followed to see which positions are read.
+  only constant ``Gather`` / ``Slice`` readers are followed to see which positions are read. Under symbolic
+  dimensions a read of the unit axis is allowed where it ends in a shape entry that follows the cut (checked at
+  the end of the walk), the whole vector read as a shape included (``expand_as``).
 * Pad (opset >= 11, constant pads): the unit axis passes when it is not padded.
 """
 
@@ -14,6 +16,7 @@ import onnx
 
 from passes._core.dims.layout import Dim, norm_axis
 from passes._core.dims.registry import register
+from passes._core.dims.symbolic import SHAPE_INPUTS
 
 if TYPE_CHECKING:
     from passes._core.dims.tracer import Tracer
@@ -49,6 +52,14 @@ def shape(tr: Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | Non
                 picked = [int(i) % max(r - start, 1) for i in np.asarray(v).reshape(-1)]
         elif user.node.op_type == "Slice" and user.node.input[0] == n.output[0]:
             picked = slice_positions(tr.view, user.node, r - start)
+        elif tr.view.bind and (
+            user.node.op_type in ("Concat", "Cast", "Identity")
+            or any(
+                k < len(user.node.input) and user.node.input[k] == n.output[0]
+                for k in SHAPE_INPUTS.get(user.node.op_type, ())
+            )
+        ):  # the whole shape as another tensor's shape (``norm.expand_as(q)``), or the head of a vector built from it
+            picked = list(range(r - start))  # (dynamo's ``Concat(Shape(x, 0, 2), [h, w])``): the walk's end checks it
         if picked is None:
             raise tr.fail(ref, f"the size of the unit axis is read at run time by {user.node.op_type} {user.name!r}")
         if pos in picked:
