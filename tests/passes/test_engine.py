@@ -9,6 +9,7 @@ from _helpers_prune import mha_model, run_ort
 from onnx import TensorProto, helper, numpy_helper
 
 from passes._core.budget import select_top
+from passes._core.canonical import canonicalize
 from passes._core.dims import (
     Dim,
     Parts,
@@ -464,3 +465,34 @@ def test_fused_qkv_is_taken_apart_and_its_q_k_and_v_channels_are_two_groups() ->
     assert np.abs(run_ort(pruned, x) - run_ort(zeroed, x)).max() <= 1e-5
     sizes = {t.name: list(t.dims) for t in pruned.graph.initializer}
     assert sizes["b0_wqkv"] == [16, 2 * 4 * 2 + 4 * 3] and sizes["b0_wproj"] == [4 * 3, 16]
+
+
+def test_a_run_time_shape_vector_read_by_two_blocks_gets_a_copy_each() -> None:
+    """dynamo builds ``[batch, tokens, heads, head_dim]`` once for blocks of equal sizes; the canonical form gives
+    each reader its own Concat (a cut of one block's heads must not rewrite the other's), and computes the same."""
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[B, 5, 8] x) => (float[B, 5, 4, 4] y) <float[8, 8] w1, float[8, 8] w2> {
+            s = Shape(x)
+            i0 = Constant<value = int64[1] {0}>()
+            b = Gather(s, i0)
+            rest = Constant<value = int64[3] {5, 2, 4}>()
+            target = Concat<axis = 0>(b, rest)
+            h1 = MatMul(x, w1)
+            h2 = MatMul(x, w2)
+            y1 = Reshape(h1, target)
+            y2 = Reshape(h2, target)
+            y = Concat<axis = 2>(y1, y2)
+        }
+        """
+    )
+    rng = np.random.default_rng(0)
+    for name in ("w1", "w2"):
+        model.graph.initializer.append(numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), name))
+    out = canonicalize(model)
+    reshapes = [n for n in out.graph.node if n.op_type == "Reshape"]
+    producers = {o: n.op_type for n in out.graph.node for o in n.output}
+    assert len({n.input[1] for n in reshapes}) == 2 and all(producers[n.input[1]] == "Concat" for n in reshapes)
+    x = rng.standard_normal((3, 5, 8)).astype(np.float32)
+    assert np.array_equal(run_ort(out, x), run_ort(model, x))
