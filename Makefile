@@ -56,7 +56,7 @@ test: lint
 	$(VENV)/bin/pytest -q -m 'timing and not zoo and not sweep'
 
 # The external-model zoo at every export and weight variant and with a dynamic batch and size, and the exports of the
-# built-in width variants (about 16 minutes on 2 slow cores). transformers and its tokenizers install beside the
+# built-in width variants (about 11 minutes on 2 quiet cores). transformers and its tokenizers install beside the
 # pinned torch without their dependencies: a plain install would pull a second torch.
 test-zoo: setup
 	$(PY) -m pip install --quiet --no-deps transformers tokenizers regex
