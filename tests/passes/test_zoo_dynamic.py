@@ -5,8 +5,7 @@ families whose export runs at other sizes; the others hold their size in a posit
 Per case (model x dynamic export, perturbed weights) and pass:
 
 * the pass cuts as on the static export of the same form: as many units of each kind, each kept to the same count
-  (the file is traced with the batch bound to 1 and the size to the one it was exported at); or, for the cases
-  :data:`GAPS` lists, refuses what it does not cut with the reason the table states;
+  (the file is traced with the batch bound to 1 and the size to the one it was exported at);
 * the written file keeps its symbolic dimensions;
 * it equals its zeroing oracle at the traced shape and at other batches and sizes (a width, whose LayerNorm
   statistics change, has no zeroing oracle: it computes what the static export's cut computes, and runs at the
@@ -50,13 +49,6 @@ PASSES = {  # name: (run, plan section)
 #: what ``make test`` runs (``nn.MultiheadAttention``'s ``batch * heads`` under a dynamic batch); the rest is marked
 #: zoo (``make test-zoo``)
 DEFAULT = {("tv_vit", "legacy17-batch")}
-RUNTIME = "read at run time by"  # a Shape of a cut tensor read by a node that would keep the old count
-#: (model, dynamic export) -> {pass: what a refusal that the static export does not make says}: the cases still
-#: refused under symbolic dimensions. A gap that closes fails the test until it is taken out of here.
-GAPS: dict[tuple[str, str], dict[str, str]] = {
-    # the crop after padding to whole windows slices with ends read from the shape of the channels-last tensor
-    ("tv_swinv2", "dynamo18-size"): {"width": RUNTIME},
-}
 
 
 def cases() -> list:
@@ -124,24 +116,15 @@ def test_a_dynamic_export_is_cut_as_the_static_one(zoo_root: Path, model: str, e
     plan, plan_static = read_plan(out) if report.modified else {}, read_plan(out_static)
     sections = [section] if section else ["heads", "head_dim", "neurons", "channels"]
     differ = [s for s in sections if _counts(plan, s) != _counts(plan_static, s)]
-    gaps = GAPS.get((model, export_id), {})
-    if name not in gaps:
-        assert not differ, f"cut otherwise than the static export in {differ}: {report.skipped[:3]}"
-    else:  # refused, with its reason
-        assert differ, f"cut as the static export now: take {name} of {model} {export_id} out of GAPS"
-        assert any(gaps[name] in r.reason for r in report.skipped), report.skipped[:3]
+    assert not differ, f"cut otherwise than the static export in {differ}: {report.skipped[:3]}"
     if not report.modified:
         return
     assert _symbols(out) == _symbols(dynamic)
     shapes = _shapes(model, axes)
-    if name == "width" and not differ:  # no zeroing oracle: the static export's cut at its shape, and runs at others
+    if name == "width":  # no zeroing oracle: the static export's cut at its shape, and it runs at the others
         want = _run(out_static, shapes[0])
         assert np.abs(_run(out, shapes[0]) - want).max() <= RTOL * float(np.abs(want).max())
         for shape in shapes[1:]:
-            assert np.isfinite(_run(out, shape)).all()
-        return
-    if name == "width":  # cut less than the static export: it still runs at every shape
-        for shape in shapes:
             assert np.isfinite(_run(out, shape)).all()
         return
     oracle = plan_oracle(dynamic, plan)

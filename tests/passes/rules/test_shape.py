@@ -39,6 +39,18 @@ def test_shape_start_and_a_slice_reader() -> None:
     check_cut(model, trace_from(model, *HIDDEN), [0, 7])
 
 
+def test_shape_end_that_stops_before_the_unit_axis_reads_nothing_of_it() -> None:
+    """``Shape<start = 0, end = 2>`` of [1, 4, 8] is [1, 4]: whatever reads it (here as a shape, which a read of the
+    unit axis could not be), the unit axis is not in it."""
+    body = """
+        S = Shape<start = 0, end = 2>(H)
+        Z = Concat<axis = 0>(S, minus1)
+        A = Reshape(H, Z)
+    """
+    model = parse(sandwich(body, inits="int64[1] minus1 = {-1}", opset=15))
+    check_cut(model, trace_from(model, *HIDDEN), [2, 5])
+
+
 def test_shape_refuses_a_read_of_the_unit_axis() -> None:
     model = parse(
         sandwich(_RESHAPE_BY_SHAPE, inits="int64[2] i = {0, 2}, int64[1] minus1 = {-1}")

@@ -43,6 +43,9 @@ def shape(tr: Tracer, ref: NodeRef, known: str, dim: Dim) -> dict[str, Dim | Non
     r = len(tr.shape(ref, known))
     attrs = tr.view.attrs(n)
     start = norm_axis(int(attrs.get("start", 0)), r)  # type: ignore[call-overload]
+    end = norm_axis(int(attrs["end"]), r) if "end" in attrs and int(attrs["end"]) < r else r  # type: ignore[call-overload]
+    if not start <= dim.axis < end:  # (opset >= 15) the vector holds other axes only: the unit axis is not read
+        return {known: dim, n.output[0]: None}
     pos = dim.axis - start  # position of the unit axis inside the shape vector
     for user in tr.view.consumer_nodes(n.output[0]):
         picked: list[int] | None = None
