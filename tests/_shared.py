@@ -17,7 +17,7 @@ import pytest
 
 from models.perturb import perturb_
 
-__all__ = ["perturb_", "run_ort", "shared_dir", "shared_file", "write_once"]
+__all__ = ["perturb_", "run_at", "run_ort", "shared_dir", "shared_file", "symbols", "write_once"]
 
 
 def run_ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -29,6 +29,16 @@ def run_ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def run_at(model: onnx.ModelProto, shape: tuple[int, ...]) -> np.ndarray:
+    """:func:`run_ort` on a seeded random input of ``shape`` (a file with symbolic dimensions, at one of its sizes)."""
+    return run_ort(model, np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32))
+
+
+def symbols(model: onnx.ModelProto) -> list[str]:
+    """The symbolic dimensions of ``model``'s first input, in order."""
+    return [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim if d.dim_param]
 
 
 def shared_dir(factory: pytest.TempPathFactory, name: str) -> Path:

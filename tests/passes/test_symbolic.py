@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
+from _shared import run_at, symbols
 from test_compress import EXACT, _combined_oracle
 
 from fileformat.metadata import write_metadata
@@ -92,13 +92,7 @@ def dynamic(
 
 
 def _run(model: onnx.ModelProto, batch: int, side: int) -> np.ndarray:
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(batch * side).standard_normal((batch, 3, side, side)).astype(np.float32)
-    return sess.run(None, {"image": x})[0]
-
-
-def _symbols(model: onnx.ModelProto) -> list[str]:
-    return [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim if d.dim_param]
+    return run_at(model, (batch, 3, side, side))
 
 
 PASSES = {
@@ -115,7 +109,7 @@ def test_a_dynamic_file_is_cut_and_stays_dynamic(dynamic: tuple, name: str) -> N
     axes, model, _ = dynamic
     out, report = PASSES[name](model)
     assert report.modified, f"nothing cut: {report.skipped[:3]}"
-    assert _symbols(out) == _symbols(model)  # the file keeps its symbolic dimensions
+    assert symbols(out) == symbols(model)  # the file keeps its symbolic dimensions
     oracle = _combined_oracle(model, read_plan(out))
     for batch, side in SHAPES[axes]:
         want, got = _run(oracle, batch, side), _run(out, batch, side)
@@ -144,7 +138,7 @@ def test_a_width_is_cut_as_on_the_static_export(dynamic: tuple) -> None:
     cut = lambda m: slice_width(m, SliceWidthConfig(ratio=0.5, kind="width"))[0]  # noqa: E731
     out, out_static = cut(model), cut(static)
     assert read_plan(out)["width"] and read_plan(out)["width"] == read_plan(out_static)["width"]
-    assert _symbols(out) == _symbols(model)
+    assert symbols(out) == symbols(model)
     want, got = _run(out_static, 1, 64), _run(out, 1, 64)
     assert np.abs(got - want).max() <= 1e-4 * float(np.abs(want).max())
     for batch, side in SHAPES[axes]:
@@ -170,7 +164,7 @@ def test_the_command_line_takes_the_size_to_trace_at(tmp_path: Path) -> None:
     assert main([str(src), "-o", str(out)]) == 1 and not out.exists()
     assert main([str(src), "-o", str(out), "--input-size", "64", "64"]) == 0
     cut = onnx.load(str(out))
-    assert _symbols(cut) == ["batch", "height", "width"]
+    assert symbols(cut) == ["batch", "height", "width"]
     assert _run(cut, 2, 96).shape == (2, 5, 96, 96)
 
 
@@ -190,5 +184,5 @@ def test_the_exact_rewrites_take_the_size_to_check_at(tmp_path: Path, name: str,
     assert "--input-size" in capsys.readouterr().err
     assert main([str(src), "-o", str(out), "--input-size", "64", *extra]) == 0
     written = onnx.load(str(out))
-    assert _symbols(written) == ["batch", "height", "width"]
+    assert symbols(written) == ["batch", "height", "width"]
     assert np.abs(_run(written, 2, 96) - _run(model, 2, 96)).max() <= 1e-4

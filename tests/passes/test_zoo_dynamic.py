@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
+from _shared import run_at, symbols
 from _zoo import DYNAMIC, MODELS, exported
 from test_compress import EXACT
 
@@ -91,16 +91,6 @@ def _shapes(model: str, axes: str) -> list[tuple[int, ...]]:
     return out
 
 
-def _run(model: onnx.ModelProto, shape: tuple[int, ...]) -> np.ndarray:
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
-
-
-def _symbols(model: onnx.ModelProto) -> list[str]:
-    return [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim if d.dim_param]
-
-
 def _counts(plan: dict, section: str) -> list[tuple[int, int]]:
     """``(units, kept)`` of every cut entry of ``section``: unit ids differ between exports, what is cut does not."""
     return sorted((int(e["total"]), len(e["kept"])) for e in plan.get(section, {}).values())
@@ -119,17 +109,17 @@ def test_a_dynamic_export_is_cut_as_the_static_one(zoo_root: Path, model: str, e
     assert not differ, f"cut otherwise than the static export in {differ}: {report.skipped[:3]}"
     if not report.modified:
         return
-    assert _symbols(out) == _symbols(dynamic)
+    assert symbols(out) == symbols(dynamic)
     shapes = _shapes(model, axes)
     if name == "width":  # no zeroing oracle: the static export's cut at its shape, and it runs at the others
-        want = _run(out_static, shapes[0])
-        assert np.abs(_run(out, shapes[0]) - want).max() <= RTOL * float(np.abs(want).max())
+        want = run_at(out_static, shapes[0])
+        assert np.abs(run_at(out, shapes[0]) - want).max() <= RTOL * float(np.abs(want).max())
         for shape in shapes[1:]:
-            assert np.isfinite(_run(out, shape)).all()
+            assert np.isfinite(run_at(out, shape)).all()
         return
     oracle = plan_oracle(dynamic, plan)
     for shape in shapes:
-        want, got = _run(oracle, shape), _run(out, shape)
+        want, got = run_at(oracle, shape), run_at(out, shape)
         assert got.shape == want.shape, shape
         scale = float(np.abs(want).max())
         assert np.abs(got - want).max() <= RTOL * scale, shape
