@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 # Node inputs that carry shapes, axes, sizes or indices (op type -> input positions); the values
 # :func:`_fold_shapes` turns into constants when they are computable from static shapes.
-_SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
+SIZE_INPUTS: dict[str, tuple[int, ...]] = {
     "Reshape": (1,),
     "Expand": (1,),
     "Tile": (1,),
@@ -198,7 +198,7 @@ def _unshare_shape_vectors(graph: onnx.GraphProto) -> int:
     for index, n in enumerate(graph.node):
         if n.op_type != "Concat" or len(n.output) != 1:
             continue
-        shape_reads = [(m, k) for m, k in readers.get(n.output[0], []) if k in _SHAPE_INPUTS.get(m.op_type, ())]
+        shape_reads = [(m, k) for m, k in readers.get(n.output[0], []) if k in SIZE_INPUTS.get(m.op_type, ())]
         for m, k in shape_reads[1:]:
             dup = onnx.NodeProto()
             dup.CopyFrom(n)
@@ -224,7 +224,7 @@ def _fold_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         new_inits: dict[str, str] = {}
         changed = 0
         for n in graph.node:
-            positions = _SHAPE_INPUTS.get(n.op_type, ())
+            positions = SIZE_INPUTS.get(n.op_type, ())
             for k in positions:
                 if k >= len(n.input) or not n.input[k]:
                     continue
@@ -248,7 +248,7 @@ def _fold_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
                     changed += _fold_parts(graph, bound, taken, new_inits, n)  # parts free of the binding folded
                 continue
             for k, name in enumerate(n.input):
-                if not name or k in _SHAPE_INPUTS.get(n.op_type, ()) or name in fold.graph_inputs:
+                if not name or k in SIZE_INPUTS.get(n.op_type, ()) or name in fold.graph_inputs:
                     continue
                 if name in new_inits:
                     n.input[k] = new_inits[name]

@@ -26,7 +26,7 @@ import onnx
 
 from fileformat.metadata import weight_sources
 from fileformat.plan import QK_SUFFIX
-from passes._core.canonical import canonicalize
+from passes._core.canonical import SIZE_INPUTS, canonicalize
 from passes._core.dims import ELEMENTWISE, Dim, DimGroup, TraceError, trace, unit_copies, unit_count, unit_inner
 from passes._core.dims.rules.contraction import einsum_labels
 from passes._core.graph import GraphView, NodeRef, analysis_view, metadata_scopes, node_scope
@@ -201,8 +201,6 @@ def _linear_weight(view: GraphView, ref: NodeRef) -> tuple[str, int] | None:
 # per-channel ops (LeViT's BatchNorm, SegFormer's depthwise conv in MixFFN) and the halving of a packed gated MLP
 # (SwiGLU: fc1 -> Split or two Slices -> silu(a) * b -> fc2); the tracer checks each exactly
 _MLP_PATH = {"BatchNormalization", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Split", "Slice"}
-#: the inputs of those ops that are sizes, not activations
-_SIZE_INPUTS = {"Reshape": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,), "Slice": (1, 2, 3, 4)}
 
 
 def _on_mlp_path(view: GraphView, ref: NodeRef, depthwise: bool) -> bool:
@@ -248,7 +246,7 @@ def _mlp_sink(view: GraphView, fc1: NodeRef, limit: int = 64) -> tuple[NodeRef |
         for ref, _ in view.consumers.get(t, []):
             if ref.index in sinks:
                 continue
-            sizes = _SIZE_INPUTS.get(ref.node.op_type, ())  # (a size computed at run time: the tracer checks it)
+            sizes = SIZE_INPUTS.get(ref.node.op_type, ())  # (a size computed at run time: the tracer checks it)
             others = [
                 i for k, i in enumerate(ref.node.input) if i and k not in sizes and i not in closure
                 and not view.is_constant(i)

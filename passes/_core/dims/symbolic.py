@@ -20,6 +20,7 @@ would write the bound sizes down.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,22 +104,26 @@ def _constant_factor(
 def _read_as_shape_by(view: GraphView, group: DimGroup, name: str) -> bool:
     """Whether every reader of ``name``, through shape arithmetic that passes it on, is a shape input of a node of
     ``group``."""
-    todo, seen = [name], set()
+    through = (*_PASS_THROUGH, "Unsqueeze", "Squeeze", "Concat")
+    return all(k is not None and ref.index in group.nodes for _, ref, k in _shape_uses(view, [name], through))
+
+
+def _shape_uses(view: GraphView, names: list[str], through: Iterable[str]) -> Iterator[tuple[str, NodeRef, int | None]]:
+    """Where the values of ``names`` end, followed through the ops in ``through``: ``(tensor, reader, k)`` for a
+    reader taking ``tensor`` as its shape input ``k`` (:data:`SHAPE_INPUTS`), ``k`` None for any other reader."""
+    todo, seen = list(names), set()
     while todo:
         t = todo.pop()
         if t in seen:
             continue
         seen.add(t)
         for ref, k in view.consumers.get(t, []):
-            op = ref.node.op_type
-            if k in SHAPE_INPUTS.get(op, ()):
-                if ref.index not in group.nodes:
-                    return False
-            elif op in (*_PASS_THROUGH, "Unsqueeze", "Squeeze", "Concat"):
+            if k in SHAPE_INPUTS.get(ref.node.op_type, ()):
+                yield t, ref, k
+            elif ref.node.op_type in through:
                 todo.extend(o for o in ref.node.output if o)
             else:
-                return False
-    return True
+                yield t, ref, None
 
 
 def _cut_shapes(view: GraphView, group: DimGroup) -> dict[str, list[int]]:
@@ -206,31 +211,20 @@ def _check_reads(view: GraphView, group: DimGroup, cut: dict[str, list[int]]) ->
     arithmetic, in a shape vector that holds exactly the cut sizes once the graph is cut: its entries that change
     are entries of the unit axis (they follow), the others stay. Anything else it reaches (a scale computed from a
     channel count) would keep the old count: refused."""
-    seen: set[str] = set()
-    todo = [view.nodes[i].node.output[0] for i in group.unit_reads]
-    while todo:
-        t = todo.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        for ref, k in view.consumers.get(t, []):
-            node = ref.node
-            if k in SHAPE_INPUTS.get(node.op_type, ()):
-                if ref.index not in group.nodes:
-                    raise RuntimeShapeError(f"{node.op_type} node {ref.name!r} reads the size of the cut axis")
-                before, after = view.value(t), view.value_at(t, cut)
-                if before is None or after is None or not _follows(group, ref.index, k, before, after):
-                    raise RuntimeShapeError(
-                        f"{node.op_type} node {ref.name!r}: its shape input {t!r} reads the size of the cut axis at "
-                        "run time and would not follow the cut"
-                    )
-            elif node.op_type in SHAPE_MATH:
-                todo.extend(o for o in node.output if o)
-            else:
-                raise RuntimeShapeError(
-                    f"{node.op_type} node {ref.name!r} reads the size of the cut axis at run time; it would keep the "
-                    "old count"
-                )
+    for t, ref, k in _shape_uses(view, [view.nodes[i].node.output[0] for i in group.unit_reads], SHAPE_MATH):
+        op = ref.node.op_type
+        if k is None:
+            raise RuntimeShapeError(
+                f"{op} node {ref.name!r} reads the size of the cut axis at run time; it would keep the old count"
+            )
+        if ref.index not in group.nodes:
+            raise RuntimeShapeError(f"{op} node {ref.name!r} reads the size of the cut axis")
+        before, after = view.value(t), view.value_at(t, cut)
+        if before is None or after is None or not _follows(group, ref.index, k, before, after):
+            raise RuntimeShapeError(
+                f"{op} node {ref.name!r}: its shape input {t!r} reads the size of the cut axis at run time and would "
+                "not follow the cut"
+            )
 
 
 def _follows(group: DimGroup, node: int, k: int, before: np.ndarray, after: np.ndarray) -> bool:
