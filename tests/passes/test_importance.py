@@ -169,7 +169,7 @@ def test_a_group_the_output_ignores_is_cut_first_whatever_its_norms(xxs: Path) -
 
 def test_cli_sensitivity_and_its_usage_errors(xxs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "s.onnx"
-    args = [str(xxs), "-o", str(out), "--target-flops", "0.5"]
+    args = [str(xxs), "-o", str(out), "--target-flops", "0.5", "--units", "channels"]
     assert main([*args, "--importance", "sensitivity", "--calib", "synthetic", "--calib-count", "2"]) == 0
     assert read_plan(onnx.load(str(out)))["channels"]
     assert "sensitivity: " in capsys.readouterr().out
@@ -200,7 +200,7 @@ def test_measured_damage_is_the_default_where_images_are_given(xxs: Path, tmp_pa
 
     from passes.compress import NO_IMAGES
 
-    args = [str(xxs), "--target-flops", "0.5"]
+    args = [str(xxs), "--target-flops", "0.5", "--units", "heads"]  # one kind: the valuation is what is checked
     out, rep = tmp_path / "a.onnx", tmp_path / "a.json"
     assert main([*args, "-o", str(out), "--report", str(rep), "--calib", "synthetic", "--calib-count", "2"]) == 0
     extra = json.loads(rep.read_text())["extra"]

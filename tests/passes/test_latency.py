@@ -143,6 +143,29 @@ def test_compress_target_latency(exported, tmp_path: Path, capsys: pytest.Captur
     assert rep["extra"]["latency_ms"]["before"] > 0 and rep["extra"]["latency_ms"]["after"] > 0
 
 
+def test_a_neighbour_s_wait_is_not_charged_to_the_short_nodes() -> None:
+    """Two profiled runs of a node A (1 ms) and B (3 ms): in the second a neighbour took the core for 3 ms inside B.
+    Each node keeps its undisturbed share (the least time over the runs), and the nodes sum to the runs' CPU time
+    less the overhead; scaling each run by its CPU over wall time would charge part of B's wait to A."""
+
+    def run(t0: float, a_ms: float, b_ms: float, gap_ms: float) -> list[dict]:
+        us = 1000.0
+        return [
+            {"cat": "Session", "name": "model_run", "ts": t0, "dur": (a_ms + b_ms + gap_ms) * us},
+            {"cat": "Node", "name": "A_kernel_time", "ts": t0, "dur": a_ms * us},
+            {"cat": "Node", "name": "B_kernel_time", "ts": t0 + a_ms * us, "dur": b_ms * us},
+        ]
+
+    events = run(0.0, 1.0, 3.0, 0.2) + run(10_000.0, 1.0, 6.0, 0.2)  # the second run waited 3 ms inside B
+    cpu = [4.2, 4.2]
+    times, wall, overhead = latency._node_times(events, 0, cpu, threads=1)
+    assert times["B"] == pytest.approx(3 * times["A"])
+    assert times["A"] + times["B"] + overhead == pytest.approx(4.2)
+    assert 0.1 < overhead < 0.2 and wall == pytest.approx(5.7)
+    scaled_a = (1.0 + 1.0 * 4.2 / 7.2) / 2  # the median of A's CPU-over-wall scaled times
+    assert times["A"] > 1.0 > scaled_a
+
+
 def test_profiled_nodes_map_to_the_graph(exported) -> None:
     """onnxruntime's fused and NCHWc nodes are attributed to the graph's own tensors (so their time scales with
     the groups they carry): every node that does real work names at least one tensor of the model."""
