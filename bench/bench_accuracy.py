@@ -22,6 +22,8 @@ Per seed:
    - ``ours``: ``passes.compress`` with its defaults where images are at hand: each cut valued by the damage it does
      to the output on 8 training images (``--importance auto --calib DATA``);
    - ``ours-l2``: the same budget valued by L2 weight norms (LAMP scores; HALP for latency, LAMP for FLOPs);
+   - ``ours-1pt``: as ``ours``, but each layer's damage measured at one point (half of it kept) instead of four:
+     what ``--damage-points auto`` measures on a model whose runs take seconds (Swin-T + UPerNet at 512);
    - ``ours-noise``: measured damage on images of random pixels (what a user without data could give);
    - ``ours-synthetic``: measured damage on generator-version-1 scenes, which draw the classes unlike the data
      (version 2): a stand-in for scenes that are not the user's;
@@ -64,7 +66,9 @@ sys.path.insert(0, str(ROOT))
 
 TP_VERSION = "1.6.1"
 INSTALL_HINT = f".venv/bin/pip install --no-deps torch-pruning=={TP_VERSION}"
-LATENCY_METHODS = ("ours", "ours-l2", "ours-noise", "ours-synthetic", "uniform", "tp-magnitude", "tp-taylor")
+LATENCY_METHODS = (
+    "ours", "ours-1pt", "ours-l2", "ours-noise", "ours-synthetic", "uniform", "tp-magnitude", "tp-taylor"
+)  # fmt: skip
 FLOPS_METHODS = ("ours", "ours-l2", "uniform", "tp-magnitude", "tp-taylor")
 MATCH = (0.95, 1.0)  # the band every latency cut lands in, as a ratio to the reference's CPU time
 
@@ -160,7 +164,9 @@ def cut_ours(method: str, budget: str, parent: Path, ref: Path, dirs: dict[str, 
     elif method == "ours-l2":
         config.importance = "l2"
     else:
-        source = {"ours": dirs["data"], "ours-noise": "noise", "ours-synthetic": dirs["scenes"]}[method]
+        sources = {"ours": dirs["data"], "ours-1pt": dirs["data"], "ours-noise": "noise"}
+        source = {**sources, "ours-synthetic": dirs["scenes"]}[method]
+        config.damage_points = 1 if method == "ours-1pt" else 4
         with calibration_feeds(model, source, count=8, progress=False) as feeds:
             config.importance, config.calib = "sensitivity", list(feeds)
         config.calib_source = f"8 images of {source}"

@@ -17,8 +17,9 @@ so the kinds interact as in the graph (a narrower width makes every head of its 
 **Valuation.** By default (``--importance auto``) a cut is valued by the damage it does to the model's output on the
 ``--calib`` images (:mod:`passes._core.importance`: each layer cut alone at a few fractions, the KL divergence of
 the class scores from the uncut model's), and HALP removes the unit with the least damage per unit of cost saved.
-Without images, the damage is measured on noise images (:data:`NO_IMAGES`, chosen by the accuracy race in
-``bench/bench_accuracy.py``).
+Each layer is measured at up to four kept fractions; ``--damage-points auto`` measures as many as take about two
+minutes (one, half of each layer, on a model whose run takes seconds). Without images, the damage is measured on
+noise images (:data:`NO_IMAGES`, chosen by the accuracy race in ``bench/bench_accuracy.py``).
 ``--importance l1|l2`` values units by weight norms instead: LAMP (default for FLOPs and parameters) ranks every unit
 of every kind on one scale and removes the lowest until the target is met; uniform keeps one fraction everywhere;
 HALP (default for latency) removes the unit with the least importance per millisecond saved
@@ -132,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         "least 1)",
     )
     parser.add_argument("--calib-split", default="train", help="split of an LPCV-layout root (default train)")
+    parser.add_argument(
+        "--damage-points",
+        default="auto",
+        choices=("auto", "1", "2", "3", "4"),
+        help="kept fractions each layer's damage is measured at: 4 are 3/4, 1/2, 1/4 and the floor, 1 is 1/2 alone "
+        "(auto, the default: as many as take about two minutes at --threads; 4 on small models, 1 on Swin-T + "
+        "UPerNet at 512)",
+    )
     return parser
 
 
@@ -471,6 +480,7 @@ def _run(model: onnx.ModelProto, args: argparse.Namespace) -> tuple[onnx.ModelPr
         floor=args.floor,
         scope=args.scope,
         importance=importance,
+        damage_points=None if args.damage_points == "auto" else int(args.damage_points),
         calib_source=f"{count} {calib} image{'s' if count != 1 else ''}" if calib in ("noise", "synthetic") else
         f"{count} image{'s' if count != 1 else ''} of {calib}",
     )  # fmt: skip

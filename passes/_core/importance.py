@@ -132,6 +132,20 @@ def importance(units: Sequence[PruneUnit], method: str = "l2", notes: list[str] 
 # ---------------------------------------------------------------------------------------------- measured damage
 #: kept fractions each layer is measured at (besides its floor)
 FRACTIONS = (0.75, 0.5, 0.25)
+#: the kept fractions of ``n`` measured points per layer (0.0: the layer's floor)
+POINTS = {1: (0.5,), 2: (0.5, 0.0), 3: (0.75, 0.5, 0.0), 4: (*FRACTIONS, 0.0)}
+#: ``--damage-points auto`` measures as many points per layer (at most 4) as fit in about this many seconds
+DAMAGE_SECONDS = 120.0
+
+
+def damage_points(seconds_per_run: float, layers: int, threads: int, budget: float = DAMAGE_SECONDS) -> int:
+    """Points per layer for ``--damage-points auto``: the most of 4..1 whose ``layers x points`` runs (of
+    ``seconds_per_run`` each, ``threads`` at once) take at most ``budget`` seconds; at least 1. A small model
+    gets all 4; Swin-T + UPerNet at 512 (4.5 s a run, 60 layers) gets 1, the half of each layer."""
+    for n in (4, 3, 2):
+        if layers * n * seconds_per_run / max(1, threads) <= budget:
+            return n
+    return 1
 
 
 def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
@@ -168,12 +182,13 @@ def distortion(reference: Sequence[np.ndarray], output: Sequence[np.ndarray]) ->
     return Distortion(reference)(output)
 
 
-def removal_points(layer: Layer, floor: int) -> list[int]:
-    """How many units of ``layer`` are removed at each measured point: :data:`FRACTIONS` of it kept (rounded up to
-    its step, never under ``floor``) and the floor itself, ascending, without repeats or zero."""
+def removal_points(layer: Layer, floor: int, points: int = 4) -> list[int]:
+    """How many units of ``layer`` are removed at each measured point: the kept fractions of :data:`POINTS`
+    ``[points]`` (rounded up to its step, never under ``floor``; 0.0 is the floor itself), ascending, without repeats
+    or zero."""
     size, step = layer.size, max(1, layer.step)
     kept = set()
-    for r in (*FRACTIONS, 0.0):
+    for r in POINTS[points]:
         k = max(floor, step * int(np.ceil(r * size / step - 1e-9)))
         if k % step and k < size:  # a floor that is not a multiple of the step: the next multiple above it
             k = step * int(np.ceil(k / step))
@@ -216,6 +231,7 @@ def measure_damage(
     feeds: Sequence[Mapping[str, np.ndarray]],
     threads: int = 2,
     units: Mapping[str, PruneUnit] | None = None,
+    points: int | None = 4,
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[int, float]]]:
     """Damage curves of every layer (see the module docstring), and the measured points ``{layer: {removed:
     distortion}}``.
@@ -227,7 +243,8 @@ def measure_damage(
     real: ``cut(layer, kept)`` returns a copy of ``model`` with only ``layer`` cut to the unit indices ``kept``. A
     cut the passes refuse (:class:`PassError`) makes that amount of removal, and any more, unaffordable (infinite
     damage). ``threads`` cuts are measured at once, each on one onnxruntime thread; the result does not depend on
-    it. Where the model's batch axis is symbolic the images go in one batch.
+    it. Where the model's batch axis is symbolic the images go in one batch. ``points``: the points measured per
+    layer (:data:`POINTS`); None: as many as :func:`damage_points` gives for the time the uncut model's run takes.
     """
     from passes._core.latency import progress
 
@@ -236,15 +253,19 @@ def measure_damage(
     start = time.perf_counter()
     masked = {ly.name: units[ly.name] for ly in layers if units and ly.name in units}
     masked = {name: u for name, u in masked.items() if maskable(u, model) is None}
-    jobs = [(ly, removal_points(ly, floors[ly.name])) for ly in layers]
+    runner = _MaskedRunner(model, masked, feeds) if masked else None
+    if points is None:
+        seconds = runner.seconds if runner else _run_seconds(model, feeds)
+        points = damage_points(seconds, len(layers), threads, DAMAGE_SECONDS)
+    jobs = [(ly, removal_points(ly, floors[ly.name], points)) for ly in layers]
     measured: dict[str, dict[int, float]] = {ly.name: {} for ly in layers}
     refused: dict[str, int] = {}
     with (
         ThreadPoolExecutor(max(1, threads)) as pool,
         progress(sum(len(r) for _, r in jobs), "sensitivity", "cut") as bar,
     ):
-        if masked:
-            _measure_masked(model, [j for j in jobs if j[0].name in masked], masked, feeds, pool, bar, measured)
+        if runner is not None:
+            _measure_masked(runner, [j for j in jobs if j[0].name in masked], pool, bar, measured)
         rest = [j for j in jobs if j[0].name not in masked]
         if rest:
             _measure_cuts(model, rest, cut, feeds, pool, bar, measured, refused)
@@ -256,44 +277,63 @@ def measure_damage(
             curve[refused[ly.name] :] = np.inf
         curves[ly.name] = curve
     log.info(
-        "sensitivity: %d layers (%d masked) measured on %d image(s) in %.1f s",
+        "sensitivity: %d layers (%d masked, %d point(s) each) measured on %d image(s) in %.1f s",
         len(layers),
         len(masked),
+        points,
         len(feeds),
         time.perf_counter() - start,
     )
     return curves, measured
 
 
+class _MaskedRunner:
+    """One masked session of ``model`` (one onnxruntime thread) and its uncut outputs on ``feeds``; ``seconds``:
+    the CPU time that reference run took (every cut costs as much)."""
+
+    def __init__(
+        self, model: onnx.ModelProto, units: Mapping[str, PruneUnit], feeds: Sequence[Mapping[str, np.ndarray]]
+    ) -> None:
+        from passes._core.latency import _session
+
+        self.sess = _session(masked_model(model, units), 1, profile=False)
+        self.batches = _batched(model, feeds)
+        self.ones = all_ones(units)
+        start = time.thread_time()
+        self.damage = Distortion(self.run(self.ones))
+        self.seconds = time.thread_time() - start
+
+    def run(self, masks: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return [self.sess.run(None, {**b, **masks})[0] for b in self.batches]
+
+
+def _run_seconds(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]]) -> float:
+    """The CPU time of one run of ``model`` over ``feeds`` on one onnxruntime thread."""
+    from passes._core.latency import _session
+
+    sess = _session(model, 1, profile=False, basic=True)
+    start = time.thread_time()
+    for f in feeds:
+        sess.run(None, dict(f))
+    return time.thread_time() - start
+
+
 def _measure_masked(
-    model: onnx.ModelProto,
+    runner: _MaskedRunner,
     jobs: Sequence[tuple[Layer, list[int]]],
-    units: Mapping[str, PruneUnit],
-    feeds: Sequence[Mapping[str, np.ndarray]],
     pool: ThreadPoolExecutor,
     bar: Any,
     measured: dict[str, dict[int, float]],
 ) -> None:
-    """Every cut of ``jobs`` as a run of one masked session (one onnxruntime thread; ``pool``'s threads run cuts
-    at once on it)."""
-    from passes._core.latency import _session
-
-    sess = _session(masked_model(model, units), 1, profile=False)
-    batches = _batched(model, feeds)
-    ones = all_ones(units)
-
-    def run(masks: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        return [sess.run(None, {**b, **masks})[0] for b in batches]
-
-    damage = Distortion(run(ones))
+    """Every cut of ``jobs`` as a run of the masked session (``pool``'s threads run cuts at once on it)."""
     pending: list[tuple[str, int, Future[float]]] = []
     for ly, removals in jobs:
         order = np.argsort(np.asarray(ly.scores, dtype=np.float64), kind="stable")  # lowest first: removed first
         for removed in removals:
             mask = np.ones(ly.size, np.float32)
             mask[order[:removed]] = 0.0
-            masks = {**ones, mask_input(ly.name): mask}
-            pending.append((ly.name, removed, pool.submit(lambda m=masks: damage(run(m)))))
+            masks = {**runner.ones, mask_input(ly.name): mask}
+            pending.append((ly.name, removed, pool.submit(lambda m=masks: runner.damage(runner.run(m)))))
     for name, removed, job in pending:
         measured[name][removed] = job.result()
         bar.update(1)

@@ -3,10 +3,13 @@
 The latency table (:mod:`passes._core.latency`) predicts each node's time; what it cannot see (memory layout
 changes, cache effects, kernels that do not scale linearly) is corrected with measurement. Each attempt plans for an
 *asked* target, cuts, and times the cut interleaved against the input (or a reference), CPU time at one thread.
-The next asked target comes from :func:`next_asked`: until cuts on both sides of the band were measured, the
-table's bias on the last cut is taken off the band's middle; then the bracket of asked targets is narrowed by
-interpolation clamped to its middle half, so it shrinks by at least a quarter a step and the loop lands from any
-first plan. A timing stops early once its cut is clearly outside the band (:func:`far_outside`).
+The first asks for the middle of the band a measurement of 1% standard error would have (:func:`first_asked`: a
+prediction within a few % then lands inside at once; asking for the target itself lands a true prediction above a
+ceiling's band, which keeps two standard errors under the target). The next asked target comes from
+:func:`next_asked`: until cuts on both sides of the band were measured, the table's bias on the last cut is taken
+off the band's middle; then the bracket of asked targets is narrowed by interpolation clamped to its middle half, so
+it shrinks by at least a quarter a step and the loop lands from any first plan. A timing stops early once its cut
+is clearly outside the band (:func:`far_outside`).
 """
 
 from __future__ import annotations
@@ -88,6 +91,15 @@ def far_outside(ratio: float, se: float, target: float, tolerance: float, ceilin
     return ratio > high + 3 * se or ratio < low - 3 * se
 
 
+#: the relative standard error a measurement stops at (passes._core.latency.measure_pair's ``rel_se``)
+EXPECTED_SE = 0.01
+
+
+def first_asked(target: float, tolerance: float, ceiling: bool) -> float:
+    """The target the first plan asks for: the middle of the band of a measurement with :data:`EXPECTED_SE`."""
+    return sum(latency_band(target, EXPECTED_SE * target, tolerance, ceiling)) / 2
+
+
 def next_asked(attempts: Sequence[Attempt]) -> float:
     """The target to plan for next (see the module docstring)."""
     last = attempts[-1]
@@ -136,7 +148,7 @@ def close_loop(against: onnx.ModelProto, plan_for: Planner, config: LoopConfig, 
     scale = 1.0 if ceiling else target
     measured: dict[Any, Attempt] = {}
     attempts: list[Attempt] = []
-    asked = target
+    asked = first_asked(target, tolerance, ceiling)
     for attempt in range(config.retries + 1):
         if attempt:
             asked = next_asked(attempts)

@@ -63,6 +63,9 @@ class CompressConfig:
     # picks sensitivity where images are given (_valuation_args)
     calib: Sequence[Mapping[str, np.ndarray]] | None = None  # feeds for --importance sensitivity
     calib_source: str | None = None  # what the feeds are, in words, for the report ("8 images of runs/data")
+    # points measured per layer for measured damage (passes._core.importance.POINTS); None: as many as fit in about
+    # two minutes (importance.damage_points: 4 on small models, 1 on Swin-T + UPerNet at 512)
+    damage_points: int | None = None
     # --target-latency-of: the model whose speed is matched. The loop then times each cut against it directly
     # (interleaved pairs are not transitive: cut/input over reference/input misses cut/reference by several %)
     latency_reference: onnx.ModelProto | None = None
@@ -100,6 +103,8 @@ class CompressConfig:
                     f"--importance sensitivity values each cut by the damage it adds, which only the HALP allocation "
                     f"uses; drop --allocation {self.allocation} (or give --allocation halp)."
                 )
+        if self.damage_points is not None and self.damage_points not in (1, 2, 3, 4):
+            raise UsageError(f"--damage-points {self.damage_points}: give auto, 1, 2, 3 or 4.")
         if self.round_to < 1:
             raise UsageError(f"--round-to {self.round_to}: give 1 (any count) or more.")
         if not 0.0 <= self.floor < 1.0:
@@ -326,14 +331,22 @@ def _measure_sensitivity(problem: Problem, config: CompressConfig, budget: Budge
 
     start = time.perf_counter()
     curves, points = measure_damage(
-        problem.model, problem.layers, floors, cut, config.calib or [], config.threads, problem.units
+        problem.model,
+        problem.layers,
+        floors,
+        cut,
+        config.calib or [],
+        config.threads,
+        problem.units,
+        config.damage_points,
     )
     for ly in problem.layers:
         ly.damage = curves[ly.name]
+    most = max((len(p) for p in points.values()), default=0)
     problem.notes.append(
         f"sensitivity: {len(problem.layers)} layers, {sum(len(p) for p in points.values())} single-layer cuts "
-        f"measured on {len(config.calib or [])} image(s) in {time.perf_counter() - start:.0f} s (output KL "
-        "divergence from the uncut model)"
+        f"(at most {most} per layer) measured on {len(config.calib or [])} image(s) in "
+        f"{time.perf_counter() - start:.0f} s (output KL divergence from the uncut model)"
     )
 
 

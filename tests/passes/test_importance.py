@@ -12,8 +12,9 @@ import pytest
 
 from fileformat.errors import PassError
 from fileformat.plan import read_plan
+from passes._core import importance
 from passes._core.budget import BudgetConfig, CostModel, Layer, Term, allocate
-from passes._core.importance import damage_curve, distortion, measure_damage, removal_points
+from passes._core.importance import damage_curve, damage_points, distortion, measure_damage, removal_points
 from passes._core.oracle import zero_kept
 from passes._core.stats import graph_stats
 from passes._core.units import find_units
@@ -35,6 +36,34 @@ def test_removal_points_follow_step_and_floor() -> None:
     assert removal_points(layer, floor=7) == [16, 32, 48, 56]  # kept 48, 32, 16 and the floor rounded up to 8
     assert removal_points(Layer("h", np.ones(4)), floor=1) == [1, 2, 3]
     assert removal_points(Layer("n", np.ones(3)), floor=3) == []
+    assert removal_points(layer, floor=7, points=1) == [32]  # half of it kept
+    assert removal_points(layer, floor=7, points=2) == [32, 56]  # and the floor
+
+
+def test_damage_points_fit_about_two_minutes() -> None:
+    """As many points per layer as take at most the budget on the threads given, at least one: all four on a
+    model of milliseconds, one on Swin-T + UPerNet at 512 (60 layers, 4.5 s a run)."""
+    assert damage_points(0.05, 70, 2) == 4
+    assert damage_points(2.0, 60, 2) == 2 and damage_points(1.5, 60, 2) == 2 and damage_points(1.2, 60, 2) == 3
+    assert damage_points(4.5, 60, 2) == 1 and damage_points(4.5, 60, 2, budget=600) == 4
+
+
+def test_a_slow_model_is_measured_at_half_of_each_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``points=None`` (``--damage-points auto``): with no time to spare, one point per layer (half of it kept),
+    the curve continued through the origin; the measured damage there is the same as with four points."""
+    layers = [Layer("a", np.array([1.0, 2.0, 3.0, 4.0]))]
+
+    def cut(ly: Layer, kept: list[int]) -> onnx.ModelProto:
+        w = np.full(4, 0.25)
+        w[kept] = 1.0
+        return _scaled(w)
+
+    feeds = [{"X": np.random.default_rng(0).normal(size=(1, 4, 2, 2)).astype(np.float32)}]
+    full = measure_damage(_scaled(np.ones(4)), layers, {"a": 1}, cut, feeds, 1)[1]["a"]
+    monkeypatch.setattr(importance, "DAMAGE_SECONDS", 0.0)
+    curves, points = measure_damage(_scaled(np.ones(4)), layers, {"a": 1}, cut, feeds, 1, points=None)
+    assert sorted(full) == [1, 2, 3] and points["a"] == {2: full[2]}
+    assert curves["a"] == pytest.approx([0.0, full[2] / 2, full[2], 1.5 * full[2], 2 * full[2]])
 
 
 def test_distortion_is_kl_of_the_class_distribution() -> None:
@@ -172,7 +201,7 @@ def test_cli_sensitivity_and_its_usage_errors(xxs: Path, tmp_path: Path, capsys:
     args = [str(xxs), "-o", str(out), "--target-flops", "0.5", "--units", "channels"]
     assert main([*args, "--importance", "sensitivity", "--calib", "synthetic", "--calib-count", "2"]) == 0
     assert read_plan(onnx.load(str(out)))["channels"]
-    assert "sensitivity: " in capsys.readouterr().out
+    assert "(at most 4 per layer)" in capsys.readouterr().out  # --damage-points auto on a model of milliseconds
     out.unlink()
     for extra, message in [
         (["--importance", "sensitivity"], "give --calib DATA"),
@@ -191,6 +220,8 @@ def test_cli_sensitivity_and_its_usage_errors(xxs: Path, tmp_path: Path, capsys:
     assert main([*args, "--importance", "sensitivity", "--calib", str(empty)]) == 1
     assert "no images" in capsys.readouterr().err
     assert not out.exists()
+    assert main([*args, "--calib", "noise", "--calib-count", "1", "--damage-points", "1"]) == 0
+    assert "(at most 1 per layer)" in capsys.readouterr().out  # auto measures 4 on this small model
 
 
 def test_measured_damage_is_the_default_where_images_are_given(xxs: Path, tmp_path: Path) -> None:

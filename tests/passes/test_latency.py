@@ -337,6 +337,17 @@ def test_the_loop_brackets_then_narrows() -> None:
     assert _next_asked(skewed) == pytest.approx(0.20 + 0.75 * 0.15)
 
 
+def test_the_first_plan_asks_for_the_middle_of_the_band() -> None:
+    """A ceiling's band keeps two standard errors under the target: a plan asked for the target itself, predicted
+    right, lands above it. The first plan asks for the middle of the band of a 1% measurement."""
+    from passes._core.loop import first_asked, latency_band
+
+    assert first_asked(0.35, 0.1, True) == pytest.approx((0.315 + 0.007 + 0.35 - 0.007) / 2)
+    assert first_asked(0.4, 0.05, False) == pytest.approx(0.39)  # a match: [0.95, 1] x the reference
+    low, high = latency_band(0.5, 0.004, 0.1, True)  # Swin-T + UPerNet at 512: predicted 0.497, measured 0.499
+    assert not low <= 0.499 <= high and low <= first_asked(0.5, 0.1, True) <= high
+
+
 def test_a_long_measurement_shows_its_progress(exported, capsys: pytest.CaptureFixture[str]) -> None:
     """The timing of a cut draws a progress bar on stderr (rounds done, time left) even when stderr is not a
     terminal, so a caller that captures it (runtime.pipeline) shows how far it is."""
