@@ -213,11 +213,12 @@ def run_compress(model: onnx.ModelProto, config: CompressConfig) -> CompressResu
         result = CompressResult(current, steps, before, None)
     else:
         problem = discover(model, config)
-        chosen = allocate_plan(problem, config)
+        loop = _loop_config(config) if config.target_latency is not None else None
+        chosen = allocate_plan(problem, replace(config, target_latency=loop.first_asked) if loop else config)
         current, steps = problem.apply(chosen, model)
         result = CompressResult(current, steps, before, None, chosen, problem.skipped, notes=list(chosen.notes))
-        if chosen.allocation is not None and chosen.allocation.metric == "latency":
-            result.attempts = _close_latency_loop(model, problem, config, chosen, current, steps, result.notes)
+        if loop is not None and chosen.allocation is not None and chosen.allocation.metric == "latency":
+            result.attempts = _close_latency_loop(model, problem, config, loop, chosen, current, steps, result.notes)
             best = result.latency = min(result.attempts, key=lambda a: a.miss())
             result.plan, result.model, result.steps = best.plan, best.model, best.steps
             if best.plan.allocation is not None:  # the budget is reported against what was asked, as measured
@@ -375,17 +376,28 @@ def compress(model: onnx.ModelProto, config: CompressConfig) -> tuple[onnx.Model
     return result.model, describe(result, config)
 
 
+def _loop_config(config: CompressConfig) -> LoopConfig:
+    return LoopConfig(
+        target=float(config.target_latency or 1.0),
+        tolerance=config.latency_tolerance,
+        retries=config.latency_retries,
+        threads=config.latency_threads,
+        reference=config.latency_reference,
+    )
+
+
 def _close_latency_loop(
     model: onnx.ModelProto,
     problem: Problem,
     config: CompressConfig,
+    loop: LoopConfig,
     chosen: CompressPlan,
     current: onnx.ModelProto,
     steps: list[PassReport],
     notes: list[str],
 ) -> list[Attempt]:
     """The latency loop (:func:`passes._core.loop.close_loop`) over plans for other asked targets; the first is
-    ``chosen`` (already applied: ``current``, ``steps``)."""
+    ``chosen``, planned for ``loop.first_asked`` (already applied: ``current``, ``steps``)."""
     first = (chosen, current, steps)
 
     def plan_for(asked: float) -> tuple[CompressPlan, onnx.ModelProto, list[PassReport], float, Any]:
@@ -399,13 +411,6 @@ def _close_latency_loop(
         assert plan.allocation is not None
         return plan, out, done, plan.allocation.achieved, tuple(sorted(plan.allocation.counts.items()))
 
-    loop = LoopConfig(
-        target=float(config.target_latency or 1.0),
-        tolerance=config.latency_tolerance,
-        retries=config.latency_retries,
-        threads=config.latency_threads,
-        reference=config.latency_reference,
-    )
     against = problem.model if loop.ceiling else canonicalize(config.latency_reference)  # type: ignore[arg-type]
     return close_loop(against, plan_for, loop, notes)
 

@@ -131,6 +131,15 @@ class LoopConfig:
     def ceiling(self) -> bool:
         return self.reference is None
 
+    @property
+    def band_tolerance(self) -> float:
+        return self.tolerance if self.tolerance is not None else (0.1 if self.ceiling else 0.05)
+
+    @property
+    def first_asked(self) -> float:
+        """What the first plan asks for (:func:`first_asked`)."""
+        return first_asked(self.target, self.band_tolerance, self.ceiling)
+
 
 #: ``plan_for(asked target) -> (plan, model, steps, predicted ratio, key)``: a plan, what the passes wrote for it,
 #: the table's estimate, and a key that is equal for equal cuts
@@ -138,17 +147,18 @@ Planner = Callable[[float], tuple[Any, onnx.ModelProto, list[Any], float, Any]]
 
 
 def close_loop(against: onnx.ModelProto, plan_for: Planner, config: LoopConfig, notes: list[str]) -> list[Attempt]:
-    """Measure cuts against ``against`` (the input, or the reference itself for a match: a chain of two measured
-    ratios misses it by more than the band) and correct the plan until one lands in :func:`latency_band` (at most
-    ``config.retries`` corrections); every attempt, in order. The caller keeps the attempt inside the band, else
-    the closest under the ceiling, else the closest over it (:meth:`Attempt.miss`). For a match, ratios are
-    scaled by the target (the reference's ratio to the input), so every attempt reads against the input."""
+    """Plan for :attr:`LoopConfig.first_asked`, measure the cut against ``against`` (the input, or the reference
+    itself for a match: a chain of two measured ratios misses it by more than the band) and correct the plan until
+    one lands in :func:`latency_band` (at most ``config.retries`` corrections); every attempt, in order. The
+    caller keeps the attempt inside the band, else the closest under the ceiling, else the closest over it
+    (:meth:`Attempt.miss`). For a match, ratios are scaled by the target (the reference's ratio to the input), so
+    every attempt reads against the input."""
     target, ceiling = config.target, config.ceiling
-    tolerance = config.tolerance if config.tolerance is not None else (0.1 if ceiling else 0.05)
+    tolerance = config.band_tolerance
     scale = 1.0 if ceiling else target
     measured: dict[Any, Attempt] = {}
     attempts: list[Attempt] = []
-    asked = first_asked(target, tolerance, ceiling)
+    asked = config.first_asked
     for attempt in range(config.retries + 1):
         if attempt:
             asked = next_asked(attempts)

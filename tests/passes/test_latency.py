@@ -316,6 +316,11 @@ def test_the_latency_loop_lands_from_any_first_plan_under_a_noisy_timer(
     assert len(timed) <= config.latency_retries + 1
     low, high = report.extra["latency_band"]
     assert low <= report.extra["cpu_time_ratio"] <= high
+    from passes._core.loop import first_asked
+
+    first = report.extra["latency_attempts"][0]  # planned for the band's middle, not the target
+    assert first["asked"] == pytest.approx(first_asked(target, 0.1, True), abs=1e-4)
+    assert first["predicted"] <= first["asked"] + 1e-6
 
 
 def test_the_loop_brackets_then_narrows() -> None:
