@@ -24,7 +24,8 @@ sensitivity analysis do):
    (:func:`damage_curve`); the budget then values the next cut of a layer by the distortion it adds.
 
 Layers are measured one at a time, so interactions between layers are ignored (the usual additive assumption of
-sensitivity analysis); the cost is ``layers x (len(FRACTIONS) + 1) + 1`` runs over the images. A layer with a
+sensitivity analysis); the cost is ``layers x points + 1`` runs over the images, up to 4 points per layer
+(:data:`POINTS`; :func:`damage_points` measures fewer on a model whose run takes seconds). A layer with a
 zeroing oracle (heads, head channels, neurons, conv channels) is cut by a mask: one copy of the model whose
 consuming weights are multiplied by masks fed as inputs (:func:`passes._core.oracle.masked_model`) runs every such
 cut in one session, with zeros in one layer's mask, and computes exactly the cut model's output. Widths (their

@@ -53,6 +53,8 @@ from passes._core.defaults import LATENCY_THREADS
 
 log = logging.getLogger(__name__)
 
+#: a model whose profiled run takes this many ms or more is not timed again without the profiler (:func:`fit_table`)
+PLAIN_RUNS_UNDER_MS = 1000.0
 TABLE_VERSION = 3  # 2: one thread, calibrated against plain runs' CPU time; 3: node times as least times
 
 
@@ -318,13 +320,15 @@ def fit_table(
 
     Each variant is ``(cut model, fraction(tensors))``: the product of kept fractions that the cut applies to a
     node carrying those tensors. Every profile takes the same number of runs (``runs``, or as many as the full
-    model's speed calls for); a progress bar shows the runs left."""
+    model's speed calls for); a progress bar shows the runs left. A model whose run takes a second or more is not
+    run again without the profiler: the profiler's own work, some microseconds per node, is under 0.1% of it."""
     with progress(0, "latency table") as bar:
         full = profile(model, threads, runs, None, bar)
-        bar.total = (len(variants) + 2) * (full.runs + full.warmup)
+        slow = full.cpu_ms >= PLAIN_RUNS_UNDER_MS
+        bar.total = (len(variants) + (1 if slow else 2)) * (full.runs + full.warmup)
         bar.refresh()
         profiles = [(profile(v, threads, full.runs, full.warmup, bar).times, frac) for v, frac in variants]
-        plain = run_cpu_ms(model, threads, full.runs, full.warmup, bar)
+        plain = full.cpu_ms if slow else run_cpu_ms(model, threads, full.runs, full.warmup, bar)
     t_full, tensors = full.times, full.tensors
     # the profiler's own work, a few microseconds per node, is in every node's time: at 64 px, where a node takes
     # some 15 us, it made a cut look twice as slow as it runs. It is the profiled runs' CPU time less a plain run's,

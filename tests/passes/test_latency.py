@@ -61,6 +61,22 @@ def test_fit_recovers_a_synthetic_cost_function(monkeypatch: pytest.MonkeyPatch,
     assert cost.evaluate({"layer_x": 2}) == pytest.approx(cost.full - 1.5)  # conv: 3.0 * (1 - 2/4)
 
 
+def test_a_model_of_seconds_is_not_run_again_without_the_profiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At a second or more a run, the profiler's own work is negligible: the table takes the profiled runs' CPU
+    time as the plain one instead of timing the model again (a Swin-T at 512 spent 17 s on that)."""
+    true = {"conv": (200.0, 3000.0, ["x"]), "resize": (500.0, 0.0, ["z"])}
+    monkeypatch.setattr(latency, "profile", _fake_profiles(true, [{"x": 0.5}]))
+
+    def never(*a, **k):
+        raise AssertionError("timed again")
+
+    monkeypatch.setattr(latency, "run_cpu_ms", never)
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    table = latency.fit_table(model, [(model, lambda tens: 0.5 if tens[0] == "x" else 1.0)], threads=1, runs=1)
+    assert table.wall_ms == pytest.approx(3700.5) and table.profiler_ms == 0.0
+    assert {n.name: (n.a, n.b) for n in table.nodes}["conv"] == pytest.approx((200.0, 3000.0))
+
+
 def _brute_force(layers: list[Layer], cost: CostModel, goal: float, floors: dict[str, int]) -> float:
     """The least LAMP importance removed over every allocation that meets the goal (units removed lowest first)."""
     best = float("inf")
