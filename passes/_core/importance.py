@@ -247,7 +247,7 @@ def measure_damage(
     it. Where the model's batch axis is symbolic the images go in one batch. ``points``: the points measured per
     layer (:data:`POINTS`); None: as many as :func:`damage_points` gives for the time the uncut model's run takes.
     """
-    from passes._core.latency import progress
+    from passes._core.latency import progress, run_cpu_ms
 
     if not feeds:
         raise PassError("measured sensitivity needs at least one calibration image")
@@ -256,7 +256,7 @@ def measure_damage(
     masked = {name: u for name, u in masked.items() if maskable(u, model) is None}
     runner = _MaskedRunner(model, masked, feeds) if masked else None
     if points is None:
-        seconds = runner.seconds if runner else _run_seconds(model, feeds)
+        seconds = runner.seconds if runner else len(feeds) * run_cpu_ms(model, 1, runs=1, warmup=0) / 1e3
         points = damage_points(seconds, len(layers), threads, DAMAGE_SECONDS)
     jobs = [(ly, removal_points(ly, floors[ly.name], points)) for ly in layers]
     measured: dict[str, dict[int, float]] = {ly.name: {} for ly in layers}
@@ -306,17 +306,6 @@ class _MaskedRunner:
 
     def run(self, masks: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         return [self.sess.run(None, {**b, **masks})[0] for b in self.batches]
-
-
-def _run_seconds(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]]) -> float:
-    """The CPU time of one run of ``model`` over ``feeds`` on one onnxruntime thread."""
-    from passes._core.latency import _session
-
-    sess = _session(model, 1, profile=False, basic=True)
-    start = time.thread_time()
-    for f in feeds:
-        sess.run(None, dict(f))
-    return time.thread_time() - start
 
 
 def _measure_masked(
