@@ -211,6 +211,66 @@ def _unshare_shape_vectors(graph: onnx.GraphProto) -> int:
     return len(copies)
 
 
+def _reuse_fold(n: onnx.NodeProto, k: int, new_inits: dict[str, str]) -> int:
+    """Input ``k`` of ``n`` reads the constant already folded from its value in this round (1), else 0."""
+    const = new_inits.get(n.input[k])
+    if const is None:
+        return 0
+    n.input[k] = const
+    return 1
+
+
+def _fold_size_inputs(graph: onnx.GraphProto, fold: GraphView, taken: set[str], new_inits: dict[str, str]) -> int:
+    """The integer size inputs (:data:`SIZE_INPUTS`) that ``fold`` can compute, as constants."""
+    changed = 0
+    for n in graph.node:
+        for k in SIZE_INPUTS.get(n.op_type, ()):
+            if k >= len(n.input) or not n.input[k]:
+                continue
+            name = n.input[k]
+            if fold.is_constant(name) or name in fold.graph_inputs:
+                continue
+            reused = _reuse_fold(n, k, new_inits)
+            if not reused and fold._types.get(name) in _INT_TYPES:
+                reused = _fold_input(graph, fold, taken, new_inits, n, k)
+            changed += reused
+    return changed
+
+
+def _is_small_shape_value(fold: GraphView, name: str) -> bool:
+    """``name`` is computed by shape arithmetic, is not yet a constant, and holds at most 16 values derived from
+    shapes."""
+    ref = fold.producer.get(name)
+    if ref is None or ref.node.op_type not in _SHAPE_MATH or fold.is_constant(name):
+        return False
+    shape = fold.shape(name)
+    return shape is not None and len(shape) <= 1 and int(np.prod(shape)) <= 16 and _from_shape(fold, name)
+
+
+def _fold_small_values(
+    graph: onnx.GraphProto, fold: GraphView, bound: GraphView | None, taken: set[str], new_inits: dict[str, str]
+) -> int:
+    """Small values derived from static shapes anywhere else, as constants: the 1/sqrt(head_dim) scale that the
+    exporters compute from q's shape for fused attention (Shape -> Slice -> Cast -> Sqrt -> Div), read by a Mul.
+    Where the chain goes on computing a shape (a node whose output is a value once the symbolic dimensions are
+    bound: MobileViT's ``B * C * n_h`` under a dynamic batch), it is folded where it ends, if at all: a channel
+    count folded into a run-time product would not follow a cut of the channels."""
+    changed = 0
+    for n in graph.node:
+        if bound is not None and n.op_type in _SHAPE_MATH and n.output and bound.value(n.output[0]) is not None:
+            if n.op_type == "Concat" and bound.free_value(n.output[0]) is None:  # a run-time shape vector: its
+                changed += _fold_parts(graph, bound, taken, new_inits, n)  # parts free of the binding folded
+            continue
+        for k, name in enumerate(n.input):
+            if not name or k in SIZE_INPUTS.get(n.op_type, ()) or name in fold.graph_inputs:
+                continue
+            reused = _reuse_fold(n, k, new_inits)
+            if not reused and _is_small_shape_value(fold, name):
+                reused = _fold_input(graph, fold, taken, new_inits, n, k)
+            changed += reused
+    return changed
+
+
 def _fold_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Replace shape-carrying integer inputs computable from static shapes by constants, to a fixed point. With
     symbolic input dimensions, only values that hold whatever they are (:meth:`GraphView.free_value`) are folded."""
@@ -219,51 +279,14 @@ def _fold_shapes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         view = GraphView(model)
         bound = GraphView(model, bind=bindings(model)) if view.symbolic_inputs else None
         fold = view if bound is None else bound
-        graph = model.graph
-        taken = _taken_names(graph)
+        taken = _taken_names(model.graph)
         new_inits: dict[str, str] = {}
-        changed = 0
-        for n in graph.node:
-            positions = SIZE_INPUTS.get(n.op_type, ())
-            for k in positions:
-                if k >= len(n.input) or not n.input[k]:
-                    continue
-                name = n.input[k]
-                if fold.is_constant(name) or name in fold.graph_inputs:
-                    continue
-                if name in new_inits:
-                    n.input[k] = new_inits[name]
-                    changed += 1
-                    continue
-                if fold._types.get(name) in _INT_TYPES:
-                    changed += _fold_input(graph, fold, taken, new_inits, n, k)
-        # small values derived from static shapes anywhere else: the 1/sqrt(head_dim) scale that the exporters
-        # compute from q's shape for fused attention (Shape -> Slice -> Cast -> Sqrt -> Div), read by a Mul. Where
-        # the chain goes on computing a shape (a node whose output is a value once the symbolic dimensions are bound:
-        # MobileViT's ``B * C * n_h`` under a dynamic batch), it is folded where it ends, if at all: a channel count
-        # folded into a run-time product would not follow a cut of the channels
-        for n in graph.node:
-            if bound is not None and n.op_type in _SHAPE_MATH and n.output and bound.value(n.output[0]) is not None:
-                if n.op_type == "Concat" and bound.free_value(n.output[0]) is None:  # a run-time shape vector: its
-                    changed += _fold_parts(graph, bound, taken, new_inits, n)  # parts free of the binding folded
-                continue
-            for k, name in enumerate(n.input):
-                if not name or k in SIZE_INPUTS.get(n.op_type, ()) or name in fold.graph_inputs:
-                    continue
-                if name in new_inits:
-                    n.input[k] = new_inits[name]
-                    changed += 1
-                    continue
-                ref = fold.producer.get(name)
-                if ref is None or ref.node.op_type not in _SHAPE_MATH or fold.is_constant(name):
-                    continue
-                shape = fold.shape(name)
-                if shape is not None and len(shape) <= 1 and int(np.prod(shape)) <= 16 and _from_shape(fold, name):
-                    changed += _fold_input(graph, fold, taken, new_inits, n, k)
+        changed = _fold_size_inputs(model.graph, fold, taken, new_inits)
+        changed += _fold_small_values(model.graph, fold, bound, taken, new_inits)
         if not changed:
             break
         folded += changed
-        _remove_dead(graph)
+        _remove_dead(model.graph)
     return model, folded
 
 
