@@ -488,6 +488,70 @@ def _check_resume(cfg: DistillConfig, out: Path, resume: Path) -> None:
             )
 
 
+def _check_teacher(teacher: Any, student: Any, crop: int) -> None:
+    """The teacher predicts the student's classes, and a Swin teacher was built for the crop it will see."""
+    if teacher.config.num_classes != student.config.num_classes:
+        raise DistillError(
+            f"teacher predicts {teacher.config.num_classes} classes, the student {student.config.num_classes}."
+        )
+    if teacher.config.family == "swin" and teacher.config.input_size != crop:
+        raise DistillError(
+            f"the Swin teacher was built for {teacher.config.input_size}x{teacher.config.input_size} inputs; "
+            f"distil with --crop {teacher.config.input_size} (or train the teacher at --crop {crop})."
+        )
+
+
+def _teacher_cache(cfg: DistillConfig, out: Path, num_classes: int, key: str) -> Path:
+    """The folder of this run's cached teacher outputs (its size logged)."""
+    cache_dir = (Path(cfg.cache_dir) if cfg.cache_dir else out / "teacher_cache") / key
+    entries = cfg.steps * cfg.batch_size  # one per sample and epoch: no entry is read twice in one run
+    mb = entries * num_classes * (cfg.crop // 4) ** 2 * 4 / 1e6
+    log.info(
+        "teacher cache %s: up to %d entries (%.0f MB of logits, more with features); reused only by a later run "
+        "with the same teacher, data, seed and batch size",
+        cache_dir,
+        entries,
+        mb,
+    )
+    return cache_dir
+
+
+def _train_config(cfg: DistillConfig, model: str, out: Path, rank: int) -> Any:
+    """The training loop's configuration for this distillation (the evaluation on the first process only)."""
+    from models.train import TrainConfig
+
+    return TrainConfig(
+        model=model,
+        data=cfg.data,
+        out=str(out),
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        crop=cfg.crop,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps,
+        checkpoint_every=cfg.checkpoint_every,
+        log_every=cfg.log_every,
+        seed=cfg.seed,
+        num_workers=cfg.num_workers,
+        threads=cfg.threads,
+        device=cfg.device,
+        eval_split=cfg.eval_split if rank == 0 else None,
+        eval_limit=cfg.eval_limit,
+    )
+
+
+def _log_cache_use(teacher_outputs: Any, cache_dir: Path) -> None:
+    """Say that a teacher cache that only missed pays only when a later run repeats the schedule."""
+    if teacher_outputs.misses and not teacher_outputs.hits:
+        log.info(
+            "teacher cache: %d misses and no hits, as expected for a first run (each sample is augmented anew every "
+            "epoch); it pays only when a later run repeats this schedule. Delete %s when done.",
+            teacher_outputs.misses,
+            cache_dir,
+        )
+
+
 def distill(cfg: DistillConfig, *, resume: str | Path | None = None, progress: str | None = None) -> DistillResult:
     """Distil ``cfg.teacher`` into ``cfg.student`` for ``cfg.steps`` steps; see the module docstring.
 
@@ -498,7 +562,7 @@ def distill(cfg: DistillConfig, *, resume: str | Path | None = None, progress: s
 
     from models.data import DataError, find_samples
     from models.losses import DistillLoss
-    from models.train import TrainConfig, train
+    from models.train import train
 
     t0 = time.perf_counter()
     loss_config = cfg.loss
@@ -510,15 +574,7 @@ def distill(cfg: DistillConfig, *, resume: str | Path | None = None, progress: s
     student, plan, export_info = _load_student(cfg)
     teacher = load_teacher(cfg.teacher, cfg.teacher_model) if loss_config.kd_weight or loss_config.feat_weight else None
     if teacher is not None:
-        if teacher.config.num_classes != student.config.num_classes:
-            raise DistillError(
-                f"teacher predicts {teacher.config.num_classes} classes, the student {student.config.num_classes}."
-            )
-        if teacher.config.family == "swin" and teacher.config.input_size != cfg.crop:
-            raise DistillError(
-                f"the Swin teacher was built for {teacher.config.input_size}x{teacher.config.input_size} inputs; "
-                f"distil with --crop {teacher.config.input_size} (or train the teacher at --crop {cfg.crop})."
-            )
+        _check_teacher(teacher, student, cfg.crop)
     try:
         samples = find_samples(cfg.data, "train")
         sample_paths = [p for s in samples for p in (s.image_path, s.mask_path) if p is not None]
@@ -538,17 +594,7 @@ def distill(cfg: DistillConfig, *, resume: str | Path | None = None, progress: s
     feat_stages = loss_config.feat_stages if loss_config.feat_weight else ()
     cache_dir = None
     if cfg.cache_teacher and teacher is not None:
-        base = Path(cfg.cache_dir) if cfg.cache_dir else out / "teacher_cache"
-        cache_dir = base / cache_key(cfg, sample_paths, feat_stages)
-        entries = cfg.steps * cfg.batch_size  # one per sample and epoch: no entry is read twice in one run
-        mb = entries * teacher.config.num_classes * (cfg.crop // 4) ** 2 * 4 / 1e6
-        log.info(
-            "teacher cache %s: up to %d entries (%.0f MB of logits, more with features); reused only by a later run "
-            "with the same teacher, data, seed and batch size",
-            cache_dir,
-            entries,
-            mb,
-        )
+        cache_dir = _teacher_cache(cfg, out, teacher.config.num_classes, cache_key(cfg, sample_paths, feat_stages))
     if teacher is not None:
         teacher.to(cfg.device)  # outside the student's module tree: moved here, not by the training loop
     teacher_outputs = TeacherOutputs(teacher, feat_stages, cache_dir) if teacher else None
@@ -563,25 +609,7 @@ def distill(cfg: DistillConfig, *, resume: str | Path | None = None, progress: s
         from fileformat.io import atomic_write_text
 
         atomic_write_text(out / CONFIG_FILE, json.dumps({**cfg.to_dict(), "bn_frozen": frozen}, indent=1) + "\n")
-    tcfg = TrainConfig(
-        model=student.config.name,
-        data=cfg.data,
-        out=str(out),
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        crop=cfg.crop,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        warmup_steps=cfg.warmup_steps,
-        checkpoint_every=cfg.checkpoint_every,
-        log_every=cfg.log_every,
-        seed=cfg.seed,
-        num_workers=cfg.num_workers,
-        threads=cfg.threads,
-        device=cfg.device,
-        eval_split=cfg.eval_split if rank == 0 else None,
-        eval_limit=cfg.eval_limit,
-    )
+    tcfg = _train_config(cfg, student.config.name, out, rank)
     try:
         result = train(tcfg, student, loss_fn=objective, resume=resume_path, progress=progress)
     except ValueError as exc:  # a resume checkpoint of another student, a batch that does not split, ...
@@ -595,13 +623,8 @@ def distill(cfg: DistillConfig, *, resume: str | Path | None = None, progress: s
         onnx_path = _export(student, plan, export_info, cfg, out, result.step)
     if world > 1:
         torch.distributed.barrier()
-    if teacher_outputs is not None and cache_dir is not None and teacher_outputs.misses and not teacher_outputs.hits:
-        log.info(
-            "teacher cache: %d misses and no hits, as expected for a first run (each sample is augmented anew every "
-            "epoch); it pays only when a later run repeats this schedule. Delete %s when done.",
-            teacher_outputs.misses,
-            cache_dir,
-        )
+    if teacher_outputs is not None and cache_dir is not None:
+        _log_cache_use(teacher_outputs, cache_dir)
     return DistillResult(
         step=result.step,
         checkpoint=result.checkpoint,

@@ -48,74 +48,13 @@ def load_onnx_weights(model: nn.Module, proto: onnx.ModelProto, weight_map: dict
     state = dict(model.named_parameters())
     state.update({k: v for k, v in model.named_buffers() if v.is_floating_point()})
     summary = LoadSummary()
-    loaded: dict[str, str] = {}
-    folded_convs: dict[str, str] = {}  # bn path -> conv weight name
-
-    def torch_value(init_name: str, src: dict[str, Any]) -> torch.Tensor:
-        arr = numpy_helper.to_array(inits[init_name]).astype(np.float32)
-        return torch.from_numpy(np.ascontiguousarray(arr.T if src.get("transposed") else arr))
-
+    loaded: dict[str, str] = {}  # torch tensor -> the initializer that set it, or "folded"
     present = [(name, weight_sources(entry)) for name, entry in weight_map.items() if name in inits]
     with torch.no_grad():
-        for init_name, sources in present:  # removed initializers (a whole unit cut away) are checked below
-            if len(sources) != 1:
-                continue
-            src = sources[0]
-            param = src["param"]
-            if param not in state:
-                raise PlanError(
-                    f"weight_map: initializer {init_name!r} maps to {param!r}, which is not a tensor of the rebuilt "
-                    "model; the file's metadata does not describe this configuration."
-                )
-            value, target = torch_value(init_name, src), state[param]
-            if tuple(value.shape) != tuple(target.shape):
-                raise PlanError(
-                    f"initializer {init_name!r} has shape {list(value.shape)} (torch layout) but {param} of the "
-                    f"rebuilt model is {list(target.shape)}: the file's plan does not describe its weights."
-                )
-            if param in loaded and not torch.equal(target, value):
-                raise PlanError(f"{param} is given twice with different values ({loaded[param]}, {init_name}).")
-            target.copy_(value)
-            loaded[param] = init_name
-        for _, sources in present:
-            for src in sources:
-                bn, param = src.get("folded_bn"), str(src["param"])
-                if bn and param.endswith(".weight") and not param.startswith(bn + "."):
-                    folded_convs[bn] = param
-        folded_stats = {f"{bn}.{s}" for bn in folded_convs for s in ("weight", "running_mean", "running_var")}
-        for init_name, sources in present:  # equal tensors stored once: fill what is still missing
-            if len(sources) == 1:
-                continue
-            for src in sources:
-                param = src["param"]
-                if param not in state or param in loaded or param in folded_stats:
-                    continue
-                value = torch_value(init_name, src)
-                if tuple(value.shape) == tuple(state[param].shape):
-                    state[param].copy_(value)
-                    loaded[param] = init_name
-        for path, mod in model.named_modules():
-            if not isinstance(mod, nn.modules.batchnorm._NormBase):
-                continue
-            pre = f"{path}."
-            stats = [pre + "weight", pre + "running_mean", pre + "running_var"]
-            if path in folded_convs and pre + "bias" not in loaded and not any(s in loaded for s in stats):
-                # folded into its conv with a zero bias, which the dynamo exporter's optimiser then removed
-                mod.bias.zero_()
-                loaded[pre + "bias"] = "folded"
-            if pre + "bias" in loaded and not any(s in loaded for s in stats):
-                mod.weight.fill_(1.0)
-                mod.running_mean.zero_()
-                mod.running_var.fill_(1.0 - mod.eps)  # sqrt(var + eps) == 1 exactly in float32
-                for s in stats:
-                    loaded[s] = "folded"
-                conv_w = folded_convs.get(path)
-                if conv_w is not None:
-                    conv = model.get_submodule(conv_w.rsplit(".", 1)[0])
-                    if getattr(conv, "bias", None) is not None and conv_w[:-6] + "bias" not in loaded:
-                        conv.bias.zero_()  # the folded bias b' already holds it
-                        loaded[conv_w[:-6] + "bias"] = "folded"
-                summary.folded_bn.append(path)
+        _load_own(inits, state, present, loaded)  # removed initializers (a whole unit cut away) are checked below
+        folded_convs = _folded_convs(present)
+        _load_shared(inits, state, present, loaded, folded_convs)
+        summary.folded_bn = _fold_batchnorms(model, loaded, folded_convs)
     missing = [k for k in state if k not in loaded]
     if missing:
         raise PlanError(
@@ -125,6 +64,106 @@ def load_onnx_weights(model: nn.Module, proto: onnx.ModelProto, weight_map: dict
         )
     summary.loaded = sorted(k for k, v in loaded.items() if v != "folded")
     return summary
+
+
+Sources = list[tuple[str, list[dict[str, Any]]]]
+
+
+def _torch_value(inits: dict[str, onnx.TensorProto], init_name: str, src: dict[str, Any]) -> torch.Tensor:
+    arr = numpy_helper.to_array(inits[init_name]).astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(arr.T if src.get("transposed") else arr))
+
+
+def _load_own(
+    inits: dict[str, onnx.TensorProto], state: dict[str, torch.Tensor], present: Sources, loaded: dict[str, str]
+) -> None:
+    """Every tensor with an initializer of its own, its shape checked."""
+    for init_name, sources in present:
+        if len(sources) != 1:
+            continue
+        src = sources[0]
+        param = src["param"]
+        if param not in state:
+            raise PlanError(
+                f"weight_map: initializer {init_name!r} maps to {param!r}, which is not a tensor of the rebuilt "
+                "model; the file's metadata does not describe this configuration."
+            )
+        value, target = _torch_value(inits, init_name, src), state[param]
+        if tuple(value.shape) != tuple(target.shape):
+            raise PlanError(
+                f"initializer {init_name!r} has shape {list(value.shape)} (torch layout) but {param} of the "
+                f"rebuilt model is {list(target.shape)}: the file's plan does not describe its weights."
+            )
+        if param in loaded and not torch.equal(target, value):
+            raise PlanError(f"{param} is given twice with different values ({loaded[param]}, {init_name}).")
+        target.copy_(value)
+        loaded[param] = init_name
+
+
+def _folded_convs(present: Sources) -> dict[str, str]:
+    """``{BatchNorm path: the weight of the conv it was folded into}``."""
+    out: dict[str, str] = {}
+    for _, sources in present:
+        for src in sources:
+            bn, param = src.get("folded_bn"), str(src["param"])
+            if bn and param.endswith(".weight") and not param.startswith(bn + "."):
+                out[bn] = param
+    return out
+
+
+def _load_shared(
+    inits: dict[str, onnx.TensorProto],
+    state: dict[str, torch.Tensor],
+    present: Sources,
+    loaded: dict[str, str],
+    folded_convs: dict[str, str],
+) -> None:
+    """Equal tensors stored once: fill what is still missing where the shape matches, never a folded BatchNorm's
+    statistics."""
+    folded_stats = {f"{bn}.{s}" for bn in folded_convs for s in ("weight", "running_mean", "running_var")}
+    for init_name, sources in present:
+        if len(sources) == 1:
+            continue
+        for src in sources:
+            param = src["param"]
+            if param not in state or param in loaded or param in folded_stats:
+                continue
+            value = _torch_value(inits, init_name, src)
+            if tuple(value.shape) == tuple(state[param].shape):
+                state[param].copy_(value)
+                loaded[param] = init_name
+
+
+def _fold_batchnorms(model: nn.Module, loaded: dict[str, str], folded_convs: dict[str, str]) -> list[str]:
+    """Each BatchNorm whose bias is loaded but whose weight and statistics are not becomes the identity scheme (its
+    conv's own bias zeroed: the folded bias holds it). Returns their paths."""
+    folded = []
+    for path, mod in model.named_modules():
+        if not isinstance(mod, nn.modules.batchnorm._NormBase):
+            continue
+        pre = f"{path}."
+        stats = [pre + "weight", pre + "running_mean", pre + "running_var"]
+        if any(s in loaded for s in stats):
+            continue
+        if path in folded_convs and pre + "bias" not in loaded:
+            # folded into its conv with a zero bias, which the dynamo exporter's optimiser then removed
+            mod.bias.zero_()
+            loaded[pre + "bias"] = "folded"
+        if pre + "bias" not in loaded:
+            continue
+        mod.weight.fill_(1.0)
+        mod.running_mean.zero_()
+        mod.running_var.fill_(1.0 - mod.eps)  # sqrt(var + eps) == 1 exactly in float32
+        for s in stats:
+            loaded[s] = "folded"
+        conv_w = folded_convs.get(path)
+        if conv_w is not None:
+            conv = model.get_submodule(conv_w.rsplit(".", 1)[0])
+            if getattr(conv, "bias", None) is not None and conv_w[:-6] + "bias" not in loaded:
+                conv.bias.zero_()  # the folded bias b' already holds it
+                loaded[conv_w[:-6] + "bias"] = "folded"
+        folded.append(path)
+    return folded
 
 
 def load_pruned(path: str | Path) -> onnx.ModelProto:

@@ -59,6 +59,17 @@ def _collect_slices(model: nn.Module, plan: dict[str, Any]) -> tuple[Slices, dic
 
     Returns ``(slices, heads)``: ``{tensor: {axis: kept}}`` and ``{attention path: kept heads}``.
     """
+    slices = _explicit_slices(model, plan)
+    heads = {path: _head_slices(model, plan, path, entry, slices) for path, entry in plan["heads"].items()}
+    for path, entry in plan["neurons"].items():
+        _neuron_slices(model, path, entry, slices)
+    for path, entry in plan["channels"].items():
+        _check_channels(model, path, entry, slices)
+    return slices, heads
+
+
+def _explicit_slices(model: nn.Module, plan: dict[str, Any]) -> Slices:
+    """The plan's ``slices`` entries, each tensor, axis and index checked against ``model``."""
     tensors = dict(model.named_parameters())
     tensors.update(dict(model.named_buffers()))
     slices: Slices = {}
@@ -81,64 +92,69 @@ def _collect_slices(model: nn.Module, plan: dict[str, Any]) -> tuple[Slices, dic
             if not 0 <= axis < len(shape):
                 raise PlanError(f"plan slices {name}: axis {axis} out of range for shape {list(shape)}.")
             slices.setdefault(name, {})[axis] = plan_indices(f"plan slices {name} axis {axis}", kept, shape[axis])
+    return slices
 
-    heads: dict[str, list[int]] = {}
-    for path, entry in plan["heads"].items():
-        attn, qkv, proj, total, head_dim = _attention_parts(model, path)
-        if not isinstance(entry, dict) or "kept" not in entry:
-            raise PlanError(f"plan heads {path}: expected {{'kept': [...], 'total': N}}, got {entry!r}.")
-        if int(entry.get("total", total)) != total:
-            raise PlanError(f"plan heads {path}: the plan says {entry['total']} heads, the model has {total}.")
-        kept = plan_indices(f"plan heads {path}", entry["kept"], total)
-        heads[path] = kept
-        dims, qk_dims = _head_dims(plan, path, head_dim), _head_dims(plan, path + QK_SUFFIX, head_dim, path)
-        # fused qkv rows are [3, heads, head_dim] flattened: row = part * total * head_dim + h * head_dim + d
-        cols = [h * head_dim + d for h in kept for d in dims]
-        qk = [h * head_dim + d for h in kept for d in qk_dims]
-        rows = [p * total * head_dim + c for p, part in ((0, qk), (1, qk), (2, cols)) for c in part]
-        src = f"plan heads {path} (kept {kept} of {total})"
-        _merge_derived(slices, f"{path}.qkv.weight", 0, rows, src)
-        if qkv.bias is not None:
-            _merge_derived(slices, f"{path}.qkv.bias", 0, rows, src)
-        _merge_derived(slices, f"{path}.proj.weight", 1, cols, src)
 
-    for path, entry in plan["neurons"].items():
-        mlp = plan_module(model, path, "neurons")
-        fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
-        if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)):
-            # an MLP the graph shows but no one torch module holds (a 1x1-conv pair across two blocks): the plan's
-            # explicit slices of its tensors, validated above, are the cut
-            if any(name.startswith(path + ".") for name in slices):
-                continue
-            raise PlanError(f"plan neurons: {path!r} is a {type(mlp).__name__}, not an MLP with fc1/fc2 Linears.")
-        if not isinstance(entry, dict) or "kept" not in entry:
-            raise PlanError(f"plan neurons {path}: expected {{'kept': [...], 'total': N}}, got {entry!r}.")
-        total = fc1.out_features
-        if int(entry.get("total", total)) != total:
-            raise PlanError(f"plan neurons {path}: the plan says {entry['total']} neurons, the model has {total}.")
-        kept = plan_indices(f"plan neurons {path}", entry["kept"], total)
-        src = f"plan neurons {path}"
-        _merge_derived(slices, f"{path}.fc1.weight", 0, kept, src)
-        if fc1.bias is not None:
-            _merge_derived(slices, f"{path}.fc1.bias", 0, kept, src)
-        _merge_derived(slices, f"{path}.fc2.weight", 1, kept, src)
+def _head_slices(model: nn.Module, plan: dict[str, Any], path: str, entry: Any, slices: Slices) -> list[int]:
+    """The qkv rows and proj columns a ``heads`` entry implies, merged into ``slices``; returns the kept heads."""
+    _, qkv, _, total, head_dim = _attention_parts(model, path)
+    if not isinstance(entry, dict) or "kept" not in entry:
+        raise PlanError(f"plan heads {path}: expected {{'kept': [...], 'total': N}}, got {entry!r}.")
+    if int(entry.get("total", total)) != total:
+        raise PlanError(f"plan heads {path}: the plan says {entry['total']} heads, the model has {total}.")
+    kept = plan_indices(f"plan heads {path}", entry["kept"], total)
+    dims, qk_dims = _head_dims(plan, path, head_dim), _head_dims(plan, path + QK_SUFFIX, head_dim, path)
+    # fused qkv rows are [3, heads, head_dim] flattened: row = part * total * head_dim + h * head_dim + d
+    cols = [h * head_dim + d for h in kept for d in dims]
+    qk = [h * head_dim + d for h in kept for d in qk_dims]
+    rows = [p * total * head_dim + c for p, part in ((0, qk), (1, qk), (2, cols)) for c in part]
+    src = f"plan heads {path} (kept {kept} of {total})"
+    _merge_derived(slices, f"{path}.qkv.weight", 0, rows, src)
+    if qkv.bias is not None:
+        _merge_derived(slices, f"{path}.qkv.bias", 0, rows, src)
+    _merge_derived(slices, f"{path}.proj.weight", 1, cols, src)
+    return kept
 
-    for path, entry in plan["channels"].items():
-        mod = plan_module(model, path, "channels")
-        conv = mod if isinstance(mod, nn.Conv2d) else getattr(mod, "conv", None)
-        if conv is None and isinstance(mod, nn.Sequential) and len(mod) and isinstance(mod[0], nn.Conv2d):
-            conv = mod[0]
-        if not isinstance(conv, nn.Conv2d) or not isinstance(entry, dict) or "kept" not in entry:
-            raise PlanError(f"plan channels: {path!r} must name a Conv2d (or conv block) with {{'kept': [...]}}.")
-        conv_name = path if conv is mod else next(n for n, m in model.named_modules() if m is conv)
-        kept = plan_indices(f"plan channels {path}", entry["kept"], conv.out_channels)
-        have = slices.get(f"{conv_name}.weight", {}).get(0)
-        if have is None or have != kept:
-            raise PlanError(
-                f"plan channels {path} keeps {_short(kept)} but slices {conv_name}.weight axis 0 "
-                f"{'is absent' if have is None else 'keeps ' + _short(have)}: the plan is inconsistent."
-            )
-    return slices, heads
+
+def _neuron_slices(model: nn.Module, path: str, entry: Any, slices: Slices) -> None:
+    """The fc1 rows and fc2 columns a ``neurons`` entry implies, merged into ``slices``."""
+    mlp = plan_module(model, path, "neurons")
+    fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
+    if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)):
+        # an MLP the graph shows but no one torch module holds (a 1x1-conv pair across two blocks): the plan's
+        # explicit slices of its tensors, validated above, are the cut
+        if any(name.startswith(path + ".") for name in slices):
+            return
+        raise PlanError(f"plan neurons: {path!r} is a {type(mlp).__name__}, not an MLP with fc1/fc2 Linears.")
+    if not isinstance(entry, dict) or "kept" not in entry:
+        raise PlanError(f"plan neurons {path}: expected {{'kept': [...], 'total': N}}, got {entry!r}.")
+    total = fc1.out_features
+    if int(entry.get("total", total)) != total:
+        raise PlanError(f"plan neurons {path}: the plan says {entry['total']} neurons, the model has {total}.")
+    kept = plan_indices(f"plan neurons {path}", entry["kept"], total)
+    src = f"plan neurons {path}"
+    _merge_derived(slices, f"{path}.fc1.weight", 0, kept, src)
+    if fc1.bias is not None:
+        _merge_derived(slices, f"{path}.fc1.bias", 0, kept, src)
+    _merge_derived(slices, f"{path}.fc2.weight", 1, kept, src)
+
+
+def _check_channels(model: nn.Module, path: str, entry: Any, slices: Slices) -> None:
+    """A ``channels`` entry must agree with the slices of its conv's output channels."""
+    mod = plan_module(model, path, "channels")
+    conv = mod if isinstance(mod, nn.Conv2d) else getattr(mod, "conv", None)
+    if conv is None and isinstance(mod, nn.Sequential) and len(mod) and isinstance(mod[0], nn.Conv2d):
+        conv = mod[0]
+    if not isinstance(conv, nn.Conv2d) or not isinstance(entry, dict) or "kept" not in entry:
+        raise PlanError(f"plan channels: {path!r} must name a Conv2d (or conv block) with {{'kept': [...]}}.")
+    conv_name = path if conv is mod else next(n for n, m in model.named_modules() if m is conv)
+    kept = plan_indices(f"plan channels {path}", entry["kept"], conv.out_channels)
+    have = slices.get(f"{conv_name}.weight", {}).get(0)
+    if have is None or have != kept:
+        raise PlanError(
+            f"plan channels {path} keeps {_short(kept)} but slices {conv_name}.weight axis 0 "
+            f"{'is absent' if have is None else 'keeps ' + _short(have)}: the plan is inconsistent."
+        )
 
 
 def _head_dims(plan: dict[str, Any], path: str, head_dim: int, default: str | None = None) -> list[int]:

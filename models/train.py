@@ -388,6 +388,86 @@ def _progress_bar(label: str, total: int, initial: int) -> Any:
     )
 
 
+def _device(name: str) -> Any:
+    """The torch device to train on: under torchrun, each process's own GPU; on a GPU, TF32 and cuDNN's autotuner."""
+    import torch
+
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:  # torchrun: one GPU each
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matrix products and convolutions: fp32 storage
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed crops: cuDNN picks its fastest kernels once
+    return device
+
+
+def _resume(resume: Path, config: TrainConfig, model: Any, optimizer: Any, scheduler: Any, loss_fn: Any) -> int:
+    """Load the checkpoint ``resume`` into the model, optimizer, scheduler, loss and random generators, after
+    checking it is a training checkpoint of this model and configuration; returns its step."""
+    from torch import nn
+
+    ckpt = load_checkpoint(resume)
+    if not isinstance(ckpt, dict) or not {"model", "optimizer", "scheduler", "step", "config"} <= set(ckpt):
+        raise InputError(f"{resume}: not a training checkpoint (model/optimizer/scheduler/step missing)")
+    if ckpt["config"].get("model") != config.model:
+        raise InputError(f"{resume}: checkpoint of model {ckpt['config'].get('model')!r}, not {config.model!r}")
+    recorded, current = ckpt["config"].get("model_config"), _model_config(model)
+    if recorded and current and recorded != current:
+        diff = {k: (recorded.get(k), v) for k, v in current.items() if recorded.get(k) != v}
+        raise InputError(f"{resume}: checkpoint of another {config.model} configuration (recorded, now): {diff}")
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if isinstance(loss_fn, nn.Module) and "loss" in ckpt:
+            loss_fn.load_state_dict(ckpt["loss"])
+    except (RuntimeError, KeyError, ValueError) as exc:  # another architecture's or a pruned model's state
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"{resume}: the checkpoint does not fit this model ({first}); resume with the student it was made "
+            "for, or start afresh in another --out."
+        ) from exc
+    _set_rng_state(ckpt["rng"])
+    start = int(ckpt["step"])
+    logger.info("resumed from %s at step %d", resume, start)
+    return start
+
+
+def _move(device: Any, *modules: Any) -> None:
+    """Each of ``modules`` that is a torch module (a loss may be a plain function) to ``device``."""
+    from torch import nn
+
+    for m in modules:
+        if isinstance(m, nn.Module):
+            m.to(device)
+
+
+def _step(net: Any, loss_fn: Any, batch: Batch, optimizer: Any, params: list[Any], grad_clip: float) -> tuple:
+    """One optimisation step on ``batch``: ``(loss, its named parts)``; a loss that is not finite stops training."""
+    import torch
+
+    loss, parts = loss_fn(net(batch.images), batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {float(loss)} at step {batch.step}; lower --lr or check the data")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    return float(loss.detach()), parts
+
+
+def _log_step(
+    done: int, steps: int, loss: float, lr: float, since: float, count: int, parts: dict[str, Any]
+) -> dict[str, Any]:
+    """The history entry of the ``count`` steps up to ``done`` (mean loss, time per step since ``since``), logged."""
+    entry = {"step": done, "loss": loss, "lr": lr, "s_per_step": (time.perf_counter() - since) / count, **parts}
+    logger.info("step %d/%d loss %.4f lr %.2e (%.2f s/step)", done, steps, loss, lr, entry["s_per_step"])
+    return entry
+
+
 def _train(
     config: TrainConfig,
     model: nn.Module | None,
@@ -416,17 +496,8 @@ def _train(
             **(config.model_overrides or {}),
         )
     loss_fn = loss_fn if loss_fn is not None else CrossEntropyLoss(config.ignore_index)
-    device = torch.device(config.device)
-    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:  # torchrun: one GPU each
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matrix products and convolutions: fp32 storage
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True  # fixed crops: cuDNN picks its fastest kernels once
-    model.to(device)
-    if isinstance(loss_fn, nn.Module):
-        loss_fn.to(device)
+    device = _device(config.device)
+    _move(device, model, loss_fn)
     rank, world = _process_group()
     if config.batch_size % world:
         raise InputError(f"batch size {config.batch_size} is not a multiple of the {world} processes")
@@ -435,32 +506,7 @@ def _train(
         params += [p for p in loss_fn.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(config))
-    start = 0
-    if resume is not None:
-        ckpt = load_checkpoint(resume)
-        if not isinstance(ckpt, dict) or not {"model", "optimizer", "scheduler", "step", "config"} <= set(ckpt):
-            raise InputError(f"{resume}: not a training checkpoint (model/optimizer/scheduler/step missing)")
-        if ckpt["config"].get("model") != config.model:
-            raise InputError(f"{resume}: checkpoint of model {ckpt['config'].get('model')!r}, not {config.model!r}")
-        recorded, current = ckpt["config"].get("model_config"), _model_config(model)
-        if recorded and current and recorded != current:
-            diff = {k: (recorded.get(k), v) for k, v in current.items() if recorded.get(k) != v}
-            raise InputError(f"{resume}: checkpoint of another {config.model} configuration (recorded, now): {diff}")
-        try:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if isinstance(loss_fn, nn.Module) and "loss" in ckpt:
-                loss_fn.load_state_dict(ckpt["loss"])
-        except (RuntimeError, KeyError, ValueError) as exc:  # another architecture's or a pruned model's state
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(
-                f"{resume}: the checkpoint does not fit this model ({first}); resume with the student it was made "
-                "for, or start afresh in another --out."
-            ) from exc
-        _set_rng_state(ckpt["rng"])
-        start = int(ckpt["step"])
-        logger.info("resumed from %s at step %d", resume, start)
+    start = 0 if resume is None else _resume(Path(resume), config, model, optimizer, scheduler, loss_fn)
     if rank == 0:
         _write_json(asdict(config), out / "train_config.json")
     result = TrainResult(step=start, checkpoint=out / CHECKPOINT)
@@ -502,18 +548,9 @@ def _train(
         for step, (images, masks) in enumerate(loader, start=start):
             images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
             keys = batch_keys(step, config.batch_size, len(dataset), config.seed)[rank::world]
-            batch = Batch(images, masks, keys, step)
-            outputs = net(images)
-            loss, parts = loss_fn(outputs, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {float(loss)} at step {step}; lower --lr or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
+            loss, parts = _step(net, loss_fn, Batch(images, masks, keys, step), optimizer, params, config.grad_clip)
             scheduler.step()
-            running += float(loss.detach())
+            running += loss
             count += 1
             done = step + 1
             if bar is not None:
@@ -521,31 +558,14 @@ def _train(
                 bar.set_postfix(loss=f"{running / count:.4f}", lr=f"{lr:.1e}", refresh=False)
                 bar.update(1)
             if done % max(1, config.log_every) == 0 or done == config.steps:
-                dt = time.perf_counter() - t_log
-                entry = {
-                    "step": done,
-                    "loss": running / count,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "s_per_step": dt / count,
-                }
-                entry.update({k: v for k, v in parts.items()})
-                result.history.append(entry)
-                logger.info(
-                    "step %d/%d loss %.4f lr %.2e (%.2f s/step)",
-                    done,
-                    config.steps,
-                    entry["loss"],
-                    entry["lr"],
-                    entry["s_per_step"],
-                )
+                lr = optimizer.param_groups[0]["lr"]
+                result.history.append(_log_step(done, config.steps, running / count, lr, t_log, count, parts))
                 t_log, running, count = time.perf_counter(), 0.0, 0
             if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
                 checkpoint(done)
             step = done
     result.step = max(step, start)
-    model.to("cpu")  # the checkpoint, the evaluation and any export work on the CPU copy
-    if isinstance(loss_fn, nn.Module):
-        loss_fn.to("cpu")
+    _move("cpu", model, loss_fn)  # the checkpoint, the evaluation and any export work on the CPU copy
     checkpoint(result.step)
     model.eval()
     if config.eval_split and rank == 0:

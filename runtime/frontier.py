@@ -458,64 +458,74 @@ def summarize(records: list[dict[str, Any]], tolerance: float) -> dict[str, Any]
     groups: dict[tuple[str, str, str | None, str], list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["role"], r["model"], r["ref"], r["variant"]), []).append(r)
-    rows = []
-    for (role, model, ref, variant), rs in groups.items():
-        miou, miou_sd, n = _mean_std([r["miou"] for r in rs])
-        cpu, cpu_sd, _ = _mean_std([r["cpu_ms"] for r in rs])
-        wall, _, _ = _mean_std([r["wall_ms"] for r in rs])
-        ratio, ratio_sd, _ = _mean_std([r["latency_ratio"] for r in rs])
-        label = model if role in ("reference", "teacher") else f"{model} at {ref}" if ref else f"{model} (base)"
-        if role == "ablation":
-            label += f" [{variant}]"
-        rows.append(
-            {
-                "label": label,
-                "role": role,
-                "model": model,
-                "ref": ref,
-                "variant": variant,
-                "seeds": n,
-                "miou": miou,
-                "miou_std": miou_sd,
-                "cpu_ms": cpu,
-                "cpu_ms_std": cpu_sd,
-                "wall_ms": wall,
-                "latency_ratio": ratio,
-                "latency_ratio_std": ratio_sd,
-                "matched_all": all(r.get("matched") for r in rs) if ref else None,
-                "params": rs[0]["params"],
-                "failed": [r["failed"] for r in rs if r["failed"]],
-            }
+    refs = sorted({r["ref"] for r in records if r["role"] == "student"})
+    return {
+        "rows": [_summary_row(key, rs) for key, rs in groups.items()],
+        "comparisons": [_comparison(records, ref, tolerance) for ref in refs],
+        "ablations": _ablations(records, groups),
+    }
+
+
+def _summary_row(key: tuple[str, str, str | None, str], rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One model (at one reference, in one variant) over its seeds."""
+    role, model, ref, variant = key
+    miou, miou_sd, n = _mean_std([r["miou"] for r in rs])
+    cpu, cpu_sd, _ = _mean_std([r["cpu_ms"] for r in rs])
+    wall, _, _ = _mean_std([r["wall_ms"] for r in rs])
+    ratio, ratio_sd, _ = _mean_std([r["latency_ratio"] for r in rs])
+    label = model if role in ("reference", "teacher") else f"{model} at {ref}" if ref else f"{model} (base)"
+    if role == "ablation":
+        label += f" [{variant}]"
+    return {
+        "label": label,
+        "role": role,
+        "model": model,
+        "ref": ref,
+        "variant": variant,
+        "seeds": n,
+        "miou": miou,
+        "miou_std": miou_sd,
+        "cpu_ms": cpu,
+        "cpu_ms_std": cpu_sd,
+        "wall_ms": wall,
+        "latency_ratio": ratio,
+        "latency_ratio_std": ratio_sd,
+        "matched_all": all(r.get("matched") for r in rs) if ref else None,
+        "params": rs[0]["params"],
+        "failed": [r["failed"] for r in rs if r["failed"]],
+    }
+
+
+def _comparison(records: list[dict[str, Any]], ref: str, tolerance: float) -> dict[str, Any]:
+    """The student cut to ``ref``'s latency minus ``ref`` itself, in mIoU points, per seed."""
+    deltas, ratios = [], []
+    for r in records:
+        if r["role"] != "student" or r["ref"] != ref or r["miou"] is None:
+            continue
+        base = next(
+            (x for x in records if x["role"] == "reference" and x["model"] == ref and x["seed"] == r["seed"]), None
         )
-    comparisons = []
-    refs = {r["ref"] for r in records if r["role"] == "student"}
-    for ref in sorted(refs):
-        deltas, ratios = [], []
-        for r in records:
-            if r["role"] != "student" or r["ref"] != ref or r["miou"] is None:
-                continue
-            base = next(
-                (x for x in records if x["role"] == "reference" and x["model"] == ref and x["seed"] == r["seed"]), None
-            )
-            if base is not None and base["miou"] is not None:
-                deltas.append(100.0 * (r["miou"] - base["miou"]))
-                ratios.append(r["latency_ratio"])
-        d, d_sd, n = _mean_std(deltas)
-        matched = [x is not None and abs(x - 1.0) <= tolerance for x in ratios]
-        comparisons.append(
-            {
-                "reference": ref,
-                "seeds": n,
-                "delta_miou_points": d,
-                "delta_std": d_sd,
-                "per_seed": deltas,
-                "latency_ratios": ratios,
-                "matched": all(matched) and bool(matched),
-                "goal_met": bool(d is not None and n >= 3 and d >= 2.0 and all(matched)),
-            }
-        )
+        if base is not None and base["miou"] is not None:
+            deltas.append(100.0 * (r["miou"] - base["miou"]))
+            ratios.append(r["latency_ratio"])
+    d, d_sd, n = _mean_std(deltas)
+    matched = [x is not None and abs(x - 1.0) <= tolerance for x in ratios]
+    return {
+        "reference": ref,
+        "seeds": n,
+        "delta_miou_points": d,
+        "delta_std": d_sd,
+        "per_seed": deltas,
+        "latency_ratios": ratios,
+        "matched": all(matched) and bool(matched),
+        "goal_met": bool(d is not None and n >= 3 and d >= 2.0 and all(matched)),
+    }
+
+
+def _ablations(records: list[dict[str, Any]], groups: dict[tuple, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each ablation's mIoU minus the main student's at the same reference and seed."""
     main = {(r["ref"], r["seed"]): r for r in records if r["role"] == "student"}
-    ablations = []
+    out = []
     for (role, _model, ref, variant), rs in groups.items():
         if role != "ablation":
             continue
@@ -525,8 +535,8 @@ def summarize(records: list[dict[str, Any]], tolerance: float) -> dict[str, Any]
             if r["miou"] is not None and main.get((ref, r["seed"]), {}).get("miou") is not None
         ]
         d, d_sd, n = _mean_std(diffs)
-        ablations.append({"variant": variant, "ref": ref, "seeds": n, "delta_vs_main": d, "delta_std": d_sd})
-    return {"rows": rows, "comparisons": comparisons, "ablations": ablations}
+        out.append({"variant": variant, "ref": ref, "seeds": n, "delta_vs_main": d, "delta_std": d_sd})
+    return out
 
 
 def write_frontier_report(frontier: Frontier) -> dict[str, Any]:

@@ -203,6 +203,108 @@ def _runtime_errors() -> Iterator[None]:
         raise InputError(f"cannot run the models: {first}") from exc
 
 
+def _checked_specs(ref_path: Path, cand_path: Path, config: ParityConfig) -> tuple[InputSpec, InputSpec]:
+    """The two models' input specs, after checking the check's name, that both files exist, and that they take the
+    same input size and predict the same classes."""
+    if config.check not in CHECKS:
+        raise UsageError(f"unknown check {config.check!r}; choose one of {', '.join(CHECKS)}")
+    for p in (ref_path, cand_path):
+        if not p.is_file():
+            raise MissingInputError(f"model file not found: {p}")
+    ref_spec, cand_spec = _spec(ref_path), _spec(cand_path)
+    if ref_spec.size != cand_spec.size:
+        raise InputError(f"the models take different input sizes: {ref_spec.size} and {cand_spec.size}")
+    n_ref, n_cand = _classes(ref_path), _classes(cand_path)
+    if n_ref and n_cand and n_ref != n_cand:
+        raise InputError(
+            f"the models predict different class counts ({n_ref} and {n_cand}); parity compares a model with its "
+            "own compressed or converted version."
+        )
+    return ref_spec, cand_spec
+
+
+def _prediction(outputs: dict[str, Any], size: tuple[int, int]) -> np.ndarray:
+    """The class map (H x W) of the first output (the logits), resized to the image's ``size``."""
+    logits = np.asarray(outputs[next(iter(outputs))], dtype=np.float32)[0]  # C x h x w
+    return np.argmax(resize_bilinear(logits, size), axis=0).astype(np.uint8)
+
+
+def _error_stats(entry: dict[str, list[float]], quantile: float) -> dict[str, float | None]:
+    """One output's error statistics over the images (the worst of the maxima and quantiles, the mean of means)."""
+
+    def agg(key: str, fn: Any) -> float | None:
+        return float(fn(entry[key])) if entry.get(key) else None
+
+    return {
+        "max_abs": agg("max_absdiff", np.max),
+        "mean_abs": agg("mean_absdiff", np.mean),
+        "median_abs": agg("median_absdiff", np.median),
+        f"p{100 * quantile:g}_abs": agg("quantile_absdiff", np.max),
+        "max_rel": agg("max_reldiff", np.max),
+        "mean_rel": agg("mean_reldiff", np.mean),
+        "median_rel": agg("median_reldiff", np.median),
+        f"p{100 * quantile:g}_rel": agg("quantile_reldiff", np.max),
+    }
+
+
+def _checks(
+    config: ParityConfig, quantized: bool, agreement: float, drop: float | None, numeric_ok: bool, data: Path
+) -> dict[str, dict[str, Any]]:
+    """The checks ``config.check`` names (``auto``: mIoU for a quantized candidate, pixel agreement otherwise),
+    and the numeric one where required, each with its value, threshold, rule and verdict."""
+    check = config.check
+    if check == "auto":
+        check = "miou" if quantized else "agreement"
+    checks: dict[str, dict[str, Any]] = {}
+    if check in ("agreement", "both"):
+        checks["agreement"] = {
+            "value": agreement,
+            "threshold": config.min_agreement,
+            "rule": f"pixel agreement >= {config.min_agreement:g} %",
+            "passed": agreement >= config.min_agreement,
+        }
+    if check in ("miou", "both"):
+        if drop is None:
+            raise DataError(data, "the mIoU check needs ground-truth masks (GT/<split>/) for every image")
+        checks["miou_drop"] = {
+            "value": drop,
+            "threshold": config.max_miou_drop,
+            "rule": f"mIoU drop <= {config.max_miou_drop:g} points",
+            "passed": drop <= config.max_miou_drop,
+        }
+    if config.require_numeric:
+        checks["numeric"] = {
+            "value": None,
+            "threshold": None,
+            "rule": f"polygraphy {config.check_error_stat} error within atol {config.atol:g} or rtol {config.rtol:g}",
+            "passed": numeric_ok,
+        }
+    return checks
+
+
+def _save_repro(
+    d: Path, inputs: list[dict[str, np.ndarray]], ref: list[Any], cand: list[Any], cand_path: Path, config: ParityConfig
+) -> dict[str, str]:
+    """The first images' inputs and both models' outputs as Polygraphy JSON under ``d``, and the command that reruns
+    the comparison."""
+    from polygraphy.comparator import RunResults
+    from polygraphy.json import save_json
+
+    d.mkdir(parents=True, exist_ok=True)
+    with atomic_target(d / "inputs.json", suffix=".json") as tmp:
+        save_json(inputs, tmp)
+    with atomic_target(d / "ref_outputs.json", suffix=".json") as tmp:
+        RunResults([("reference", ref)]).save(tmp)
+    with atomic_target(d / "cand_outputs.json", suffix=".json") as tmp:
+        RunResults([("candidate", cand)]).save(tmp)
+    return {
+        "inputs": str(d / "inputs.json"),
+        "ref_outputs": str(d / "ref_outputs.json"),
+        "cand_outputs": str(d / "cand_outputs.json"),
+        "command": repro_command(cand_path, d, config),
+    }
+
+
 def compare_models(
     reference: Path | str,
     candidate: Path | str,
@@ -220,25 +322,11 @@ def compare_models(
     from polygraphy.backend.onnxrt import OnnxrtRunner
     from polygraphy.comparator import Comparator, IterationResult, RunResults
     from polygraphy.comparator.compare import SimpleCompareFunc
-    from polygraphy.json import save_json
     from tqdm import tqdm
 
     config = config or ParityConfig()
-    if config.check not in CHECKS:
-        raise UsageError(f"unknown check {config.check!r}; choose one of {', '.join(CHECKS)}")
     ref_path, cand_path = Path(reference), Path(candidate)
-    for p in (ref_path, cand_path):
-        if not p.is_file():
-            raise MissingInputError(f"model file not found: {p}")
-    ref_spec, cand_spec = _spec(ref_path), _spec(cand_path)
-    if ref_spec.size != cand_spec.size:
-        raise InputError(f"the models take different input sizes: {ref_spec.size} and {cand_spec.size}")
-    n_ref, n_cand = _classes(ref_path), _classes(cand_path)
-    if n_ref and n_cand and n_ref != n_cand:
-        raise InputError(
-            f"the models predict different class counts ({n_ref} and {n_cand}); parity compares a model with its "
-            "own compressed or converted version."
-        )
+    ref_spec, cand_spec = _checked_specs(ref_path, cand_path, config)
     _quiet_polygraphy(logger.isEnabledFor(logging.DEBUG))
     import onnxruntime as ort
 
@@ -287,35 +375,14 @@ def compare_models(
                 saved_inputs.append(feed_cand)
                 saved_ref.append(it_ref)
                 saved_cand.append(it_cand)
-            # task metrics on the first output (the logits)
-            first = next(iter(out_ref))
-            h, w = sample.image.shape[:2]
-            preds = []
-            for out in (out_ref, out_cand):
-                logits = np.asarray(out[first], dtype=np.float32)[0]  # C x h x w
-                preds.append(np.argmax(resize_bilinear(logits, (h, w)), axis=0).astype(np.uint8))  # H x W
+            preds = [_prediction(out, sample.image.shape[:2]) for out in (out_ref, out_cand)]
             same += int(np.count_nonzero(preds[0] == preds[1]))
             pixels += preds[0].size
             if has_masks:
                 accs[0].update(sample.mask, preds[0])  # type: ignore[arg-type]
                 accs[1].update(sample.mask, preds[1])  # type: ignore[arg-type]
 
-    outputs: dict[str, dict[str, float | None]] = {}
-    for name, entry in stats.items():
-
-        def agg(key: str, fn: Any, e: dict[str, list[float]] = entry) -> float | None:
-            return float(fn(e[key])) if e.get(key) else None
-
-        outputs[name] = {
-            "max_abs": agg("max_absdiff", np.max),
-            "mean_abs": agg("mean_absdiff", np.mean),
-            "median_abs": agg("median_absdiff", np.median),
-            f"p{100 * config.error_quantile:g}_abs": agg("quantile_absdiff", np.max),
-            "max_rel": agg("max_reldiff", np.max),
-            "mean_rel": agg("mean_reldiff", np.mean),
-            "median_rel": agg("median_reldiff", np.median),
-            f"p{100 * config.error_quantile:g}_rel": agg("quantile_reldiff", np.max),
-        }
+    outputs = {name: _error_stats(entry, config.error_quantile) for name, entry in stats.items()}
     agreement = 100.0 * same / pixels
     miou_ref = miou_cand = drop = None
     if has_masks:
@@ -325,50 +392,11 @@ def compare_models(
         if miou_ref is not None and miou_cand is not None:
             drop = miou_ref - miou_cand
 
-    check = config.check
-    if check == "auto":
-        check = "miou" if _is_quantized(cand_path) else "agreement"
-    checks: dict[str, dict[str, Any]] = {}
-    if check in ("agreement", "both"):
-        checks["agreement"] = {
-            "value": agreement,
-            "threshold": config.min_agreement,
-            "rule": f"pixel agreement >= {config.min_agreement:g} %",
-            "passed": agreement >= config.min_agreement,
-        }
-    if check in ("miou", "both"):
-        if drop is None:
-            raise DataError(Path(data), "the mIoU check needs ground-truth masks (GT/<split>/) for every image")
-        checks["miou_drop"] = {
-            "value": drop,
-            "threshold": config.max_miou_drop,
-            "rule": f"mIoU drop <= {config.max_miou_drop:g} points",
-            "passed": drop <= config.max_miou_drop,
-        }
-    if config.require_numeric:
-        checks["numeric"] = {
-            "value": None,
-            "threshold": None,
-            "rule": f"polygraphy {config.check_error_stat} error within atol {config.atol:g} or rtol {config.rtol:g}",
-            "passed": numeric_ok,
-        }
-
+    quantized = config.check == "auto" and _is_quantized(cand_path)
+    checks = _checks(config, quantized, agreement, drop, numeric_ok, Path(data))
     saved: dict[str, str] = {}
     if save_dir is not None and saved_inputs:
-        d = Path(save_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        with atomic_target(d / "inputs.json", suffix=".json") as tmp:
-            save_json(saved_inputs, tmp)
-        with atomic_target(d / "ref_outputs.json", suffix=".json") as tmp:
-            RunResults([("reference", saved_ref)]).save(tmp)
-        with atomic_target(d / "cand_outputs.json", suffix=".json") as tmp:
-            RunResults([("candidate", saved_cand)]).save(tmp)
-        saved = {
-            "inputs": str(d / "inputs.json"),
-            "ref_outputs": str(d / "ref_outputs.json"),
-            "cand_outputs": str(d / "cand_outputs.json"),
-            "command": repro_command(cand_path, d, config),
-        }
+        saved = _save_repro(Path(save_dir), saved_inputs, saved_ref, saved_cand, cand_path, config)
     from runtime.evaluate import data_info
 
     return ParityResult(

@@ -1,5 +1,5 @@
-"""Sizes the next engineer can read: no file in passes/ over 800 lines, and no function in passes/ or fileformat/
-of cyclomatic complexity above 30 (radon's grades E and F)."""
+"""Sizes the next engineer can read: no file in passes/ over 800 lines, and no function of the packages of cyclomatic
+complexity above 30 (radon's grades E and F)."""
 
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ def test_no_file_in_passes_is_over_800_lines() -> None:
     assert not long, f"split these files (at most {MAX_LINES} lines): {long}"
 
 
-def test_no_function_in_passes_or_fileformat_is_graded_e_or_f() -> None:
+def test_no_function_is_graded_e_or_f() -> None:
     complex_ = []
-    for p in _sources("passes", "fileformat"):
+    for p in _sources("exporters", "fileformat", "models", "passes", "runtime", "bench"):
         for block in _blocks(p.read_text(encoding="utf-8")):
             if block.complexity > MAX_COMPLEXITY:
                 where = f"{p.relative_to(ROOT)}:{block.lineno} {block.fullname}"
