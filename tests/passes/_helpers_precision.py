@@ -1,23 +1,25 @@
 """Shared pieces of the precision tests (FP16, INT8): a briefly trained small model and hand-built graphs.
 
-Not a conftest: test modules import what they need, and the trained model is built once per process (cached in
-this module), whichever test module asks first.
+Not a conftest: test modules import what they need, and the trained model is built once per test run, whichever
+test module asks first, on whichever pytest-xdist worker (the other waits for it and reads the files).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
+from _shared import shared_dir, write_once
 from onnx import TensorProto, helper, numpy_helper
 
 TRAIN_IMAGES = 24
 VAL_IMAGES = 12
 TRAIN_STEPS = 20
-_CACHE: dict[str, TrainedModel] = {}
 
 
 @dataclass(frozen=True)
@@ -75,27 +77,31 @@ def _train(data: Path, steps: int, batch: int, seed: int) -> tuple[object, float
     return model, acc.result().miou
 
 
-def trained_model(root: Path) -> TrainedModel:
-    """Generate the data, train mobilevit_xxs briefly (see ``_train``) and export it; cached per process."""
-    if "m" in _CACHE:
-        return _CACHE["m"]
-    import torch
+def trained_model(factory: pytest.TempPathFactory) -> TrainedModel:
+    """Generate the data, train mobilevit_xxs briefly (see ``_train``) and export it, once per test run."""
+    root = shared_dir(factory, "precision")
+    paths = {opset: root / f"trained_xxs_op{opset}.onnx" for opset in (13, 17)}
 
-    from exporters.export import ExportOptions, export_torch_model
-    from models.synthetic import generate
+    def build(summary: Path) -> None:
+        import torch
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    data = root / "syn64"
-    generate(data, n_train=TRAIN_IMAGES, n_val=VAL_IMAGES, size=64, seed=3, workers=1)
-    model, miou = _train(data, TRAIN_STEPS, batch=6, seed=0)
-    paths = {}
-    for opset in (13, 17):
-        path = root / f"trained_xxs_op{opset}.onnx"
-        opts = ExportOptions(model="mobilevit_xxs", input_size=64, opset=opset, exporter="legacy")
-        export_torch_model(model, path, opts)
-        paths[opset] = path
-    _CACHE["m"] = TrainedModel(data, paths[13], paths[17], miou)
-    return _CACHE["m"]
+        from exporters.export import ExportOptions, export_torch_model
+        from models.synthetic import generate
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))  # the other worker waits for this model
+        try:
+            generate(root / "syn64", n_train=TRAIN_IMAGES, n_val=VAL_IMAGES, size=64, seed=3, workers=1)
+            model, miou = _train(root / "syn64", TRAIN_STEPS, batch=6, seed=0)
+            for opset, path in paths.items():
+                opts = ExportOptions(model="mobilevit_xxs", input_size=64, opset=opset, exporter="legacy")
+                export_torch_model(model, path, opts)
+        finally:
+            torch.set_num_threads(threads)
+        summary.write_text(json.dumps({"val_miou_torch": miou}))
+
+    summary = json.loads(write_once(root / "trained.json", build).read_text())
+    return TrainedModel(root / "syn64", paths[13], paths[17], summary["val_miou_torch"])
 
 
 # ------------------------------------------------------------------------------------------- hand-built graphs

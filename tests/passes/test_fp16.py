@@ -22,7 +22,7 @@ from passes.fp16 import FP16_MAX, FP16Config, already_fp16, convert_fp16, find_l
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory):
-    return trained_model(tmp_path_factory.mktemp("precision"))
+    return trained_model(tmp_path_factory)
 
 
 def _naive(model: onnx.ModelProto) -> onnx.ModelProto:

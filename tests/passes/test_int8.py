@@ -19,7 +19,7 @@ from passes.int8 import Int8Config, activation_symmetry, classifier_convs, is_qu
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory):
-    return trained_model(tmp_path_factory.mktemp("precision"))
+    return trained_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
