@@ -17,7 +17,27 @@ import pytest
 
 from models.perturb import perturb_
 
-__all__ = ["perturb_", "run_at", "run_ort", "shared_dir", "shared_file", "symbols", "write_once"]
+__all__ = [
+    "PACKAGES",
+    "ROOT",
+    "package_sources",
+    "perturb_",
+    "run_at",
+    "run_ort",
+    "shared_dir",
+    "shared_file",
+    "symbols",
+    "write_once",
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+#: the project's packages, bottom layer first (docs/architecture.md)
+PACKAGES = ("fileformat", "models", "exporters", "passes", "runtime", "bench")
+
+
+def package_sources(*packages: str) -> list[Path]:
+    """The ``.py`` files of ``packages`` (every package of the project when none is named), sorted."""
+    return sorted(p for pkg in packages or PACKAGES for p in (ROOT / pkg).rglob("*.py"))
 
 
 def run_ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

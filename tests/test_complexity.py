@@ -3,17 +3,11 @@ complexity above 30 (radon's grades E and F)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from _shared import ROOT, package_sources
 from radon.complexity import cc_rank, cc_visit
 
-ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 800
 MAX_COMPLEXITY = 30  # radon grade D at most
-
-
-def _sources(*packages: str) -> list[Path]:
-    return sorted(p for pkg in packages for p in (ROOT / pkg).rglob("*.py"))
 
 
 def _functions(blocks: list) -> list:
@@ -33,7 +27,7 @@ def _blocks(source: str) -> list:
 
 def test_no_file_in_passes_is_over_800_lines() -> None:
     long = {}
-    for p in _sources("passes"):
+    for p in package_sources("passes"):
         n = len(p.read_text(encoding="utf-8").splitlines())
         if n > MAX_LINES:
             long[str(p.relative_to(ROOT))] = n
@@ -42,7 +36,7 @@ def test_no_file_in_passes_is_over_800_lines() -> None:
 
 def test_no_function_is_graded_e_or_f() -> None:
     complex_ = []
-    for p in _sources("exporters", "fileformat", "models", "passes", "runtime", "bench"):
+    for p in package_sources():
         for block in _blocks(p.read_text(encoding="utf-8")):
             if block.complexity > MAX_COMPLEXITY:
                 where = f"{p.relative_to(ROOT)}:{block.lineno} {block.fullname}"

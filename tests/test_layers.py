@@ -22,9 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("fileformat", "models", "exporters", "passes", "runtime", "bench")
+from _shared import ROOT, package_sources
 
 #: bottom to top; each layer a tuple of module prefixes
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -52,11 +50,10 @@ def _module_name(path: Path) -> str:
 
 def _modules() -> dict[str, Path]:
     out: dict[str, Path] = {}
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            if "device_scripts" in path.parts:  # standalone scripts copied to the device (Python 3.6, no package)
-                continue
-            out[_module_name(path)] = path
+    for path in package_sources():
+        if "device_scripts" in path.parts:  # standalone scripts copied to the device (Python 3.6, no package)
+            continue
+        out[_module_name(path)] = path
     return out
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from _shared import ROOT, package_sources
 from onnx import TensorProto, helper
 
 from fileformat.session import SessionConfig, _options, load_session, provider_names
@@ -86,11 +87,5 @@ def test_provider_names() -> None:
 def test_this_is_the_one_place_that_builds_a_session() -> None:
     """Every onnxruntime session outside the tests comes from :func:`fileformat.session.load_session`, but for
     the device bundle's stand-alone script, which runs on a Jetson without this package."""
-    root = Path(__file__).resolve().parents[2]
-    builders = sorted(
-        str(p.relative_to(root))
-        for pkg in ("exporters", "fileformat", "models", "passes", "runtime", "bench")
-        for p in (root / pkg).rglob("*.py")
-        if "InferenceSession(" in p.read_text(encoding="utf-8")
-    )
+    builders = [str(p.relative_to(ROOT)) for p in package_sources() if "InferenceSession(" in p.read_text("utf-8")]
     assert builders == ["fileformat/session.py", "runtime/device_scripts/infer.py"]
